@@ -1,0 +1,1 @@
+"""Analytics: one read-only DuckDB session with views over every tier."""

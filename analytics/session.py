@@ -1,0 +1,107 @@
+"""A sandboxed DuckDB session over the tiers (CONTRACT.md section 4).
+
+Every source is handed to DuckDB as an Arrow object before the session is locked: after
+that, no statement can reach the file system, the network or an extension, and only one
+SELECT (or EXPLAIN) per call is accepted. Each query gets a fresh in-memory session, so a
+query sees one consistent snapshot and can change nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from fabtier.errors import SqlError
+
+_ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+_VIEWS = """
+CREATE VIEW late_new AS
+  SELECT machine, sensor, ts, value FROM hot_late l
+  WHERE NOT EXISTS (SELECT 1 FROM hot_fresh f
+                    WHERE f.machine = l.machine AND f.sensor = l.sensor AND f.ts = l.ts)
+    AND NOT EXISTS (SELECT 1 FROM cold_raw c
+                    WHERE c.ts BETWEEN {late_from} AND {late_to}
+                      AND c.machine = l.machine AND c.sensor = l.sensor AND c.ts = l.ts)
+  QUALIFY row_number() OVER (PARTITION BY machine, sensor, ts) = 1;
+CREATE VIEW readings AS
+  SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM cold_raw
+  UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM hot_fresh
+  UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM late_new;
+CREATE VIEW quarantine AS
+  SELECT received_at::TIMESTAMP AS received_at, topic, reason, payload FROM cold_quarantine
+  UNION ALL SELECT received_at::TIMESTAMP, topic, reason, payload FROM hot_quarantine;
+CREATE VIEW lot_events AS
+  SELECT ts::TIMESTAMP AS ts, machine, event, lot, wafer, recipe FROM cold_context
+  UNION ALL SELECT ts::TIMESTAMP, machine, event, lot, wafer, recipe FROM hot_context;
+CREATE VIEW lot_runs AS
+  SELECT machine, lot, wafer, recipe, NULL::VARCHAR AS recipe_version,
+         ts AS start_ts, next_ts AS end_ts
+  FROM (SELECT *, lead(ts) OVER (PARTITION BY machine ORDER BY ts, event DESC) AS next_ts
+        FROM lot_events)
+  WHERE event = 'start';
+CREATE VIEW tier_moves AS
+  SELECT "at"::TIMESTAMP AS "at", job, what, source, target, rows, bytes, checksum FROM audit;
+"""
+
+
+@dataclass(frozen=True)
+class SqlSources:
+    """A consistent snapshot of every tier, as Arrow objects."""
+
+    cold_raw: ds.Dataset
+    cold_quarantine: ds.Dataset
+    cold_context: ds.Dataset
+    hot_fresh: pa.Table
+    hot_late: pa.Table
+    hot_quarantine: pa.Table
+    hot_context: pa.Table
+    audit: pa.Table
+
+
+def _ts_literal(table: pa.Table, fn: str) -> str:
+    if table.num_rows == 0:
+        return "NULL"
+    value = getattr(pc, fn)(table.column("ts")).cast(pa.int64()).as_py()
+    return f"make_timestamptz({int(value) * 1000})"
+
+
+def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    for name in ("cold_raw", "cold_quarantine", "cold_context", "hot_fresh", "hot_late",
+                 "hot_quarantine", "hot_context", "audit"):
+        con.register(name, getattr(sources, name))
+    con.execute(_VIEWS.format(late_from=_ts_literal(sources.hot_late, "min"),
+                              late_to=_ts_literal(sources.hot_late, "max")))
+    con.execute("SET python_enable_replacements = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def run_sql(sources: SqlSources, sql: str) -> pa.Table:
+    """Run one read-only statement; a bad one raises SqlError with DuckDB's message."""
+    con = open_session(sources)
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from None
+        if len(statements) != 1:
+            raise SqlError(f"give exactly one statement, not {len(statements)}")
+        if statements[0].type not in _ALLOWED:
+            raise SqlError(f"only SELECT and EXPLAIN are allowed here, not {statements[0].type.name}: "
+                           "the SQL surface is read-only")
+        try:
+            return con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from None
+    finally:
+        con.close()

@@ -1,0 +1,142 @@
+"""The `fabtier` command line (CONTRACT.md section 5). User mistakes print one clear line
+and exit 2; failures of the machine print one line and exit 1; no traceback reaches a user."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from fabtier.errors import FabtierError, UserError
+
+log = logging.getLogger("fabtier")
+
+
+def _settings(args: argparse.Namespace):
+    from fabtier.config import load_settings
+    return load_settings(getattr(args, "config", None))
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from analytics.output import render
+    from fabtier.reader import query
+    table = query(_settings(args), args.statement)
+    print(render(table, args.format))
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    from fabtier.reader import run_lifecycle
+    if args.now:
+        raise UserError("--now is not supported yet: the only job so far (seal) does not depend on age")
+    for report in run_lifecycle(_settings(args)):
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fabtier.runner import Instance, install_stop_signals, wait_until_stopped
+    settings = _settings(args)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    instance = Instance(settings).start()
+    print(f"fabtier running: API {instance.api_url}, data in {settings.data_dir}, lake {settings.store_url}",
+          flush=True)
+    try:
+        wait_until_stopped(instance, stop, args.seconds)
+    finally:
+        instance.stop()
+    if instance.pipeline.failure:
+        raise FabtierError(f"ingestion stopped: {instance.pipeline.failure}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulator import run_simulator
+    stop = threading.Event()
+    from fabtier.runner import install_stop_signals
+    install_stop_signals(stop)
+    stats = run_simulator(broker_url=args.broker, machines=args.machines, sensors=args.sensors,
+                          rate_hz=args.rate_hz, batch=args.batch, seconds=args.seconds, seed=args.seed,
+                          topic_root=args.topic_root, ctx_root=args.ctx_root, stop=stop)
+    print(json.dumps({"messages": stats.messages, "readings": stats.readings,
+                      "context_events": stats.context_events, "seconds": round(stats.seconds, 3),
+                      "readings_per_s": round(stats.readings / stats.seconds) if stats.seconds else 0}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fabtier.demo import run_demo
+    return run_demo(data_dir=Path(args.data_dir), seconds=args.seconds, port=args.port,
+                    machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fabtier", description="IoT data tiering for fab sensor data.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="local broker, simulator and pipeline, all on this machine")
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
+    demo.add_argument("--data-dir", default="./fabtier-demo", help="where all data goes")
+    demo.add_argument("--port", type=int, default=8080, help="port of the HTTP API (0: any free port)")
+    demo.add_argument("--machines", type=int, default=6)
+    demo.add_argument("--sensors", type=int, default=8, help="sensors per machine")
+    demo.add_argument("--rate-hz", type=float, default=20.0)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="the pipeline, scheduler and HTTP API")
+    run.add_argument("--config", help="TOML file (default ./fabtier.toml, else built-in defaults)")
+    run.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    run.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("simulate", help="the fab simulator as a load generator")
+    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    sim.add_argument("--machines", type=int, default=4)
+    sim.add_argument("--sensors", type=int, default=5, help="sensors per machine")
+    sim.add_argument("--rate-hz", type=float, default=10.0)
+    sim.add_argument("--batch", type=int, default=100, help="readings per message (1: single-reading topics)")
+    sim.add_argument("--seconds", type=float, default=None)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--topic-root", default="fab")
+    sim.add_argument("--ctx-root", default="fab-ctx")
+    sim.set_defaults(func=cmd_simulate)
+
+    sql = sub.add_parser("sql", help="read-only SQL over every tier")
+    sql.add_argument("statement")
+    sql.add_argument("--config")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.set_defaults(func=cmd_sql)
+
+    lifecycle = sub.add_parser("lifecycle", help="tiering jobs")
+    lifecycle_sub = lifecycle.add_subparsers(dest="action", required=True)
+    lifecycle_run = lifecycle_sub.add_parser("run", help="run every due tiering job once, now")
+    lifecycle_run.add_argument("--config")
+    lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
+    lifecycle_run.set_defaults(func=cmd_lifecycle)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"fabtier: {exc}", file=sys.stderr)
+        return 2
+    except FabtierError as exc:
+        print(f"fabtier: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

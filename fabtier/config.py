@@ -1,0 +1,350 @@
+"""One settings object, loaded from TOML and the environment and checked at once.
+
+Precedence: built-in defaults < the TOML file (`--config`, else ./fabtier.toml) < environment
+variables `FABTIER_<SECTION>_<KEY>` (`FABTIER_DATA_DIR` for the top-level key). Every error
+names the key and says the fix; secrets are `Secret`s and never print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from fabtier.errors import ConfigError
+from fabtier.units import parse_duration, parse_size
+
+
+class Secret:
+    """A string that prints as *** so that it never reaches a log."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def _kind(kind: str, default: Any, env_only: bool = False) -> Any:
+    return field(default=default, metadata={"kind": kind, "env_only": env_only})
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str = _kind("mqtt_url", "mqtt://127.0.0.1:1883")
+    username: str = _kind("str", "")
+    password: Secret = _kind("secret", Secret(""), env_only=True)
+    topic_root: str = _kind("topic", "fab")
+    ctx_root: str = _kind("topic", "fab-ctx")
+    alert_root: str = _kind("topic", "fab-alerts")
+    # A stable client id is what makes the broker keep our session (and its queued QoS 1
+    # messages) while fabtier is down.
+    client_id: str = _kind("str", "fabtier-ingest")
+    session_expiry: float = _kind("duration", parse_duration("1d"))
+    keepalive: float = _kind("duration", 30.0)
+
+
+@dataclass(frozen=True)
+class HotSettings:
+    window: float = _kind("duration", parse_duration("1h"))
+    memory_budget: int = _kind("size", parse_size("2GiB"))
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    max_future: float = _kind("duration", parse_duration("15m"))
+    max_late: float = _kind("duration", parse_duration("7d"))
+    max_payload: int = _kind("size", parse_size("1MiB"))
+    # Group commit: the log is fsynced at most this often, and every message written
+    # before the fsync is acknowledged after it.
+    commit_interval: float = _kind("duration", 0.005)
+
+
+@dataclass(frozen=True)
+class ColdSettings:
+    store: str = _kind("store_url", "")
+    endpoint_url: str = _kind("http_url", "")
+    seal_every: float = _kind("duration", parse_duration("1m"))
+    # Part of every object key this process writes, so that scaled-out ingestors never
+    # overwrite each other's files.
+    writer_id: str = _kind("name", "w0")
+
+
+@dataclass(frozen=True)
+class WarmSettings:
+    retention: float = _kind("duration", parse_duration("90d"))
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    glacier_after: float = _kind("duration", parse_duration("90d"))
+    deep_archive_after: float = _kind("duration", parse_duration("365d"))
+    expire_after: float = _kind("duration", parse_duration("2555d"))
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str = _kind("str", "127.0.0.1")
+    port: int = _kind("port", 8080)
+    token: Secret = _kind("secret", Secret(""))
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    name: str
+    sensor: str
+    high: float | None = None
+    low: float | None = None
+    for_seconds: float = 0.0
+    hysteresis: float = 0.0
+
+    def matches(self, machine: str, sensor: str) -> bool:
+        return fnmatch.fnmatchcase(f"{machine}/{sensor}", self.sensor)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _kind("path", Path("./fabtier-data"))
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    hot: HotSettings = field(default_factory=HotSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    cold: ColdSettings = field(default_factory=ColdSettings)
+    warm: WarmSettings = field(default_factory=WarmSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    alert_rules: tuple[AlertRule, ...] = ()
+
+    @property
+    def store_url(self) -> str:
+        """The cold store; empty means the local lake under the data directory."""
+        return self.cold.store or (self.data_dir.resolve() / "lake").as_uri()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api.host}:{self.api.port}"
+
+
+_SECTIONS: dict[str, type] = {
+    "broker": BrokerSettings,
+    "hot": HotSettings,
+    "ingest": IngestSettings,
+    "cold": ColdSettings,
+    "warm": WarmSettings,
+    "lifecycle": LifecycleSettings,
+    "api": ApiSettings,
+}
+_TOP_LEVEL = {f.name: f for f in dataclasses.fields(Settings) if f.name == "data_dir"}
+_FIXES = {
+    "duration": 'write a number with a unit ms, s, m, h, d or w, e.g. "10m"',
+    "size": 'write a number of bytes with an optional unit KiB, MiB, GiB (or KB, MB, GB), e.g. "2GiB"',
+    "port": "write a whole number from 0 to 65535",
+    "mqtt_url": 'write mqtt://host:port or mqtts://host:port, e.g. "mqtt://127.0.0.1:1883"',
+    "store_url": 'write file:///absolute/path or s3://bucket/prefix, or leave it empty for the local lake',
+    "http_url": 'write http://host:port or https://host, or leave it empty',
+    "topic": "write one or more MQTT topic levels without wildcards (+, #), e.g. \"fab\"",
+    "name": "use letters, digits, '-' and '_' only",
+}
+
+
+def _convert(kind: str, key: str, raw: Any) -> Any:
+    """Turn a raw TOML or environment value into the setting's type, or say what is wrong."""
+    try:
+        if kind == "duration":
+            return parse_duration(raw)
+        if kind == "size":
+            return parse_size(raw)
+        if kind == "path":
+            if not isinstance(raw, str) or not raw:
+                raise ValueError("must be a non-empty path")
+            return Path(raw)
+        if kind == "secret":
+            if not isinstance(raw, str):
+                raise ValueError("must be a string")
+            return Secret(raw)
+        if kind == "port":
+            value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise ValueError(f"{raw!r} is not a port number")
+            return value
+        if not isinstance(raw, str):
+            raise ValueError(f"{raw!r} is not a string")
+        if kind == "mqtt_url":
+            url = urlparse(raw)
+            if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+                raise ValueError(f"{raw!r} is not an MQTT URL")
+            url.port  # noqa: B018 - raises ValueError on a bad port
+        elif kind == "store_url":
+            url = urlparse(raw)
+            if raw and not ((url.scheme == "file" and url.path.startswith("/"))
+                            or (url.scheme == "s3" and url.netloc)):
+                raise ValueError(f"{raw!r} is not a store URL")
+        elif kind == "http_url":
+            url = urlparse(raw)
+            if raw and (url.scheme not in ("http", "https") or not url.netloc):
+                raise ValueError(f"{raw!r} is not an HTTP URL")
+        elif kind == "topic":
+            if not raw or any(c in raw for c in "+#") or raw.startswith("/") or raw.endswith("/"):
+                raise ValueError(f"{raw!r} is not a topic root")
+        elif kind == "name":
+            if not raw or not all(c.isalnum() or c in "-_" for c in raw):
+                raise ValueError(f"{raw!r} is not a plain name")
+        return raw
+    except ValueError as exc:
+        raise ConfigError(key, str(exc), _FIXES.get(kind, "")) from None
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+    return ConfigError(key, "is not a fabtier setting", fix)
+
+
+def _build_section(cls: type, name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in fields or fields[key].metadata.get("env_only"):
+            if key in fields:
+                env_name = f"FABTIER_{name.upper()}_{key.upper()}"
+                raise ConfigError(f"[{name}] {key}", "must not be written in the file",
+                                  f"set the environment variable {env_name} instead")
+            raise _unknown(f"[{name}] {key}", list(fields))
+        values[key] = _convert(fields[key].metadata["kind"], f"[{name}] {key}", raw)
+    for key, fld in fields.items():
+        env_name = f"FABTIER_{name.upper()}_{key.upper()}"
+        if env_name in env:
+            values[key] = _convert(fld.metadata["kind"], env_name, env[env_name])
+    return cls(**values)
+
+
+def _build_rules(raw: Any) -> tuple[AlertRule, ...]:
+    if not isinstance(raw, dict) or set(raw) - {"rules"}:
+        extra = sorted(set(raw) - {"rules"}) if isinstance(raw, dict) else []
+        raise ConfigError(f"[alerts] {extra[0]}" if extra else "[alerts]",
+                          "is not a fabtier setting", "write rules as [[alerts.rules]] tables")
+    rules = raw.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError("[alerts] rules", "must be a list", "write rules as [[alerts.rules]] tables")
+    known = {"name", "sensor", "high", "low", "for", "hysteresis"}
+    result = []
+    for index, rule in enumerate(rules):
+        where = f"[[alerts.rules]] #{index + 1}"
+        if not isinstance(rule, dict):
+            raise ConfigError(where, "must be a table", "write rules as [[alerts.rules]] tables")
+        for key in rule:
+            if key not in known:
+                raise _unknown(f"{where} {key}", sorted(known))
+        name, sensor = rule.get("name"), rule.get("sensor")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where} name", "is missing", 'give each rule a name, e.g. name = "overtemp"')
+        if not isinstance(sensor, str) or not sensor:
+            raise ConfigError(f"{where} sensor", "is missing",
+                              'give a glob over machine/sensor, e.g. sensor = "*/ch*/temp"')
+        limits = {}
+        for key in ("high", "low", "hysteresis"):
+            value = rule.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{where} {key}", f"{value!r} is not a number", "write a number, e.g. 80.0")
+            limits[key] = None if value is None else float(value)
+        if limits["high"] is None and limits["low"] is None:
+            raise ConfigError(where, "has neither high nor low", "set high, low or both")
+        if limits["high"] is not None and limits["low"] is not None and limits["low"] >= limits["high"]:
+            raise ConfigError(f"{where} low", "is not below high", "make low smaller than high")
+        result.append(AlertRule(
+            name=name, sensor=sensor, high=limits["high"], low=limits["low"],
+            for_seconds=_convert("duration", f"{where} for", rule.get("for", 0)),
+            hysteresis=limits["hysteresis"] or 0.0,
+        ))
+    return tuple(result)
+
+
+def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed TOML document (plus environment overrides) into Settings."""
+    env = os.environ if env is None else env
+    known = ["data_dir", "alerts", *_SECTIONS]
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key in _SECTIONS:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"[{key}]", "must be a table", f"write it as a [{key}] section")
+        elif key not in known:
+            raise _unknown(key, known)
+    for key in _TOP_LEVEL:
+        if key in data:
+            values[key] = _convert(_TOP_LEVEL[key].metadata["kind"], key, data[key])
+        env_name = f"FABTIER_{key.upper()}"
+        if env_name in env:
+            values[key] = _convert(_TOP_LEVEL[key].metadata["kind"], env_name, env[env_name])
+    for name, cls in _SECTIONS.items():
+        values[name] = _build_section(cls, name, data.get(name, {}), env)
+    if "alerts" in data:
+        values["alert_rules"] = _build_rules(data["alerts"])
+    settings = Settings(**values)
+    _check_relations(settings)
+    return settings
+
+
+def _check_relations(settings: Settings) -> None:
+    roots = [settings.broker.topic_root, settings.broker.ctx_root, settings.broker.alert_root]
+    for i, a in enumerate(roots):
+        for b in roots[i + 1:]:
+            if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+                raise ConfigError("[broker] topic_root", f"topic roots {a!r} and {b!r} overlap",
+                                  "give topic_root, ctx_root and alert_root distinct first levels")
+    life = settings.lifecycle
+    if not life.glacier_after < life.deep_archive_after < life.expire_after:
+        raise ConfigError("[lifecycle] deep_archive_after", "the ages are out of order",
+                          "make glacier_after < deep_archive_after < expire_after")
+    if settings.cold.seal_every <= 0:
+        raise ConfigError("[cold] seal_every", "must be longer than zero", 'e.g. "1m"')
+    if settings.hot.window <= 0:
+        raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `path`, else ./fabtier.toml if it exists, else the defaults."""
+    if path is None:
+        path = Path("fabtier.toml") if Path("fabtier.toml").exists() else None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"the file {str(path)!r} does not exist",
+                              "give the path of a TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"is not valid TOML ({exc})", "fix the TOML syntax") from None
+    return settings_from_mapping(data, env)
+
+
+def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
+    """A copy of `settings` with some section fields replaced (used by `fabtier demo`)."""
+    changes: dict[str, Any] = {}
+    for name, updates in sections.items():
+        if name == "data_dir":
+            changes[name] = updates
+        else:
+            changes[name] = dataclasses.replace(getattr(settings, name), **updates)
+    return dataclasses.replace(settings, **changes)

@@ -1,0 +1,53 @@
+"""The data directory's lock: one running pipeline owns it; readers share it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from fabtier.errors import UserError
+
+
+class DataDirBusy(UserError):
+    pass
+
+
+class DataDirLock:
+    """An flock on `{data_dir}/.fabtier.lock`: exclusive for the pipeline, shared for readers."""
+
+    def __init__(self, data_dir: Path, *, exclusive: bool) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / ".fabtier.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise DataDirBusy(f"another fabtier process is using the data directory {data_dir}; "
+                              "stop it, or use a different data_dir") from None
+        if exclusive:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def is_locked(data_dir: Path) -> bool:
+    """True when a pipeline holds the data directory."""
+    path = data_dir / ".fabtier.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -1,0 +1,105 @@
+"""Reads for the command line: through the running instance's API when one answers (so the
+hot tier is included), else straight from the durable stores of the data directory."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pyarrow as pa
+
+from analytics.session import SqlSources, run_sql
+from fabtier.config import Settings
+from fabtier.datadir import DataDirLock, is_locked
+from fabtier.errors import FabtierError, SqlError, UserError
+from ingest.wal import read_segment, segment_numbers
+from lifecycle.audit import AuditLog
+from tiers.cold import ColdLake
+from tiers.store import open_store
+from tiers.unsealed import tables_from_records
+
+
+def _request(settings: Settings, method: str, path: str, body: bytes | None = None,
+             timeout: float = 300) -> tuple[int, bytes]:
+    request = urllib.request.Request(settings.api_url + path, data=body, method=method)
+    if settings.api.token:
+        request.add_header("Authorization", f"Bearer {settings.api.token.reveal()}")
+    if body is not None:
+        request.add_header("Content-Type", "text/plain; charset=utf-8")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def instance_running(settings: Settings) -> bool:
+    try:
+        status, _ = _request(settings, "GET", "/health", timeout=2)
+    except (urllib.error.URLError, OSError):
+        return False
+    return status in (200, 503)
+
+
+def _error_of(body: bytes) -> str:
+    try:
+        return json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace")[:500]
+
+
+def offline_sources(settings: Settings) -> SqlSources:
+    """Every tier as stored on disk: the lake plus log segments not sealed yet."""
+    lake = ColdLake(open_store(settings.store_url), writer_id=settings.cold.writer_id)
+    wal_dir = settings.data_dir / "wal"
+    segments = segment_numbers(wal_dir)
+    tables = tables_from_records([r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")])
+    hidden = set(segments)
+    return SqlSources(
+        cold_raw=lake.dataset("raw", hidden),
+        cold_quarantine=lake.dataset("quarantine", hidden),
+        cold_context=lake.dataset("context", hidden),
+        hot_fresh=tables.fresh,
+        hot_late=tables.late,
+        hot_quarantine=tables.quarantine,
+        hot_context=tables.context,
+        audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
+    )
+
+
+def query(settings: Settings, sql: str) -> pa.Table:
+    """Run one read-only statement over every tier; SqlError carries the database's message."""
+    if instance_running(settings):
+        status, body = _request(settings, "POST", "/sql?format=arrow", sql.encode())
+        if status == 200:
+            return pa.ipc.open_stream(body).read_all()
+        if status == 400:
+            raise SqlError(_error_of(body))
+        raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
+    if is_locked(settings.data_dir):
+        raise UserError(f"a fabtier pipeline holds {settings.data_dir} but its API at {settings.api_url} "
+                        "does not answer; check [api] host and port in the configuration")
+    lock = DataDirLock(settings.data_dir, exclusive=False)
+    try:
+        return run_sql(offline_sources(settings), sql)
+    finally:
+        lock.release()
+
+
+def run_lifecycle(settings: Settings) -> list[dict]:
+    """Run every tiering job once: in the running instance if there is one, else here."""
+    if instance_running(settings):
+        status, body = _request(settings, "POST", "/lifecycle/run", b"")
+        if status != 200:
+            raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
+        return json.loads(body)
+    from fabtier.pipeline import Pipeline
+    from lifecycle import jobs
+
+    pipeline = Pipeline(settings)
+    pipeline.open(warm=False)
+    try:
+        return jobs.run_all(pipeline)
+    finally:
+        pipeline.close_offline()

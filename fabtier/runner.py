@@ -1,0 +1,70 @@
+"""A running fabtier instance: the pipeline, its scheduler and its HTTP API, started and
+stopped in the right order."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from fabtier.api import ApiServer
+from fabtier.clock import Clock
+from fabtier.config import Settings
+from fabtier.pipeline import Pipeline, State
+from lifecycle.scheduler import start_scheduler
+
+log = logging.getLogger("fabtier")
+
+
+class Instance:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.pipeline = Pipeline(settings, clock=clock)
+        self.api: ApiServer | None = None
+        self._scheduler = None
+
+    def start(self) -> "Instance":
+        self.pipeline.open()
+        # The API answers (503) while the pipeline subscribes, so that readers know it runs.
+        self.api = ApiServer(self.pipeline, host=self.settings.api.host, port=self.settings.api.port,
+                             token=self.settings.api.token.reveal())
+        self.api.start()
+        try:
+            self.pipeline.start()
+            self._scheduler = start_scheduler(self.pipeline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        self.pipeline.stop()
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api.host}:{self.api.port}" if self.api else ""
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """Ctrl-C and SIGTERM ask for a clean stop instead of killing mid-write."""
+    def ask_to_stop(signum: int, frame: object) -> None:
+        stop.set()
+    signal.signal(signal.SIGINT, ask_to_stop)
+    signal.signal(signal.SIGTERM, ask_to_stop)
+
+
+def wait_until_stopped(instance: Instance, stop: threading.Event, seconds: float | None) -> None:
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not stop.is_set():
+        if instance.pipeline.state is State.FAILED:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        stop.wait(0.2)

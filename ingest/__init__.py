@@ -1,0 +1,1 @@
+"""Ingest: MQTT messages in, decoded into columnar batches, logged durably, then acknowledged."""

@@ -1,0 +1,232 @@
+"""Payload codec: one MQTT message into a columnar batch, or a reason to quarantine it.
+
+Pure: no I/O, no clock of its own (the caller passes `now_ms`). The rules are those of
+CONTRACT.md sections 1 and 2; a message is accepted whole or quarantined whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import orjson
+
+MAX_NAME_BYTES = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+_INT64_MAX = 2**63 - 1
+
+
+class PayloadError(ValueError):
+    """The message breaks the contract; `reason` is what the quarantine records."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ReadingBatch:
+    """Readings of one machine: sensor i is `sensor_names[sensor_codes[i]]`."""
+
+    machine: str
+    sensor_names: list[str]
+    sensor_codes: np.ndarray  # uint32
+    ts: np.ndarray  # int64 epoch milliseconds, UTC
+    value: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(slots=True, frozen=True)
+class ContextEvent:
+    """A lot starting or ending on a machine (CONTRACT.md section 2)."""
+
+    ts: int
+    machine: str
+    event: str
+    lot: str
+    wafer: str
+    recipe: str
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    max_future_ms: int
+    max_late_ms: int
+    max_payload: int
+
+
+def _check_name(what: str, name: str) -> None:
+    if not name:
+        raise PayloadError(f"empty {what} in topic")
+    if "" in name.split("/"):
+        raise PayloadError(f"empty level in {what} {name!r}")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise PayloadError(f"{what} name longer than {MAX_NAME_BYTES} bytes")
+
+
+def parse_ts(raw: object) -> int:
+    """Epoch milliseconds from an integer or an ISO-8601 string with a UTC offset."""
+    if type(raw) is int:
+        if not -_INT64_MAX <= raw <= _INT64_MAX:
+            raise PayloadError("ts out of range")
+        return raw
+    if isinstance(raw, str):
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise PayloadError(f"ts {raw[:40]!r} is not ISO-8601") from None
+        if moment.tzinfo is None:
+            raise PayloadError(f"ts {raw[:40]!r} has no UTC offset")
+        # Sub-millisecond digits are cut, not rounded: the reading belongs to its millisecond.
+        return (moment - _EPOCH) // _MS
+    raise PayloadError(f"ts must be epoch milliseconds or an ISO-8601 string, not {type(raw).__name__}")
+
+
+def _check_value(raw: object) -> float:
+    if type(raw) not in (int, float):
+        raise PayloadError(f"v must be a number, not {type(raw).__name__}")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise PayloadError("v is not finite")
+    return value
+
+
+def _load_json(payload: bytes, limits: Limits) -> object:
+    if len(payload) > limits.max_payload:
+        raise PayloadError(f"payload of {len(payload)} bytes is over the limit of {limits.max_payload}")
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"payload is not valid JSON ({exc})") from None
+
+
+def _check_time_window(ts: np.ndarray, now_ms: int, limits: Limits) -> None:
+    if len(ts) == 0:
+        return
+    newest, oldest = int(ts.max()), int(ts.min())
+    if newest > now_ms + limits.max_future_ms:
+        raise PayloadError(f"ts {newest} is more than max_future ahead of the pipeline clock")
+    if oldest < now_ms - limits.max_late_ms:
+        raise PayloadError(f"ts {oldest} is more than max_late behind the pipeline clock")
+
+
+def _decode_single(machine: str, sensor: str, doc: object) -> ReadingBatch:
+    if not isinstance(doc, dict):
+        raise PayloadError("payload must be a JSON object")
+    if isinstance(doc.get("ts"), list) or "sensor" in doc:
+        raise PayloadError("a batch on a single-reading topic")
+    if set(doc) != {"ts", "v"}:
+        missing = {"ts", "v"} - set(doc)
+        if missing:
+            raise PayloadError(f"missing field {sorted(missing)[0]}")
+        raise PayloadError(f"unknown field {sorted(set(doc) - {'ts', 'v'})[0]}")
+    ts = parse_ts(doc["ts"])
+    value = _check_value(doc["v"])
+    return ReadingBatch(
+        machine=machine,
+        sensor_names=[sensor],
+        sensor_codes=np.zeros(1, dtype=np.uint32),
+        ts=np.array([ts], dtype=np.int64),
+        value=np.array([value], dtype=np.float64),
+    )
+
+
+def _decode_batch(machine: str, doc: object) -> ReadingBatch:
+    if not isinstance(doc, dict):
+        raise PayloadError("payload must be a JSON object")
+    if set(doc) != {"ts", "sensor", "v"}:
+        if set(doc) == {"ts", "v"}:
+            raise PayloadError("a single reading on a machine topic")
+        missing = {"ts", "sensor", "v"} - set(doc)
+        if missing:
+            raise PayloadError(f"missing field {sorted(missing)[0]}")
+        raise PayloadError(f"unknown field {sorted(set(doc) - {'ts', 'sensor', 'v'})[0]}")
+    raw_ts, raw_sensor, raw_v = doc["ts"], doc["sensor"], doc["v"]
+    if not (isinstance(raw_ts, list) and isinstance(raw_sensor, list) and isinstance(raw_v, list)):
+        raise PayloadError("a batch needs ts, sensor and v as arrays")
+    n = len(raw_ts)
+    if n != len(raw_sensor) or n != len(raw_v):
+        raise PayloadError(f"batch arrays of unequal lengths ({n}, {len(raw_sensor)}, {len(raw_v)})")
+    if n == 0:
+        raise PayloadError("empty batch")
+
+    value_types = set(map(type, raw_v))
+    if not value_types <= {int, float}:
+        bad = sorted(t.__name__ for t in value_types - {int, float})
+        raise PayloadError(f"v must hold numbers, found {', '.join(bad)}")
+    value = np.array(raw_v, dtype=np.float64)
+    if not np.isfinite(value).all():
+        raise PayloadError("v holds a value that is not finite")
+
+    ts_types = set(map(type, raw_ts))
+    if ts_types == {int}:
+        try:
+            ts = np.array(raw_ts, dtype=np.int64)
+        except OverflowError:
+            raise PayloadError("ts out of range") from None
+    else:
+        ts = np.fromiter((parse_ts(t) for t in raw_ts), dtype=np.int64, count=n)
+
+    codes_of: dict[str, int] = {}
+    try:
+        codes = [codes_of.setdefault(s, len(codes_of)) for s in raw_sensor]
+    except TypeError:
+        raise PayloadError("sensor must hold strings") from None
+    names = list(codes_of)
+    for name in names:
+        if not isinstance(name, str):
+            raise PayloadError("sensor must hold strings")
+        _check_name("sensor", name)
+    return ReadingBatch(
+        machine=machine,
+        sensor_names=names,
+        sensor_codes=np.array(codes, dtype=np.uint32),
+        ts=ts,
+        value=value,
+    )
+
+
+def decode_readings(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ReadingBatch:
+    """Decode a message on `{root}/{machine}` (a batch) or `{root}/{machine}/{sensor}` (one reading)."""
+    rest = topic[len(root) + 1:]
+    machine, _, sensor = rest.partition("/")
+    _check_name("machine", machine)
+    doc = _load_json(payload, limits)
+    if sensor or rest.endswith("/"):
+        _check_name("sensor", sensor)
+        batch = _decode_single(machine, sensor, doc)
+    else:
+        batch = _decode_batch(machine, doc)
+    _check_time_window(batch.ts, now_ms, limits)
+    return batch
+
+
+def decode_context(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ContextEvent:
+    """Decode a lot start or end on `{ctx_root}/{machine}`."""
+    machine = topic[len(root) + 1:]
+    if "/" in machine:
+        raise PayloadError("a context topic has exactly one level after the root")
+    _check_name("machine", machine)
+    doc = _load_json(payload, limits)
+    if not isinstance(doc, dict):
+        raise PayloadError("payload must be a JSON object")
+    fields = {"ts", "event", "lot", "wafer", "recipe"}
+    missing = fields - set(doc)
+    if missing:
+        raise PayloadError(f"missing field {sorted(missing)[0]}")
+    if set(doc) - fields:
+        raise PayloadError(f"unknown field {sorted(set(doc) - fields)[0]}")
+    if doc["event"] not in ("start", "end"):
+        raise PayloadError("event must be 'start' or 'end'")
+    for key in ("lot", "wafer", "recipe"):
+        if not isinstance(doc[key], str) or not doc[key]:
+            raise PayloadError(f"{key} must be a non-empty string")
+    ts = parse_ts(doc["ts"])
+    _check_time_window(np.array([ts], dtype=np.int64), now_ms, limits)
+    return ContextEvent(ts=ts, machine=machine, event=doc["event"], lot=doc["lot"],
+                        wafer=doc["wafer"], recipe=doc["recipe"])

@@ -1,0 +1,115 @@
+"""Byte format of the write-ahead log: framed, checksummed records. Pure, no I/O.
+
+A record is `type (1 byte) | body length (u32) | crc32 of type+body (u32) | body`. A torn
+write at the end of a segment (a crash mid-append) fails its length or checksum and ends the
+replay there; such a record was never acknowledged, so the broker will deliver it again.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import orjson
+
+from ingest.codec import ContextEvent, ReadingBatch
+
+READINGS = 1
+QUARANTINE = 2
+CONTEXT = 3
+
+_HEADER = struct.Struct("<BII")
+_U16 = struct.Struct("<H")
+_COUNTS = struct.Struct("<II")
+SEGMENT_MAGIC = b"FTWAL1\n\0"
+
+
+@dataclass(slots=True, frozen=True)
+class QuarantineRecord:
+    received_at: int  # epoch ms
+    topic: str
+    reason: str
+    payload: str
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    return _HEADER.pack(kind, len(body), zlib.crc32(body, kind)) + body
+
+
+def _pack_str(text: str) -> bytes:
+    raw = text.encode()
+    return _U16.pack(len(raw)) + raw
+
+
+def encode_readings(batch: ReadingBatch) -> bytes:
+    parts = [_COUNTS.pack(len(batch.ts), len(batch.sensor_names)), _pack_str(batch.machine)]
+    parts += [_pack_str(name) for name in batch.sensor_names]
+    parts.append(np.ascontiguousarray(batch.sensor_codes, dtype="<u4").tobytes())
+    parts.append(np.ascontiguousarray(batch.ts, dtype="<i8").tobytes())
+    parts.append(np.ascontiguousarray(batch.value, dtype="<f8").tobytes())
+    return _frame(READINGS, b"".join(parts))
+
+
+def encode_quarantine(record: QuarantineRecord) -> bytes:
+    return _frame(QUARANTINE, orjson.dumps([record.received_at, record.topic, record.reason, record.payload]))
+
+
+def encode_context(event: ContextEvent) -> bytes:
+    return _frame(CONTEXT, orjson.dumps(
+        [event.ts, event.machine, event.event, event.lot, event.wafer, event.recipe]))
+
+
+def _unpack_str(body: memoryview, pos: int) -> tuple[str, int]:
+    (length,) = _U16.unpack_from(body, pos)
+    pos += 2
+    return bytes(body[pos:pos + length]).decode(), pos + length
+
+
+def _decode_readings(body: memoryview) -> ReadingBatch:
+    n, n_names = _COUNTS.unpack_from(body, 0)
+    machine, pos = _unpack_str(body, _COUNTS.size)
+    names = []
+    for _ in range(n_names):
+        name, pos = _unpack_str(body, pos)
+        names.append(name)
+    codes = np.frombuffer(body, dtype="<u4", count=n, offset=pos)
+    pos += 4 * n
+    ts = np.frombuffer(body, dtype="<i8", count=n, offset=pos)
+    pos += 8 * n
+    value = np.frombuffer(body, dtype="<f8", count=n, offset=pos)
+    return ReadingBatch(machine=machine, sensor_names=names, sensor_codes=codes, ts=ts, value=value)
+
+
+Record = ReadingBatch | QuarantineRecord | ContextEvent
+
+
+def decode_records(data: bytes) -> tuple[list[Record], int]:
+    """Every intact record in `data` and the length of the intact prefix."""
+    view = memoryview(data)
+    records: list[Record] = []
+    pos = len(SEGMENT_MAGIC) if data.startswith(SEGMENT_MAGIC) else 0
+    if pos == 0 and data:
+        return records, 0
+    while pos + _HEADER.size <= len(data):
+        kind, length, crc = _HEADER.unpack_from(view, pos)
+        start = pos + _HEADER.size
+        body = view[start:start + length]
+        if len(body) != length or zlib.crc32(body, kind) != crc:
+            break
+        if kind == READINGS:
+            records.append(_decode_readings(body))
+        elif kind == QUARANTINE:
+            records.append(QuarantineRecord(*orjson.loads(body)))
+        elif kind == CONTEXT:
+            records.append(ContextEvent(*orjson.loads(body)))
+        else:
+            break
+        pos = start + length
+    return records, pos
+
+
+def iter_readings(records: list[Record]) -> Iterator[ReadingBatch]:
+    return (r for r in records if isinstance(r, ReadingBatch))

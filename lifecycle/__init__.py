@@ -1,0 +1,1 @@
+"""Lifecycle: the scheduled, idempotent, audited jobs that move data between tiers."""

@@ -1,0 +1,53 @@
+"""The audit trail of tier moves: one JSON line per object moved, fsynced before the source
+is deleted, so that every deletion of data has a record of where its copy went."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+
+from tiers.cold import Move
+
+AUDIT_SCHEMA = pa.schema([
+    ("at", pa.timestamp("ms", tz="UTC")),
+    ("job", pa.string()),
+    ("what", pa.string()),
+    ("source", pa.string()),
+    ("target", pa.string()),
+    ("rows", pa.int64()),
+    ("bytes", pa.int64()),
+    ("checksum", pa.string()),
+])
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def record(self, job: str, moves: list[Move], at_ms: int) -> None:
+        if not moves:
+            return
+        lines = b"".join(orjson.dumps({
+            "at": at_ms, "job": job, "what": m.what, "source": m.source, "target": m.target,
+            "rows": m.rows, "bytes": m.bytes, "checksum": m.checksum,
+        }) + b"\n" for m in moves)
+        with self._lock, open(self.path, "ab") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def table(self) -> pa.Table:
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                try:
+                    rows.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    continue  # a line torn by a crash: its move was never completed
+        return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real mosquitto per test on a free port, settings in a temp directory."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fabtier.broker import LocalBroker, find_mosquitto, free_port
+from fabtier.config import Settings, settings_from_mapping
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
+    with LocalBroker(tmp_path / "broker") as running:
+        yield running
+
+
+def make_settings(tmp_path: Path, broker: LocalBroker | None, **sections: dict) -> Settings:
+    """Settings for one test: own data dir, own client id, free API port, no environment."""
+    doc: dict = {"data_dir": str(tmp_path / "data")}
+    doc["broker"] = {"client_id": f"fabtier-test-{os.getpid()}-{next(_ids)}"}
+    if broker is not None:
+        doc["broker"]["url"] = broker.url
+    doc["api"] = {"port": free_port()}
+    doc["cold"] = {"seal_every": "1h"}
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    return settings_from_mapping(doc, env={})
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """The TOML equivalent of `settings`, for driving the CLI."""
+    path.write_text(
+        f'data_dir = "{settings.data_dir}"\n'
+        f'[broker]\nurl = "{settings.broker.url}"\nclient_id = "{settings.broker.client_id}"\n'
+        f'[api]\nport = {settings.api.port}\n'
+        f'[cold]\nseal_every = "{int(settings.cold.seal_every)}s"\n'
+        f'[hot]\nwindow = "{int(settings.hot.window)}s"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def fabtier_cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would."""
+    exe = shutil.which("fabtier", path=str(Path(sys.executable).parent)) or shutil.which("fabtier")
+    command = [exe, *args] if exe else [sys.executable, "-m", "fabtier.cli", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fabtier {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def mosquitto_pub(broker: LocalBroker, topic: str, *messages: str, qos: int = 1) -> None:
+    """Publish with the independent client, one message per line."""
+    assert all("\n" not in m for m in messages)
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", str(qos),
+                    "-t", topic, "-l"], input="\n".join(messages) + "\n", text=True, check=True, timeout=30)
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,43 @@
+"""Sensor keys: a dense integer id for every (machine, sensor) seen by this process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+
+class SensorKeys:
+    """Interns (machine, sensor) pairs; ids are process-local and never written to disk."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], int] = {}
+        self.machines: list[str] = []
+        self.sensors: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.machines)
+
+    def id_of(self, machine: str, sensor: str) -> int:
+        key = (machine, sensor)
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = len(self.machines)
+            self.machines.append(machine)
+            self.sensors.append(sensor)
+        return found
+
+    def lookup(self, machine: str, sensor: str) -> int | None:
+        return self._ids.get((machine, sensor))
+
+    def ids_for(self, machine: str, sensor_names: list[str], sensor_codes: np.ndarray) -> np.ndarray:
+        """Key ids of a batch's rows, from its per-batch sensor dictionary."""
+        local = np.fromiter((self.id_of(machine, name) for name in sensor_names),
+                            dtype=np.int32, count=len(sensor_names))
+        return local[sensor_codes]
+
+    def names(self, key_ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """Machine and sensor columns for an array of key ids."""
+        indices = pa.array(key_ids, type=pa.int32())
+        machines = pa.array(self.machines, type=pa.string()).take(indices)
+        sensors = pa.array(self.sensors, type=pa.string()).take(indices)
+        return machines, sensors

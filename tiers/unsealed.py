@@ -1,0 +1,177 @@
+"""What is durable in the log but not sealed into Parquet yet, kept in memory per log segment.
+
+This is the hot tier's face in SQL: `readings` is the cold lake plus these rows. Rows are
+*fresh* (the hot ring vouched they are no duplicates) or *late* (older than the ring covers;
+the query checks them against the cold lake). Not thread-safe: the pipeline's lock guards it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.codec import ContextEvent, ReadingBatch
+from ingest.walformat import QuarantineRecord
+from tiers.keys import SensorKeys
+
+READINGS_SCHEMA = pa.schema([
+    ("machine", pa.string()),
+    ("sensor", pa.string()),
+    ("ts", pa.timestamp("ms", tz="UTC")),
+    ("value", pa.float64()),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("received_at", pa.timestamp("ms", tz="UTC")),
+    ("topic", pa.string()),
+    ("reason", pa.string()),
+    ("payload", pa.string()),
+])
+CONTEXT_SCHEMA = pa.schema([
+    ("ts", pa.timestamp("ms", tz="UTC")),
+    ("machine", pa.string()),
+    ("event", pa.string()),
+    ("lot", pa.string()),
+    ("wafer", pa.string()),
+    ("recipe", pa.string()),
+])
+
+
+@dataclass
+class _Segment:
+    key_ids: list[np.ndarray] = field(default_factory=list)
+    ts: list[np.ndarray] = field(default_factory=list)
+    value: list[np.ndarray] = field(default_factory=list)
+    verified: list[np.ndarray] = field(default_factory=list)
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    context: list[ContextEvent] = field(default_factory=list)
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentTables:
+    """One or more segments as Arrow tables, ready for Parquet or SQL."""
+
+    fresh: pa.Table
+    late: pa.Table
+    quarantine: pa.Table
+    context: pa.Table
+
+    @property
+    def readings(self) -> pa.Table:
+        return pa.concat_tables([self.fresh, self.late])
+
+
+def readings_table(machines: pa.Array, sensors: pa.Array, ts: np.ndarray, value: np.ndarray) -> pa.Table:
+    return pa.Table.from_arrays(
+        [machines, sensors, pa.array(ts, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+         pa.array(value, type=pa.float64())],
+        schema=READINGS_SCHEMA,
+    )
+
+
+def quarantine_table(records: list[QuarantineRecord]) -> pa.Table:
+    return pa.Table.from_pydict({
+        "received_at": [r.received_at for r in records],
+        "topic": [r.topic for r in records],
+        "reason": [r.reason for r in records],
+        "payload": [r.payload for r in records],
+    }, schema=QUARANTINE_SCHEMA)
+
+
+def context_table(events: list[ContextEvent]) -> pa.Table:
+    return pa.Table.from_pydict({
+        "ts": [e.ts for e in events],
+        "machine": [e.machine for e in events],
+        "event": [e.event for e in events],
+        "lot": [e.lot for e in events],
+        "wafer": [e.wafer for e in events],
+        "recipe": [e.recipe for e in events],
+    }, schema=CONTEXT_SCHEMA)
+
+
+def merge_tables(a: SegmentTables, b: SegmentTables) -> SegmentTables:
+    return SegmentTables(*(pa.concat_tables([getattr(a, f), getattr(b, f)])
+                           for f in ("fresh", "late", "quarantine", "context")))
+
+
+def tables_from_records(records: list) -> SegmentTables:
+    """Tables of records read back from the log; all readings count as late (unchecked)."""
+    batches = [r for r in records if isinstance(r, ReadingBatch)]
+    machines, sensors, ts, value = [], [], [], []
+    for batch in batches:
+        names = np.array(batch.sensor_names, dtype=object)
+        machines.append(np.full(len(batch.ts), batch.machine, dtype=object))
+        sensors.append(names[batch.sensor_codes])
+        ts.append(batch.ts)
+        value.append(batch.value)
+    if batches:
+        readings = readings_table(pa.array(np.concatenate(machines), pa.string()),
+                                  pa.array(np.concatenate(sensors), pa.string()),
+                                  np.concatenate(ts), np.concatenate(value))
+    else:
+        readings = READINGS_SCHEMA.empty_table()
+    return SegmentTables(
+        fresh=READINGS_SCHEMA.empty_table(),
+        late=readings,
+        quarantine=quarantine_table([r for r in records if isinstance(r, QuarantineRecord)]),
+        context=context_table([r for r in records if isinstance(r, ContextEvent)]),
+    )
+
+
+class UnsealedData:
+    """Rows per log segment, from append until the segment is sealed."""
+
+    def __init__(self, keys: SensorKeys) -> None:
+        self._keys = keys
+        self._segments: dict[int, _Segment] = {}
+
+    def _segment(self, number: int) -> _Segment:
+        found = self._segments.get(number)
+        if found is None:
+            found = self._segments[number] = _Segment()
+        return found
+
+    def add_readings(self, segment: int, key_ids: np.ndarray, ts: np.ndarray,
+                     value: np.ndarray, verified: np.ndarray) -> None:
+        target = self._segment(segment)
+        target.key_ids.append(key_ids)
+        target.ts.append(ts)
+        target.value.append(value)
+        target.verified.append(verified)
+        target.rows += len(ts)
+
+    def add_quarantine(self, segment: int, record: QuarantineRecord) -> None:
+        self._segment(segment).quarantine.append(record)
+
+    def add_context(self, segment: int, event: ContextEvent) -> None:
+        self._segment(segment).context.append(event)
+
+    def segments(self) -> list[int]:
+        return sorted(self._segments)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self._segments.values())
+
+    def drop(self, segment: int) -> None:
+        self._segments.pop(segment, None)
+
+    def tables(self, segments: list[int]) -> SegmentTables:
+        """The given segments' rows; arrays are shared, not copied, so this is cheap."""
+        parts = [self._segments[s] for s in segments if s in self._segments]
+        key_ids = np.concatenate([a for p in parts for a in p.key_ids] or [np.empty(0, np.int32)])
+        ts = np.concatenate([a for p in parts for a in p.ts] or [np.empty(0, np.int64)])
+        value = np.concatenate([a for p in parts for a in p.value] or [np.empty(0, np.float64)])
+        verified = np.concatenate([a for p in parts for a in p.verified] or [np.empty(0, bool)])
+        machines, sensors = self._keys.names(key_ids)
+        table = readings_table(machines, sensors, ts, value)
+        mask = pa.array(verified, type=pa.bool_())
+        return SegmentTables(
+            fresh=table.filter(mask),
+            late=table.filter(pc.invert(mask)),
+            quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
+            context=context_table([c for p in parts for c in p.context]),
+        )
