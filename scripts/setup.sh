@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what fabtier needs on a machine that has only Python, pip and Debian's packages:
+# mosquitto and its clients (Debian), then fabtier with its test tools in ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  echo "installing ${need_apt[*]} from Debian's packages"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+log=$(mktemp)
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+  cat "$log"
+  echo "pip could not install fabtier (output above)" >&2
+  exit 1
+fi
+rm -f "$log"

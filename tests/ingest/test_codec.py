@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+from ingest.codec import Limits, PayloadError, decode_context, decode_readings
+
+NOW = 1_764_000_000_000
+LIMITS = Limits(max_future_ms=15 * 60_000, max_late_ms=7 * 86_400_000, max_payload=4096)
+
+
+def readings(topic: str, payload: str | bytes):
+    raw = payload.encode() if isinstance(payload, str) else payload
+    return decode_readings(topic, raw, root="fab", now_ms=NOW, limits=LIMITS)
+
+
+def test_single_reading_with_sensor_path():
+    batch = readings("fab/etch-01/ch1/temp", '{"ts": %d, "v": 23.51}' % NOW)
+    assert batch.machine == "etch-01" and batch.sensor_names == ["ch1/temp"]
+    assert batch.ts.tolist() == [NOW] and batch.value.tolist() == [23.51]
+
+
+def test_iso_timestamp_with_offset_is_utc_milliseconds():
+    batch = readings("fab/m/s", '{"ts": "2025-11-24T17:00:00.123+01:00", "v": 1}')
+    assert batch.ts.tolist() == [1764000000123]
+
+
+def test_batch_decodes_to_columns_with_sensor_dictionary():
+    doc = {"ts": [NOW, NOW + 1, NOW + 2], "sensor": ["a", "b/c", "a"], "v": [1, 2.5, -3.25]}
+    batch = readings("fab/cvd-02", json.dumps(doc))
+    assert batch.sensor_names == ["a", "b/c"]
+    assert batch.sensor_codes.tolist() == [0, 1, 0]
+    assert batch.ts.dtype == np.int64 and batch.value.dtype == np.float64
+    assert batch.value.tolist() == [1.0, 2.5, -3.25]
+
+
+@pytest.mark.parametrize("topic, payload, reason", [
+    ("fab/m/s", '{"ts": %d, "v": NaN}' % NOW, "not valid JSON"),
+    ("fab/m/s", '{"ts": %d, "v": Infinity}' % NOW, "not valid JSON"),
+    ("fab/m/s", '{"ts": %d, "v": "1.0"}' % NOW, "v must be a number"),
+    ("fab/m/s", '{"ts": %d, "v": false}' % NOW, "v must be a number"),
+    ("fab/m/s", '{"ts": %d.5, "v": 1}' % NOW, "ts must be epoch milliseconds"),
+    ("fab/m/s", '{"v": 1}', "missing field ts"),
+    ("fab/m/s", '{"ts": %d, "v": 1, "unit": "C"}' % NOW, "unknown field unit"),
+    ("fab/m/s", '{"ts": "yesterday", "v": 1}', "not ISO-8601"),
+    ("fab/m/s", '{"ts": "2025-11-24T17:00:00", "v": 1}', "no UTC offset"),
+    ("fab/m/s", '{"ts": %d, "v": 1}' % (NOW + 16 * 60_000), "max_future"),
+    ("fab/m/s", '{"ts": %d, "v": 1}' % (NOW - 8 * 86_400_000), "max_late"),
+    ("fab/m/s", '{"ts": [1], "sensor": ["a"], "v": [1]}', "batch on a single-reading topic"),
+    ("fab/m", '{"ts": %d, "v": 1}' % NOW, "single reading on a machine topic"),
+    ("fab/m", '{"ts": [%d], "sensor": ["a", "b"], "v": [1]}' % NOW, "unequal lengths"),
+    ("fab/m", '{"ts": [], "sensor": [], "v": []}', "empty batch"),
+    ("fab/m", '{"ts": [%d], "sensor": [""], "v": [1]}' % NOW, "empty sensor"),
+    ("fab/m", '{"ts": [%d], "sensor": [7], "v": [1]}' % NOW, "sensor must hold strings"),
+    ("fab/m", '{"ts": [%d, %d], "sensor": ["a", "a"], "v": [1, true]}' % (NOW, NOW), "found bool"),
+    ("fab/m", '{"ts": %d, "sensor": "a", "v": 1}' % NOW, "as arrays"),
+    ("fab//s", '{"ts": %d, "v": 1}' % NOW, "empty machine"),
+    ("fab/m/", '{"ts": %d, "v": 1}' % NOW, "empty sensor"),
+    ("fab/m/a//b", '{"ts": %d, "v": 1}' % NOW, "empty level"),
+    ("fab/m/s", b"\xff\xfe", "not valid JSON"),
+    ("fab/m/s", "x" * 5000, "over the limit"),
+])
+def test_bad_messages_are_rejected_with_a_reason(topic, payload, reason):
+    with pytest.raises(PayloadError) as caught:
+        readings(topic, payload)
+    assert reason in caught.value.reason
+
+
+def test_context_event():
+    payload = json.dumps({"ts": NOW, "event": "start", "lot": "L2611-07", "wafer": "W07", "recipe": "ETCH-A"})
+    event = decode_context("fab-ctx/etch-01", payload.encode(), root="fab-ctx", now_ms=NOW, limits=LIMITS)
+    assert (event.machine, event.event, event.lot, event.wafer, event.recipe) == (
+        "etch-01", "start", "L2611-07", "W07", "ETCH-A")
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ({"ts": NOW, "event": "pause", "lot": "L", "wafer": "W", "recipe": "R"}, "event must be"),
+    ({"ts": NOW, "event": "end", "lot": "", "wafer": "W", "recipe": "R"}, "lot must be"),
+    ({"ts": NOW, "event": "end", "lot": "L", "wafer": "W"}, "missing field recipe"),
+])
+def test_bad_context_events(payload, reason):
+    with pytest.raises(PayloadError) as caught:
+        decode_context("fab-ctx/m", json.dumps(payload).encode(), root="fab-ctx", now_ms=NOW, limits=LIMITS)
+    assert reason in caught.value.reason
