@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 
 from tiers import parquetformat as fmt
 from tiers.store import ObjectStore
-from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
+from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
 
 _SEGMENT_FILE = re.compile(r"^(?P<writer>[A-Za-z0-9_-]+)-(?P<segment>\d{12})\.parquet$")
 
@@ -93,7 +93,8 @@ class ColdLake:
             if part.num_rows:
                 moves.append(self._write_verified(prefix + name, part, "raw", source))
         for what, table, column in (("quarantine", tables.quarantine, "received_at"),
-                                    ("context", tables.context, "ts")):
+                                    ("context", tables.context, "ts"),
+                                    ("alerts", tables.alerts, "ts")):
             for day, part in fmt.split_by_day(table, column).items():
                 moves.append(self._write_verified(f"{what}/date={day}/{name}", part, what, source))
         return moves
@@ -112,7 +113,8 @@ class ColdLake:
         return paths
 
     def dataset(self, kind: str, hidden_segments: set[int] = frozenset()) -> ds.Dataset:
-        schema = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA}[kind]
+        schema = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,
+                  "alerts": ALERTS_SCHEMA}[kind]
         return ds.dataset(self.files(kind, set(hidden_segments)), filesystem=self._fs,
                           format="parquet", schema=schema)
 

@@ -40,7 +40,8 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
         sink,
         compression="zstd",
         compression_level=3,
-        use_dictionary=[c for c in ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe")
+        use_dictionary=[c for c in ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe",
+                                  "recipe_version", "writer", "kind", "rule", "state", "step")
                         if c in table.column_names],
         column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts", "received_at") if c in table.column_names},
         row_group_size=ROW_GROUP_SIZE,
@@ -63,9 +64,10 @@ def checksum(table: pa.Table) -> str:
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            digest.update("\0".join(column.to_pylist()).encode())
+            # "\1" stands for a null, so that a null and an empty string differ
+            digest.update("\0".join("\1" if v is None else v for v in column.to_pylist()).encode())
         elif pa.types.is_timestamp(column.type):
-            digest.update(column.cast(pa.int64()).to_numpy().tobytes())
+            digest.update(column.cast(pa.int64()).fill_null(0).to_numpy().tobytes())
         else:
             digest.update(column.to_numpy(zero_copy_only=False).tobytes())
     return digest.hexdigest()
