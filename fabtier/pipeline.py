@@ -17,16 +17,20 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from analytics.session import SqlSources
 from fabtier.clock import Clock, SystemClock
 from fabtier.config import Settings
 from fabtier.datadir import DataDirLock
 from fabtier.errors import DurabilityError
+from ingest.alerting import Alerting
 from ingest.codec import Limits, PayloadError, ReadingBatch, decode_context, decode_readings
 from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
-from ingest.walformat import QuarantineRecord, encode_context, encode_quarantine, encode_readings
+from ingest.walformat import (QuarantineRecord, encode_alerts, encode_context, encode_quarantine,
+                              encode_readings)
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
@@ -60,6 +64,7 @@ class Metrics:
     rows_sealed: int = 0
     seal_failures: int = 0
     internal_errors: int = 0
+    alert_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ def payload_text(payload: bytes) -> str:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 alert_sinks: list | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.state = State.CREATED
@@ -108,6 +114,9 @@ class Pipeline:
         self.subscriber: Subscriber | None = None
         self._dir_lock: DataDirLock | None = None
         self._committer: threading.Thread | None = None
+        # Rules, recipe limits and the alert outbox; `alert_sinks` replaces the configured
+        # sinks (MQTT, webhook, SNS) when given.
+        self.alerting = Alerting(settings, self.keys, clock=self.clock, lock=self._lock, sinks=alert_sinks)
 
     # ---- start and stop -------------------------------------------------------------
     def open(self, *, warm: bool = True) -> None:
@@ -121,6 +130,18 @@ class Pipeline:
         self.seal()
         if warm:
             self._warm_ring()
+        self._recover_alerts()
+
+    def _recover_alerts(self) -> None:
+        """Open excursions, lot context and undelivered alerts, from the lake and the log."""
+        hidden = set(self.wal.segments())
+        on_disk = [s for s in hidden if s != self.wal.active]
+        tables = tables_from_records([r for s in on_disk for r in read_segment(self.wal.path(s))])
+        since = pa.scalar(self.clock.now_ms() - int(self.settings.ingest.max_late * 1000),
+                          pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        context = self.lake.dataset("context", hidden).to_table(filter=ds.field("ts") >= since)
+        self.alerting.recover(pa.concat_tables([self.lake.dataset("alerts", hidden).to_table(), tables.alerts]),
+                              pa.concat_tables([context, tables.context]))
 
     def _warm_ring(self) -> None:
         now = self.clock.now_ms()
@@ -149,6 +170,7 @@ class Pipeline:
         )
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
+        self.alerting.start()
         self.subscriber.start()
         if self.state is State.RECOVERING:
             self.state = State.READY
@@ -170,6 +192,7 @@ class Pipeline:
         if self.subscriber is not None:
             time.sleep(0.1)  # lets paho's network thread send the last acknowledgements
             self.subscriber.stop()
+        self.alerting.stop()
         if seal and not failed and self.wal is not None:
             self.seal()
         if self.wal is not None and not failed:
@@ -197,6 +220,7 @@ class Pipeline:
                     event = decode_context(topic, payload, root=self.settings.broker.ctx_root,
                                            now_ms=now, limits=self.limits)
                     with self._lock:
+                        event = self.alerting.on_context(event)
                         segment = self.wal.append(encode_context(event), token)
                         self.unsealed.add_context(segment, event)
                     self.metrics.context_events += 1
@@ -237,6 +261,13 @@ class Pipeline:
             if kept == 0:
                 self.wal.append(b"", token)  # all seen before: acknowledge with the next commit
                 return
+            alerts = self.alerting.evaluate(batch.machine, key_ids, batch.ts, batch.value)
+            if alerts:
+                # Before the readings: a log cut between the two records keeps the alert and
+                # loses only readings the broker will deliver again, never the other way round.
+                self.unsealed.add_alerts(self.wal.append(encode_alerts(alerts)), alerts)
+                self.alerting.appended(alerts)
+                self.metrics.alert_events += len(alerts)
             segment = self.wal.append(encode_readings(batch), token)
             self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
         self.metrics.readings_stored += kept
@@ -248,11 +279,13 @@ class Pipeline:
                 self._commit_and_ack()
 
     def _commit_and_ack(self) -> None:
+        alerts = self.alerting.take_appended()  # appended before this commit, so covered by it
         try:
             tokens = self.wal.commit()
         except DurabilityError as exc:
             self._fail(str(exc))
             return
+        self.alerting.committed(alerts)
         self.metrics.commits += 1
         for mid in tokens:
             self.subscriber.ack(mid)
@@ -320,6 +353,9 @@ class Pipeline:
             hot_quarantine=tables.quarantine,
             hot_context=tables.context,
             audit=self.audit.table(),
+            cold_alerts=self.lake.dataset("alerts", hidden),
+            hot_alerts=tables.alerts,
+            recipe_limits=self.alerting.book.table(),
         )
 
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +374,8 @@ class Pipeline:
             unsealed_rows = self.unsealed.rows
             ring_rows = len(self.ring)
         return {**asdict(self.metrics), "state": self.state.value, "unsealed_rows": unsealed_rows,
-                "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None}
+                "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None,
+                "alerts": self.alerting.metrics()}
 
     def close_offline(self) -> None:
         """Release what `open()` took, for a pipeline that never subscribed."""
