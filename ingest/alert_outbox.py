@@ -144,11 +144,11 @@ class SinkWorker:
                 log.exception("alert sink %s failed unexpectedly", self.sink.name)
                 sent, failure = 0, f"{type(exc).__name__}: {exc}"
             if sent:
-                self.position = batch[sent - 1].seq
                 try:
-                    self.cursor.write(self.position)
+                    self.cursor.write(batch[sent - 1].seq)
                 except OSError as exc:
                     log.error("cannot record alert delivery to %s (%s); events may repeat", self.sink.name, exc)
+                self.position = batch[sent - 1].seq
                 with self._cond:
                     for _ in range(sent):
                         self._queue.popleft()
