@@ -119,7 +119,8 @@ class Excursion:
 
 
 class _RecipeRows:
-    """Recipe limits of one batch's readings: NaN where no recipe limit applies."""
+    """Recipe limits of one batch's readings: NaN where no recipe limit applies. `run` and
+    `step` are per reading, or one int for the whole batch (the common case)."""
 
     __slots__ = ("lo", "hi", "tol", "step", "run", "runs")
 
@@ -127,9 +128,21 @@ class _RecipeRows:
         self.lo = np.full(n, np.nan)
         self.hi = np.full(n, np.nan)
         self.tol = np.full(n, np.nan)
-        self.step = np.full(n, -1, np.int64)
-        self.run = np.full(n, -1, np.int64)
+        self.step: np.ndarray | int = np.full(n, -1, np.int64)
+        self.run: np.ndarray | int = np.full(n, -1, np.int64)
         self.runs: list[Run] = []
+
+    @classmethod
+    def uniform(cls, run: Run, lo, hi, tol, step) -> "_RecipeRows":
+        rows = cls.__new__(cls)
+        rows.lo, rows.hi, rows.tol, rows.step, rows.run, rows.runs = lo, hi, tol, step, 0, [run]
+        return rows
+
+    def at(self, row: int) -> tuple[int, int]:
+        """(run index, step index) of one reading."""
+        run = self.run if isinstance(self.run, int) else int(self.run[row])
+        step = self.step if isinstance(self.step, int) else int(self.step[row])
+        return run, step
 
 
 class AlertEngine:
@@ -179,14 +192,19 @@ class AlertEngine:
             self._min_high[key] = min(highs) if highs else np.inf
             self._max_low[key] = max(lows) if lows else -np.inf
             self._has_recipe[key] = any(self.rules[i].recipe for i in matched)
-            self._kind[key] = self.book.kind_index(sensor)
+            self._kind[key] = self._kind_column(key)
         self._n = n
 
     def set_book(self, book: RecipeBook) -> None:
         """Use another recipe book from now on (a reload); kind columns are rebuilt."""
         self.book = book
         for key in range(self._n):
-            self._kind[key] = book.kind_index(self.keys.sensors[key])
+            self._kind[key] = self._kind_column(key)
+
+    def _kind_column(self, key: int) -> int:
+        # The NaN column also for sensors no recipe rule judges: their recipe limits stay NaN.
+        column = self.book.kind_index(self.keys.sensors[key]) if self._has_recipe[key] else -1
+        return column if column >= 0 else self.book.no_kind
 
     # ---- evaluation -------------------------------------------------------------------
     def evaluate(self, machine: str, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray,
@@ -198,21 +216,29 @@ class AlertEngine:
         out = (value > self._min_high[key_ids]) | (value < self._max_low[key_ids])
         recipe = None
         if self._any_recipe:
-            has_recipe = self._has_recipe[key_ids]
-            if has_recipe.any():
-                recipe = self._recipe_rows(machine, key_ids, ts, has_recipe)
+            if np.count_nonzero(self._has_recipe[key_ids]):
+                recipe = self._recipe_rows(machine, key_ids, ts)
                 if recipe is not None:
                     out |= (value > recipe.hi) | (value < recipe.lo)
         if self._n_active:
             out |= self._active[key_ids] > 0
-        if not out.any():
+        # count_nonzero, not .any(): the latter costs microseconds of Python per batch here.
+        if not np.count_nonzero(out):
             return []
         return self._slow(machine, key_ids, ts, value, out, recipe, now_ms)
 
-    def _recipe_rows(self, machine: str, key_ids: np.ndarray, ts: np.ndarray,
-                     has_recipe: np.ndarray) -> _RecipeRows | None:
+    def _recipe_rows(self, machine: str, key_ids: np.ndarray, ts: np.ndarray) -> _RecipeRows | None:
+        # Usually one run covers the whole batch: then no per-reading run lookup and no copies.
+        first, last = int(ts.min()), int(ts.max())
+        covering = self.lots.covering(machine, first, last)
+        if covering is not None:
+            _, run = covering
+            rv = self.book.get(run.recipe, run.recipe_version) if run.recipe_version else None
+            if rv is None:
+                return None
+            return _RecipeRows.uniform(run, *self.book.limits(
+                rv, ts - run.start_ms, self._kind[key_ids], first - run.start_ms, last - run.start_ms))
         index, runs = self.lots.runs_for(machine, ts)
-        index = np.where(has_recipe, index, -1)
         if not runs or index.max() < 0:
             return None
         rows = _RecipeRows(len(ts))
@@ -368,11 +394,12 @@ class AlertEngine:
                threshold: float, state: str, now_ms: int, flapping: bool, note: str,
                recipe: _RecipeRows | None) -> AlertEvent:
         run, step = None, None
-        if recipe is not None and recipe.run[row] >= 0:
-            run = recipe.runs[int(recipe.run[row])]
-            if recipe.step[row] >= 0 and run.recipe_version:
+        run_index, step_index = recipe.at(row) if recipe is not None else (-1, -1)
+        if run_index >= 0:
+            run = recipe.runs[run_index]
+            if step_index >= 0 and run.recipe_version:
                 rv = self.book.get(run.recipe, run.recipe_version)
-                step = rv.steps[int(recipe.step[row])].name if rv else None
+                step = rv.steps[step_index].name if rv else None
         if run is None:
             run = self.lots.run_at(machine, ts)
         seq, self.next_seq = self.next_seq, self.next_seq + 1

@@ -74,6 +74,16 @@ class LotContext:
             return None
         return found.runs[i]
 
+    def covering(self, machine: str, first_ts: int, last_ts: int) -> tuple[int, Run] | None:
+        """The run that covers all of [first_ts, last_ts], if one does."""
+        found = self._machines.get(machine)
+        if found is None or not found.runs:
+            return None
+        i = bisect.bisect_right(found.starts, first_ts) - 1
+        if i < 0 or last_ts >= found.ends[i]:
+            return None
+        return i, found.runs[i]
+
     def runs_for(self, machine: str, ts: np.ndarray) -> tuple[np.ndarray, list[Run]]:
         """Per reading the index of its run in the returned list, -1 where none ran."""
         found = self._machines.get(machine)

@@ -140,6 +140,11 @@ class RecipeBook:
         """Column of the sensor's kind in the limit matrices, or -1 when no recipe sets it."""
         return self._kind_index.get(kind_of(sensor), -1)
 
+    @property
+    def no_kind(self) -> int:
+        """The column that holds only NaN: what `limits` takes for "no limit for this sensor"."""
+        return len(self.kinds)
+
     def _arrays_of(self, rv: RecipeVersion) -> dict:
         arrays = rv._arrays
         if arrays.get("kinds") is not self.kinds:  # built for another book's kind columns
@@ -152,29 +157,41 @@ class RecipeBook:
                     j = self._kind_index[kind]
                     lo[i, j], hi[i, j], tol[i, j] = sp - t, sp + t, t
             arrays.clear()
-            arrays.update(kinds=self.kinds, lo=lo, hi=hi, tol=tol,
+            # Flat (step, kind) matrices, with a NaN row appended for "no step applies".
+            nan_row = np.full(k + 1, np.nan)
+            arrays.update(kinds=self.kinds, lo=np.concatenate([lo.ravel(), nan_row]),
+                          hi=np.concatenate([hi.ravel(), nan_row]), tol=np.concatenate([tol.ravel(), nan_row]),
                           ends=np.array([s.end_ms for s in rv.steps], dtype=np.int64),
-                          applies=np.array([s.start_ms + s.settle_ms for s in rv.steps], dtype=np.int64))
+                          applies=np.array([s.start_ms + s.settle_ms for s in rv.steps], dtype=np.int64),
+                          ends_list=[s.end_ms for s in rv.steps],
+                          applies_list=[s.start_ms + s.settle_ms for s in rv.steps])
         return arrays
 
     def limits(self, rv: RecipeVersion, offset_ms: np.ndarray,
-               kind_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               kind_col: np.ndarray, first: int | None = None,
+               last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | int]:
         """(low, high, tolerance, step index) per reading, from the readings' offsets into
-        the run and their kinds' columns; NaN limits (and step -1) where no limit applies:
-        after the last step, while a step settles, or for a kind the step does not set."""
+        the run (whose min and max may be given) and their kinds' columns (`kind_index`,
+        `no_kind` for none); NaN limits (and step -1) where no limit applies: after the
+        last step, while a step settles, or for a kind the step does not set. The step is
+        one int when every reading is in the same step."""
         a = self._arrays_of(rv)
-        step = np.searchsorted(a["ends"], offset_ms, side="right")
-        inside = step < len(rv.steps)
-        step = np.where(inside, step, 0)
-        if len(rv.steps):
+        n_steps, width = len(rv.steps), len(self.kinds) + 1
+        first = int(offset_ms.min()) if first is None else first
+        last = int(offset_ms.max()) if last is None else last
+        s0 = bisect.bisect_right(a["ends_list"], first)
+        if s0 < n_steps and first >= a["applies_list"][s0] and last < a["ends_list"][s0]:
+            # The whole batch lies in one step, past its settling: one add, then lookups.
+            flat = kind_col + s0 * width if s0 else kind_col
+            step = s0
+        else:
+            step = np.searchsorted(a["ends"], offset_ms, side="right")
+            inside = step < n_steps
+            np.minimum(step, n_steps - 1, out=step)
             inside &= offset_ms >= a["applies"][step]
-        col = np.where(inside, kind_idx, -1)
-        step = np.where(inside, step, -1)
-        row = np.maximum(step, 0)
-        if not len(rv.steps):
-            nan = np.full(len(offset_ms), np.nan)
-            return nan, nan, nan, step
-        return a["lo"][row, col], a["hi"][row, col], a["tol"][row, col], step
+            flat = np.where(inside, step * width + kind_col, n_steps * width)
+            step[~inside] = -1
+        return a["lo"].take(flat), a["hi"].take(flat), a["tol"].take(flat), step
 
     def table(self) -> pa.Table:
         """Every limit of every version, for the `recipe_limits` view."""
