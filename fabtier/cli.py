@@ -74,6 +74,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz, seed=args.seed)
 
 
+def cmd_bench_alerts(args: argparse.Namespace) -> int:
+    from fabtier.bench_alerts import run
+    return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+               batch=args.batch, excursions_per_s=args.excursions_per_s, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fabtier", description="IoT data tiering for fab sensor data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -118,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_run.add_argument("--config")
     lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
     lifecycle_run.set_defaults(func=cmd_lifecycle)
+
+    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bench_alerts = bench_sub.add_parser(
+        "alerts", help="engine cost per reading, and publish-to-alert latency while the simulator loads the pipeline")
+    bench_alerts.add_argument("--seconds", type=float, default=10.0, help="how long to inject excursions")
+    bench_alerts.add_argument("--machines", type=int, default=8)
+    bench_alerts.add_argument("--sensors", type=int, default=10, help="sensors per machine")
+    bench_alerts.add_argument("--rate-hz", type=float, default=250.0, help="readings per sensor per second")
+    bench_alerts.add_argument("--batch", type=int, default=500, help="readings per simulator message")
+    bench_alerts.add_argument("--excursions-per-s", type=float, default=20.0)
+    bench_alerts.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    bench_alerts.set_defaults(func=cmd_bench_alerts)
     return parser
 
 
