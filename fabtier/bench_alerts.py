@@ -93,12 +93,12 @@ def _summary(values: list[float]) -> dict:
             "max_ms": round(max(values), 2) if values else None}
 
 
-def _write_config(path: Path, *, data_dir: Path, broker_url: str, api_port: int) -> None:
+def _write_config(path: Path, *, data_dir: Path, broker_url: str, api_port: int, seal_every: str) -> None:
     path.write_text(
         f'data_dir = "{data_dir}"\n'
         f'[broker]\nurl = "{broker_url}"\nclient_id = "fabtier-bench-alerts"\n'
         f"[api]\nport = {api_port}\n"
-        '[cold]\nseal_every = "10s"\n'
+        f'[cold]\nseal_every = "{seal_every}"\n'
         "[alerts]\nflap_max = 0\n"
         # The simulator's own excursions raise these, as they would in a fab.
         '[[alerts.rules]]\nname = "chamber-overtemp"\nsensor = "*/ch*/temp"\nhigh = 80.0\nlow = 10.0\nhysteresis = 1.0\n'
@@ -121,12 +121,13 @@ def _client(name: str) -> mqtt.Client:
 
 
 def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, batch: int,
-               excursions_per_s: float, log=print) -> dict:
+               excursions_per_s: float, seal_every: str = "10s") -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="fabtier-bench-alerts-"))
     broker = LocalBroker(workdir / "broker").start()
     api_port = free_port()
     config = workdir / "fabtier.toml"
-    _write_config(config, data_dir=workdir / "data", broker_url=broker.url, api_port=api_port)
+    _write_config(config, data_dir=workdir / "data", broker_url=broker.url, api_port=api_port,
+                  seal_every=seal_every)
     instance = simulator = None
     receiver = injector = None
     try:
@@ -139,6 +140,8 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
             time.sleep(0.1)
 
         sent: dict[int, float] = {}
+        sent_wall: dict[int, int] = {}
+        decided: dict[int, int] = {}  # the pipeline's raised_at (epoch ms) per probe
         alerts: dict[int, list[float]] = {}
         cleared: dict[int, float] = {}
         hops: dict[int, float] = {}
@@ -151,9 +154,10 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
             probe = int(parts[-1])
             with lock:
                 if parts[0] == "fab-alerts":
-                    state = orjson.loads(message.payload)["state"]
-                    if state == "raised":
+                    payload = orjson.loads(message.payload)
+                    if payload["state"] == "raised":
                         alerts.setdefault(probe, []).append(arrived)
+                        decided.setdefault(probe, payload["raised_at"])
                     else:
                         cleared.setdefault(probe, arrived)
                 elif orjson.loads(message.payload)["v"] > 100:
@@ -186,6 +190,7 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
             now_ms = int(time.time() * 1000)
             topic = f"fab/{INJECT_MACHINE}/probe/{probe}"
             sent[probe] = time.perf_counter()
+            sent_wall[probe] = time.time_ns() / 1e6
             injector.publish(topic, orjson.dumps({"ts": now_ms, "v": 1000.0}), qos=1)
             injector.publish(topic, orjson.dumps({"ts": now_ms + 1, "v": 0.0}), qos=1)
             probe += 1
@@ -204,17 +209,20 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
             raise_ms = [(alerts[p][0] - sent[p]) * 1000 for p in sent if p in alerts]
             clear_ms = [(cleared[p] - sent[p]) * 1000 for p in sent if p in cleared]
             hop_ms = [(hops[p] - sent[p]) * 1000 for p in sent if p in hops]
+            # Wall clock against the pipeline's wall clock (same machine): where the time goes.
+            decide_ms = [decided[p] - sent_wall[p] for p in sent if p in decided]
             missed = sum(1 for p in sent if p not in alerts)
             repeated = sum(len(v) - 1 for v in alerts.values())
         stored = after.get("readings_stored", 0) - before.get("readings_stored", 0)
         return {
             "injected": len(sent), "missed": missed, "repeated": repeated,
             "raised": _summary(raise_ms), "cleared": _summary(clear_ms), "broker_hop_baseline": _summary(hop_ms),
+            "decided": _summary(decide_ms),
             "seconds": round(elapsed, 2), "simulator": sim,
             "ingest_readings_per_s": round(stored / elapsed) if elapsed else 0,
             "config": {"machines": machines, "sensors": sensors, "rate_hz": rate_hz, "batch": batch,
                        "offered_readings_per_s": round(machines * sensors * rate_hz),
-                       "excursions_per_s": excursions_per_s},
+                       "excursions_per_s": excursions_per_s, "seal_every": seal_every},
             "pipeline_alerts": after.get("alerts", {}).get("raised"),
         }
     finally:
@@ -237,21 +245,29 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
 
 
 def run(*, seconds: float, machines: int, sensors: int, rate_hz: float, batch: int,
-        excursions_per_s: float, as_json: bool) -> int:
+        excursions_per_s: float, seal_every: str, as_json: bool) -> int:
     if seconds <= 0 or excursions_per_s <= 0 or machines < 1 or sensors < 1 or rate_hz <= 0 or batch < 1:
         raise UserError("--seconds, --excursions-per-s, --machines, --sensors, --rate-hz and --batch must be positive")
     micro = engine_cost()
     print("engine cost per reading (ns): batch  decode(baseline)  fixed-rules  recipe-limits")
     for row in micro:
         print(f"  {row['batch']:>6}  {row['decode_ns']:>10}  {row['fixed_ns']:>10}  {row['recipe_ns']:>10}")
+    from fabtier.units import parse_duration
+    try:
+        parse_duration(seal_every)
+    except ValueError:
+        raise UserError(f"--seal-every {seal_every!r} is not a duration; write e.g. 10s") from None
     e2e = end_to_end(seconds=seconds, machines=machines, sensors=sensors, rate_hz=rate_hz, batch=batch,
-                     excursions_per_s=excursions_per_s)
+                     excursions_per_s=excursions_per_s, seal_every=seal_every)
     r, c, hop = e2e["raised"], e2e["cleared"], e2e["broker_hop_baseline"]
     print(f"load: offered {e2e['config']['offered_readings_per_s']} readings/s, simulator published "
           f"{e2e['simulator'].get('readings_per_s')}/s, fabtier stored {e2e['ingest_readings_per_s']}/s")
     print(f"injected {e2e['injected']} excursions: missed {e2e['missed']}, repeated {e2e['repeated']}")
     print(f"publish -> raised alert at subscriber: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
     print(f"publish -> cleared alert:              p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms")
+    d = e2e["decided"]
+    print(f"  of which publish -> decision in fabtier (raised_at): p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms, "
+          f"max {d['max_ms']} ms")
     print(f"baseline, publish -> reading at subscriber (broker hop): p50 {hop['p50_ms']} ms, "
           f"p99 {hop['p99_ms']} ms, max {hop['max_ms']} ms")
     if as_json:

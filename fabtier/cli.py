@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_alerts(args: argparse.Namespace) -> int:
     from fabtier.bench_alerts import run
     return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
-               batch=args.batch, excursions_per_s=args.excursions_per_s, as_json=args.json)
+               batch=args.batch, excursions_per_s=args.excursions_per_s, seal_every=args.seal_every,
+               as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_alerts.add_argument("--rate-hz", type=float, default=250.0, help="readings per sensor per second")
     bench_alerts.add_argument("--batch", type=int, default=500, help="readings per simulator message")
     bench_alerts.add_argument("--excursions-per-s", type=float, default=20.0)
+    bench_alerts.add_argument("--seal-every", default="10s", help="[cold] seal_every of the instance under test")
     bench_alerts.add_argument("--json", action="store_true", help="one JSON object as the last line")
     bench_alerts.set_defaults(func=cmd_bench_alerts)
     return parser
