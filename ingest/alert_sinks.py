@@ -57,7 +57,14 @@ def alert_payload(e: AlertEvent) -> dict:
 
 
 def alert_topic(alert_root: str, e: AlertEvent) -> str:
-    return f"{alert_root}/{e.machine}/{e.sensor}"
+    """`{alert_root}/{machine}/{sensor}`. A name from a batch payload may hold MQTT wildcards
+    (`+`, `#`) or NUL, which no published topic may: they become `_` here (the payload keeps
+    the exact names), so that such an alert cannot block the sink."""
+    topic = f"{alert_root}/{e.machine}/{e.sensor}"
+    return topic.translate(_NOT_IN_TOPICS) if any(c in topic for c in "+#\0") else topic
+
+
+_NOT_IN_TOPICS = str.maketrans({"+": "_", "#": "_", "\0": "_"})
 
 
 def alert_line(e: AlertEvent) -> str:

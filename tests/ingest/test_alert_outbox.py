@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from ingest.alert_outbox import Outbox
-from ingest.alert_sinks import SinkError, alert_line, alert_payload
+from ingest.alert_sinks import SinkError, alert_line, alert_payload, alert_topic
 from ingest.alerts import AlertEvent
 from tests.conftest import wait_for
 
@@ -92,3 +92,9 @@ def test_payload_and_log_line():
     assert list(payload)[:9] == ["machine", "sensor", "ts", "value", "kind", "threshold", "rule", "state", "raised_at"]
     assert payload["id"] == "w0:7"
     assert alert_line(e).startswith("alert raised etch-01/ch1/temp rule=overtemp value=85 > 80 (high)")
+
+
+def test_alert_topics_never_hold_wildcards():
+    assert alert_topic("fab-alerts", event(1)) == "fab-alerts/etch-01/ch1/temp"
+    odd = AlertEvent(**{**{f: getattr(event(1), f) for f in AlertEvent.__slots__}, "sensor": "ch#1/t+x"})
+    assert alert_topic("fab-alerts", odd) == "fab-alerts/etch-01/ch_1/t_x"
