@@ -12,7 +12,8 @@ Two parts, both printed, and with `--json` one JSON object as the last line:
    subscriber times each one from the publisher's send to the alert's arrival: p50, p99,
    max, and missed (alerts that never came) and repeated (alerts that came twice). The
    baseline is the broker's own hop, measured in the same run: the same subscriber also
-   receives the injected reading itself.
+   receives the injected reading itself. The instance seals every 10 s by default
+   (`--seal-every`), so that a seal, which stalls ingest for a moment, falls in the window.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class MqttAlertSink:
     name = "mqtt"
 
     def __init__(self, *, url: str, alert_root: str, client_id: str, username: str = "",
-                 password: str = "", timeout: float = 10.0) -> None:
+                 password: str = "", timeout: float = 5.0) -> None:
         parsed = urlparse(url)
         self.alert_root = alert_root
         self.timeout = timeout

@@ -204,7 +204,7 @@ class Alerting:
     def metrics(self) -> dict:
         return {
             "rules": len(self.engine.rules), "raised": self.raised, "cleared": self.cleared,
-            "open": len(self.engine.open_excursions()), "late_readings": self.engine.late_readings,
+            "open": self.engine.open_count, "late_readings": self.engine.late_readings,
             "recipe_versions": len(self.book), "recipe_reloads": self.recipe_reloads,
             "recipe_reload_errors": self.recipe_reload_errors, "last_reload_error": self.last_reload_error,
             "sinks": self.outbox.metrics() if self.outbox else {},

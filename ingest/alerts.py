@@ -444,7 +444,13 @@ class AlertEngine:
                 self._n_active += 1
         return self._n_active
 
+    @property
+    def open_count(self) -> int:
+        """Pending, raised or damped (rule, sensor) pairs; safe to read from any thread."""
+        return self._n_active
+
     def open_excursions(self) -> list[Excursion]:
+        """Not thread-safe: call under the lock that guards `evaluate`."""
         return [Excursion(self.rules[ri].name, self.keys.machines[key], self.keys.sensors[key],
                           _PHASE_NAMES[st.phase], _KIND.get(st.kind, ""))
                 for (ri, key), st in self._states.items() if st.phase != NORMAL]
