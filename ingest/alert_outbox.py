@@ -2,10 +2,11 @@
 
 The outbox keeps no copy of the events: they are durable in the write-ahead log (and then
 the lake) before they are handed over. What it keeps per sink is a cursor, the `seq` of
-the last event that sink took, written atomically to `{directory}/{sink}.cursor` after
-each delivered batch. On start every event after a sink's cursor is queued again, so a
-sink that fails, or a crash before delivery, loses nothing; a crash between delivery and
-the cursor write repeats a few events (at least once; payloads carry an id).
+the last event that sink took, written atomically to `{directory}/{sink}.cursor` by a
+background thread soon after each delivery (the fsync never delays the next alert). On
+start every event after a sink's cursor is queued again, so a sink that fails, or a crash
+before delivery, loses nothing; a crash between a delivery and its cursor write repeats
+those events (at least once; payloads carry an id).
 
 Each sink has its own thread and queue: a slow or dead sink delays only itself, never
 ingest (which only appends to a deque) and never another sink. Failures back off from
@@ -73,7 +74,11 @@ class SinkWorker:
         self._stop = False
         self._draining_until: float | None = None
         self._thread: threading.Thread | None = None
-        self.position = 0  # seq of the last event taken (as in the cursor file)
+        self._writer: threading.Thread | None = None
+        self._taken = 0  # seq of the last event the sink took
+        self._taken_changed = threading.Event()
+        self.position = 0  # seq of the last event taken that the cursor file holds
+        self.latency_ms: deque[float] = deque(maxlen=1000)  # decision -> delivered, recent events
         self.delivered = 0
         self.failures = 0
         self.last_error = ""
@@ -85,7 +90,7 @@ class SinkWorker:
             # A sink configured for the first time starts at the end of the alert log.
             found = last_seq
             self.cursor.write(found)
-        self.position = found
+        self.position = self._taken = found
         self._queue.extend(e for e in events if e.seq > found)
 
     def push(self, events: list[AlertEvent]) -> None:
@@ -100,6 +105,9 @@ class SinkWorker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"alerts-{self.sink.name}", daemon=True)
         self._thread.start()
+        self._writer = threading.Thread(target=self._write_cursor, name=f"alerts-{self.sink.name}-cursor",
+                                        daemon=True)
+        self._writer.start()
 
     def drain(self, grace: float) -> None:
         """Deliver what is queued for up to `grace` seconds more, then stop; the rest waits
@@ -116,7 +124,27 @@ class SinkWorker:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(self.sink_timeout() + 1)
+        self._taken_changed.set()
+        if self._writer is not None:
+            self._writer.join()
         self.sink.close()
+
+    def _write_cursor(self) -> None:
+        while True:
+            self._taken_changed.wait()
+            self._taken_changed.clear()
+            taken = self._taken
+            if taken != self.position:
+                try:
+                    self.cursor.write(taken)
+                    self.position = taken
+                except OSError as exc:
+                    log.error("cannot record alert delivery to %s (%s); events may repeat", self.sink.name, exc)
+            with self._cond:
+                if self._stop:
+                    if self._taken == self.position:
+                        return
+                    self._taken_changed.set()
 
     def sink_timeout(self) -> float:
         return float(getattr(self.sink, "timeout", 5.0))
@@ -144,15 +172,14 @@ class SinkWorker:
                 log.exception("alert sink %s failed unexpectedly", self.sink.name)
                 sent, failure = 0, f"{type(exc).__name__}: {exc}"
             if sent:
-                try:
-                    self.cursor.write(batch[sent - 1].seq)
-                except OSError as exc:
-                    log.error("cannot record alert delivery to %s (%s); events may repeat", self.sink.name, exc)
-                self.position = batch[sent - 1].seq
+                now_ms = time.time_ns() / 1e6
+                self.latency_ms.extend(now_ms - e.raised_at for e in batch[:sent])
                 with self._cond:
                     for _ in range(sent):
                         self._queue.popleft()
                 self.delivered += sent
+                self._taken = batch[sent - 1].seq
+                self._taken_changed.set()
             if failure is None:
                 backoff = self.retry_min
                 continue
@@ -196,4 +223,15 @@ class Outbox:
 
     def metrics(self) -> dict:
         return {w.sink.name: {"delivered": w.delivered, "backlog": w.backlog, "failures": w.failures,
-                              "position": w.position, "last_error": w.last_error} for w in self.workers}
+                              "position": w.position, "last_error": w.last_error,
+                              "decided_to_delivered_ms": latency_summary(list(w.latency_ms))}
+                for w in self.workers}
+
+
+def latency_summary(values: list[float]) -> dict:
+    """p50, p99 and max of recent latencies (ms), for /metrics."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
+    return {"n": len(ordered), "p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 2)}

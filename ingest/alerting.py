@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import ContextManager
@@ -24,7 +25,7 @@ import pyarrow as pa
 from fabtier.clock import Clock
 from fabtier.config import Settings
 from fabtier.errors import ConfigError
-from ingest.alert_outbox import Outbox
+from ingest.alert_outbox import Outbox, latency_summary
 from ingest.alert_sinks import LogSink, build_sinks
 from ingest.alerts import AlertEngine, AlertEvent
 from ingest.codec import ContextEvent
@@ -85,6 +86,7 @@ class Alerting:
                                   writer=settings.cold.writer_id,
                                   flap_window_ms=round(alerts.flap_window * 1000), flap_max=alerts.flap_max)
         self._appended: deque[AlertEvent] = deque()
+        self._commit_latency: deque[float] = deque(maxlen=1000)  # decision -> durable, ms
         self._sinks = sinks  # None: the configured ones, built at start
         self.outbox: Outbox | None = None
         self._backlog: list[AlertEvent] = []  # this writer's durable events, for the outbox
@@ -130,8 +132,11 @@ class Alerting:
         return [self._appended.popleft() for _ in range(count)]
 
     def committed(self, events: list[AlertEvent]) -> None:
-        if events and self.outbox is not None:
-            self.outbox.push(events)
+        if events:
+            now_ms = time.time_ns() / 1e6
+            self._commit_latency.extend(now_ms - e.raised_at for e in events)
+            if self.outbox is not None:
+                self.outbox.push(events)
 
     # ---- start, stop, recovery --------------------------------------------------------
     def recover(self, alerts: pa.Table, context: pa.Table) -> None:
@@ -207,5 +212,6 @@ class Alerting:
             "open": self.engine.open_count, "late_readings": self.engine.late_readings,
             "recipe_versions": len(self.book), "recipe_reloads": self.recipe_reloads,
             "recipe_reload_errors": self.recipe_reload_errors, "last_reload_error": self.last_reload_error,
+            "decided_to_durable_ms": latency_summary(list(self._commit_latency)),
             "sinks": self.outbox.metrics() if self.outbox else {},
         }
