@@ -68,6 +68,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "ingest":
+        from fabtier.bench import ingest
+        result = ingest.run(ingest.IngestBench(
+            seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+            batch=args.batch, live=args.live, seed=args.seed))
+        print(ingest.report(result), flush=True)
+    else:
+        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fabtier.demo import run_demo
     return run_demo(data_dir=Path(args.data_dir), seconds=args.seconds, port=args.port,
@@ -111,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--config")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.set_defaults(func=cmd_sql)
+
+    bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold"])
+    bench.add_argument("--seconds", type=float, default=10.0, help="seconds of simulated data (ingest)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    bench.add_argument("--machines", type=int, default=40)
+    bench.add_argument("--sensors", type=int, default=50, help="sensors per machine")
+    bench.add_argument("--rate-hz", type=float, default=500.0)
+    bench.add_argument("--batch", type=int, default=500, help="readings per message (1: single readings)")
+    bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.set_defaults(func=cmd_bench)
 
     lifecycle = sub.add_parser("lifecycle", help="tiering jobs")
     lifecycle_sub = lifecycle.add_subparsers(dest="action", required=True)
