@@ -226,13 +226,23 @@ class Pipeline:
 
     def _store(self, batch: ReadingBatch, token: int | None) -> None:
         with self._lock:
-            key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
-            keep, verified = self.ring.insert(key_ids, batch.ts, batch.value)
+            layout = batch.layout
+            if layout is not None:
+                key_of_code = layout.key_cache.get(batch.machine)
+                if key_of_code is None:
+                    key_of_code = layout.key_cache[batch.machine] = self.keys.ids_local(
+                        batch.machine, batch.sensor_names)
+                key_ids = key_of_code[batch.sensor_codes]
+                masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
+            else:
+                key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
+                masks = None
+            keep, verified = masks or self.ring.insert(key_ids, batch.ts, batch.value)
             kept = int(keep.sum())
             if kept < len(keep):
                 self.metrics.duplicates_dropped += len(keep) - kept
                 batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
-                                     batch.ts[keep], batch.value[keep])
+                                     batch.ts[keep], batch.value[keep], None)
                 key_ids, verified = key_ids[keep], verified[keep]
             if kept == 0:
                 self.wal.append(b"", token)  # all seen before: acknowledge with the next commit

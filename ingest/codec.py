@@ -17,9 +17,6 @@ MAX_NAME_BYTES = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 _INT64_MAX = 2**63 - 1
-# Sensor names already found valid: a fab repeats the same few thousand names forever.
-_GOOD_NAMES: set[str] = set()
-_GOOD_NAMES_MAX = 1 << 20
 
 
 class PayloadError(ValueError):
@@ -28,6 +25,30 @@ class PayloadError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SensorLayout:
+    """The sensor column of a batch, analysed once and reused: gateways send the same
+    interleaving of sensors in message after message, so the grouping of rows by sensor
+    (what the hot ring needs) is computed once per distinct sequence of names."""
+
+    __slots__ = ("names", "codes", "order", "starts", "counts", "group_codes", "row_group", "rank", "key_cache")
+
+    def __init__(self, names: list[str], codes: np.ndarray) -> None:
+        self.names = names
+        self.codes = codes
+        self.order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[self.order]
+        self.starts = np.flatnonzero(np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]]))
+        self.counts = np.diff(np.concatenate([self.starts, [len(codes)]]))
+        self.group_codes = sorted_codes[self.starts]
+        self.row_group = np.repeat(np.arange(len(self.starts)), self.counts)
+        self.rank = np.arange(len(codes)) - self.starts[self.row_group]
+        self.key_cache: dict[str, np.ndarray] = {}  # machine -> key id of each name
+
+
+_LAYOUTS: dict[tuple[str, ...], SensorLayout] = {}
+_LAYOUTS_MAX = 4096
 
 
 @dataclass(slots=True)
@@ -39,6 +60,7 @@ class ReadingBatch:
     sensor_codes: np.ndarray  # uint32
     ts: np.ndarray  # int64 epoch milliseconds, UTC
     value: np.ndarray  # float64
+    layout: SensorLayout | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -176,25 +198,34 @@ def _decode_batch(machine: str, doc: object) -> ReadingBatch:
         ts = np.fromiter((parse_ts(t) for t in raw_ts), dtype=np.int64, count=n)
 
     try:
-        names = list(dict.fromkeys(raw_sensor))  # first-seen order, at C speed
+        pattern = tuple(raw_sensor)
+        layout = _LAYOUTS.get(pattern)
     except TypeError:
         raise PayloadError("sensor must hold strings") from None
-    for name in names:
-        if name not in _GOOD_NAMES:
-            if not isinstance(name, str):
-                raise PayloadError("sensor must hold strings")
-            _check_name("sensor", name)
-            if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
-                _GOOD_NAMES.add(name)
-    index = {name: i for i, name in enumerate(names)}
-    codes = np.fromiter(map(index.__getitem__, raw_sensor), dtype=np.uint32, count=n)
+    if layout is None:
+        layout = _new_layout(raw_sensor)
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[pattern] = layout
     return ReadingBatch(
         machine=machine,
-        sensor_names=names,
-        sensor_codes=codes,
+        sensor_names=layout.names,
+        sensor_codes=layout.codes,
         ts=ts,
         value=value,
+        layout=layout,
     )
+
+
+def _new_layout(raw_sensor: list) -> SensorLayout:
+    names = list(dict.fromkeys(raw_sensor))  # first-seen order, at C speed
+    for name in names:
+        if not isinstance(name, str):
+            raise PayloadError("sensor must hold strings")
+        _check_name("sensor", name)
+    index = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter(map(index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
+    return SensorLayout(names, codes)
 
 
 def decode_readings(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ReadingBatch:

@@ -60,20 +60,30 @@ class HotRing:
 
     def _resize(self, capacity: int, rows_needed: int) -> None:
         """Re-lay every row into `capacity` slots (keeping the newest) and room for rows."""
-        used = np.arange(self._keys)
-        ts, value, count = self._linear(used)
-        keep = np.minimum(count, capacity)
+        old_cap = self.capacity
         rows = max(rows_needed, len(self._written))
         new_ts = np.empty((rows, capacity), np.int64)
         new_value = np.empty((rows, capacity), np.float64)
         for row in range(self._keys):  # rare: only when the layout changes
-            n, k = int(count[row]), int(keep[row])
-            new_ts[row, :k] = ts[row, n - k:n]
-            new_value[row, :k] = value[row, n - k:n]
-            if k < n:
-                self._covered[row] = max(self._covered[row], int(ts[row, n - k]))
+            written = int(self._written[row])
+            count = min(written, old_cap)
+            keep = min(count, capacity)
+            # The newest `keep` readings end just before the write position.
+            end = written % old_cap if written > old_cap else count
+            first = end - keep
+            if first >= 0:
+                new_ts[row, :keep] = self._ts[row, first:end]
+                new_value[row, :keep] = self._value[row, first:end]
+            else:  # they wrap around the end of the old row
+                tail = -first
+                new_ts[row, :tail] = self._ts[row, old_cap - tail:]
+                new_value[row, :tail] = self._value[row, old_cap - tail:]
+                new_ts[row, tail:keep] = self._ts[row, :end]
+                new_value[row, tail:keep] = self._value[row, :end]
+            if keep < count:
+                self._covered[row] = max(self._covered[row], int(new_ts[row, 0]))
+            self._written[row] = keep
         self._ts, self._value, self.capacity = new_ts, new_value, capacity
-        self._written[:self._keys] = keep
 
     def _ensure_keys(self, rows_needed: int) -> None:
         if rows_needed <= len(self._written):
@@ -145,6 +155,32 @@ class HotRing:
                 self._reserve(keys, starts, counts, t)
             self._append(order, k, t, value, starts, counts)
         return keep, verified
+
+    def insert_grouped(self, group_keys: np.ndarray, layout, ts: np.ndarray,
+                       value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fast path of `insert` for a batch whose grouping by sensor is known already
+        (`layout`, an `ingest.codec.SensorLayout`; `group_keys` is the key of each group).
+
+        Returns None, having changed nothing, unless every row is newer than everything
+        stored for its sensor and each sensor's rows arrive in ts order: the common case.
+        """
+        if len(group_keys) == 0:
+            return None
+        self._ensure_keys(int(group_keys.max()) + 1)
+        order, starts, counts = layout.order, layout.starts, layout.counts
+        t = ts[order]
+        first = t[starts]
+        if not (first > self._last[group_keys]).all() or not (first >= self._covered[group_keys]).all():
+            return None
+        rising = t[1:] > t[:-1]
+        rising[starts[1:] - 1] = True  # a new sensor starts there
+        if not rising.all():
+            return None
+        if (np.minimum(self._written[group_keys], self.capacity) + counts).max() > self.capacity:
+            self._reserve(group_keys, starts, counts, t)
+        self._append(order, group_keys[layout.row_group], t, value, starts, counts)
+        n = len(ts)
+        return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
 
     def _reserve(self, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, t: np.ndarray) -> None:
         """Grow before a write that would push readings still inside the window out."""
