@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,11 @@ from pathlib import Path
 
 from fabtier.broker import free_port
 from fabtier.errors import FabtierError
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class InstanceProcess:
@@ -54,6 +60,10 @@ class InstanceProcess:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the instance has used so far (from /proc)."""
+        return process_cpu_seconds(self._process.pid)
 
     def metrics(self) -> dict:
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fabtier.bench.harness import InstanceProcess
+from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
 from fabtier.broker import LocalBroker
 from fabtier.errors import FabtierError
 from simulator import SimConfig, generate_messages, publish_stream, run_simulator
@@ -97,6 +97,8 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             result["baseline_readings_per_s"] = round(readings / elapsed)
             result["baseline_messages_per_s"] = round(messages / elapsed)
         instance = InstanceProcess(workdir, broker_url=broker.url).start()
+        cpu_before = instance.cpu_seconds()
+        broker_cpu_before = process_cpu_seconds(broker.pid)
         samples: list = []
         began = time.monotonic()
         if bench.live:
@@ -124,6 +126,10 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             began = marks[0]
             elapsed = _wait_acked(instance, messages, began, samples)
             thread.join()
+        cpu = instance.cpu_seconds() - cpu_before
+        result["fabtier_cpu_seconds"] = round(cpu, 2)
+        result["fabtier_cpu_us_per_reading"] = round(cpu / readings * 1e6, 3)
+        result["broker_cpu_seconds"] = round(process_cpu_seconds(broker.pid) - broker_cpu_before, 2)
         result["fabtier_seconds"] = round(elapsed, 3)
         result["fabtier_readings_per_s"] = round(readings / elapsed)
         result["fabtier_messages_per_s"] = round(messages / elapsed)
@@ -158,5 +164,8 @@ def report(result: dict) -> str:
     if "drain_after_publisher_s" in result:
         lines.append(f"  publisher ran {result['live']['seconds']:.1f} s; fabtier finished "
                      f"{result['drain_after_publisher_s']:.2f} s after it")
+    lines.append(f"  fabtier used {result['fabtier_cpu_seconds']:.1f} CPU-seconds: "
+                 f"{result['fabtier_cpu_us_per_reading']:.2f} us per reading (the broker: "
+                 f"{result['broker_cpu_seconds']:.1f} CPU-seconds)")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")
     return "\n".join(lines)
