@@ -10,6 +10,7 @@ anything after such a failure could lose data, and a restart recovers from the l
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import threading
@@ -23,10 +24,13 @@ from fabtier.clock import Clock, SystemClock
 from fabtier.config import Settings
 from fabtier.datadir import DataDirLock
 from fabtier.errors import DurabilityError
-from ingest.codec import Limits, PayloadError, ReadingBatch, decode_context, decode_readings
+from ingest.assemble import Assembled, assemble, payload_text
+from ingest.codec import Limits, ReadingBatch, SingleReading
 from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
-from ingest.walformat import QuarantineRecord, encode_context, encode_quarantine, encode_readings
+
+from ingest.walformat import (QuarantineRecord, encode_context, encode_keyed_readings, encode_quarantine,
+                              encode_readings)
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
@@ -35,7 +39,7 @@ from tiers.store import open_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
 
 log = logging.getLogger("fabtier.pipeline")
-QUARANTINE_PAYLOAD_LIMIT = 64 * 1024
+MICRO_BATCH = 2048  # messages decoded and stored together at most
 
 
 class State(enum.Enum):
@@ -69,13 +73,6 @@ class SealReport:
     files: int
 
 
-def payload_text(payload: bytes) -> str:
-    text = payload[:QUARANTINE_PAYLOAD_LIMIT].decode("utf-8", errors="replace")
-    if len(payload) > QUARANTINE_PAYLOAD_LIMIT:
-        text += f"... [{len(payload) - QUARANTINE_PAYLOAD_LIMIT} more bytes not kept]"
-    return text
-
-
 class Pipeline:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -102,6 +99,9 @@ class Pipeline:
         self._lock = threading.Lock()
         self._seal_lock = threading.Lock()
         self._stop = threading.Event()
+        self._inbox: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._ingester: threading.Thread | None = None
         self._closing = False
         self.failure: str | None = None
         self.wal: WriteAheadLog | None = None
@@ -149,6 +149,8 @@ class Pipeline:
         )
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
+        self._ingester = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
+        self._ingester.start()
         self.subscriber.start()
         if self.state is State.RECOVERING:
             self.state = State.READY
@@ -163,6 +165,9 @@ class Pipeline:
         # in our persistent session and delivers them again on the next start.
         self._closing = True
         self._stop.set()
+        self._wake.set()
+        if self._ingester is not None:
+            self._ingester.join()  # takes what is queued before it ends
         if self._committer is not None:
             self._committer.join()
         if not failed and self.wal is not None:
@@ -185,71 +190,119 @@ class Pipeline:
 
     # ---- ingest ------------------------------------------------------------------------
     def handle_message(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
-        """Called by the subscriber for every message; never raises."""
+        """Called by the subscriber (paho's network thread) for every message; never raises.
+
+        It only queues the message: the ingest thread takes the queue in micro-batches, so
+        that many small messages share one duplicate check, one log append and one lock.
+        The queue is bounded by the broker: it delivers at most `receive_maximum` messages
+        that we have not acknowledged yet.
+        """
         if self._closing:
-            return
-        token = mid if qos > 0 else None
-        now = self.clock.now_ms()
-        try:
-            self.metrics.messages += 1
-            try:
-                if topic.startswith(self._context_prefix):
-                    event = decode_context(topic, payload, root=self.settings.broker.ctx_root,
-                                           now_ms=now, limits=self.limits)
-                    with self._lock:
-                        segment = self.wal.append(encode_context(event), token)
-                        self.unsealed.add_context(segment, event)
-                    self.metrics.context_events += 1
-                    return
-                batch = decode_readings(topic, payload, root=self.settings.broker.topic_root,
-                                        now_ms=now, limits=self.limits)
-            except PayloadError as exc:
-                self._quarantine(topic, payload, exc.reason, now, token)
+            return  # left unacknowledged: the broker delivers it again on the next start
+        self._inbox.append((topic, payload, qos, mid))
+        self._wake.set()
+
+    def _ingest_loop(self) -> None:
+        while True:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            while self._inbox:
+                taken = [self._inbox.popleft() for _ in range(min(len(self._inbox), MICRO_BATCH))]
+                self.process(taken)
+            if self._stop.is_set() or self.state is State.FAILED:
                 return
-            self._store(batch, token)
+
+    def process(self, messages: list[tuple[str, bytes, int, int]]) -> None:
+        """Decode, check and store a micro-batch of messages; never raises."""
+        now = self.clock.now_ms()
+        assembled = assemble(messages, readings_root=self.settings.broker.topic_root,
+                             context_prefix=self._context_prefix, now_ms=now, limits=self.limits)
+        self.metrics.messages += len(messages)
+        try:
+            self._store(assembled)
         except DurabilityError as exc:
             self._fail(str(exc))
-        except Exception as exc:  # a bug must not lose the message: keep it in quarantine
-            log.exception("internal error on a message on %s", topic)
+        except Exception as exc:  # a bug must not lose the messages: keep them in quarantine
+            log.exception("internal error on a micro-batch of %d messages", len(messages))
             self.metrics.internal_errors += 1
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            fallback = Assembled(tokens=assembled.tokens, quarantine=[
+                QuarantineRecord(received_at=now, topic=t, reason=reason, payload=payload_text(p))
+                for t, p, _, _ in messages])
             try:
-                self._quarantine(topic, payload, f"internal error: {type(exc).__name__}: {exc}", now, token)
+                self._store(fallback)
             except DurabilityError as durability:
                 self._fail(str(durability))
 
-    def _quarantine(self, topic: str, payload: bytes, reason: str, now: int, token: int | None) -> None:
-        record = QuarantineRecord(received_at=now, topic=topic, reason=reason, payload=payload_text(payload))
+    def _store(self, assembled: "Assembled") -> None:
+        records: list[bytes] = []
+        stored = dropped = 0
         with self._lock:
-            segment = self.wal.append(encode_quarantine(record), token)
-            self.unsealed.add_quarantine(segment, record)
-        self.metrics.quarantined += 1
+            segment = self.wal.segment_of_next_append
+            for batch in assembled.batches:
+                kept, record = self._add_batch(segment, batch)
+                stored += kept
+                dropped += len(batch) - kept
+                if record:
+                    records.append(record)
+            if assembled.singles:
+                kept, record = self._add_singles(segment, assembled.singles)
+                stored += kept
+                dropped += len(assembled.singles) - kept
+                if record:
+                    records.append(record)
+            for record in assembled.quarantine:
+                records.append(encode_quarantine(record))
+                self.unsealed.add_quarantine(segment, record)
+            for event in assembled.context:
+                records.append(encode_context(event))
+                self.unsealed.add_context(segment, event)
+            self.wal.append_many(records, assembled.tokens)
+        self.metrics.readings_stored += stored
+        self.metrics.duplicates_dropped += dropped
+        self.metrics.quarantined += len(assembled.quarantine)
+        self.metrics.context_events += len(assembled.context)
 
-    def _store(self, batch: ReadingBatch, token: int | None) -> None:
-        with self._lock:
-            layout = batch.layout
-            if layout is not None:
-                key_of_code = layout.key_cache.get(batch.machine)
-                if key_of_code is None:
-                    key_of_code = layout.key_cache[batch.machine] = self.keys.ids_local(
-                        batch.machine, batch.sensor_names)
-                key_ids = key_of_code[batch.sensor_codes]
-                masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
-            else:
-                key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
-                masks = None
-            keep, verified = masks or self.ring.insert(key_ids, batch.ts, batch.value)
-            kept = int(keep.sum())
-            if kept < len(keep):
-                self.metrics.duplicates_dropped += len(keep) - kept
-                batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
-                                     batch.ts[keep], batch.value[keep], None)
-                key_ids, verified = key_ids[keep], verified[keep]
-            if kept == 0:
-                self.wal.append(b"", token)  # all seen before: acknowledge with the next commit
-                return
-            segment = self.wal.append(encode_readings(batch), token)
-            self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
-        self.metrics.readings_stored += kept
+    def _add_batch(self, segment: int, batch: ReadingBatch) -> tuple[int, bytes]:
+        """Check one machine's batch against the ring; keep the new rows. Lock held."""
+        layout = batch.layout
+        masks = None
+        if layout is not None:
+            key_of_code = layout.key_cache.get(batch.machine)
+            if key_of_code is None:
+                key_of_code = layout.key_cache[batch.machine] = self.keys.ids_local(
+                    batch.machine, batch.sensor_names)
+            key_ids = key_of_code[batch.sensor_codes]
+            masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
+        else:
+            key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
+        keep, verified = masks or self.ring.insert(key_ids, batch.ts, batch.value)
+        kept = int(keep.sum())
+        if kept < len(keep):
+            batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
+                                 batch.ts[keep], batch.value[keep], None)
+            key_ids, verified = key_ids[keep], verified[keep]
+        if kept == 0:
+            return 0, b""
+        self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
+        return kept, encode_readings(batch)
+
+    def _add_singles(self, segment: int, singles: list[SingleReading]) -> tuple[int, bytes]:
+        """Many single-reading messages as one columnar batch. Lock held."""
+        id_of = self.keys.id_of
+        key_ids = np.fromiter((id_of(m, s) for m, s, _, _ in singles), dtype=np.int32, count=len(singles))
+        ts = np.fromiter((r[2] for r in singles), dtype=np.int64, count=len(singles))
+        value = np.fromiter((r[3] for r in singles), dtype=np.float64, count=len(singles))
+        keep, verified = self.ring.insert(key_ids, ts, value)
+        if not keep.all():
+            key_ids, ts, value, verified = key_ids[keep], ts[keep], value[keep], verified[keep]
+        if len(ts) == 0:
+            return 0, b""
+        self.unsealed.add_readings(segment, key_ids, ts, value, verified)
+        table, codes = np.unique(key_ids, return_inverse=True)
+        record = encode_keyed_readings([self.keys.machines[k] for k in table.tolist()],
+                                       [self.keys.sensors[k] for k in table.tolist()], codes, ts, value)
+        return len(ts), record
 
     def _commit_loop(self) -> None:
         interval = self.settings.ingest.commit_interval

@@ -228,6 +228,38 @@ def _new_layout(raw_sensor: list) -> SensorLayout:
     return SensorLayout(names, codes)
 
 
+class SingleReading(tuple):
+    """(machine, sensor, ts, value) of a message on a single-reading topic: no arrays, so
+    that many of them are cheap to gather into one columnar batch."""
+
+    __slots__ = ()
+
+
+def decode_message(topic: str, payload: bytes, *, root: str, now_ms: int,
+                   limits: Limits) -> ReadingBatch | SingleReading:
+    """Like `decode_readings`, but a single reading comes back as a plain `SingleReading`."""
+    rest = topic[len(root) + 1:]
+    machine, _, sensor = rest.partition("/")
+    if not sensor and not rest.endswith("/"):
+        return decode_readings(topic, payload, root=root, now_ms=now_ms, limits=limits)
+    _check_name("machine", machine)
+    _check_name("sensor", sensor)
+    doc = _load_json(payload, limits)
+    if not isinstance(doc, dict):
+        raise PayloadError("payload must be a JSON object")
+    if len(doc) != 2 or type(doc.get("ts")) is not int or type(doc.get("v")) is not float:
+        batch = _decode_single(machine, sensor, doc)  # the exact checks and their reasons
+        ts, value = int(batch.ts[0]), float(batch.value[0])
+    else:
+        ts, value = doc["ts"], doc["v"]
+        if not math.isfinite(value):
+            raise PayloadError("v is not finite")
+    if not now_ms - limits.max_late_ms <= ts <= now_ms + limits.max_future_ms:
+        _check_time_window(np.array([ts], dtype=np.int64), now_ms, limits)
+        raise PayloadError("ts out of range")
+    return SingleReading((machine, sensor, ts, value))
+
+
 def decode_readings(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ReadingBatch:
     """Decode a message on `{root}/{machine}` (a batch) or `{root}/{machine}/{sensor}` (one reading)."""
     rest = topic[len(root) + 1:]
