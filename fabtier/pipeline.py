@@ -317,8 +317,7 @@ class Pipeline:
             self._fail(str(exc))
             return
         self.metrics.commits += 1
-        for mid in tokens:
-            self.subscriber.ack(mid)
+        self.subscriber.ack_many(tokens)
         self.metrics.acked += len(tokens)
 
     def _fail(self, reason: str) -> None:
