@@ -73,6 +73,11 @@ class SealReport:
     files: int
 
 
+def subscription_topics(topic_root: str, ctx_root: str, share_group: str) -> list[str]:
+    topics = [f"{topic_root}/#", f"{ctx_root}/#"]
+    return [f"$share/{share_group}/{t}" for t in topics] if share_group else topics
+
+
 class Pipeline:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -142,10 +147,10 @@ class Pipeline:
         broker = self.settings.broker
         self.subscriber = Subscriber(
             url=broker.url, client_id=broker.client_id,
-            topics=[f"{broker.topic_root}/#", f"{broker.ctx_root}/#"],
+            topics=subscription_topics(broker.topic_root, broker.ctx_root, broker.share_group),
             on_message=self.handle_message, username=broker.username,
             password=broker.password.reveal(), session_expiry=broker.session_expiry,
-            keepalive=broker.keepalive,
+            keepalive=broker.keepalive, receive_maximum=broker.receive_maximum,
         )
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
