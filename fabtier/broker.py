@@ -46,6 +46,10 @@ class LocalBroker:
         self._process: subprocess.Popen | None = None
 
     @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 

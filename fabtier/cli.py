@@ -68,17 +68,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Per benchmark, the load when no flag says otherwise. The alerts bench paces the simulator
+# in real time in its own process, so its default is what this machine sustains today.
+_BENCH_DEFAULTS = {
+    "ingest": {"machines": 40, "sensors": 50, "rate_hz": 500.0, "batch": 500},
+    "alerts": {"machines": 8, "sensors": 10, "rate_hz": 250.0, "batch": 500},
+}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    for key, value in _BENCH_DEFAULTS.get(args.which, {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.which == "alerts":
+        from fabtier.bench_alerts import run
+        return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+                   batch=args.batch, excursions_per_s=args.excursions_per_s, seal_every=args.seal_every,
+                   as_json=args.json)
+    if args.which == "ingest":
+        from fabtier.bench import ingest
+        result = ingest.run(ingest.IngestBench(
+            seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+            batch=args.batch, live=args.live, seed=args.seed))
+        print(ingest.report(result), flush=True)
+    else:
+        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fabtier.demo import run_demo
     return run_demo(data_dir=Path(args.data_dir), seconds=args.seconds, port=args.port,
                     machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz, seed=args.seed)
-
-
-def cmd_bench_alerts(args: argparse.Namespace) -> int:
-    from fabtier.bench_alerts import run
-    return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
-               batch=args.batch, excursions_per_s=args.excursions_per_s, seal_every=args.seal_every,
-               as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,26 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.set_defaults(func=cmd_sql)
 
+    bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold"])
+    bench.add_argument("--seconds", type=float, default=10.0,
+                       help="seconds of simulated data (ingest); of injected excursions (alerts)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    bench.add_argument("--machines", type=int, default=None, help="default: ingest 40, alerts 8")
+    bench.add_argument("--sensors", type=int, default=None, help="sensors per machine; default: ingest 50, alerts 10")
+    bench.add_argument("--rate-hz", type=float, default=None, help="default: ingest 500, alerts 250")
+    bench.add_argument("--batch", type=int, default=None,
+                       help="readings per message (1: single readings); default 500")
+    bench.add_argument("--excursions-per-s", type=float, default=20.0, help="(alerts) excursions injected per second")
+    bench.add_argument("--seal-every", default="10s", help="(alerts) [cold] seal_every of the instance under test")
+    bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.set_defaults(func=cmd_bench)
+
     lifecycle = sub.add_parser("lifecycle", help="tiering jobs")
     lifecycle_sub = lifecycle.add_subparsers(dest="action", required=True)
     lifecycle_run = lifecycle_sub.add_parser("run", help="run every due tiering job once, now")
     lifecycle_run.add_argument("--config")
     lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
     lifecycle_run.set_defaults(func=cmd_lifecycle)
-
-    bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    bench_alerts = bench_sub.add_parser(
-        "alerts", help="engine cost per reading, and publish-to-alert latency while the simulator loads the pipeline")
-    bench_alerts.add_argument("--seconds", type=float, default=10.0, help="how long to inject excursions")
-    bench_alerts.add_argument("--machines", type=int, default=8)
-    bench_alerts.add_argument("--sensors", type=int, default=10, help="sensors per machine")
-    bench_alerts.add_argument("--rate-hz", type=float, default=250.0, help="readings per sensor per second")
-    bench_alerts.add_argument("--batch", type=int, default=500, help="readings per simulator message")
-    bench_alerts.add_argument("--excursions-per-s", type=float, default=20.0)
-    bench_alerts.add_argument("--seal-every", default="10s", help="[cold] seal_every of the instance under test")
-    bench_alerts.add_argument("--json", action="store_true", help="one JSON object as the last line")
-    bench_alerts.set_defaults(func=cmd_bench_alerts)
     return parser
 
 

@@ -63,6 +63,10 @@ class BrokerSettings:
     # messages) while fabtier is down.
     client_id: str = _kind("str", "fabtier-ingest")
     session_expiry: float = _kind("duration", parse_duration("1d"))
+    # Scale-out: processes with the same share_group split the stream between them
+    # (MQTT 5 shared subscriptions); each needs its own client_id, data_dir and writer_id.
+    share_group: str = _kind("name_or_empty", "")
+    receive_maximum: int = _kind("count", 1000)
     keepalive: float = _kind("duration", 30.0)
 
 
@@ -120,7 +124,7 @@ class AlertSettings:
     # Flap damping: the (flap_max + 1)-th raise of a rule on a sensor within flap_window is
     # held raised until the sensor stays inside for a whole flap_window. 0 turns it off.
     flap_window: float = _kind("duration", parse_duration("5m"))
-    flap_max: int = _kind("count", 3)
+    flap_max: int = _kind("whole", 3)
     # A failing sink retries with backoff doubling up to this; alerts wait in the outbox.
     retry_max: float = _kind("duration", 30.0)
     webhook_url: str = _kind("http_url", "")
@@ -188,7 +192,9 @@ _FIXES = {
     "http_url": 'write http://host:port or https://host, or leave it empty',
     "topic": "write one or more MQTT topic levels without wildcards (+, #), e.g. \"fab\"",
     "name": "use letters, digits, '-' and '_' only",
-    "count": "write a whole number, 0 or more",
+    "name_or_empty": "use letters, digits, '-' and '_' only, or leave it empty",
+    "count": "write a whole number from 1 to 65535",
+    "whole": "write a whole number, 0 or more",
 }
 
 
@@ -208,6 +214,11 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
                 raise ValueError("must be a string")
             return Secret(raw)
         if kind == "count":
+            value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                raise ValueError(f"{raw!r} is not a count from 1 to 65535")
+            return value
+        if kind == "whole":
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{raw!r} is not a whole number of 0 or more")
@@ -236,8 +247,8 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         elif kind == "topic":
             if not raw or any(c in raw for c in "+#") or raw.startswith("/") or raw.endswith("/"):
                 raise ValueError(f"{raw!r} is not a topic root")
-        elif kind == "name":
-            if not raw or not all(c.isalnum() or c in "-_" for c in raw):
+        elif kind in ("name", "name_or_empty"):
+            if (raw or kind == "name") and not all(c.isalnum() or c in "-_" for c in raw or "/"):
                 raise ValueError(f"{raw!r} is not a plain name")
         return raw
     except ValueError as exc:

@@ -10,6 +10,7 @@ anything after such a failure could lose data, and a restart recovers from the l
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import threading
@@ -26,11 +27,13 @@ from fabtier.config import Settings
 from fabtier.datadir import DataDirLock
 from fabtier.errors import DurabilityError
 from ingest.alerting import Alerting
-from ingest.codec import Limits, PayloadError, ReadingBatch, decode_context, decode_readings
+from ingest.assemble import Assembled, assemble, payload_text
+from ingest.codec import Limits, ReadingBatch, SingleReading
 from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
-from ingest.walformat import (QuarantineRecord, encode_alerts, encode_context, encode_quarantine,
-                              encode_readings)
+
+from ingest.walformat import (QuarantineRecord, encode_alerts, encode_context, encode_keyed_readings,
+                              encode_quarantine, encode_readings)
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
@@ -39,7 +42,7 @@ from tiers.store import open_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
 
 log = logging.getLogger("fabtier.pipeline")
-QUARANTINE_PAYLOAD_LIMIT = 64 * 1024
+MICRO_BATCH = 2048  # messages decoded and stored together at most
 
 
 class State(enum.Enum):
@@ -74,11 +77,9 @@ class SealReport:
     files: int
 
 
-def payload_text(payload: bytes) -> str:
-    text = payload[:QUARANTINE_PAYLOAD_LIMIT].decode("utf-8", errors="replace")
-    if len(payload) > QUARANTINE_PAYLOAD_LIMIT:
-        text += f"... [{len(payload) - QUARANTINE_PAYLOAD_LIMIT} more bytes not kept]"
-    return text
+def subscription_topics(topic_root: str, ctx_root: str, share_group: str) -> list[str]:
+    topics = [f"{topic_root}/#", f"{ctx_root}/#"]
+    return [f"$share/{share_group}/{t}" for t in topics] if share_group else topics
 
 
 class Pipeline:
@@ -108,6 +109,9 @@ class Pipeline:
         self._lock = threading.Lock()
         self._seal_lock = threading.Lock()
         self._stop = threading.Event()
+        self._inbox: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._ingester: threading.Thread | None = None
         self._closing = False
         self.failure: str | None = None
         self.wal: WriteAheadLog | None = None
@@ -163,13 +167,15 @@ class Pipeline:
         broker = self.settings.broker
         self.subscriber = Subscriber(
             url=broker.url, client_id=broker.client_id,
-            topics=[f"{broker.topic_root}/#", f"{broker.ctx_root}/#"],
+            topics=subscription_topics(broker.topic_root, broker.ctx_root, broker.share_group),
             on_message=self.handle_message, username=broker.username,
             password=broker.password.reveal(), session_expiry=broker.session_expiry,
-            keepalive=broker.keepalive,
+            keepalive=broker.keepalive, receive_maximum=broker.receive_maximum,
         )
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
+        self._ingester = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
+        self._ingester.start()
         self.alerting.start()
         self.subscriber.start()
         if self.state is State.RECOVERING:
@@ -185,6 +191,9 @@ class Pipeline:
         # in our persistent session and delivers them again on the next start.
         self._closing = True
         self._stop.set()
+        self._wake.set()
+        if self._ingester is not None:
+            self._ingester.join()  # takes what is queued before it ends
         if self._committer is not None:
             self._committer.join()
         if not failed and self.wal is not None:
@@ -208,69 +217,138 @@ class Pipeline:
 
     # ---- ingest ------------------------------------------------------------------------
     def handle_message(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
-        """Called by the subscriber for every message; never raises."""
+        """Called by the subscriber (paho's network thread) for every message; never raises.
+
+        It only queues the message: the ingest thread takes the queue in micro-batches, so
+        that many small messages share one duplicate check, one log append and one lock.
+        The queue is bounded by the broker: it delivers at most `receive_maximum` messages
+        that we have not acknowledged yet.
+        """
         if self._closing:
-            return
-        token = mid if qos > 0 else None
-        now = self.clock.now_ms()
-        try:
-            self.metrics.messages += 1
-            try:
-                if topic.startswith(self._context_prefix):
-                    event = decode_context(topic, payload, root=self.settings.broker.ctx_root,
-                                           now_ms=now, limits=self.limits)
-                    with self._lock:
-                        event = self.alerting.on_context(event)
-                        segment = self.wal.append(encode_context(event), token)
-                        self.unsealed.add_context(segment, event)
-                    self.metrics.context_events += 1
-                    return
-                batch = decode_readings(topic, payload, root=self.settings.broker.topic_root,
-                                        now_ms=now, limits=self.limits)
-            except PayloadError as exc:
-                self._quarantine(topic, payload, exc.reason, now, token)
+            return  # left unacknowledged: the broker delivers it again on the next start
+        self._inbox.append((topic, payload, qos, mid))
+        self._wake.set()
+
+    def _ingest_loop(self) -> None:
+        while True:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            while self._inbox:
+                taken = [self._inbox.popleft() for _ in range(min(len(self._inbox), MICRO_BATCH))]
+                self.process(taken)
+            if self._stop.is_set() or self.state is State.FAILED:
                 return
-            self._store(batch, token)
+
+    def process(self, messages: list[tuple[str, bytes, int, int]]) -> None:
+        """Decode, check and store a micro-batch of messages; never raises."""
+        now = self.clock.now_ms()
+        assembled = assemble(messages, readings_root=self.settings.broker.topic_root,
+                             context_prefix=self._context_prefix, now_ms=now, limits=self.limits)
+        self.metrics.messages += len(messages)
+        try:
+            self._store(assembled)
         except DurabilityError as exc:
             self._fail(str(exc))
-        except Exception as exc:  # a bug must not lose the message: keep it in quarantine
-            log.exception("internal error on a message on %s", topic)
+        except Exception as exc:  # a bug must not lose the messages: keep them in quarantine
+            log.exception("internal error on a micro-batch of %d messages", len(messages))
             self.metrics.internal_errors += 1
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            fallback = Assembled(tokens=assembled.tokens, quarantine=[
+                QuarantineRecord(received_at=now, topic=t, reason=reason, payload=payload_text(p))
+                for t, p, _, _ in messages])
             try:
-                self._quarantine(topic, payload, f"internal error: {type(exc).__name__}: {exc}", now, token)
+                self._store(fallback)
             except DurabilityError as durability:
                 self._fail(str(durability))
 
-    def _quarantine(self, topic: str, payload: bytes, reason: str, now: int, token: int | None) -> None:
-        record = QuarantineRecord(received_at=now, topic=topic, reason=reason, payload=payload_text(payload))
+    def _store(self, assembled: "Assembled") -> None:
+        records: list[bytes] = []
+        stored = dropped = 0
+        alerts: list = []
         with self._lock:
-            segment = self.wal.append(encode_quarantine(record), token)
-            self.unsealed.add_quarantine(segment, record)
-        self.metrics.quarantined += 1
-
-    def _store(self, batch: ReadingBatch, token: int | None) -> None:
-        with self._lock:
-            key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
-            keep, verified = self.ring.insert(key_ids, batch.ts, batch.value)
-            kept = int(keep.sum())
-            if kept < len(keep):
-                self.metrics.duplicates_dropped += len(keep) - kept
-                batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
-                                     batch.ts[keep], batch.value[keep])
-                key_ids, verified = key_ids[keep], verified[keep]
-            if kept == 0:
-                self.wal.append(b"", token)  # all seen before: acknowledge with the next commit
-                return
-            alerts = self.alerting.evaluate(batch.machine, key_ids, batch.ts, batch.value)
+            segment = self.wal.segment_of_next_append
+            # Lot context first: readings of a run that starts in this micro-batch are
+            # judged against its recipe.
+            context = [self.alerting.on_context(event) for event in assembled.context]
+            for batch in assembled.batches:
+                kept, record = self._add_batch(segment, batch, alerts)
+                stored += kept
+                dropped += len(batch) - kept
+                if record:
+                    records.append(record)
+            if assembled.singles:
+                kept, record = self._add_singles(segment, assembled.singles, alerts)
+                stored += kept
+                dropped += len(assembled.singles) - kept
+                if record:
+                    records.append(record)
+            for record in assembled.quarantine:
+                records.append(encode_quarantine(record))
+                self.unsealed.add_quarantine(segment, record)
+            for event in context:
+                records.append(encode_context(event))
+                self.unsealed.add_context(segment, event)
+            self.wal.append_many(records, assembled.tokens)
             if alerts:
-                # Before the readings: a log cut between the two records keeps the alert and
-                # loses only readings the broker will deliver again, never the other way round.
-                self.unsealed.add_alerts(self.wal.append(encode_alerts(alerts)), alerts)
-                self.alerting.appended(alerts)
-                self.metrics.alert_events += len(alerts)
-            segment = self.wal.append(encode_readings(batch), token)
-            self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
-        self.metrics.readings_stored += kept
+                self.unsealed.add_alerts(segment, alerts)
+                self.alerting.appended(alerts)  # only now: in the log, for the next commit
+        self.metrics.alert_events += len(alerts)
+        self.metrics.readings_stored += stored
+        self.metrics.duplicates_dropped += dropped
+        self.metrics.quarantined += len(assembled.quarantine)
+        self.metrics.context_events += len(assembled.context)
+
+    def _with_alerts(self, events: list, record: bytes, alerts: list) -> bytes:
+        """The alert events' record, then the readings' record that caused them: a log cut
+        between the two keeps the alert and loses only readings the broker will deliver
+        again, never the other way round."""
+        if not events:
+            return record
+        alerts.extend(events)
+        return encode_alerts(events) + record
+
+    def _add_batch(self, segment: int, batch: ReadingBatch, alerts: list) -> tuple[int, bytes]:
+        """Check one machine's batch against the ring; keep the new rows; judge them. Lock held."""
+        layout = batch.layout
+        masks = None
+        if layout is not None:
+            key_of_code = layout.key_cache.get(batch.machine)
+            if key_of_code is None:
+                key_of_code = layout.key_cache[batch.machine] = self.keys.ids_local(
+                    batch.machine, batch.sensor_names)
+            key_ids = key_of_code[batch.sensor_codes]
+            masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
+        else:
+            key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
+        keep, verified = masks or self.ring.insert(key_ids, batch.ts, batch.value)
+        kept = int(keep.sum())
+        if kept < len(keep):
+            batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
+                                 batch.ts[keep], batch.value[keep], None)
+            key_ids, verified = key_ids[keep], verified[keep]
+        if kept == 0:
+            return 0, b""
+        self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
+        events = self.alerting.evaluate(batch.machine, key_ids, batch.ts, batch.value)
+        return kept, self._with_alerts(events, encode_readings(batch), alerts)
+
+    def _add_singles(self, segment: int, singles: list[SingleReading], alerts: list) -> tuple[int, bytes]:
+        """Many single-reading messages as one columnar batch; judged. Lock held."""
+        id_of = self.keys.id_of
+        key_ids = np.fromiter((id_of(m, s) for m, s, _, _ in singles), dtype=np.int32, count=len(singles))
+        ts = np.fromiter((r[2] for r in singles), dtype=np.int64, count=len(singles))
+        value = np.fromiter((r[3] for r in singles), dtype=np.float64, count=len(singles))
+        keep, verified = self.ring.insert(key_ids, ts, value)
+        if not keep.all():
+            key_ids, ts, value, verified = key_ids[keep], ts[keep], value[keep], verified[keep]
+        if len(ts) == 0:
+            return 0, b""
+        self.unsealed.add_readings(segment, key_ids, ts, value, verified)
+        table, codes = np.unique(key_ids, return_inverse=True)
+        record = encode_keyed_readings([self.keys.machines[k] for k in table.tolist()],
+                                       [self.keys.sensors[k] for k in table.tolist()], codes, ts, value)
+        events = self.alerting.evaluate(None, key_ids, ts, value)
+        return len(ts), self._with_alerts(events, record, alerts)
 
     def _commit_loop(self) -> None:
         interval = self.settings.ingest.commit_interval
@@ -287,8 +365,7 @@ class Pipeline:
             return
         self.alerting.committed(alerts)
         self.metrics.commits += 1
-        for mid in tokens:
-            self.subscriber.ack(mid)
+        self.subscriber.ack_many(tokens)
         self.metrics.acked += len(tokens)
 
     def _fail(self, reason: str) -> None:

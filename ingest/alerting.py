@@ -112,7 +112,8 @@ class Alerting:
         self.lots.add(event)
         return event
 
-    def evaluate(self, machine: str, key_ids, ts, value) -> list[AlertEvent]:
+    def evaluate(self, machine: str | None, key_ids, ts, value) -> list[AlertEvent]:
+        """Judge kept readings (`machine` None: of several machines); lock held."""
         events = self.engine.evaluate(machine, key_ids, ts, value, self.clock.now_ms())
         for e in events:
             if e.state == "raised":

@@ -165,6 +165,9 @@ class AlertEngine:
         self._has_recipe = np.empty(0, bool)
         self._kind = np.empty(0, np.int64)  # column of the sensor's kind in the book, -1 none
         self._active = np.empty(0, np.int32)  # pending/raised/damped states per sensor
+        self._machine = np.empty(0, np.int32)  # machine number per sensor
+        self._machine_numbers: dict[str, int] = {}
+        self._machine_names: list[str] = []
         self._n_active = 0
         self._rules_of: list[tuple[int, ...]] = []
         self._states: dict[tuple[int, int], _State] = {}
@@ -177,7 +180,7 @@ class AlertEngine:
         if n > len(self._min_high):
             capacity = max(64, 2 * n)
             for name, fill in (("_min_high", np.inf), ("_max_low", -np.inf), ("_has_recipe", False),
-                               ("_kind", -1), ("_active", 0)):
+                               ("_kind", -1), ("_active", 0), ("_machine", 0)):
                 old = getattr(self, name)
                 new = np.full(capacity, fill, dtype=old.dtype)
                 new[:len(old)] = old
@@ -193,6 +196,11 @@ class AlertEngine:
             self._max_low[key] = max(lows) if lows else -np.inf
             self._has_recipe[key] = any(self.rules[i].recipe for i in matched)
             self._kind[key] = self._kind_column(key)
+            number = self._machine_numbers.get(machine)
+            if number is None:
+                number = self._machine_numbers[machine] = len(self._machine_names)
+                self._machine_names.append(machine)
+            self._machine[key] = number
         self._n = n
 
     def set_book(self, book: RecipeBook) -> None:
@@ -207,12 +215,15 @@ class AlertEngine:
         return column if column >= 0 else self.book.no_kind
 
     # ---- evaluation -------------------------------------------------------------------
-    def evaluate(self, machine: str, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray,
+    def evaluate(self, machine: str | None, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray,
                  now_ms: int) -> list[AlertEvent]:
-        """Judge one machine's batch; returns the events it causes, in decision order."""
+        """Judge one machine's batch; returns the events it causes, in decision order.
+        `machine` None: the rows may belong to several machines (single-reading messages)."""
         if not self.rules or not len(ts):
             return []
         self._grow()
+        if machine is None:
+            return self._evaluate_machines(key_ids, ts, value, now_ms)
         out = (value > self._min_high[key_ids]) | (value < self._max_low[key_ids])
         recipe = None
         if self._any_recipe:
@@ -226,6 +237,24 @@ class AlertEngine:
         if not np.count_nonzero(out):
             return []
         return self._slow(machine, key_ids, ts, value, out, recipe, now_ms)
+
+    def _evaluate_machines(self, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray,
+                           now_ms: int) -> list[AlertEvent]:
+        if not self._any_recipe:  # the fixed-limit check needs no machine: try it on all rows
+            out = (value > self._min_high[key_ids]) | (value < self._max_low[key_ids])
+            if self._n_active:
+                out |= self._active[key_ids] > 0
+            if not np.count_nonzero(out):
+                return []
+        machines = self._machine[key_ids]
+        numbers = np.unique(machines)
+        if len(numbers) == 1:
+            return self.evaluate(self._machine_names[int(numbers[0])], key_ids, ts, value, now_ms)
+        events: list[AlertEvent] = []
+        for number in numbers.tolist():
+            rows = np.flatnonzero(machines == number)
+            events.extend(self.evaluate(self._machine_names[number], key_ids[rows], ts[rows], value[rows], now_ms))
+        return events
 
     def _recipe_rows(self, machine: str, key_ids: np.ndarray, ts: np.ndarray) -> _RecipeRows | None:
         # Usually one run covers the whole batch: then no per-reading run lookup and no copies.

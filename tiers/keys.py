@@ -29,11 +29,14 @@ class SensorKeys:
     def lookup(self, machine: str, sensor: str) -> int | None:
         return self._ids.get((machine, sensor))
 
+    def ids_local(self, machine: str, sensor_names: list[str]) -> np.ndarray:
+        """Key id of each name of a batch's sensor dictionary."""
+        return np.fromiter((self.id_of(machine, name) for name in sensor_names),
+                           dtype=np.int32, count=len(sensor_names))
+
     def ids_for(self, machine: str, sensor_names: list[str], sensor_codes: np.ndarray) -> np.ndarray:
         """Key ids of a batch's rows, from its per-batch sensor dictionary."""
-        local = np.fromiter((self.id_of(machine, name) for name in sensor_names),
-                            dtype=np.int32, count=len(sensor_names))
-        return local[sensor_codes]
+        return self.ids_local(machine, sensor_names)[sensor_codes]
 
     def names(self, key_ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """Machine and sensor columns for an array of key ids."""

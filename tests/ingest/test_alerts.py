@@ -32,7 +32,7 @@ def feed(eng, machine, sensor, values, t0=T0, step=100):
     return [(e.state, e.kind, int((e.ts - t0) // step)) for e in events]
 
 
-OVERTEMP = AlertRule(name="overtemp", sensor="*/ch*/temp", high=80.0, low=10.0, hysteresis=2.0)
+OVERTEMP = AlertRule(name="chamber-overtemp", sensor="*/ch*/temp", high=80.0, low=10.0, hysteresis=2.0)
 
 
 def test_one_raised_then_one_cleared_past_the_hysteresis():
@@ -57,7 +57,7 @@ def test_event_payload_fields():
     key = eng.keys.id_of("etch-01", "ch1/temp")
     [e] = eng.evaluate("etch-01", np.array([key], np.int32), np.array([T0 + 5]), np.array([81.5]), NOW)
     assert (e.machine, e.sensor, e.ts, e.value, e.kind, e.threshold, e.rule, e.state, e.raised_at) == (
-        "etch-01", "ch1/temp", T0 + 5, 81.5, "high", 80.0, "overtemp", "raised", NOW)
+        "etch-01", "ch1/temp", T0 + 5, 81.5, "high", 80.0, "chamber-overtemp", "raised", NOW)
     assert e.id == "w0:1" and not e.flapping
 
 
@@ -272,3 +272,17 @@ def test_vectorised_engine_matches_the_reference(runs, cuts, for_ms, hyst, flap_
             got.append((e.state, 1 if e.kind == "high" else -1, int((e.ts - T0) // 100), e.flapping))
     assert got == reference(values, batches, high=high, low=low, for_ms=for_ms, hyst=hyst,
                             window=window, flap_max=flap_max)
+
+
+def test_single_readings_of_several_machines_are_judged_by_their_own_runs():
+    lots = LotContext()
+    eng = AlertEngine([AlertRule(name="window", sensor="*", recipe=True), OVERTEMP], keys=SensorKeys(),
+                      lots=lots, book=BOOK)
+    start(lots, T0)  # only etch-01 runs a lot
+    a, b = eng.keys.id_of("etch-01", "ch1/temp"), eng.keys.id_of("etch-02", "ch1/temp")
+    events = eng.evaluate(None, np.array([b, a, b], np.int32), np.array([T0 + 3000, T0 + 3000, T0 + 3001]),
+                          np.array([70.0, 70.0, 90.0]), NOW)
+    # etch-01: out of its recipe window (57..63); etch-02 has no run, only the fixed rule judges it.
+    assert sorted((e.machine, e.rule, e.state, e.value) for e in events) == [
+        ("etch-01", "window", "raised", 70.0), ("etch-02", "chamber-overtemp", "raised", 90.0)]
+    assert [e.lot for e in events if e.machine == "etch-01"] == ["L1"]
