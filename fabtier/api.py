@@ -51,6 +51,8 @@ OPENAPI = {
             "responses": {"200": {"description": "{ts: [...], v: [...]}"}}}},
         "/sensors": {"get": {"summary": "every (machine, sensor) seen", "responses": {"200": {"description": "list"}}}},
         "/lifecycle/run": {"post": {"summary": "run every tiering job once, now",
+                                    "parameters": [{"name": "now", "in": "query", "schema": {"type": "integer"},
+                                                    "description": "epoch ms that ages are measured against"}],
                                     "responses": {"200": {"description": "job reports"}}}},
     },
 }
@@ -125,7 +127,11 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 if not pipeline.ready:
                     self._json(503, {"error": f"the pipeline is {pipeline.state.value}"})
                     return
-                self._json(200, jobs.run_all(pipeline))
+                now = parse_qs(url.query).get("now", [None])[0]
+                if now is not None and not now.lstrip("-").isdigit():
+                    self._json(400, {"error": "now must be epoch milliseconds"})
+                    return
+                self._json(200, jobs.run_all(pipeline, now_ms=None if now is None else int(now)))
             else:
                 self._json(404, {"error": f"no route {url.path}"})
 

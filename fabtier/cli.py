@@ -30,11 +30,24 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from fabtier.reader import run_lifecycle
-    if args.now:
-        raise UserError("--now is not supported yet: the only job so far (seal) does not depend on age")
-    for report in run_lifecycle(_settings(args)):
+    now_ms = _parse_now(args.now) if args.now else None
+    for report in run_lifecycle(_settings(args), now_ms):
         print(json.dumps(report))
     return 0
+
+
+def _parse_now(text: str) -> int:
+    """--now as epoch ms: an ISO-8601 time with a UTC offset (or Z), or a date (UTC midnight)."""
+    import datetime as dt
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UserError(f"--now {text!r} is not an ISO-8601 time; write e.g. 2026-03-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        if "T" in text or " " in text.strip():
+            raise UserError(f"--now {text!r} has no UTC offset; add Z or e.g. +01:00")
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

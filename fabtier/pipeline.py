@@ -33,6 +33,7 @@ from tiers.hot import HotRing
 from tiers.keys import SensorKeys
 from tiers.store import open_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
+from tiers.warm import WarmStore
 
 log = logging.getLogger("fabtier.pipeline")
 QUARANTINE_PAYLOAD_LIMIT = 64 * 1024
@@ -76,6 +77,13 @@ def payload_text(payload: bytes) -> str:
     return text
 
 
+def warm_sources(pipeline: "Pipeline") -> dict:
+    """The warm tier's part of a SQL snapshot (issue 5)."""
+    from lifecycle.warmjobs import agg_dataset
+    return {"warm_1m": pipeline.warm.snapshot() if pipeline.warm else None,
+            "cold_agg_1m": agg_dataset(pipeline.lake.store), "job_history": pipeline.job_history()}
+
+
 class Pipeline:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -108,12 +116,14 @@ class Pipeline:
         self.subscriber: Subscriber | None = None
         self._dir_lock: DataDirLock | None = None
         self._committer: threading.Thread | None = None
+        self.warm: WarmStore | None = None  # the warm tier's DuckDB file, opened with the data dir
 
     # ---- start and stop -------------------------------------------------------------
     def open(self, *, warm: bool = True) -> None:
         """Take the data directory, recover what an earlier run left, warm the hot ring."""
         self.state = State.RECOVERING
         self._dir_lock = DataDirLock(self.settings.data_dir, exclusive=True)
+        self.warm = WarmStore(self.settings.data_dir / "warm.duckdb")
         self.wal = WriteAheadLog(self.settings.data_dir / "wal")
         leftover = self.wal.leftover_segments()
         if leftover:
@@ -174,6 +184,8 @@ class Pipeline:
             self.seal()
         if self.wal is not None and not failed:
             self.wal.close()
+        if self.warm is not None:
+            self.warm.close()
         if self._dir_lock is not None:
             self._dir_lock.release()
         if not failed:
@@ -320,7 +332,12 @@ class Pipeline:
             hot_quarantine=tables.quarantine,
             hot_context=tables.context,
             audit=self.audit.table(),
+            **warm_sources(self),
         )
+
+    def job_history(self):
+        from lifecycle.scheduler import runner_for
+        return runner_for(self).history.table()
 
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
@@ -344,6 +361,8 @@ class Pipeline:
         """Release what `open()` took, for a pipeline that never subscribed."""
         if self.wal is not None:
             self.wal.close()
+        if self.warm is not None:
+            self.warm.close()
         if self._dir_lock is not None:
             self._dir_lock.release()
         self.state = State.STOPPED
