@@ -10,6 +10,7 @@ anything after such a failure could lose data, and a restart recovers from the l
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import threading
@@ -117,6 +118,9 @@ class Pipeline:
         self._dir_lock: DataDirLock | None = None
         self._committer: threading.Thread | None = None
         self.warm: WarmStore | None = None  # the warm tier's DuckDB file, opened with the data dir
+        # Optional time-series sinks (tiers/sinks.py): batches wait here until their commit.
+        self.sinks: list = []
+        self._sink_pending: collections.deque = collections.deque()
 
     # ---- start and stop -------------------------------------------------------------
     def open(self, *, warm: bool = True) -> None:
@@ -157,6 +161,8 @@ class Pipeline:
             password=broker.password.reveal(), session_expiry=broker.session_expiry,
             keepalive=broker.keepalive,
         )
+        from tiers.sinks import open_sinks
+        self.sinks = open_sinks(self.settings)
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
         self.subscriber.start()
@@ -180,6 +186,8 @@ class Pipeline:
         if self.subscriber is not None:
             time.sleep(0.1)  # lets paho's network thread send the last acknowledgements
             self.subscriber.stop()
+        for sink in self.sinks:
+            sink.stop()
         if seal and not failed and self.wal is not None:
             self.seal()
         if self.wal is not None and not failed:
@@ -251,6 +259,8 @@ class Pipeline:
                 return
             segment = self.wal.append(encode_readings(batch), token)
             self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
+            if self.sinks:
+                self._sink_pending.append(batch)
         self.metrics.readings_stored += kept
 
     def _commit_loop(self) -> None:
@@ -260,11 +270,17 @@ class Pipeline:
                 self._commit_and_ack()
 
     def _commit_and_ack(self) -> None:
+        # Batches appended before the commit are durable after it: only those go to the sinks.
+        to_sinks = len(self._sink_pending)
         try:
             tokens = self.wal.commit()
         except DurabilityError as exc:
             self._fail(str(exc))
             return
+        for _ in range(to_sinks):
+            batch = self._sink_pending.popleft()
+            for sink in self.sinks:
+                sink.offer(batch)
         self.metrics.commits += 1
         for mid in tokens:
             self.subscriber.ack(mid)
@@ -355,7 +371,8 @@ class Pipeline:
             unsealed_rows = self.unsealed.rows
             ring_rows = len(self.ring)
         return {**asdict(self.metrics), "state": self.state.value, "unsealed_rows": unsealed_rows,
-                "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None}
+                "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None,
+                "sinks": {sink.destination.name: sink.stats.snapshot() for sink in self.sinks}}
 
     def close_offline(self) -> None:
         """Release what `open()` took, for a pipeline that never subscribed."""
