@@ -49,6 +49,8 @@ OPENAPI = {
             "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in
                            (("machine", "string"), ("sensor", "string"), ("minutes", "number"), ("points", "integer"))],
             "responses": {"200": {"description": "{ts: [...], v: [...]}"}}}},
+        "/tiers": {"get": {"summary": "rows, bytes, oldest, newest and monthly cost per tier",
+                           "responses": {"200": {"description": "{tiers: [...], total_usd_per_month}"}}}},
         "/sensors": {"get": {"summary": "every (machine, sensor) seen", "responses": {"200": {"description": "list"}}}},
         "/lifecycle/run": {"post": {"summary": "run every tiering job once, now",
                                     "parameters": [{"name": "now", "in": "query", "schema": {"type": "integer"},
@@ -96,6 +98,9 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 self._json(200, pipeline.metrics_snapshot())
             elif url.path == "/openapi.json":
                 self._json(200, OPENAPI)
+            elif url.path == "/tiers":
+                from tiers.inventory import report
+                self._json(200, report(pipeline.tier_rows()))
             elif url.path == "/sensors":
                 self._json(200, [{"machine": m, "sensor": s} for m, s in pipeline.sensors()])
             elif url.path == "/series":

@@ -50,6 +50,26 @@ def _parse_now(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def cmd_tiers(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from analytics.output import render
+    from fabtier.reader import tiers
+    result = tiers(_settings(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = result["tiers"]
+    table = pa.Table.from_pylist([{
+        "tier": r["tier"], "class": r["storage_class"], "rows": r["rows"], "bytes": r["bytes"],
+        "oldest": pa.scalar(r["oldest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["oldest_ms"] is not None else None,
+        "newest": pa.scalar(r["newest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["newest_ms"] is not None else None,
+        "usd_month": r["usd_per_month"]} for r in rows])
+    print(render(table, "table"))
+    print(f"estimated total: {result['total_usd_per_month']:.4f} USD a month (prices {result['prices_as_of']})")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fabtier.runner import Instance, install_stop_signals, wait_until_stopped
     settings = _settings(args)
@@ -124,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--config")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.set_defaults(func=cmd_sql)
+
+    tiers = sub.add_parser("tiers", help="rows, bytes, oldest, newest and monthly cost per tier")
+    tiers.add_argument("--config")
+    tiers.add_argument("--json", action="store_true", help="one JSON object")
+    tiers.set_defaults(func=cmd_tiers)
 
     lifecycle = sub.add_parser("lifecycle", help="tiering jobs")
     lifecycle_sub = lifecycle.add_subparsers(dest="action", required=True)

@@ -351,6 +351,17 @@ class Pipeline:
             **warm_sources(self),
         )
 
+    def tier_rows(self) -> list:
+        """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
+        from tiers import inventory
+        with self._lock:
+            hot = inventory.hot_ring_row(self.ring)
+            readings = self.unsealed.tables(self.unsealed.segments()).readings
+        wal_bytes = sum(self.wal.path(s).stat().st_size for s in self.wal.segments()
+                        if self.wal.path(s).exists())
+        return [hot, inventory.unsealed_row(readings, wal_bytes),
+                *inventory.stored_rows(self.lake.store, self.settings.store_url, self.warm.stats())]
+
     def job_history(self):
         from lifecycle.scheduler import runner_for
         return runner_for(self).history.table()

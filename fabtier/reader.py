@@ -96,6 +96,30 @@ def query(settings: Settings, sql: str) -> pa.Table:
         lock.release()
 
 
+def tiers(settings: Settings) -> dict:
+    """`fabtier tiers`: from the running instance if there is one, else from the stores."""
+    from tiers import inventory
+    if instance_running(settings):
+        status, body = _request(settings, "GET", "/tiers")
+        if status != 200:
+            raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
+        return json.loads(body)
+    lock = DataDirLock(settings.data_dir, exclusive=False)
+    warm = WarmStore.open_read_only(settings.data_dir)
+    try:
+        wal_dir = settings.data_dir / "wal"
+        segments = segment_numbers(wal_dir)
+        readings = tables_from_records(
+            [r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")]).readings
+        wal_bytes = sum((wal_dir / f"{s:012d}.wal").stat().st_size for s in segments)
+        rows = [inventory.unsealed_row(readings, wal_bytes),
+                *inventory.stored_rows(open_store(settings.store_url), settings.store_url, warm.stats())]
+        return inventory.report(rows)
+    finally:
+        warm.close()
+        lock.release()
+
+
 def run_lifecycle(settings: Settings, now_ms: int | None = None) -> list[dict]:
     """Run every tiering job once: in the running instance if there is one, else here.
     `now_ms` is the time ages are measured against (default: the clock's now)."""
