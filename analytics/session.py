@@ -56,6 +56,24 @@ CREATE VIEW recipe_limits AS
          step_end_s, settle_s, kind, setpoint, tolerance, low, high FROM recipe_limits_source;
 CREATE VIEW tier_moves AS
   SELECT "at"::TIMESTAMP AS "at", job, what, source, target, rows, bytes, checksum FROM audit;
+CREATE VIEW readings_1m AS
+  SELECT machine, sensor, minute::TIMESTAMP AS minute, n, "min", "max", "avg", "first", "last"
+  FROM warm_1m
+  UNION ALL
+  -- A minute recomputed after it was aged out (late data) is in both: the warm row is newer.
+  SELECT machine, sensor, minute::TIMESTAMP, n, "min", "max", "avg", "first", "last"
+  FROM cold_agg_1m a
+  WHERE NOT EXISTS (SELECT 1 FROM warm_1m w
+                    WHERE w.machine = a.machine AND w.sensor = a.sensor AND w.minute = a.minute);
+CREATE VIEW readings_1h AS
+  SELECT machine, sensor, date_trunc('hour', minute) AS hour, sum(n)::BIGINT AS n,
+         min("min") AS "min", max("max") AS "max", sum("avg" * n) / sum(n) AS "avg",
+         arg_min("first", minute) AS "first", arg_max("last", minute) AS "last"
+  FROM readings_1m GROUP BY ALL;
+CREATE VIEW job_runs AS
+  SELECT job, "trigger", outcome, started_at::TIMESTAMP AS started_at,
+         finished_at::TIMESTAMP AS finished_at, as_of::TIMESTAMP AS as_of, missed, detail
+  FROM job_history;
 """
 
 
@@ -74,6 +92,21 @@ class SqlSources:
     cold_alerts: ds.Dataset | None = None
     hot_alerts: pa.Table | None = None
     recipe_limits: pa.Table | None = None
+    # The warm tier (issue 5): minutes in the warm store, minutes aged out to the lake, and
+    # the history of tiering job runs. None: empty.
+    warm_1m: pa.Table | None = None
+    cold_agg_1m: ds.Dataset | pa.Table | None = None
+    job_history: pa.Table | None = None
+
+
+def _empty_defaults(sources: SqlSources) -> dict[str, object]:
+    from lifecycle.runs import RUNS_SCHEMA
+    from tiers.warm import MINUTES_SCHEMA
+    return {
+        "warm_1m": sources.warm_1m if sources.warm_1m is not None else MINUTES_SCHEMA.empty_table(),
+        "cold_agg_1m": sources.cold_agg_1m if sources.cold_agg_1m is not None else MINUTES_SCHEMA.empty_table(),
+        "job_history": sources.job_history if sources.job_history is not None else RUNS_SCHEMA.empty_table(),
+    }
 
 
 def _ts_literal(table: pa.Table, fn: str) -> str:
@@ -89,6 +122,8 @@ def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
     for name in ("cold_raw", "cold_quarantine", "cold_context", "hot_fresh", "hot_late",
                  "hot_quarantine", "hot_context", "audit"):
         con.register(name, getattr(sources, name))
+    for name, source in _empty_defaults(sources).items():
+        con.register(name, source)
     for name, schema in (("cold_alerts", ALERTS_SCHEMA), ("hot_alerts", ALERTS_SCHEMA),
                          ("recipe_limits", RECIPE_LIMITS_SCHEMA)):
         source = getattr(sources, name)

@@ -30,10 +30,43 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from fabtier.reader import run_lifecycle
-    if args.now:
-        raise UserError("--now is not supported yet: the only job so far (seal) does not depend on age")
-    for report in run_lifecycle(_settings(args)):
+    now_ms = _parse_now(args.now) if args.now else None
+    for report in run_lifecycle(_settings(args), now_ms):
         print(json.dumps(report))
+    return 0
+
+
+def _parse_now(text: str) -> int:
+    """--now as epoch ms: an ISO-8601 time with a UTC offset (or Z), or a date (UTC midnight)."""
+    import datetime as dt
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UserError(f"--now {text!r} is not an ISO-8601 time; write e.g. 2026-03-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        if "T" in text or " " in text.strip():
+            raise UserError(f"--now {text!r} has no UTC offset; add Z or e.g. +01:00")
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def cmd_tiers(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from analytics.output import render
+    from fabtier.reader import tiers
+    result = tiers(_settings(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = result["tiers"]
+    table = pa.Table.from_pylist([{
+        "tier": r["tier"], "class": r["storage_class"], "rows": r["rows"], "bytes": r["bytes"],
+        "oldest": pa.scalar(r["oldest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["oldest_ms"] is not None else None,
+        "newest": pa.scalar(r["newest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["newest_ms"] is not None else None,
+        "usd_month": r["usd_per_month"]} for r in rows])
+    print(render(table, "table"))
+    print(f"estimated total: {result['total_usd_per_month']:.4f} USD a month (prices {result['prices_as_of']})")
     return 0
 
 
@@ -157,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
     bench.add_argument("--seed", type=int, default=1)
     bench.set_defaults(func=cmd_bench)
+
+    tiers = sub.add_parser("tiers", help="rows, bytes, oldest, newest and monthly cost per tier")
+    tiers.add_argument("--config")
+    tiers.add_argument("--json", action="store_true", help="one JSON object")
+    tiers.set_defaults(func=cmd_tiers)
 
     lifecycle = sub.add_parser("lifecycle", help="tiering jobs")
     lifecycle_sub = lifecycle.add_subparsers(dest="action", required=True)

@@ -99,6 +99,43 @@ class ColdSettings:
 @dataclass(frozen=True)
 class WarmSettings:
     retention: float = _kind("duration", parse_duration("90d"))
+    # Periods of the warm tier's scheduled jobs (lifecycle/jobs.py).
+    rollup_every: float = _kind("duration", parse_duration("1m"))
+    age_out_every: float = _kind("duration", parse_duration("1h"))
+
+
+@dataclass(frozen=True)
+class TimestreamSettings:
+    """Amazon Timestream for LiveAnalytics sink (tiers/timestream.py); off by default."""
+
+    enabled: bool = _kind("bool", False)
+    database: str = _kind("str", "fabtier")
+    table: str = _kind("str", "readings")
+    region: str = _kind("str", "us-east-1")
+    endpoint_url: str = _kind("http_url", "")
+    memory_retention: float = _kind("duration", parse_duration("24h"))
+    magnetic_retention: float = _kind("duration", parse_duration("90d"))
+    measure_name: str = _kind("str", "sensors")
+    # Readings waiting for the sink; when full, newer readings skip the sink (the lake keeps them).
+    queue_readings: int = _kind("count", 1_000_000)
+    max_attempts: int = _kind("count", 8)
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    """The same sink for InfluxDB line protocol over HTTP (Timestream for InfluxDB, or any)."""
+
+    enabled: bool = _kind("bool", False)
+    url: str = _kind("http_url", "")
+    api: str = _kind("str", "v2")                # v2: /api/v2/write (org, bucket); v1: /write (database)
+    org: str = _kind("str", "")
+    bucket: str = _kind("str", "fabtier")
+    database: str = _kind("str", "fabtier")
+    token: Secret = _kind("secret", Secret(""))  # v2: API token; v1: "user:password"
+    measurement: str = _kind("str", "readings")
+    batch_lines: int = _kind("count", 5000)
+    queue_readings: int = _kind("count", 1_000_000)
+    max_attempts: int = _kind("count", 8)
 
 
 @dataclass(frozen=True)
@@ -159,6 +196,8 @@ class Settings:
     warm: WarmSettings = field(default_factory=WarmSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    timestream: TimestreamSettings = field(default_factory=TimestreamSettings)
+    influx: InfluxSettings = field(default_factory=InfluxSettings)
     alert_rules: tuple[AlertRule, ...] = ()
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
@@ -181,6 +220,8 @@ _SECTIONS: dict[str, type] = {
     "lifecycle": LifecycleSettings,
     "api": ApiSettings,
     "alerts": AlertSettings,
+    "timestream": TimestreamSettings,
+    "influx": InfluxSettings,
 }
 _TOP_LEVEL = {f.name: f for f in dataclasses.fields(Settings) if f.name == "data_dir"}
 _FIXES = {
@@ -193,7 +234,8 @@ _FIXES = {
     "topic": "write one or more MQTT topic levels without wildcards (+, #), e.g. \"fab\"",
     "name": "use letters, digits, '-' and '_' only",
     "name_or_empty": "use letters, digits, '-' and '_' only, or leave it empty",
-    "count": "write a whole number from 1 to 65535",
+    "bool": "write true or false",
+    "count": "write a whole number of at least 1",
     "whole": "write a whole number, 0 or more",
 }
 
@@ -213,10 +255,16 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
             if not isinstance(raw, str):
                 raise ValueError("must be a string")
             return Secret(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+                return raw.strip().lower() in ("true", "1", "yes")
+            raise ValueError(f"{raw!r} is not true or false")
         if kind == "count":
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-                raise ValueError(f"{raw!r} is not a count from 1 to 65535")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{raw!r} is not a whole number of at least 1")
             return value
         if kind == "whole":
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
@@ -375,6 +423,7 @@ def _check_relations(settings: Settings) -> None:
     if settings.hot.window <= 0:
         raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
     _check_alerts(settings)
+    _check_warm_and_sinks(settings)
 
 
 def _check_alerts(settings: Settings) -> None:
@@ -394,6 +443,30 @@ def _check_alerts(settings: Settings) -> None:
     if alerts.sns_endpoint_url and not alerts.sns_topic_arn:
         raise ConfigError("[alerts] sns_topic_arn", "is empty while sns_endpoint_url is set",
                           "give the ARN of the SNS topic to publish alerts to")
+
+
+def _check_warm_and_sinks(settings: Settings) -> None:
+    for key in ("retention", "rollup_every", "age_out_every"):
+        if getattr(settings.warm, key) <= 0:
+            raise ConfigError(f"[warm] {key}", "must be longer than zero", 'e.g. "1m"')
+    ts = settings.timestream
+    # Timestream's own limits: memory store 1 hour to 8766 hours, magnetic store 1 to 73000 days.
+    if not 3600 <= ts.memory_retention <= 8766 * 3600:
+        raise ConfigError("[timestream] memory_retention", "must be from 1h to 8766h", 'e.g. "24h"')
+    if not 86400 <= ts.magnetic_retention <= 73000 * 86400:
+        raise ConfigError("[timestream] magnetic_retention", "must be from 1d to 73000d", 'e.g. "90d"')
+    if ts.enabled and not (ts.database and ts.table):
+        raise ConfigError("[timestream] database", "database and table must be set when enabled",
+                          'e.g. database = "fabtier", table = "readings"')
+    influx = settings.influx
+    if influx.api not in ("v1", "v2"):
+        raise ConfigError("[influx] api", f"{influx.api!r} is not v1 or v2",
+                          'write "v2" (InfluxDB 2, Timestream for InfluxDB) or "v1" (InfluxDB 1.x)')
+    if influx.enabled and not influx.url:
+        raise ConfigError("[influx] url", "is empty but the sink is enabled",
+                          'give the server, e.g. url = "http://127.0.0.1:8086"')
+    if influx.enabled and influx.api == "v2" and not influx.org:
+        raise ConfigError("[influx] org", "is empty but the v2 API needs it", 'e.g. org = "fab"')
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

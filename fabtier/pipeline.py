@@ -28,7 +28,7 @@ from fabtier.datadir import DataDirLock
 from fabtier.errors import DurabilityError
 from ingest.alerting import Alerting
 from ingest.assemble import Assembled, assemble, payload_text
-from ingest.codec import Limits, ReadingBatch, SingleReading
+from ingest.codec import Limits, ReadingBatch, SingleReading, batches_by_machine
 from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
 
@@ -40,6 +40,7 @@ from tiers.hot import HotRing
 from tiers.keys import SensorKeys
 from tiers.store import open_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
+from tiers.warm import WarmStore
 
 log = logging.getLogger("fabtier.pipeline")
 MICRO_BATCH = 2048  # messages decoded and stored together at most
@@ -82,6 +83,13 @@ def subscription_topics(topic_root: str, ctx_root: str, share_group: str) -> lis
     return [f"$share/{share_group}/{t}" for t in topics] if share_group else topics
 
 
+def warm_sources(pipeline: "Pipeline") -> dict:
+    """The warm tier's part of a SQL snapshot (issue 5)."""
+    from lifecycle.warmjobs import agg_dataset
+    return {"warm_1m": pipeline.warm.snapshot() if pipeline.warm else None,
+            "cold_agg_1m": agg_dataset(pipeline.lake.store), "job_history": pipeline.job_history()}
+
+
 class Pipeline:
     def __init__(self, settings: Settings, *, clock: Clock | None = None,
                  alert_sinks: list | None = None) -> None:
@@ -118,6 +126,11 @@ class Pipeline:
         self.subscriber: Subscriber | None = None
         self._dir_lock: DataDirLock | None = None
         self._committer: threading.Thread | None = None
+        self.warm: WarmStore | None = None  # the warm tier's DuckDB file, opened with the data dir
+        # Optional time-series sinks (tiers/sinks.py): batches wait here until their commit.
+        self.sinks: list = []
+        self._sink_pending: collections.deque = collections.deque()
+        self._sink_batches: list[ReadingBatch] = []  # this micro-batch's, until its log append
         # Rules, recipe limits and the alert outbox; `alert_sinks` replaces the configured
         # sinks (MQTT, webhook, SNS) when given.
         self.alerting = Alerting(settings, self.keys, clock=self.clock, lock=self._lock, sinks=alert_sinks)
@@ -127,6 +140,7 @@ class Pipeline:
         """Take the data directory, recover what an earlier run left, warm the hot ring."""
         self.state = State.RECOVERING
         self._dir_lock = DataDirLock(self.settings.data_dir, exclusive=True)
+        self.warm = WarmStore(self.settings.data_dir / "warm.duckdb")
         self.wal = WriteAheadLog(self.settings.data_dir / "wal")
         leftover = self.wal.leftover_segments()
         if leftover:
@@ -172,6 +186,8 @@ class Pipeline:
             password=broker.password.reveal(), session_expiry=broker.session_expiry,
             keepalive=broker.keepalive, receive_maximum=broker.receive_maximum,
         )
+        from tiers.sinks import open_sinks
+        self.sinks = open_sinks(self.settings)
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
         self._ingester = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
@@ -201,11 +217,15 @@ class Pipeline:
         if self.subscriber is not None:
             time.sleep(0.1)  # lets paho's network thread send the last acknowledgements
             self.subscriber.stop()
+        for sink in self.sinks:
+            sink.stop()
         self.alerting.stop()
         if seal and not failed and self.wal is not None:
             self.seal()
         if self.wal is not None and not failed:
             self.wal.close()
+        if self.warm is not None:
+            self.warm.close()
         if self._dir_lock is not None:
             self._dir_lock.release()
         if not failed:
@@ -292,6 +312,10 @@ class Pipeline:
             if alerts:
                 self.unsealed.add_alerts(segment, alerts)
                 self.alerting.appended(alerts)  # only now: in the log, for the next commit
+            if self._sink_batches:
+                # After the append, so that the committer hands them over only once durable.
+                self._sink_pending.extend(self._sink_batches)
+                self._sink_batches.clear()
         self.metrics.alert_events += len(alerts)
         self.metrics.readings_stored += stored
         self.metrics.duplicates_dropped += dropped
@@ -312,10 +336,10 @@ class Pipeline:
         layout = batch.layout
         masks = None
         if layout is not None:
-            key_of_code = layout.key_cache.get(batch.machine)
+            cache_key = (self.keys.token, batch.machine)
+            key_of_code = layout.key_cache.get(cache_key)
             if key_of_code is None:
-                key_of_code = layout.key_cache[batch.machine] = self.keys.ids_local(
-                    batch.machine, batch.sensor_names)
+                key_of_code = layout.key_cache[cache_key] = self.keys.ids_local(batch.machine, batch.sensor_names)
             key_ids = key_of_code[batch.sensor_codes]
             masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
         else:
@@ -330,6 +354,8 @@ class Pipeline:
             return 0, b""
         self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
         events = self.alerting.evaluate(batch.machine, key_ids, batch.ts, batch.value)
+        if self.sinks:
+            self._sink_batches.append(batch)
         return kept, self._with_alerts(events, encode_readings(batch), alerts)
 
     def _add_singles(self, segment: int, singles: list[SingleReading], alerts: list) -> tuple[int, bytes]:
@@ -345,8 +371,11 @@ class Pipeline:
             return 0, b""
         self.unsealed.add_readings(segment, key_ids, ts, value, verified)
         table, codes = np.unique(key_ids, return_inverse=True)
-        record = encode_keyed_readings([self.keys.machines[k] for k in table.tolist()],
-                                       [self.keys.sensors[k] for k in table.tolist()], codes, ts, value)
+        machines = [self.keys.machines[k] for k in table.tolist()]
+        sensors = [self.keys.sensors[k] for k in table.tolist()]
+        record = encode_keyed_readings(machines, sensors, codes, ts, value)
+        if self.sinks:
+            self._sink_batches.extend(batches_by_machine(machines, sensors, codes, ts, value))
         events = self.alerting.evaluate(None, key_ids, ts, value)
         return len(ts), self._with_alerts(events, record, alerts)
 
@@ -358,11 +387,17 @@ class Pipeline:
 
     def _commit_and_ack(self) -> None:
         alerts = self.alerting.take_appended()  # appended before this commit, so covered by it
+        # Batches appended before the commit are durable after it: only those go to the sinks.
+        to_sinks = len(self._sink_pending)
         try:
             tokens = self.wal.commit()
         except DurabilityError as exc:
             self._fail(str(exc))
             return
+        for _ in range(to_sinks):
+            batch = self._sink_pending.popleft()
+            for sink in self.sinks:
+                sink.offer(batch)
         self.alerting.committed(alerts)
         self.metrics.commits += 1
         self.subscriber.ack_many(tokens)
@@ -430,10 +465,26 @@ class Pipeline:
             hot_quarantine=tables.quarantine,
             hot_context=tables.context,
             audit=self.audit.table(),
+            **warm_sources(self),
             cold_alerts=self.lake.dataset("alerts", hidden),
             hot_alerts=tables.alerts,
             recipe_limits=self.alerting.book.table(),
         )
+
+    def tier_rows(self) -> list:
+        """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
+        from tiers import inventory
+        with self._lock:
+            hot = inventory.hot_ring_row(self.ring)
+            readings = self.unsealed.tables(self.unsealed.segments()).readings
+        wal_bytes = sum(self.wal.path(s).stat().st_size for s in self.wal.segments()
+                        if self.wal.path(s).exists())
+        return [hot, inventory.unsealed_row(readings, wal_bytes),
+                *inventory.stored_rows(self.lake.store, self.settings.store_url, self.warm.stats())]
+
+    def job_history(self):
+        from lifecycle.scheduler import runner_for
+        return runner_for(self).history.table()
 
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
@@ -452,12 +503,15 @@ class Pipeline:
             ring_rows = len(self.ring)
         return {**asdict(self.metrics), "state": self.state.value, "unsealed_rows": unsealed_rows,
                 "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None,
+                "sinks": {sink.destination.name: sink.stats.snapshot() for sink in self.sinks},
                 "alerts": self.alerting.metrics()}
 
     def close_offline(self) -> None:
         """Release what `open()` took, for a pipeline that never subscribed."""
         if self.wal is not None:
             self.wal.close()
+        if self.warm is not None:
+            self.warm.close()
         if self._dir_lock is not None:
             self._dir_lock.release()
         self.state = State.STOPPED

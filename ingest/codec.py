@@ -44,7 +44,7 @@ class SensorLayout:
         self.group_codes = sorted_codes[self.starts]
         self.row_group = np.repeat(np.arange(len(self.starts)), self.counts)
         self.rank = np.arange(len(codes)) - self.starts[self.row_group]
-        self.key_cache: dict[str, np.ndarray] = {}  # machine -> key id of each name
+        self.key_cache: dict[tuple[int, str], np.ndarray] = {}  # (key table, machine) -> id of each name
 
 
 _LAYOUTS: dict[tuple[str, ...], SensorLayout] = {}
@@ -302,3 +302,18 @@ def decode_context(topic: str, payload: bytes, *, root: str, now_ms: int, limits
     _check_time_window(np.array([ts], dtype=np.int64), now_ms, limits)
     return ContextEvent(ts=ts, machine=machine, event=doc["event"], lot=doc["lot"],
                         wafer=doc["wafer"], recipe=doc["recipe"])
+
+
+def batches_by_machine(machines: list[str], sensors: list[str], codes: np.ndarray, ts: np.ndarray,
+                       value: np.ndarray) -> list[ReadingBatch]:
+    """Rows keyed by a (machine, sensor) table, as one ReadingBatch per machine."""
+    key_machine = np.array(machines, dtype=object)
+    batches = []
+    for machine in dict.fromkeys(machines):
+        keys = np.flatnonzero(key_machine == machine)
+        local = np.full(len(machines), -1, dtype=np.int64)
+        local[keys] = np.arange(len(keys))
+        rows = np.flatnonzero(local[codes] >= 0)
+        batches.append(ReadingBatch(machine, [sensors[k] for k in keys.tolist()],
+                                    local[codes[rows]].astype(np.uint32), ts[rows], value[rows]))
+    return batches

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from ingest.alerts import AlertEvent
-from ingest.codec import ContextEvent, ReadingBatch
+from ingest.codec import ContextEvent, ReadingBatch, batches_by_machine
 
 READINGS = 1
 QUARANTINE = 2
@@ -83,17 +83,7 @@ def _decode_keyed_readings(body: memoryview) -> list[ReadingBatch]:
     ts = np.frombuffer(body, dtype="<i8", count=n, offset=pos)
     value = np.frombuffer(body, dtype="<f8", count=n, offset=pos + 8 * n)
     # One ReadingBatch per machine, as the rest of the log's readers expect.
-    key_machine = np.array(machines, dtype=object)
-    batches = []
-    for machine in dict.fromkeys(machines):
-        keys = np.flatnonzero(key_machine == machine)
-        rows = np.flatnonzero(np.isin(codes, keys))
-        local = {int(k): i for i, k in enumerate(keys)}
-        batches.append(ReadingBatch(
-            machine=machine, sensor_names=[sensors[k] for k in keys],
-            sensor_codes=np.fromiter((local[int(c)] for c in codes[rows]), dtype=np.uint32, count=len(rows)),
-            ts=ts[rows], value=value[rows]))
-    return batches
+    return batches_by_machine(machines, sensors, codes, ts, value)
 
 
 def encode_quarantine(record: QuarantineRecord) -> bytes:

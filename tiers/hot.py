@@ -276,6 +276,14 @@ class HotRing:
         sums = np.add.reduceat(value, edges[:-1])
         return ts[edges[:-1]], sums / np.diff(edges)
 
+    def span(self) -> tuple[int, int] | None:
+        """(oldest, newest) ts held, over every sensor; None when empty."""
+        rows = np.flatnonzero(self._written[:self._keys] > 0)
+        if len(rows) == 0:
+            return None
+        slots = np.where(self._written[rows] > self.capacity, self._written[rows] % self.capacity, 0)
+        return int(self._ts[rows, slots].min()), int(self._last[rows].max())
+
     def latest(self, key: int) -> tuple[int, float] | None:
         if key >= self._keys or self._written[key] == 0:
             return None

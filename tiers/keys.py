@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 
@@ -9,7 +11,12 @@ import pyarrow as pa
 class SensorKeys:
     """Interns (machine, sensor) pairs; ids are process-local and never written to disk."""
 
+    _instances = itertools.count()
+
     def __init__(self) -> None:
+        # Ids mean something only within one table: caches of ids made elsewhere (the
+        # codec's sensor layouts) are keyed by this token as well.
+        self.token = next(SensorKeys._instances)
         self._ids: dict[tuple[str, str], int] = {}
         self.machines: list[str] = []
         self.sensors: list[str] = []
