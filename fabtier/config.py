@@ -84,6 +84,10 @@ class IngestSettings:
     # Group commit: the log is fsynced at most this often, and every message written
     # before the fsync is acknowledged after it.
     commit_interval: float = _kind("duration", 0.005)
+    # Backpressure: past this much unsealed data in memory, acknowledgements are held back,
+    # so the broker (which sends at most receive_maximum unacknowledged messages) pauses
+    # delivery until the seal job catches up. Past half of it, a seal starts at once.
+    max_unsealed: int = _kind("size", parse_size("2GiB"))
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class Metrics:
     rows_sealed: int = 0
     seal_failures: int = 0
     internal_errors: int = 0
+    backpressure: bool = False  # acknowledgements are being held back right now
+    backpressure_commits: int = 0  # group commits whose acknowledgements were held back
     alert_events: int = 0
 
 
@@ -131,6 +133,8 @@ class Pipeline:
         self.sinks: list = []
         self._sink_pending: collections.deque = collections.deque()
         self._sink_batches: list[ReadingBatch] = []  # this micro-batch's, until its log append
+        self._withheld: list[int] = []  # durable, acknowledgement held back (backpressure)
+        self._early_seal: threading.Thread | None = None
         # Rules, recipe limits and the alert outbox; `alert_sinks` replaces the configured
         # sinks (MQTT, webhook, SNS) when given.
         self.alerting = Alerting(settings, self.keys, clock=self.clock, lock=self._lock, sinks=alert_sinks)
@@ -382,8 +386,24 @@ class Pipeline:
     def _commit_loop(self) -> None:
         interval = self.settings.ingest.commit_interval
         while not self._stop.wait(interval):
-            if self.wal.dirty:
+            if self.wal.dirty or self._withheld:
                 self._commit_and_ack()
+
+    def _pressure(self) -> int:
+        """0: none; 1: seal early; 2: hold acknowledgements back."""
+        with self._lock:
+            used = self.unsealed.bytes
+        limit = self.settings.ingest.max_unsealed
+        return 2 if used > limit else 1 if used > limit // 2 else 0
+
+    def _seal_soon(self) -> None:
+        if self._early_seal is not None and self._early_seal.is_alive():
+            return
+        from lifecycle.scheduler import run_scheduled  # the job runner keeps one seal at a time
+
+        self._early_seal = threading.Thread(target=run_scheduled, args=(self, "seal"), name="early-seal",
+                                            daemon=True)
+        self._early_seal.start()
 
     def _commit_and_ack(self) -> None:
         alerts = self.alerting.take_appended()  # appended before this commit, so covered by it
@@ -400,6 +420,19 @@ class Pipeline:
                 sink.offer(batch)
         self.alerting.committed(alerts)
         self.metrics.commits += 1
+        self._withheld.extend(tokens)
+        pressure = self._pressure() if not self._closing else 0
+        if pressure:
+            self._seal_soon()
+        if pressure == 2:
+            if not self.metrics.backpressure:
+                log.warning("backpressure: %d bytes unsealed; holding acknowledgements until the seal "
+                            "job catches up", self.unsealed.bytes)
+            self.metrics.backpressure = True
+            self.metrics.backpressure_commits += 1
+            return
+        self.metrics.backpressure = False
+        tokens, self._withheld = self._withheld, []
         self.subscriber.ack_many(tokens)
         self.metrics.acked += len(tokens)
 
@@ -502,6 +535,7 @@ class Pipeline:
             unsealed_rows = self.unsealed.rows
             ring_rows = len(self.ring)
         return {**asdict(self.metrics), "state": self.state.value, "unsealed_rows": unsealed_rows,
+                "inbox": len(self._inbox), "acks_withheld": len(self._withheld),
                 "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None,
                 "sinks": {sink.destination.name: sink.stats.snapshot() for sink in self.sinks},
                 "alerts": self.alerting.metrics()}
