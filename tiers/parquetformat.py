@@ -63,7 +63,11 @@ def checksum(table: pa.Table) -> str:
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            digest.update("\0".join(column.to_pylist()).encode())
+            # Codes in order of first appearance plus the distinct values: equal for equal
+            # sequences, and computed in Arrow instead of one Python string per row.
+            encoded = pc.dictionary_encode(column)
+            digest.update(encoded.indices.to_numpy(zero_copy_only=False).tobytes())
+            digest.update("\0".join(encoded.dictionary.to_pylist()).encode())
         elif pa.types.is_timestamp(column.type):
             digest.update(column.cast(pa.int64()).to_numpy().tobytes())
         else:
