@@ -81,6 +81,9 @@ def split_by_hour(table: pa.Table, column: str = "ts") -> dict[tuple[str, str], 
         return {}
     ms = table.column(column).cast(pa.int64()).to_numpy()
     hours = ms // 3_600_000
+    if hours.min() == hours.max():  # the usual case: no copy
+        moment = np.datetime64(int(hours[0]), "h")
+        return {(str(moment.astype("datetime64[D]")), f"{int(hours[0]) % 24:02d}"): table}
     result = {}
     for hour in np.unique(hours):
         rows = table.filter(pa.array(hours == hour))
