@@ -456,7 +456,7 @@ class Pipeline:
             for segment in due:
                 with self._lock:
                     in_memory = segment in self.unsealed.segments()
-                    tables = self.unsealed.tables([segment]) if in_memory else None
+                    tables = self.unsealed.sealable([segment]) if in_memory else None
                 if tables is None:
                     tables = tables_from_records(read_segment(self.wal.path(segment)))
                 try:

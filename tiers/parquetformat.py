@@ -64,8 +64,11 @@ def checksum(table: pa.Table) -> str:
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            # "\1" stands for a null, so that a null and an empty string differ
-            digest.update("\0".join("\1" if v is None else v for v in column.to_pylist()).encode())
+            # Codes in order of first appearance plus the distinct values: equal for equal
+            # sequences, and computed in Arrow instead of one Python string per row.
+            encoded = pc.dictionary_encode(column)
+            digest.update(encoded.indices.to_numpy(zero_copy_only=False).tobytes())
+            digest.update("\0".join(encoded.dictionary.to_pylist()).encode())
         elif pa.types.is_timestamp(column.type):
             digest.update(column.cast(pa.int64()).fill_null(0).to_numpy().tobytes())
         else:
@@ -79,6 +82,9 @@ def split_by_hour(table: pa.Table, column: str = "ts") -> dict[tuple[str, str], 
         return {}
     ms = table.column(column).cast(pa.int64()).to_numpy()
     hours = ms // 3_600_000
+    if hours.min() == hours.max():  # the usual case: no copy
+        moment = np.datetime64(int(hours[0]), "h")
+        return {(str(moment.astype("datetime64[D]")), f"{int(hours[0]) % 24:02d}"): table}
     result = {}
     for hour in np.unique(hours):
         rows = table.filter(pa.array(hours == hour))

@@ -71,3 +71,21 @@ def test_a_write_that_does_not_read_back_is_refused(tmp_path):
     lake = ColdLake(LossyStore(tmp_path), writer_id="w0")
     with pytest.raises(VerifyError):
         lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)), source="test")
+
+
+def test_sealable_rows_equal_a_sort_and_dedup_of_the_same_rows():
+    """The integer sort used for sealing gives what sorting the strings gives."""
+    from tiers.keys import SensorKeys
+    from tiers.unsealed import UnsealedData
+
+    keys = SensorKeys()
+    ids = np.array([keys.id_of(m, s) for m in ("b", "a", "c") for s in ("z", "ch1/temp", "a")], np.int32)
+    rng = np.random.default_rng(3)
+    for in_order in (True, False):
+        unsealed = UnsealedData(keys)
+        key_ids = rng.choice(ids, 5000).astype(np.int32)
+        ts = T0 + (np.arange(5000) // 7 if in_order else rng.integers(0, 900, 5000))  # repeats as well
+        unsealed.add_readings(1, key_ids, ts, rng.random(5000), np.ones(5000, bool))
+        sealable = unsealed.sealable([1])
+        assert sealable.presorted
+        assert sealable.readings.equals(fmt.sort_dedup(unsealed.tables([1]).readings))
