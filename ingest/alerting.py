@@ -6,8 +6,9 @@ of kept readings, then, after appending the events to the write-ahead log, `appe
 The committer thread calls `take_appended` before an fsync and `committed` after it, so an
 event reaches a sink only once the log holds it. `recover` rebuilds open excursions, lot
 context, sequence numbers and each sink's backlog from the lake and the log at start.
-The recipe file is reloaded while running when it changes; a reload that is unreadable or
-rewrites a version already in effect is refused (the old book stays) and reported.
+The recipe file is reloaded while running when it has changed and then stayed unchanged for
+one check; a reload that is unreadable or rewrites a version already in effect is refused
+(the old book stays) and reported.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Alerting:
         alerts = settings.alerts
         self._recipes_path = Path(alerts.recipes) if alerts.recipes else None
         self._recipes_signature = _file_signature(self._recipes_path) if self._recipes_path else None
+        self._changing_signature: tuple[int, int] | None = None
         self.book = load_book(settings)
         self.lots = LotContext()
         self.engine = AlertEngine(settings.alert_rules, keys=keys, lots=self.lots, book=self.book,
@@ -179,9 +181,15 @@ class Alerting:
                 log.exception("reloading recipes failed")
 
     def reload_recipes(self) -> bool:
-        """Load the recipe file again if it changed; True when a new book is in use."""
+        """Load the recipe file again if it changed and then stayed the same for one check
+        (a file written in place is read only once its writer is done); True when a new
+        book is in use."""
         signature = _file_signature(self._recipes_path) if self._recipes_path else None
         if signature is None or signature == self._recipes_signature:
+            self._changing_signature = None
+            return False
+        if signature != self._changing_signature:
+            self._changing_signature = signature
             return False
         self._recipes_signature = signature
         try:
