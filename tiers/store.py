@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow.fs as pafs
 
 from fabtier.errors import ConfigError
+from fabtier.fsutil import fsync_dir
 
 
 class ObjectStore(Protocol):
@@ -51,11 +52,7 @@ class LocalStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
