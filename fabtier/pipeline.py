@@ -475,7 +475,10 @@ class Pipeline:
             for segment in due:
                 with self._lock:
                     in_memory = segment in self.unsealed.segments()
-                    tables = self.unsealed.sealable([segment]) if in_memory else None
+                # Outside the lock: the segment is closed (rotation waited for the last
+                # micro-batch that wrote to it), so nothing changes its rows any more, and
+                # sorting millions of them must not stop ingestion or readers meanwhile.
+                tables = self.unsealed.sealable([segment]) if in_memory else None
                 if tables is None:
                     tables = tables_from_records(read_segment(self.wal.path(segment)))
                 try:
