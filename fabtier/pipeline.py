@@ -31,7 +31,7 @@ from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
 from tiers.keys import SensorKeys
-from tiers.store import open_store
+from tiers.store import settings_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
 
 log = logging.getLogger("fabtier.pipeline")
@@ -87,7 +87,7 @@ class Pipeline:
         self.ring = HotRing(window_ms=window_ms, memory_budget=settings.hot.memory_budget,
                             covered_from=self.clock.now_ms() - window_ms)
         self.unsealed = UnsealedData(self.keys)
-        self.lake = ColdLake(open_store(settings.store_url), writer_id=settings.cold.writer_id)
+        self.lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
         self.audit = AuditLog(settings.data_dir / "audit" / "moves.jsonl")
         self.limits = Limits(
             max_future_ms=int(settings.ingest.max_future * 1000),
@@ -312,7 +312,7 @@ class Pipeline:
                 [r for s in only_on_disk for r in read_segment(self.wal.path(s))]))
         hidden = set(in_memory) | set(on_disk)
         return SqlSources(
-            cold_raw=self.lake.dataset("raw", hidden),
+            cold_raw=self.lake.raw_datasets(hidden),
             cold_quarantine=self.lake.dataset("quarantine", hidden),
             cold_context=self.lake.dataset("context", hidden),
             hot_fresh=tables.fresh,

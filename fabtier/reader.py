@@ -16,7 +16,7 @@ from fabtier.errors import FabtierError, SqlError, UserError
 from ingest.wal import read_segment, segment_numbers
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
-from tiers.store import open_store
+from tiers.store import settings_store
 from tiers.unsealed import tables_from_records
 
 
@@ -51,13 +51,13 @@ def _error_of(body: bytes) -> str:
 
 def offline_sources(settings: Settings) -> SqlSources:
     """Every tier as stored on disk: the lake plus log segments not sealed yet."""
-    lake = ColdLake(open_store(settings.store_url), writer_id=settings.cold.writer_id)
+    lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
     wal_dir = settings.data_dir / "wal"
     segments = segment_numbers(wal_dir)
     tables = tables_from_records([r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")])
     hidden = set(segments)
     return SqlSources(
-        cold_raw=lake.dataset("raw", hidden),
+        cold_raw=lake.raw_datasets(hidden),
         cold_quarantine=lake.dataset("quarantine", hidden),
         cold_context=lake.dataset("context", hidden),
         hot_fresh=tables.fresh,

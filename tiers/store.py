@@ -325,3 +325,10 @@ def open_store(url: str, *, endpoint_url: str = "", region: str = "us-east-1", s
         return S3Store(bucket, prefix, endpoint_url=endpoint_url, region=region, sse=sse, kms_key_id=kms_key_id)
     raise ConfigError("[cold] store", f"{url!r} is not a store URL",
                       "use file:///absolute/path or s3://bucket/prefix, or leave it empty for the local lake")
+
+
+def settings_store(settings) -> ObjectStore:
+    """The cold store a `fabtier.config.Settings` names."""
+    cold = settings.cold
+    return open_store(settings.store_url, endpoint_url=cold.endpoint_url, region=cold.region,
+                      sse=cold.sse, kms_key_id=cold.kms_key_id)
