@@ -125,7 +125,11 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 if not pipeline.ready:
                     self._json(503, {"error": f"the pipeline is {pipeline.state.value}"})
                     return
-                self._json(200, jobs.run_all(pipeline))
+                now = parse_qs(url.query).get("now", [None])[0]
+                if now is not None and not now.lstrip("-").isdigit():
+                    self._json(400, {"error": "now must be epoch milliseconds"})
+                    return
+                self._json(200, jobs.run_all(pipeline, None if now is None else int(now)))
             else:
                 self._json(404, {"error": f"no route {url.path}"})
 

@@ -30,11 +30,21 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from fabtier.reader import run_lifecycle
-    if args.now:
-        raise UserError("--now is not supported yet: the only job so far (seal) does not depend on age")
-    for report in run_lifecycle(_settings(args)):
+    now_ms = _parse_now(args.now) if args.now else None
+    for report in run_lifecycle(_settings(args), now_ms):
         print(json.dumps(report))
     return 0
+
+
+def _parse_now(text: str) -> int:
+    import datetime as dt
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--now {text!r} is not an ISO time; write e.g. 2027-01-01T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise UserError(f"--now {text!r} has no UTC offset; write e.g. 2027-01-01T00:00:00Z")
+    return int(moment.timestamp() * 1000)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -115,6 +115,11 @@ class LifecycleSettings:
     # 128 KB); fabtier raises it further where archiving a small object would cost more
     # than it saves (lifecycle.policy.break_even_size).
     min_object_size: int = _kind("size", parse_size("128KiB"))
+    # false: archive every object above min_object_size, even where it costs more than it
+    # saves (tests carry tiny objects through every class in seconds).
+    cost_guard: bool = _kind("bool", True)
+    # How often the scheduler compacts, archives/expires and updates the Glue catalog.
+    run_every: float = _kind("duration", parse_duration("10m"))
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ _FIXES = {
     "duration": 'write a number with a unit ms, s, m, h, d or w, e.g. "10m"',
     "size": 'write a number of bytes with an optional unit KiB, MiB, GiB (or KB, MB, GB), e.g. "2GiB"',
     "port": "write a whole number from 0 to 65535",
+    "bool": "write true or false",
     "mqtt_url": 'write mqtt://host:port or mqtts://host:port, e.g. "mqtt://127.0.0.1:1883"',
     "store_url": 'write file:///absolute/path or s3://bucket/prefix, or leave it empty for the local lake',
     "http_url": 'write http://host:port or https://host, or leave it empty',
@@ -209,6 +215,12 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
             if not isinstance(raw, str):
                 raise ValueError("must be a string")
             return Secret(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0"):
+                return raw.strip().lower() in ("true", "1")
+            raise ValueError(f"{raw!r} is not true or false")
         if kind == "port":
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
@@ -349,6 +361,8 @@ def _check_relations(settings: Settings) -> None:
     if not life.glacier_after < life.deep_archive_after < life.expire_after:
         raise ConfigError("[lifecycle] deep_archive_after", "the ages are out of order",
                           "make glacier_after < deep_archive_after < expire_after")
+    if settings.lifecycle.run_every <= 0:
+        raise ConfigError("[lifecycle] run_every", "must be longer than zero", 'e.g. "10m"')
     if settings.cold.seal_every <= 0:
         raise ConfigError("[cold] seal_every", "must be longer than zero", 'e.g. "1m"')
     if settings.hot.window <= 0:

@@ -268,6 +268,11 @@ class Pipeline:
         self._stop.set()
 
     # ---- tier moves ------------------------------------------------------------------
+    @property
+    def seal_lock(self) -> threading.Lock:
+        """Held by every job that writes or deletes this writer's lake files."""
+        return self._seal_lock
+
     def seal(self) -> SealReport:
         """Move every closed log segment into the lake. Idempotent; never runs twice at once."""
         with self._seal_lock:

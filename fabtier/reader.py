@@ -87,10 +87,12 @@ def query(settings: Settings, sql: str) -> pa.Table:
         lock.release()
 
 
-def run_lifecycle(settings: Settings) -> list[dict]:
-    """Run every tiering job once: in the running instance if there is one, else here."""
+def run_lifecycle(settings: Settings, now_ms: int | None = None) -> list[dict]:
+    """Run every tiering job once: in the running instance if there is one, else here;
+    `now_ms`: evaluate ages as of then."""
     if instance_running(settings):
-        status, body = _request(settings, "POST", "/lifecycle/run", b"")
+        query = "" if now_ms is None else f"?now={now_ms}"
+        status, body = _request(settings, "POST", "/lifecycle/run" + query, b"")
         if status != 200:
             raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
         return json.loads(body)
@@ -100,6 +102,6 @@ def run_lifecycle(settings: Settings) -> list[dict]:
     pipeline = Pipeline(settings)
     pipeline.open(warm=False)
     try:
-        return jobs.run_all(pipeline)
+        return jobs.run_all(pipeline, now_ms)
     finally:
         pipeline.close_offline()

@@ -24,6 +24,25 @@ def seal(pipeline: "Pipeline") -> dict:
     return {"job": SEAL, "segments": report.segments, "rows": report.rows, "files": report.files}
 
 
-def run_all(pipeline: "Pipeline") -> list[dict]:
-    """Every tiering job once, in tier order (`fabtier lifecycle run`)."""
-    return [seal(pipeline)]
+def compact(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
+    """Merge the lake's small files of settled hours (lifecycle.coldjobs)."""
+    from lifecycle import coldjobs
+    return coldjobs.compact(pipeline, now_ms)
+
+
+def cold_lifecycle(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
+    """Archive and expire lake objects by age (S3: keep the bucket's rules in sync)."""
+    from lifecycle import coldjobs
+    return coldjobs.apply_lifecycle_policy(pipeline, now_ms)
+
+
+def glue_catalog(pipeline: "Pipeline") -> dict:
+    """Register the lake's hours in the Glue catalog, when one is configured."""
+    from lifecycle import coldjobs
+    return coldjobs.sync_glue(pipeline)
+
+
+def run_all(pipeline: "Pipeline", now_ms: int | None = None) -> list[dict]:
+    """Every tiering job once, in tier order (`fabtier lifecycle run`); `now_ms`: evaluate
+    ages as of then instead of the pipeline's clock."""
+    return [seal(pipeline), compact(pipeline, now_ms), cold_lifecycle(pipeline, now_ms), glue_catalog(pipeline)]

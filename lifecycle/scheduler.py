@@ -21,5 +21,8 @@ def start_scheduler(pipeline: "Pipeline") -> BackgroundScheduler:
     })
     scheduler.add_job(jobs.seal, "interval", seconds=pipeline.settings.cold.seal_every,
                       id=jobs.SEAL, args=[pipeline])
+    every = pipeline.settings.lifecycle.run_every
+    for job in (jobs.compact, jobs.cold_lifecycle, jobs.glue_catalog):
+        scheduler.add_job(job, "interval", seconds=every, id=job.__name__, args=[pipeline])
     scheduler.start()
     return scheduler

@@ -139,9 +139,13 @@ class ColdLake:
         return Move(what=what, source=source, target=f"{self.store.url}/{key}",
                     rows=table.num_rows, bytes=len(data), checksum=expected)
 
-    def _write_readings(self, key_of, readings: pa.Table, what: str, source: str) -> list[Move]:
-        """Sorted, deduplicated readings into one verified file per value encoding."""
+    def _write_readings(self, key_of, readings: pa.Table, what: str, source: str,
+                        uniform: bool = False) -> list[Move]:
+        """Sorted, deduplicated readings into one verified file per value encoding (or, if
+        `uniform` and some values need DOUBLE, all of them in one DOUBLE file)."""
         groups = fmt.split_by_encoding(readings)
+        if uniform and fmt.DOUBLE in groups and len(groups) > 1:
+            groups = {fmt.DOUBLE: readings}
         return [self._write_verified(key_of(encoding, i + 1, len(groups)),
                                      fmt.encode_values(part, encoding), what, source)
                 for i, (encoding, part) in enumerate(sorted(groups.items()))]
@@ -195,14 +199,15 @@ class ColdLake:
                 self.store.delete(f.key)
 
     # ---- compaction ------------------------------------------------------------------
-    def compact(self, task: CompactionTask) -> list[Move]:
-        """Copy and verify: write the merged set of `task`'s sources (nothing is deleted)."""
+    def compact(self, task: CompactionTask, *, uniform: bool = False) -> list[Move]:
+        """Copy and verify: write the merged set of `task`'s sources (nothing is deleted).
+        `uniform`: one value type for the whole set (Athena reads a partition as one type)."""
         merged = fmt.sort_dedup(self.read_raw(files=list(task.sources)))
         source = (f"{self.store.url}/{task.prefix}{task.writer} segments {task.lo}..{task.hi} "
                   f"({len(task.sources)} files)")
         return self._write_readings(
             lambda encoding, i, n: task.prefix + layout.compacted_name(task.writer, task.lo, task.hi, i, n, encoding),
-            merged, "compact", source)
+            merged, "compact", source, uniform)
 
     def delete_files(self, files: list[LakeFile] | tuple[LakeFile, ...]) -> None:
         """Delete merged sources or leftovers (after the audit trail has the move)."""
