@@ -84,6 +84,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz, seed=args.seed)
 
 
+def cmd_bench_cold(args: argparse.Namespace) -> int:
+    from fabtier.bench_cold import main as bench_main
+    if args.seconds <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000 \
+            or not 0 <= args.jitter < 1 or args.seal_every <= 0 or args.repeat < 1:
+        raise UserError("bench cold: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
+                        "--jitter in [0, 1), --seal-every > 0, --repeat >= 1")
+    return bench_main(args)
+
+
+def cmd_cold(args: argparse.Namespace) -> int:
+    from fabtier.coldadmin import run_cold_command
+    return run_cold_command(_settings(args), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fabtier", description="IoT data tiering for fab sensor data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -128,6 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_run.add_argument("--config")
     lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
     lifecycle_run.set_defaults(func=cmd_lifecycle)
+
+    bench = sub.add_parser("bench", help="benchmarks; --json prints one JSON object as the last line")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bench_cold = bench_sub.add_parser("cold", help="bytes per reading of the lake and DuckDB query times")
+    bench_cold.add_argument("--seconds", type=float, default=7200.0, help="simulated seconds of data")
+    bench_cold.add_argument("--machines", type=int, default=3)
+    bench_cold.add_argument("--sensors", type=int, default=4, help="sensors per machine")
+    bench_cold.add_argument("--rate-hz", type=float, default=100.0)
+    bench_cold.add_argument("--jitter", type=float, default=0.3, help="timestamp jitter, fraction of the period")
+    bench_cold.add_argument("--seal-every", type=float, default=60.0, help="seconds of data per sealed segment")
+    bench_cold.add_argument("--seed", type=int, default=1)
+    bench_cold.add_argument("--repeat", type=int, default=3, help="runs per query (the median is printed)")
+    bench_cold.add_argument("--json", action="store_true")
+    bench_cold.set_defaults(func=cmd_bench_cold)
+
+    cold = sub.add_parser("cold", help="the cold store: S3 bucket setup, IAM policy, lifecycle document")
+    cold_sub = cold.add_subparsers(dest="action", required=True)
+    for name, help_text in (("setup", "create and secure the bucket, apply the lifecycle, register the Glue table"),
+                            ("iam-policy", "print the least-privilege IAM policy fabtier needs"),
+                            ("lifecycle", "print the lifecycle policy (and the S3 document for an S3 store)")):
+        action = cold_sub.add_parser(name, help=help_text)
+        action.add_argument("--config")
+        if name == "iam-policy":
+            action.add_argument("--account", default="*", help="AWS account id for the Glue ARNs")
+        action.set_defaults(func=cmd_cold)
     return parser
 
 
