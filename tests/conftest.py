@@ -91,8 +91,11 @@ _AWS_ENV = {
 def moto_server():
     """moto's server on a free port, with fake credentials in the environment (so that
     subprocesses, boto3 and pyarrow's S3 client all find it); yields its endpoint URL."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     saved = {k: os.environ.get(k) for k in _AWS_ENV}
     os.environ.update(_AWS_ENV)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
