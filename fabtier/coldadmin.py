@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from fabtier.config import Settings
-from fabtier.errors import UserError
+from fabtier.errors import FabtierError, UserError
 from lifecycle import glue, policy
 from tiers import s3bucket
 from tiers.store import S3Store, settings_store
@@ -15,12 +15,27 @@ from tiers.store import S3Store, settings_store
 def _s3(settings: Settings, what: str) -> S3Store:
     store = settings_store(settings)
     if not isinstance(store, S3Store):
-        raise UserError(f"{what} needs an S3 store; set [cold] store = \\"s3://bucket/prefix\\" "
+        raise UserError(f"{what} needs an S3 store; set [cold] store = 's3://bucket/prefix' "
                         f"(the local store {store.url} needs no setup)")
     return store
 
 
 def run_cold_command(settings: Settings, args) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        return _run(settings, args)
+    except NoCredentialsError:
+        raise UserError("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY, or run where an instance role applies") from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise FabtierError(f"AWS refused {exc.operation_name}: {error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise FabtierError(f"AWS could not be reached: {exc}") from None
+
+
+def _run(settings: Settings, args) -> int:
     if args.action == "iam-policy":
         store = _s3(settings, "an IAM policy")
         print(json.dumps(s3bucket.iam_policy(

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from lifecycle import glue, policy
 from tiers import compaction
 from tiers.cold import Move
-from tiers.s3bucket import apply_lifecycle
+from tiers.s3bucket import apply_lifecycle, aws_errors
 from tiers.store import S3Store
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None) -> d
     store = pipeline.lake.store
     rules = lake_policy(pipeline)
     if isinstance(store, S3Store):
-        changed = apply_lifecycle(store, policy.s3_document(rules))
+        with aws_errors("keeping the bucket's lifecycle configuration"):
+            changed = apply_lifecycle(store, policy.s3_document(rules))
         return {"job": LIFECYCLE, "store": "s3", "configuration_updated": changed}
     now = _now(pipeline, now_ms)
     transitions = expiries = 0
@@ -117,12 +118,13 @@ def sync_glue(pipeline: "Pipeline") -> dict:
     catalog = glue.catalog_for(pipeline.settings, pipeline.lake.store)
     if catalog is None:
         return {"job": GLUE, "configured": False}
-    done = catalog.ensure_table()
-    with pipeline.seal_lock:
-        hidden = set(pipeline.wal.segments()) if pipeline.wal is not None else set()
-        files = pipeline.lake.visible_files("raw", hidden)
-    plan = glue.plan_partitions(files, catalog.registered())
-    catalog.apply(plan)
+    with aws_errors("updating the Glue catalog"):
+        done = catalog.ensure_table()
+        with pipeline.seal_lock:
+            hidden = set(pipeline.wal.segments()) if pipeline.wal is not None else set()
+            files = pipeline.lake.visible_files("raw", hidden)
+        plan = glue.plan_partitions(files, catalog.registered())
+        catalog.apply(plan)
     if plan.mixed:
         log.info("%d hour(s) mix DOUBLE and DECIMAL files; Athena sees them after compaction", len(plan.mixed))
     return {"job": GLUE, "configured": True, "changes": done, "created": len(plan.create),

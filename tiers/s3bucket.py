@@ -11,8 +11,9 @@ it does not own are kept), so it can share a bucket.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
-from tiers.store import S3Store
+from tiers.store import S3Store, StoreError
 
 TLS_STATEMENT_ID = "fabtier-deny-insecure-transport"
 RULE_PREFIX = "fabtier-"
@@ -20,6 +21,21 @@ RULE_PREFIX = "fabtier-"
 
 def _code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+@contextmanager
+def aws_errors(what: str):
+    """AWS failures as one-line StoreErrors (a FabtierError: exit 1, no traceback)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise StoreError(f"{what}: AWS refused {exc.operation_name}: {error.get('Code')}: "
+                         f"{error.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise StoreError(f"{what}: {exc}") from None
 
 
 def ensure_bucket(store: S3Store) -> bool:
