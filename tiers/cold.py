@@ -64,10 +64,11 @@ class ColdLake:
         self._format = ds.ParquetFileFormat()
 
     # ---- listing --------------------------------------------------------------------
-    def lake_files(self, kind: str) -> list[LakeFile]:
-        """Every lake file of `kind` in the store, readable or not, with size, time and class."""
+    def lake_files(self, kind: str, prefix: str | None = None) -> list[LakeFile]:
+        """Every lake file of `kind` (under `prefix`, e.g. one hour's) in the store, readable
+        or not, with size, time and class."""
         found = []
-        for info in self.store.objects(f"{kind}/"):
+        for info in self.store.objects(prefix or f"{kind}/"):
             parsed = layout.parse(info.key, size=info.size, last_modified_ms=info.last_modified_ms,
                                   archived=info.archived)
             if parsed is not None:
@@ -175,10 +176,9 @@ class ColdLake:
         are deleted, so a re-run leaves exactly the new set."""
         moves = []
         readings = fmt.sort_dedup(tables.readings.cast(READINGS_SCHEMA))
-        raw = self.lake_files("raw")
         for (day, hour), part in fmt.split_by_hour(readings).items():
             prefix = layout.hour_prefix(day, hour)
-            hour_files = [f for f in raw if f.key.startswith(prefix)]
+            hour_files = self.lake_files("raw", prefix)  # one hour's listing, not the whole lake
             part = self._drop_stored(part, hour_files, segment)
             written = self._write_readings(
                 lambda encoding, _i, _n: prefix + layout.sealed_name(self.writer_id, segment, encoding),

@@ -100,6 +100,7 @@ class LocalStore:
         self.url = root.as_uri()
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._classes_cache: tuple[tuple, dict[str, str]] | None = None
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -179,14 +180,20 @@ class LocalStore:
         self._update_classes(key, None if storage_class == STANDARD else storage_class)
 
     def _classes(self) -> dict[str, str]:
+        path = self.root / self._CLASSES
         try:
-            return json.loads((self.root / self._CLASSES).read_bytes())
+            stat = path.stat()
         except FileNotFoundError:
             return {}
+        # Parsed again only when the file changed (it is replaced atomically on each update).
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._classes_cache is None or self._classes_cache[0] != stamp:
+            self._classes_cache = (stamp, json.loads(path.read_bytes()))
+        return self._classes_cache[1]  # callers only read it
 
     def _update_classes(self, key: str, storage_class: str | None) -> None:
         with self._lock:
-            classes = self._classes()
+            classes = dict(self._classes())
             if storage_class is None:
                 classes.pop(key, None)
             else:
