@@ -158,7 +158,7 @@ def run(*, seconds: float = 7200, machines: int = 3, sensors: int = 4, rate_hz: 
         sealed_bytes = sum(size for _, size in lake.store.list("raw/"))
         sealed_files = len(lake.store.list("raw/"))
         plan = compaction.plan(lake.lake_files("raw"), writer="bench", hidden_segments=set(), now_ms=end_ms + 10 * HOUR_MS,
-                               settle_ms=0, target_bytes=256 << 20)
+                               settle_ms=0, target_bytes=128 << 20)
         for task in plan.tasks:
             lake.compact(task)
             lake.delete_files(task.sources)

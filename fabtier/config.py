@@ -96,9 +96,10 @@ class ColdSettings:
     kms_key_id: str = _kind("str", "")
     # Compaction: an hour's small files are merged once the hour ended this long ago, into
     # files of about compact_target (S3 archive classes charge per object, Athena wants
-    # 128 MB+); a file already that big is left alone.
+    # 128 MB+); a file already that big is left alone. A merge holds its readings in
+    # memory: about 25 bytes per reading, some 2.5 GiB for 128 MiB of Parquet.
     compact_after: float = _kind("duration", parse_duration("2h"))
-    compact_target: int = _kind("size", parse_size("256MiB"))
+    compact_target: int = _kind("size", parse_size("128MiB"))
 
 
 @dataclass(frozen=True)

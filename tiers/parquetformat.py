@@ -72,20 +72,20 @@ def min_scales(values: np.ndarray) -> np.ndarray:
     """Per value, the smallest scale s at which it is exactly u / 10**s (|u| < 2**53);
     MAX_SCALE + 1 where there is none."""
     values = np.asarray(values, dtype=np.float64)
-    bits = values.view(np.int64)
     result = np.full(len(values), MAX_SCALE + 1, dtype=np.int8)
-    open_ = np.isfinite(values)
+    rest = np.flatnonzero(np.isfinite(values))  # each pass only looks at what is still open
     with np.errstate(invalid="ignore", over="ignore"):
         for scale in range(MAX_SCALE + 1):
-            if not open_.any():
+            if len(rest) == 0:
                 break
+            v = values[rest]
             power = 10.0 ** scale
-            unscaled = np.rint(values * power) + 0.0  # the integer has no sign of zero
-            fits = open_ & (np.abs(unscaled) < _EXACT_LIMIT)
+            unscaled = np.rint(v * power) + 0.0  # the integer has no sign of zero
             back = unscaled / power
-            exact = fits & (back.view(np.int64) == bits)  # bitwise: -0.0 never matches +0.0
-            result[exact] = scale
-            open_ &= ~exact
+            # bitwise: -0.0 never matches +0.0
+            exact = (np.abs(unscaled) < _EXACT_LIMIT) & (back.view(np.int64) == v.view(np.int64))
+            result[rest[exact]] = scale
+            rest = rest[~exact]
     return result
 
 
@@ -137,16 +137,22 @@ def normalise_readings(table: pa.Table) -> pa.Table:
 
 
 def split_by_encoding(readings: pa.Table) -> dict[str, pa.Table]:
-    """Readings grouped by the encoding of their sensor: a sensor's rows all go into the
-    group of its finest value, so each file holds whole sensors. Row order is kept."""
+    """Readings sorted by (machine, sensor) grouped by the encoding of their sensor: a
+    sensor's rows all go into the group of its finest value, so each file holds whole
+    sensors. Row order is kept. (Unsorted input is still stored exactly, but a sensor's
+    runs may land in different groups.)"""
     if readings.num_rows == 0:
         return {}
     scales = min_scales(readings.column("value").to_numpy())
-    names = pc.binary_join_element_wise(readings.column("machine"), readings.column("sensor"), "\x00")
-    codes, sensor_ids = np.unique(names.to_numpy(zero_copy_only=False), return_inverse=True)
-    worst = np.zeros(len(codes), dtype=np.int8)
-    np.maximum.at(worst, sensor_ids, scales)
-    row_scale = worst[sensor_ids]
+    # Runs of one (machine, sensor): sorted input makes them contiguous, so no hashing of names.
+    change = np.zeros(readings.num_rows, dtype=bool)
+    change[0] = True
+    for name in ("machine", "sensor"):
+        codes = readings.column(name).combine_chunks().dictionary_encode().indices.to_numpy()
+        change[1:] |= codes[1:] != codes[:-1]
+    starts = np.flatnonzero(change)
+    worst = np.maximum.reduceat(scales, starts)
+    row_scale = np.repeat(worst, np.diff(np.append(starts, readings.num_rows)))
     groups = {}
     for scale in np.unique(row_scale).tolist():
         name = DOUBLE if scale > MAX_SCALE else f"d{scale}"
@@ -202,7 +208,13 @@ def checksum(table: pa.Table) -> str:
         if pa.types.is_decimal(column.type):
             column = exact_float64(column)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            digest.update("\0".join(column.to_pylist()).encode())
+            if column.null_count:
+                raise ValueError(f"column {name} holds nulls")
+            # offsets (rebased to 0) and the bytes they span: equal exactly for equal strings
+            width = np.int64 if pa.types.is_large_string(column.type) else np.int32
+            offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset:column.offset + len(column) + 1]
+            digest.update((offsets - offsets[0]).astype(np.int64).tobytes())
+            digest.update(memoryview(column.buffers()[2])[int(offsets[0]):int(offsets[-1])])
         elif pa.types.is_timestamp(column.type):
             digest.update(column.cast(pa.int64()).to_numpy().tobytes())
         else:
