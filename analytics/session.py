@@ -47,6 +47,24 @@ CREATE VIEW lot_runs AS
   WHERE event = 'start';
 CREATE VIEW tier_moves AS
   SELECT "at"::TIMESTAMP AS "at", job, what, source, target, rows, bytes, checksum FROM audit;
+CREATE VIEW readings_1m AS
+  SELECT machine, sensor, minute::TIMESTAMP AS minute, n, "min", "max", "avg", "first", "last"
+  FROM warm_1m
+  UNION ALL
+  -- A minute recomputed after it was aged out (late data) is in both: the warm row is newer.
+  SELECT machine, sensor, minute::TIMESTAMP, n, "min", "max", "avg", "first", "last"
+  FROM cold_agg_1m a
+  WHERE NOT EXISTS (SELECT 1 FROM warm_1m w
+                    WHERE w.machine = a.machine AND w.sensor = a.sensor AND w.minute = a.minute);
+CREATE VIEW readings_1h AS
+  SELECT machine, sensor, date_trunc('hour', minute) AS hour, sum(n)::BIGINT AS n,
+         min("min") AS "min", max("max") AS "max", sum("avg" * n) / sum(n) AS "avg",
+         arg_min("first", minute) AS "first", arg_max("last", minute) AS "last"
+  FROM readings_1m GROUP BY ALL;
+CREATE VIEW job_runs AS
+  SELECT job, "trigger", outcome, started_at::TIMESTAMP AS started_at,
+         finished_at::TIMESTAMP AS finished_at, as_of::TIMESTAMP AS as_of, missed, detail
+  FROM job_history;
 """
 
 
@@ -65,6 +83,21 @@ class SqlSources:
     hot_quarantine: pa.Table
     hot_context: pa.Table
     audit: pa.Table
+    # The warm tier (issue 5): minutes in the warm store, minutes aged out to the lake, and
+    # the history of tiering job runs. None: empty.
+    warm_1m: pa.Table | None = None
+    cold_agg_1m: ds.Dataset | pa.Table | None = None
+    job_history: pa.Table | None = None
+
+
+def _empty_defaults(sources: SqlSources) -> dict[str, object]:
+    from lifecycle.runs import RUNS_SCHEMA
+    from tiers.warm import MINUTES_SCHEMA
+    return {
+        "warm_1m": sources.warm_1m if sources.warm_1m is not None else MINUTES_SCHEMA.empty_table(),
+        "cold_agg_1m": sources.cold_agg_1m if sources.cold_agg_1m is not None else MINUTES_SCHEMA.empty_table(),
+        "job_history": sources.job_history if sources.job_history is not None else RUNS_SCHEMA.empty_table(),
+    }
 
 
 def _ts_literal(table: pa.Table, fn: str) -> str:
@@ -90,6 +123,8 @@ def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
                  "hot_quarantine", "hot_context", "audit"):
         con.register(name, getattr(sources, name))
     _register_cold_raw(con, sources.cold_raw)
+    for name, source in _empty_defaults(sources).items():
+        con.register(name, source)
     con.execute(_VIEWS.format(late_from=_ts_literal(sources.hot_late, "min"),
                               late_to=_ts_literal(sources.hot_late, "max")))
     con.execute("SET python_enable_replacements = false")

@@ -49,8 +49,12 @@ OPENAPI = {
             "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in
                            (("machine", "string"), ("sensor", "string"), ("minutes", "number"), ("points", "integer"))],
             "responses": {"200": {"description": "{ts: [...], v: [...]}"}}}},
+        "/tiers": {"get": {"summary": "rows, bytes, oldest, newest and monthly cost per tier",
+                           "responses": {"200": {"description": "{tiers: [...], total_usd_per_month}"}}}},
         "/sensors": {"get": {"summary": "every (machine, sensor) seen", "responses": {"200": {"description": "list"}}}},
         "/lifecycle/run": {"post": {"summary": "run every tiering job once, now",
+                                    "parameters": [{"name": "now", "in": "query", "schema": {"type": "integer"},
+                                                    "description": "epoch ms that ages are measured against"}],
                                     "responses": {"200": {"description": "job reports"}}}},
     },
 }
@@ -94,6 +98,9 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 self._json(200, pipeline.metrics_snapshot())
             elif url.path == "/openapi.json":
                 self._json(200, OPENAPI)
+            elif url.path == "/tiers":
+                from tiers.inventory import report
+                self._json(200, report(pipeline.tier_rows()))
             elif url.path == "/sensors":
                 self._json(200, [{"machine": m, "sensor": s} for m, s in pipeline.sensors()])
             elif url.path == "/series":
@@ -129,7 +136,7 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 if now is not None and not now.lstrip("-").isdigit():
                     self._json(400, {"error": "now must be epoch milliseconds"})
                     return
-                self._json(200, jobs.run_all(pipeline, None if now is None else int(now)))
+                self._json(200, jobs.run_all(pipeline, now_ms=None if now is None else int(now)))
             else:
                 self._json(404, {"error": f"no route {url.path}"})
 

@@ -46,6 +46,10 @@ class LocalBroker:
         self._process: subprocess.Popen | None = None
 
     @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
@@ -64,7 +68,10 @@ class LocalBroker:
             # Sessions of a stopped fabtier must hold everything published meanwhile.
             "max_queued_messages 0\n"
             "max_queued_bytes 0\n"
+            # Unlimited for MQTT 3.1.1 clients (mosquitto_sub in the benchmark baseline);
+            # MQTT 5 clients such as fabtier set their own receive maximum.
             "max_inflight_messages 0\n"
+
             "autosave_interval 1\n"
             "log_dest stderr\n"
             "log_type error\n"

@@ -37,14 +37,37 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
 
 def _parse_now(text: str) -> int:
+    """--now as epoch ms: an ISO-8601 time with a UTC offset (or Z), or a date (UTC midnight)."""
     import datetime as dt
     try:
-        moment = dt.datetime.fromisoformat(text)
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise UserError(f"--now {text!r} is not an ISO time; write e.g. 2027-01-01T00:00:00Z") from None
+        raise UserError(f"--now {text!r} is not an ISO-8601 time; write e.g. 2026-03-01T12:00:00Z") from None
     if moment.tzinfo is None:
-        raise UserError(f"--now {text!r} has no UTC offset; write e.g. 2027-01-01T00:00:00Z")
+        if "T" in text or " " in text.strip():
+            raise UserError(f"--now {text!r} has no UTC offset; add Z or e.g. +01:00")
+        moment = moment.replace(tzinfo=dt.timezone.utc)
     return int(moment.timestamp() * 1000)
+
+
+def cmd_tiers(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from analytics.output import render
+    from fabtier.reader import tiers
+    result = tiers(_settings(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = result["tiers"]
+    table = pa.Table.from_pylist([{
+        "tier": r["tier"], "class": r["storage_class"], "rows": r["rows"], "bytes": r["bytes"],
+        "oldest": pa.scalar(r["oldest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["oldest_ms"] is not None else None,
+        "newest": pa.scalar(r["newest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["newest_ms"] is not None else None,
+        "usd_month": r["usd_per_month"]} for r in rows])
+    print(render(table, "table"))
+    print(f"estimated total: {result['total_usd_per_month']:.4f} USD a month (prices {result['prices_as_of']})")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -75,6 +98,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(json.dumps({"messages": stats.messages, "readings": stats.readings,
                       "context_events": stats.context_events, "seconds": round(stats.seconds, 3),
                       "readings_per_s": round(stats.readings / stats.seconds) if stats.seconds else 0}))
+    return 0
+
+
+_BENCH_DEFAULTS = {
+    "ingest": {"seconds": 10.0, "machines": 40, "sensors": 50, "rate_hz": 500.0},
+    "cold": {"seconds": 7200.0, "machines": 3, "sensors": 4, "rate_hz": 100.0},
+}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    for key, value in _BENCH_DEFAULTS.get(args.which, {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.which == "cold":
+        return cmd_bench_cold(args)
+    if args.which == "ingest":
+        from fabtier.bench import ingest
+        result = ingest.run(ingest.IngestBench(
+            seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+            batch=args.batch, live=args.live, seed=args.seed))
+        print(ingest.report(result), flush=True)
+    else:
+        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, cold")
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -136,26 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.set_defaults(func=cmd_sql)
 
+    bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold"])
+    # Defaults differ per benchmark (None: the benchmark's own, see _BENCH_DEFAULTS).
+    bench.add_argument("--seconds", type=float, default=None, help="seconds of simulated data")
+    bench.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    bench.add_argument("--machines", type=int, default=None)
+    bench.add_argument("--sensors", type=int, default=None, help="sensors per machine")
+    bench.add_argument("--rate-hz", type=float, default=None)
+    bench.add_argument("--jitter", type=float, default=0.3, help="cold: timestamp jitter, fraction of the period")
+    bench.add_argument("--seal-every", type=float, default=60.0, help="cold: seconds of data per sealed segment")
+    bench.add_argument("--repeat", type=int, default=3, help="cold: runs per query (the median is printed)")
+    bench.add_argument("--batch", type=int, default=500, help="readings per message (1: single readings)")
+    bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.set_defaults(func=cmd_bench)
+
+    tiers = sub.add_parser("tiers", help="rows, bytes, oldest, newest and monthly cost per tier")
+    tiers.add_argument("--config")
+    tiers.add_argument("--json", action="store_true", help="one JSON object")
+    tiers.set_defaults(func=cmd_tiers)
+
     lifecycle = sub.add_parser("lifecycle", help="tiering jobs")
     lifecycle_sub = lifecycle.add_subparsers(dest="action", required=True)
     lifecycle_run = lifecycle_sub.add_parser("run", help="run every due tiering job once, now")
     lifecycle_run.add_argument("--config")
     lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
     lifecycle_run.set_defaults(func=cmd_lifecycle)
-
-    bench = sub.add_parser("bench", help="benchmarks; --json prints one JSON object as the last line")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    bench_cold = bench_sub.add_parser("cold", help="bytes per reading of the lake and DuckDB query times")
-    bench_cold.add_argument("--seconds", type=float, default=7200.0, help="simulated seconds of data")
-    bench_cold.add_argument("--machines", type=int, default=3)
-    bench_cold.add_argument("--sensors", type=int, default=4, help="sensors per machine")
-    bench_cold.add_argument("--rate-hz", type=float, default=100.0)
-    bench_cold.add_argument("--jitter", type=float, default=0.3, help="timestamp jitter, fraction of the period")
-    bench_cold.add_argument("--seal-every", type=float, default=60.0, help="seconds of data per sealed segment")
-    bench_cold.add_argument("--seed", type=int, default=1)
-    bench_cold.add_argument("--repeat", type=int, default=3, help="runs per query (the median is printed)")
-    bench_cold.add_argument("--json", action="store_true")
-    bench_cold.set_defaults(func=cmd_bench_cold)
 
     cold = sub.add_parser("cold", help="the cold store: S3 bucket setup, IAM policy, lifecycle document")
     cold_sub = cold.add_subparsers(dest="action", required=True)

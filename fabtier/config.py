@@ -63,6 +63,10 @@ class BrokerSettings:
     # messages) while fabtier is down.
     client_id: str = _kind("str", "fabtier-ingest")
     session_expiry: float = _kind("duration", parse_duration("1d"))
+    # Scale-out: processes with the same share_group split the stream between them
+    # (MQTT 5 shared subscriptions); each needs its own client_id, data_dir and writer_id.
+    share_group: str = _kind("name_or_empty", "")
+    receive_maximum: int = _kind("count", 1000)
     keepalive: float = _kind("duration", 30.0)
 
 
@@ -80,6 +84,10 @@ class IngestSettings:
     # Group commit: the log is fsynced at most this often, and every message written
     # before the fsync is acknowledged after it.
     commit_interval: float = _kind("duration", 0.005)
+    # Backpressure: past this much unsealed data in memory, acknowledgements are held back,
+    # so the broker (which sends at most receive_maximum unacknowledged messages) pauses
+    # delivery until the seal job catches up. Past half of it, a seal starts at once.
+    max_unsealed: int = _kind("size", parse_size("2GiB"))
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,43 @@ class ColdSettings:
 @dataclass(frozen=True)
 class WarmSettings:
     retention: float = _kind("duration", parse_duration("90d"))
+    # Periods of the warm tier's scheduled jobs (lifecycle/jobs.py).
+    rollup_every: float = _kind("duration", parse_duration("1m"))
+    age_out_every: float = _kind("duration", parse_duration("1h"))
+
+
+@dataclass(frozen=True)
+class TimestreamSettings:
+    """Amazon Timestream for LiveAnalytics sink (tiers/timestream.py); off by default."""
+
+    enabled: bool = _kind("bool", False)
+    database: str = _kind("str", "fabtier")
+    table: str = _kind("str", "readings")
+    region: str = _kind("str", "us-east-1")
+    endpoint_url: str = _kind("http_url", "")
+    memory_retention: float = _kind("duration", parse_duration("24h"))
+    magnetic_retention: float = _kind("duration", parse_duration("90d"))
+    measure_name: str = _kind("str", "sensors")
+    # Readings waiting for the sink; when full, newer readings skip the sink (the lake keeps them).
+    queue_readings: int = _kind("count", 1_000_000)
+    max_attempts: int = _kind("count", 8)
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    """The same sink for InfluxDB line protocol over HTTP (Timestream for InfluxDB, or any)."""
+
+    enabled: bool = _kind("bool", False)
+    url: str = _kind("http_url", "")
+    api: str = _kind("str", "v2")                # v2: /api/v2/write (org, bucket); v1: /write (database)
+    org: str = _kind("str", "")
+    bucket: str = _kind("str", "fabtier")
+    database: str = _kind("str", "fabtier")
+    token: Secret = _kind("secret", Secret(""))  # v2: API token; v1: "user:password"
+    measurement: str = _kind("str", "readings")
+    batch_lines: int = _kind("count", 5000)
+    queue_readings: int = _kind("count", 1_000_000)
+    max_attempts: int = _kind("count", 8)
 
 
 @dataclass(frozen=True)
@@ -163,6 +208,8 @@ class Settings:
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     glue: GlueSettings = field(default_factory=GlueSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    timestream: TimestreamSettings = field(default_factory=TimestreamSettings)
+    influx: InfluxSettings = field(default_factory=InfluxSettings)
     alert_rules: tuple[AlertRule, ...] = ()
 
     @property
@@ -184,18 +231,22 @@ _SECTIONS: dict[str, type] = {
     "lifecycle": LifecycleSettings,
     "glue": GlueSettings,
     "api": ApiSettings,
+    "timestream": TimestreamSettings,
+    "influx": InfluxSettings,
 }
 _TOP_LEVEL = {f.name: f for f in dataclasses.fields(Settings) if f.name == "data_dir"}
 _FIXES = {
     "duration": 'write a number with a unit ms, s, m, h, d or w, e.g. "10m"',
     "size": 'write a number of bytes with an optional unit KiB, MiB, GiB (or KB, MB, GB), e.g. "2GiB"',
     "port": "write a whole number from 0 to 65535",
-    "bool": "write true or false",
     "mqtt_url": 'write mqtt://host:port or mqtts://host:port, e.g. "mqtt://127.0.0.1:1883"',
     "store_url": 'write file:///absolute/path or s3://bucket/prefix, or leave it empty for the local lake',
     "http_url": 'write http://host:port or https://host, or leave it empty',
     "topic": "write one or more MQTT topic levels without wildcards (+, #), e.g. \"fab\"",
     "name": "use letters, digits, '-' and '_' only",
+    "name_or_empty": "use letters, digits, '-' and '_' only, or leave it empty",
+    "bool": "write true or false",
+    "count": "write a whole number of at least 1",
     "sse": 'write "AES256" (S3-managed keys) or "aws:kms" (with kms_key_id)',
     "glue_name": "use lower-case letters, digits and '_' only (Glue and Athena names), or leave it empty",
 }
@@ -219,9 +270,14 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         if kind == "bool":
             if isinstance(raw, bool):
                 return raw
-            if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0"):
-                return raw.strip().lower() in ("true", "1")
+            if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+                return raw.strip().lower() in ("true", "1", "yes")
             raise ValueError(f"{raw!r} is not true or false")
+        if kind == "count":
+            value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{raw!r} is not a whole number of at least 1")
+            return value
         if kind == "port":
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
@@ -246,8 +302,8 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         elif kind == "topic":
             if not raw or any(c in raw for c in "+#") or raw.startswith("/") or raw.endswith("/"):
                 raise ValueError(f"{raw!r} is not a topic root")
-        elif kind == "name":
-            if not raw or not all(c.isalnum() or c in "-_" for c in raw):
+        elif kind in ("name", "name_or_empty"):
+            if (raw or kind == "name") and not all(c.isalnum() or c in "-_" for c in raw or "/"):
                 raise ValueError(f"{raw!r} is not a plain name")
         elif kind == "sse":
             if raw not in ("AES256", "aws:kms"):
@@ -369,6 +425,7 @@ def _check_relations(settings: Settings) -> None:
     if settings.hot.window <= 0:
         raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
     _check_cold(settings)
+    _check_warm_and_sinks(settings)
 
 
 def _check_cold(settings: Settings) -> None:
@@ -380,10 +437,34 @@ def _check_cold(settings: Settings) -> None:
         raise ConfigError("[cold] kms_key_id", "is empty but sse is aws:kms",
                           "give the KMS key id or ARN, or set sse to AES256")
     if cold.compact_target < 1 << 20:
-        raise ConfigError("[cold] compact_target", "is below 1MiB", 'e.g. "256MiB"')
+        raise ConfigError("[cold] compact_target", "is below 1MiB", 'e.g. "128MiB"')
     if settings.glue.database and not settings.store_url.startswith("s3://"):
         raise ConfigError("[glue] database", "is set but the store is not s3:// (Athena reads S3 only)",
                           "set [cold] store to s3://bucket/prefix, or leave [glue] database empty")
+
+
+def _check_warm_and_sinks(settings: Settings) -> None:
+    for key in ("retention", "rollup_every", "age_out_every"):
+        if getattr(settings.warm, key) <= 0:
+            raise ConfigError(f"[warm] {key}", "must be longer than zero", 'e.g. "1m"')
+    ts = settings.timestream
+    # Timestream's own limits: memory store 1 hour to 8766 hours, magnetic store 1 to 73000 days.
+    if not 3600 <= ts.memory_retention <= 8766 * 3600:
+        raise ConfigError("[timestream] memory_retention", "must be from 1h to 8766h", 'e.g. "24h"')
+    if not 86400 <= ts.magnetic_retention <= 73000 * 86400:
+        raise ConfigError("[timestream] magnetic_retention", "must be from 1d to 73000d", 'e.g. "90d"')
+    if ts.enabled and not (ts.database and ts.table):
+        raise ConfigError("[timestream] database", "database and table must be set when enabled",
+                          'e.g. database = "fabtier", table = "readings"')
+    influx = settings.influx
+    if influx.api not in ("v1", "v2"):
+        raise ConfigError("[influx] api", f"{influx.api!r} is not v1 or v2",
+                          'write "v2" (InfluxDB 2, Timestream for InfluxDB) or "v1" (InfluxDB 1.x)')
+    if influx.enabled and not influx.url:
+        raise ConfigError("[influx] url", "is empty but the sink is enabled",
+                          'give the server, e.g. url = "http://127.0.0.1:8086"')
+    if influx.enabled and influx.api == "v2" and not influx.org:
+        raise ConfigError("[influx] org", "is empty but the v2 API needs it", 'e.g. org = "fab"')
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

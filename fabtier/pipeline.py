@@ -10,6 +10,7 @@ anything after such a failure could lose data, and a restart recovers from the l
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import threading
@@ -23,19 +24,23 @@ from fabtier.clock import Clock, SystemClock
 from fabtier.config import Settings
 from fabtier.datadir import DataDirLock
 from fabtier.errors import DurabilityError
-from ingest.codec import Limits, PayloadError, ReadingBatch, decode_context, decode_readings
+from ingest.assemble import Assembled, assemble, payload_text
+from ingest.codec import Limits, ReadingBatch, SingleReading, batches_by_machine
 from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
-from ingest.walformat import QuarantineRecord, encode_context, encode_quarantine, encode_readings
+
+from ingest.walformat import (QuarantineRecord, encode_context, encode_keyed_readings, encode_quarantine,
+                              encode_readings)
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
 from tiers.keys import SensorKeys
 from tiers.store import settings_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
+from tiers.warm import WarmStore
 
 log = logging.getLogger("fabtier.pipeline")
-QUARANTINE_PAYLOAD_LIMIT = 64 * 1024
+MICRO_BATCH = 2048  # messages decoded and stored together at most
 
 
 class State(enum.Enum):
@@ -60,6 +65,8 @@ class Metrics:
     rows_sealed: int = 0
     seal_failures: int = 0
     internal_errors: int = 0
+    backpressure: bool = False  # acknowledgements are being held back right now
+    backpressure_commits: int = 0  # group commits whose acknowledgements were held back
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,16 @@ class SealReport:
     files: int
 
 
-def payload_text(payload: bytes) -> str:
-    text = payload[:QUARANTINE_PAYLOAD_LIMIT].decode("utf-8", errors="replace")
-    if len(payload) > QUARANTINE_PAYLOAD_LIMIT:
-        text += f"... [{len(payload) - QUARANTINE_PAYLOAD_LIMIT} more bytes not kept]"
-    return text
+def subscription_topics(topic_root: str, ctx_root: str, share_group: str) -> list[str]:
+    topics = [f"{topic_root}/#", f"{ctx_root}/#"]
+    return [f"$share/{share_group}/{t}" for t in topics] if share_group else topics
+
+
+def warm_sources(pipeline: "Pipeline") -> dict:
+    """The warm tier's part of a SQL snapshot (issue 5)."""
+    from lifecycle.warmjobs import agg_dataset
+    return {"warm_1m": pipeline.warm.snapshot() if pipeline.warm else None,
+            "cold_agg_1m": agg_dataset(pipeline.lake.store), "job_history": pipeline.job_history()}
 
 
 class Pipeline:
@@ -102,18 +114,29 @@ class Pipeline:
         self._lock = threading.Lock()
         self._seal_lock = threading.Lock()
         self._stop = threading.Event()
+        self._inbox: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._ingester: threading.Thread | None = None
         self._closing = False
         self.failure: str | None = None
         self.wal: WriteAheadLog | None = None
         self.subscriber: Subscriber | None = None
         self._dir_lock: DataDirLock | None = None
         self._committer: threading.Thread | None = None
+        self.warm: WarmStore | None = None  # the warm tier's DuckDB file, opened with the data dir
+        # Optional time-series sinks (tiers/sinks.py): batches wait here until their commit.
+        self.sinks: list = []
+        self._sink_pending: collections.deque = collections.deque()
+        self._sink_batches: list[ReadingBatch] = []  # this micro-batch's, until its log append
+        self._withheld: list[int] = []  # durable, acknowledgement held back (backpressure)
+        self._early_seal: threading.Thread | None = None
 
     # ---- start and stop -------------------------------------------------------------
     def open(self, *, warm: bool = True) -> None:
         """Take the data directory, recover what an earlier run left, warm the hot ring."""
         self.state = State.RECOVERING
         self._dir_lock = DataDirLock(self.settings.data_dir, exclusive=True)
+        self.warm = WarmStore(self.settings.data_dir / "warm.duckdb")
         self.wal = WriteAheadLog(self.settings.data_dir / "wal")
         leftover = self.wal.leftover_segments()
         if leftover:
@@ -142,13 +165,17 @@ class Pipeline:
         broker = self.settings.broker
         self.subscriber = Subscriber(
             url=broker.url, client_id=broker.client_id,
-            topics=[f"{broker.topic_root}/#", f"{broker.ctx_root}/#"],
+            topics=subscription_topics(broker.topic_root, broker.ctx_root, broker.share_group),
             on_message=self.handle_message, username=broker.username,
             password=broker.password.reveal(), session_expiry=broker.session_expiry,
-            keepalive=broker.keepalive,
+            keepalive=broker.keepalive, receive_maximum=broker.receive_maximum,
         )
+        from tiers.sinks import open_sinks
+        self.sinks = open_sinks(self.settings)
         self._committer = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
         self._committer.start()
+        self._ingester = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
+        self._ingester.start()
         self.subscriber.start()
         if self.state is State.RECOVERING:
             self.state = State.READY
@@ -163,6 +190,9 @@ class Pipeline:
         # in our persistent session and delivers them again on the next start.
         self._closing = True
         self._stop.set()
+        self._wake.set()
+        if self._ingester is not None:
+            self._ingester.join()  # takes what is queued before it ends
         if self._committer is not None:
             self._committer.join()
         if not failed and self.wal is not None:
@@ -170,10 +200,14 @@ class Pipeline:
         if self.subscriber is not None:
             time.sleep(0.1)  # lets paho's network thread send the last acknowledgements
             self.subscriber.stop()
+        for sink in self.sinks:
+            sink.stop()
         if seal and not failed and self.wal is not None:
             self.seal()
         if self.wal is not None and not failed:
             self.wal.close()
+        if self.warm is not None:
+            self.warm.close()
         if self._dir_lock is not None:
             self._dir_lock.release()
         if not failed:
@@ -185,77 +219,178 @@ class Pipeline:
 
     # ---- ingest ------------------------------------------------------------------------
     def handle_message(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
-        """Called by the subscriber for every message; never raises."""
+        """Called by the subscriber (paho's network thread) for every message; never raises.
+
+        It only queues the message: the ingest thread takes the queue in micro-batches, so
+        that many small messages share one duplicate check, one log append and one lock.
+        The queue is bounded by the broker: it delivers at most `receive_maximum` messages
+        that we have not acknowledged yet.
+        """
         if self._closing:
-            return
-        token = mid if qos > 0 else None
-        now = self.clock.now_ms()
-        try:
-            self.metrics.messages += 1
-            try:
-                if topic.startswith(self._context_prefix):
-                    event = decode_context(topic, payload, root=self.settings.broker.ctx_root,
-                                           now_ms=now, limits=self.limits)
-                    with self._lock:
-                        segment = self.wal.append(encode_context(event), token)
-                        self.unsealed.add_context(segment, event)
-                    self.metrics.context_events += 1
-                    return
-                batch = decode_readings(topic, payload, root=self.settings.broker.topic_root,
-                                        now_ms=now, limits=self.limits)
-            except PayloadError as exc:
-                self._quarantine(topic, payload, exc.reason, now, token)
+            return  # left unacknowledged: the broker delivers it again on the next start
+        self._inbox.append((topic, payload, qos, mid))
+        self._wake.set()
+
+    def _ingest_loop(self) -> None:
+        while True:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            while self._inbox:
+                taken = [self._inbox.popleft() for _ in range(min(len(self._inbox), MICRO_BATCH))]
+                self.process(taken)
+            if self._stop.is_set() or self.state is State.FAILED:
                 return
-            self._store(batch, token)
+
+    def process(self, messages: list[tuple[str, bytes, int, int]]) -> None:
+        """Decode, check and store a micro-batch of messages; never raises."""
+        now = self.clock.now_ms()
+        assembled = assemble(messages, readings_root=self.settings.broker.topic_root,
+                             context_prefix=self._context_prefix, now_ms=now, limits=self.limits)
+        self.metrics.messages += len(messages)
+        try:
+            self._store(assembled)
         except DurabilityError as exc:
             self._fail(str(exc))
-        except Exception as exc:  # a bug must not lose the message: keep it in quarantine
-            log.exception("internal error on a message on %s", topic)
+        except Exception as exc:  # a bug must not lose the messages: keep them in quarantine
+            log.exception("internal error on a micro-batch of %d messages", len(messages))
             self.metrics.internal_errors += 1
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            fallback = Assembled(tokens=assembled.tokens, quarantine=[
+                QuarantineRecord(received_at=now, topic=t, reason=reason, payload=payload_text(p))
+                for t, p, _, _ in messages])
             try:
-                self._quarantine(topic, payload, f"internal error: {type(exc).__name__}: {exc}", now, token)
+                self._store(fallback)
             except DurabilityError as durability:
                 self._fail(str(durability))
 
-    def _quarantine(self, topic: str, payload: bytes, reason: str, now: int, token: int | None) -> None:
-        record = QuarantineRecord(received_at=now, topic=topic, reason=reason, payload=payload_text(payload))
+    def _store(self, assembled: "Assembled") -> None:
+        records: list[bytes] = []
+        stored = dropped = 0
         with self._lock:
-            segment = self.wal.append(encode_quarantine(record), token)
-            self.unsealed.add_quarantine(segment, record)
-        self.metrics.quarantined += 1
+            segment = self.wal.segment_of_next_append
+            for batch in assembled.batches:
+                kept, record = self._add_batch(segment, batch)
+                stored += kept
+                dropped += len(batch) - kept
+                if record:
+                    records.append(record)
+            if assembled.singles:
+                kept, record = self._add_singles(segment, assembled.singles)
+                stored += kept
+                dropped += len(assembled.singles) - kept
+                if record:
+                    records.append(record)
+            for record in assembled.quarantine:
+                records.append(encode_quarantine(record))
+                self.unsealed.add_quarantine(segment, record)
+            for event in assembled.context:
+                records.append(encode_context(event))
+                self.unsealed.add_context(segment, event)
+            self.wal.append_many(records, assembled.tokens)
+            if self._sink_batches:
+                # After the append, so that the committer hands them over only once durable.
+                self._sink_pending.extend(self._sink_batches)
+                self._sink_batches.clear()
+        self.metrics.readings_stored += stored
+        self.metrics.duplicates_dropped += dropped
+        self.metrics.quarantined += len(assembled.quarantine)
+        self.metrics.context_events += len(assembled.context)
 
-    def _store(self, batch: ReadingBatch, token: int | None) -> None:
-        with self._lock:
+    def _add_batch(self, segment: int, batch: ReadingBatch) -> tuple[int, bytes]:
+        """Check one machine's batch against the ring; keep the new rows. Lock held."""
+        layout = batch.layout
+        masks = None
+        if layout is not None:
+            cache_key = (self.keys.token, batch.machine)
+            key_of_code = layout.key_cache.get(cache_key)
+            if key_of_code is None:
+                key_of_code = layout.key_cache[cache_key] = self.keys.ids_local(batch.machine, batch.sensor_names)
+            key_ids = key_of_code[batch.sensor_codes]
+            masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
+        else:
             key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
-            keep, verified = self.ring.insert(key_ids, batch.ts, batch.value)
-            kept = int(keep.sum())
-            if kept < len(keep):
-                self.metrics.duplicates_dropped += len(keep) - kept
-                batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
-                                     batch.ts[keep], batch.value[keep])
-                key_ids, verified = key_ids[keep], verified[keep]
-            if kept == 0:
-                self.wal.append(b"", token)  # all seen before: acknowledge with the next commit
-                return
-            segment = self.wal.append(encode_readings(batch), token)
-            self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
-        self.metrics.readings_stored += kept
+        keep, verified = masks or self.ring.insert(key_ids, batch.ts, batch.value)
+        kept = int(keep.sum())
+        if kept < len(keep):
+            batch = ReadingBatch(batch.machine, batch.sensor_names, batch.sensor_codes[keep],
+                                 batch.ts[keep], batch.value[keep], None)
+            key_ids, verified = key_ids[keep], verified[keep]
+        if kept == 0:
+            return 0, b""
+        self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
+        if self.sinks:
+            self._sink_batches.append(batch)
+        return kept, encode_readings(batch)
+
+    def _add_singles(self, segment: int, singles: list[SingleReading]) -> tuple[int, bytes]:
+        """Many single-reading messages as one columnar batch. Lock held."""
+        id_of = self.keys.id_of
+        key_ids = np.fromiter((id_of(m, s) for m, s, _, _ in singles), dtype=np.int32, count=len(singles))
+        ts = np.fromiter((r[2] for r in singles), dtype=np.int64, count=len(singles))
+        value = np.fromiter((r[3] for r in singles), dtype=np.float64, count=len(singles))
+        keep, verified = self.ring.insert(key_ids, ts, value)
+        if not keep.all():
+            key_ids, ts, value, verified = key_ids[keep], ts[keep], value[keep], verified[keep]
+        if len(ts) == 0:
+            return 0, b""
+        self.unsealed.add_readings(segment, key_ids, ts, value, verified)
+        table, codes = np.unique(key_ids, return_inverse=True)
+        machines = [self.keys.machines[k] for k in table.tolist()]
+        sensors = [self.keys.sensors[k] for k in table.tolist()]
+        record = encode_keyed_readings(machines, sensors, codes, ts, value)
+        if self.sinks:
+            self._sink_batches.extend(batches_by_machine(machines, sensors, codes, ts, value))
+        return len(ts), record
 
     def _commit_loop(self) -> None:
         interval = self.settings.ingest.commit_interval
         while not self._stop.wait(interval):
-            if self.wal.dirty:
+            if self.wal.dirty or self._withheld:
                 self._commit_and_ack()
 
+    def _pressure(self) -> int:
+        """0: none; 1: seal early; 2: hold acknowledgements back."""
+        with self._lock:
+            used = self.unsealed.bytes
+        limit = self.settings.ingest.max_unsealed
+        return 2 if used > limit else 1 if used > limit // 2 else 0
+
+    def _seal_soon(self) -> None:
+        if self._early_seal is not None and self._early_seal.is_alive():
+            return
+        from lifecycle.scheduler import run_scheduled  # the job runner keeps one seal at a time
+
+        self._early_seal = threading.Thread(target=run_scheduled, args=(self, "seal"), name="early-seal",
+                                            daemon=True)
+        self._early_seal.start()
+
     def _commit_and_ack(self) -> None:
+        # Batches appended before the commit are durable after it: only those go to the sinks.
+        to_sinks = len(self._sink_pending)
         try:
             tokens = self.wal.commit()
         except DurabilityError as exc:
             self._fail(str(exc))
             return
+        for _ in range(to_sinks):
+            batch = self._sink_pending.popleft()
+            for sink in self.sinks:
+                sink.offer(batch)
         self.metrics.commits += 1
-        for mid in tokens:
-            self.subscriber.ack(mid)
+        self._withheld.extend(tokens)
+        pressure = self._pressure() if not self._closing else 0
+        if pressure:
+            self._seal_soon()
+        if pressure == 2:
+            if not self.metrics.backpressure:
+                log.warning("backpressure: %d bytes unsealed; holding acknowledgements until the seal "
+                            "job catches up", self.unsealed.bytes)
+            self.metrics.backpressure = True
+            self.metrics.backpressure_commits += 1
+            return
+        self.metrics.backpressure = False
+        tokens, self._withheld = self._withheld, []
+        self.subscriber.ack_many(tokens)
         self.metrics.acked += len(tokens)
 
     def _fail(self, reason: str) -> None:
@@ -325,7 +460,23 @@ class Pipeline:
             hot_quarantine=tables.quarantine,
             hot_context=tables.context,
             audit=self.audit.table(),
+            **warm_sources(self),
         )
+
+    def tier_rows(self) -> list:
+        """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
+        from tiers import inventory
+        with self._lock:
+            hot = inventory.hot_ring_row(self.ring)
+            readings = self.unsealed.tables(self.unsealed.segments()).readings
+        wal_bytes = sum(self.wal.path(s).stat().st_size for s in self.wal.segments()
+                        if self.wal.path(s).exists())
+        return [hot, inventory.unsealed_row(readings, wal_bytes),
+                *inventory.stored_rows(self.lake.store, self.settings.store_url, self.warm.stats())]
+
+    def job_history(self):
+        from lifecycle.scheduler import runner_for
+        return runner_for(self).history.table()
 
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
@@ -343,12 +494,16 @@ class Pipeline:
             unsealed_rows = self.unsealed.rows
             ring_rows = len(self.ring)
         return {**asdict(self.metrics), "state": self.state.value, "unsealed_rows": unsealed_rows,
-                "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None}
+                "inbox": len(self._inbox), "acks_withheld": len(self._withheld),
+                "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None,
+                "sinks": {sink.destination.name: sink.stats.snapshot() for sink in self.sinks}}
 
     def close_offline(self) -> None:
         """Release what `open()` took, for a pipeline that never subscribed."""
         if self.wal is not None:
             self.wal.close()
+        if self.warm is not None:
+            self.warm.close()
         if self._dir_lock is not None:
             self._dir_lock.release()
         self.state = State.STOPPED

@@ -15,9 +15,12 @@ from fabtier.datadir import DataDirLock, is_locked
 from fabtier.errors import FabtierError, SqlError, UserError
 from ingest.wal import read_segment, segment_numbers
 from lifecycle.audit import AuditLog
+from lifecycle.runs import RunHistory
+from lifecycle.warmjobs import agg_dataset
 from tiers.cold import ColdLake
 from tiers.store import settings_store
 from tiers.unsealed import tables_from_records
+from tiers.warm import WarmStore
 
 
 def _request(settings: Settings, method: str, path: str, body: bytes | None = None,
@@ -49,9 +52,12 @@ def _error_of(body: bytes) -> str:
         return body.decode("utf-8", "replace")[:500]
 
 
-def offline_sources(settings: Settings) -> SqlSources:
+def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSources:
     """Every tier as stored on disk: the lake plus log segments not sealed yet."""
     lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
+    warm_parts = {"warm_1m": warm.snapshot() if warm is not None else None,
+                  "cold_agg_1m": agg_dataset(lake.store),
+                  "job_history": RunHistory(settings.data_dir / "lifecycle").table()}
     wal_dir = settings.data_dir / "wal"
     segments = segment_numbers(wal_dir)
     tables = tables_from_records([r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")])
@@ -65,6 +71,7 @@ def offline_sources(settings: Settings) -> SqlSources:
         hot_quarantine=tables.quarantine,
         hot_context=tables.context,
         audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
+        **warm_parts,
     )
 
 
@@ -81,18 +88,44 @@ def query(settings: Settings, sql: str) -> pa.Table:
         raise UserError(f"a fabtier pipeline holds {settings.data_dir} but its API at {settings.api_url} "
                         "does not answer; check [api] host and port in the configuration")
     lock = DataDirLock(settings.data_dir, exclusive=False)
+    warm = WarmStore.open_read_only(settings.data_dir)
     try:
-        return run_sql(offline_sources(settings), sql)
+        return run_sql(offline_sources(settings, warm), sql)
     finally:
+        warm.close()
+        lock.release()
+
+
+def tiers(settings: Settings) -> dict:
+    """`fabtier tiers`: from the running instance if there is one, else from the stores."""
+    from tiers import inventory
+    if instance_running(settings):
+        status, body = _request(settings, "GET", "/tiers")
+        if status != 200:
+            raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
+        return json.loads(body)
+    lock = DataDirLock(settings.data_dir, exclusive=False)
+    warm = WarmStore.open_read_only(settings.data_dir)
+    try:
+        wal_dir = settings.data_dir / "wal"
+        segments = segment_numbers(wal_dir)
+        readings = tables_from_records(
+            [r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")]).readings
+        wal_bytes = sum((wal_dir / f"{s:012d}.wal").stat().st_size for s in segments)
+        rows = [inventory.unsealed_row(readings, wal_bytes),
+                *inventory.stored_rows(settings_store(settings), settings.store_url, warm.stats())]
+        return inventory.report(rows)
+    finally:
+        warm.close()
         lock.release()
 
 
 def run_lifecycle(settings: Settings, now_ms: int | None = None) -> list[dict]:
-    """Run every tiering job once: in the running instance if there is one, else here;
-    `now_ms`: evaluate ages as of then."""
+    """Run every tiering job once: in the running instance if there is one, else here.
+    `now_ms` is the time ages are measured against (default: the clock's now)."""
     if instance_running(settings):
-        query = "" if now_ms is None else f"?now={now_ms}"
-        status, body = _request(settings, "POST", "/lifecycle/run" + query, b"")
+        path = "/lifecycle/run" if now_ms is None else f"/lifecycle/run?now={int(now_ms)}"
+        status, body = _request(settings, "POST", path, b"")
         if status != 200:
             raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
         return json.loads(body)
@@ -102,6 +135,6 @@ def run_lifecycle(settings: Settings, now_ms: int | None = None) -> list[dict]:
     pipeline = Pipeline(settings)
     pipeline.open(warm=False)
     try:
-        return jobs.run_all(pipeline, now_ms)
+        return jobs.run_all(pipeline, now_ms=now_ms)
     finally:
         pipeline.close_offline()

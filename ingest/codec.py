@@ -27,6 +27,30 @@ class PayloadError(ValueError):
         self.reason = reason
 
 
+class SensorLayout:
+    """The sensor column of a batch, analysed once and reused: gateways send the same
+    interleaving of sensors in message after message, so the grouping of rows by sensor
+    (what the hot ring needs) is computed once per distinct sequence of names."""
+
+    __slots__ = ("names", "codes", "order", "starts", "counts", "group_codes", "row_group", "rank", "key_cache")
+
+    def __init__(self, names: list[str], codes: np.ndarray) -> None:
+        self.names = names
+        self.codes = codes
+        self.order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[self.order]
+        self.starts = np.flatnonzero(np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]]))
+        self.counts = np.diff(np.concatenate([self.starts, [len(codes)]]))
+        self.group_codes = sorted_codes[self.starts]
+        self.row_group = np.repeat(np.arange(len(self.starts)), self.counts)
+        self.rank = np.arange(len(codes)) - self.starts[self.row_group]
+        self.key_cache: dict[tuple[int, str], np.ndarray] = {}  # (key table, machine) -> id of each name
+
+
+_LAYOUTS: dict[tuple[str, ...], SensorLayout] = {}
+_LAYOUTS_MAX = 4096
+
+
 @dataclass(slots=True)
 class ReadingBatch:
     """Readings of one machine: sensor i is `sensor_names[sensor_codes[i]]`."""
@@ -36,6 +60,7 @@ class ReadingBatch:
     sensor_codes: np.ndarray  # uint32
     ts: np.ndarray  # int64 epoch milliseconds, UTC
     value: np.ndarray  # float64
+    layout: SensorLayout | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -172,23 +197,67 @@ def _decode_batch(machine: str, doc: object) -> ReadingBatch:
     else:
         ts = np.fromiter((parse_ts(t) for t in raw_ts), dtype=np.int64, count=n)
 
-    codes_of: dict[str, int] = {}
     try:
-        codes = [codes_of.setdefault(s, len(codes_of)) for s in raw_sensor]
+        pattern = tuple(raw_sensor)
+        layout = _LAYOUTS.get(pattern)
     except TypeError:
         raise PayloadError("sensor must hold strings") from None
-    names = list(codes_of)
+    if layout is None:
+        layout = _new_layout(raw_sensor)
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[pattern] = layout
+    return ReadingBatch(
+        machine=machine,
+        sensor_names=layout.names,
+        sensor_codes=layout.codes,
+        ts=ts,
+        value=value,
+        layout=layout,
+    )
+
+
+def _new_layout(raw_sensor: list) -> SensorLayout:
+    names = list(dict.fromkeys(raw_sensor))  # first-seen order, at C speed
     for name in names:
         if not isinstance(name, str):
             raise PayloadError("sensor must hold strings")
         _check_name("sensor", name)
-    return ReadingBatch(
-        machine=machine,
-        sensor_names=names,
-        sensor_codes=np.array(codes, dtype=np.uint32),
-        ts=ts,
-        value=value,
-    )
+    index = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter(map(index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
+    return SensorLayout(names, codes)
+
+
+class SingleReading(tuple):
+    """(machine, sensor, ts, value) of a message on a single-reading topic: no arrays, so
+    that many of them are cheap to gather into one columnar batch."""
+
+    __slots__ = ()
+
+
+def decode_message(topic: str, payload: bytes, *, root: str, now_ms: int,
+                   limits: Limits) -> ReadingBatch | SingleReading:
+    """Like `decode_readings`, but a single reading comes back as a plain `SingleReading`."""
+    rest = topic[len(root) + 1:]
+    machine, _, sensor = rest.partition("/")
+    if not sensor and not rest.endswith("/"):
+        return decode_readings(topic, payload, root=root, now_ms=now_ms, limits=limits)
+    _check_name("machine", machine)
+    _check_name("sensor", sensor)
+    doc = _load_json(payload, limits)
+    if not isinstance(doc, dict):
+        raise PayloadError("payload must be a JSON object")
+    if len(doc) != 2 or type(doc.get("ts")) is not int or type(doc.get("v")) is not float:
+        batch = _decode_single(machine, sensor, doc)  # the exact checks and their reasons
+        ts, value = int(batch.ts[0]), float(batch.value[0])
+    else:
+        ts, value = doc["ts"], doc["v"]
+        if not math.isfinite(value):
+            raise PayloadError("v is not finite")
+    if not now_ms - limits.max_late_ms <= ts <= now_ms + limits.max_future_ms:
+        _check_time_window(np.array([ts], dtype=np.int64), now_ms, limits)
+        raise PayloadError("ts out of range")
+    return SingleReading((machine, sensor, ts, value))
 
 
 def decode_readings(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ReadingBatch:
@@ -230,3 +299,18 @@ def decode_context(topic: str, payload: bytes, *, root: str, now_ms: int, limits
     _check_time_window(np.array([ts], dtype=np.int64), now_ms, limits)
     return ContextEvent(ts=ts, machine=machine, event=doc["event"], lot=doc["lot"],
                         wafer=doc["wafer"], recipe=doc["recipe"])
+
+
+def batches_by_machine(machines: list[str], sensors: list[str], codes: np.ndarray, ts: np.ndarray,
+                       value: np.ndarray) -> list[ReadingBatch]:
+    """Rows keyed by a (machine, sensor) table, as one ReadingBatch per machine."""
+    key_machine = np.array(machines, dtype=object)
+    batches = []
+    for machine in dict.fromkeys(machines):
+        keys = np.flatnonzero(key_machine == machine)
+        local = np.full(len(machines), -1, dtype=np.int64)
+        local[keys] = np.arange(len(keys))
+        rows = np.flatnonzero(local[codes] >= 0)
+        batches.append(ReadingBatch(machine, [sensors[k] for k in keys.tolist()],
+                                    local[codes[rows]].astype(np.uint32), ts[rows], value[rows]))
+    return batches

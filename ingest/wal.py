@@ -94,6 +94,24 @@ class WriteAheadLog:
             self._dirty = True
             return self._active
 
+    def append_many(self, records: list[bytes], tokens: list[int]) -> int:
+        """Buffer records and queue tokens in one step; returns the segment they went to."""
+        with self._lock:
+            if self._failed is not None:
+                raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
+            data = b"".join(records)
+            if data:
+                self._file.write(data)
+                self.bytes_appended += len(data)
+            self._tokens.extend(tokens)
+            self._dirty = True
+            return self._active
+
+    @property
+    def segment_of_next_append(self) -> int:
+        """The segment the next append goes to (stable while the caller blocks rotation)."""
+        return self._active
+
     @property
     def dirty(self) -> bool:
         """True when something was appended since the last commit."""

@@ -15,11 +15,12 @@ from typing import Iterator
 import numpy as np
 import orjson
 
-from ingest.codec import ContextEvent, ReadingBatch
+from ingest.codec import ContextEvent, ReadingBatch, batches_by_machine
 
 READINGS = 1
 QUARANTINE = 2
 CONTEXT = 3
+KEYED_READINGS = 4  # readings of many machines, with a (machine, sensor) table
 
 _HEADER = struct.Struct("<BII")
 _U16 = struct.Struct("<H")
@@ -51,6 +52,36 @@ def encode_readings(batch: ReadingBatch) -> bytes:
     parts.append(np.ascontiguousarray(batch.ts, dtype="<i8").tobytes())
     parts.append(np.ascontiguousarray(batch.value, dtype="<f8").tobytes())
     return _frame(READINGS, b"".join(parts))
+
+
+def encode_keyed_readings(machines: list[str], sensors: list[str], codes: np.ndarray,
+                          ts: np.ndarray, value: np.ndarray) -> bytes:
+    """Readings whose row i belongs to (machines[codes[i]], sensors[codes[i]])."""
+    parts = [_COUNTS.pack(len(ts), len(machines))]
+    for machine, sensor in zip(machines, sensors):
+        parts.append(_pack_str(machine))
+        parts.append(_pack_str(sensor))
+    parts.append(np.ascontiguousarray(codes, dtype="<u4").tobytes())
+    parts.append(np.ascontiguousarray(ts, dtype="<i8").tobytes())
+    parts.append(np.ascontiguousarray(value, dtype="<f8").tobytes())
+    return _frame(KEYED_READINGS, b"".join(parts))
+
+
+def _decode_keyed_readings(body: memoryview) -> list[ReadingBatch]:
+    n, n_keys = _COUNTS.unpack_from(body, 0)
+    pos = _COUNTS.size
+    machines, sensors = [], []
+    for _ in range(n_keys):
+        machine, pos = _unpack_str(body, pos)
+        sensor, pos = _unpack_str(body, pos)
+        machines.append(machine)
+        sensors.append(sensor)
+    codes = np.frombuffer(body, dtype="<u4", count=n, offset=pos)
+    pos += 4 * n
+    ts = np.frombuffer(body, dtype="<i8", count=n, offset=pos)
+    value = np.frombuffer(body, dtype="<f8", count=n, offset=pos + 8 * n)
+    # One ReadingBatch per machine, as the rest of the log's readers expect.
+    return batches_by_machine(machines, sensors, codes, ts, value)
 
 
 def encode_quarantine(record: QuarantineRecord) -> bytes:
@@ -101,6 +132,8 @@ def decode_records(data: bytes) -> tuple[list[Record], int]:
             break
         if kind == READINGS:
             records.append(_decode_readings(body))
+        elif kind == KEYED_READINGS:
+            records.extend(_decode_keyed_readings(body))
         elif kind == QUARANTINE:
             records.append(QuarantineRecord(*orjson.loads(body)))
         elif kind == CONTEXT:

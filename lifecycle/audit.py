@@ -37,7 +37,12 @@ class AuditLog:
             "at": at_ms, "job": job, "what": m.what, "source": m.source, "target": m.target,
             "rows": m.rows, "bytes": m.bytes, "checksum": m.checksum,
         }) + b"\n" for m in moves)
-        with self._lock, open(self.path, "ab") as handle:
+        with self._lock, open(self.path, "ab+") as handle:
+            # A line torn by a crash must not swallow the next record: start on a new line.
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    lines = b"\n" + lines
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())

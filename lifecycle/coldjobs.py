@@ -38,10 +38,12 @@ def _now(pipeline: "Pipeline", now_ms: int | None) -> int:
     return pipeline.clock.now_ms() if now_ms is None else now_ms
 
 
-def compact(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
-    """Merge settled hours' small files of this writer; delete leftovers of earlier runs."""
+def compact(pipeline: "Pipeline", now_ms: int | None = None, *, at_ms: int | None = None) -> dict:
+    """Merge settled hours' small files of this writer; delete leftovers of earlier runs.
+    `now_ms`: the time hours settle by; `at_ms`: the time the audit trail records."""
     settings, lake = pipeline.settings, pipeline.lake
     now = _now(pipeline, now_ms)
+    at = _now(pipeline, at_ms)
     with pipeline.seal_lock:
         hidden = set(pipeline.wal.segments()) if pipeline.wal is not None else set()
         plan = compaction.plan(lake.lake_files("raw"), writer=lake.writer_id, hidden_segments=hidden, now_ms=now,
@@ -53,7 +55,7 @@ def compact(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
         rows = files = 0
         for task in plan.tasks:
             moves = lake.compact(task, uniform=bool(settings.glue.database))
-            pipeline.audit.record(COMPACT, moves, now)
+            pipeline.audit.record(COMPACT, moves, at)
             lake.delete_files(task.sources)
             rows += sum(m.rows for m in moves)
             files += len(task.sources)
@@ -79,7 +81,7 @@ def _rows(pipeline: "Pipeline", key: str) -> int:
         return 0
 
 
-def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
+def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None, *, at_ms: int | None = None) -> dict:
     """Archive and expire by age: S3 does it from the bucket's configuration (kept in sync
     here); on a local store fabtier evaluates the same rules and records the classes."""
     store = pipeline.lake.store
@@ -88,7 +90,7 @@ def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None) -> d
         with aws_errors("keeping the bucket's lifecycle configuration"):
             changed = apply_lifecycle(store, policy.s3_document(rules))
         return {"job": LIFECYCLE, "store": "s3", "configuration_updated": changed}
-    now = _now(pipeline, now_ms)
+    now, at = _now(pipeline, now_ms), _now(pipeline, at_ms)
     transitions = expiries = 0
     with pipeline.seal_lock:
         objects = [policy.ObjectState(o.key, o.size, o.last_modified_ms, o.storage_class)
@@ -100,12 +102,12 @@ def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None) -> d
                 store.set_storage_class(action.key, action.to_class)
                 pipeline.audit.record("transition", [Move(
                     "transition", f"{where} ({action.from_class})", f"{where} ({action.to_class})",
-                    _rows(pipeline, action.key), size, "")], now)
+                    _rows(pipeline, action.key), size, "")], at)
                 transitions += 1
             else:
                 # The record is durable before the data goes.
                 pipeline.audit.record("expire", [Move("expire", where, "(expired)", _rows(pipeline, action.key),
-                                                      size, "")], now)
+                                                      size, "")], at)
                 store.delete(action.key)
                 expiries += 1
     if transitions or expiries:

@@ -1,48 +1,105 @@
 """Tiering jobs, as module-level functions with stable ids (APScheduler references them so).
 
 Each job is idempotent: running it again after a crash or by hand redoes nothing twice.
+A job takes a `JobContext` and returns a JSON-able report; `JOBS` lists them in tier order
+with their periods. Adding a job is one line in `JOBS` (and its function).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from lifecycle import coldjobs, warmjobs
 
 if TYPE_CHECKING:
+    from fabtier.config import Settings
     from fabtier.pipeline import Pipeline
 
 log = logging.getLogger("fabtier.lifecycle")
 
 SEAL = "seal"
+ROLLUP = "rollup"
+AGE_OUT = "age_out"
 
 
-def seal(pipeline: "Pipeline") -> dict:
+@dataclass(frozen=True)
+class JobContext:
+    pipeline: "Pipeline"
+    now_ms: int  # the time ages are measured against (`fabtier lifecycle run --now`)
+    at_ms: int   # the pipeline clock's time of the run, for the audit trail
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    run: Callable[[JobContext], dict]
+    every: Callable[["Settings"], float]  # seconds between scheduled runs
+
+
+def seal(ctx: JobContext) -> dict:
     """Close the active log segment and move every closed one into the Parquet lake."""
-    report = pipeline.seal()
+    report = ctx.pipeline.seal()
     if report.segments:
         log.info("sealed %d segment(s): %d readings in %d file(s)", report.segments, report.rows, report.files)
     return {"job": SEAL, "segments": report.segments, "rows": report.rows, "files": report.files}
 
 
-def compact(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
+def rollup(ctx: JobContext) -> dict:
+    """Recompute the per-minute aggregates of every minute that newly sealed raw data touches."""
+    p = ctx.pipeline
+    report = warmjobs.rollup(store=p.lake.store, warm=p.warm, audit=p.audit)
+    if report.minutes:
+        log.info("rolled up %d minute(s) from %d raw file(s)", report.minutes, report.files)
+    return {"job": ROLLUP, "files": report.files, "minutes": report.minutes}
+
+
+def age_out(ctx: JobContext) -> dict:
+    """Move warm minutes older than `[warm] retention` to the lake's agg_1m/ Parquet."""
+    p = ctx.pipeline
+    cutoff = ctx.now_ms - int(p.settings.warm.retention * 1000)
+    report = warmjobs.age_out(store=p.lake.store, warm=p.warm, audit=p.audit,
+                              writer_id=p.settings.cold.writer_id, cutoff_ms=cutoff, at_ms=ctx.at_ms)
+    if report.minutes:
+        log.info("aged out %d minute(s) into %d agg_1m file(s)", report.minutes, report.files)
+    return {"job": AGE_OUT, "minutes": report.minutes, "files": report.files, "kept": report.kept}
+
+
+def compact(ctx: JobContext) -> dict:
     """Merge the lake's small files of settled hours (lifecycle.coldjobs)."""
-    from lifecycle import coldjobs
-    return coldjobs.compact(pipeline, now_ms)
+    return coldjobs.compact(ctx.pipeline, ctx.now_ms, at_ms=ctx.at_ms)
 
 
-def cold_lifecycle(pipeline: "Pipeline", now_ms: int | None = None) -> dict:
+def cold_lifecycle(ctx: JobContext) -> dict:
     """Archive and expire lake objects by age (S3: keep the bucket's rules in sync)."""
-    from lifecycle import coldjobs
-    return coldjobs.apply_lifecycle_policy(pipeline, now_ms)
+    return coldjobs.apply_lifecycle_policy(ctx.pipeline, ctx.now_ms, at_ms=ctx.at_ms)
 
 
-def glue_catalog(pipeline: "Pipeline") -> dict:
+def glue_catalog(ctx: JobContext) -> dict:
     """Register the lake's hours in the Glue catalog, when one is configured."""
-    from lifecycle import coldjobs
-    return coldjobs.sync_glue(pipeline)
+    return coldjobs.sync_glue(ctx.pipeline)
 
 
-def run_all(pipeline: "Pipeline", now_ms: int | None = None) -> list[dict]:
-    """Every tiering job once, in tier order (`fabtier lifecycle run`); `now_ms`: evaluate
-    ages as of then instead of the pipeline's clock."""
-    return [seal(pipeline), compact(pipeline, now_ms), cold_lifecycle(pipeline, now_ms), glue_catalog(pipeline)]
+# Tier order: a manual run and a catch-up on start run them in this order.
+JOBS: tuple[Job, ...] = (
+    Job(SEAL, seal, lambda s: s.cold.seal_every),
+    Job(ROLLUP, rollup, lambda s: s.warm.rollup_every),
+    Job(AGE_OUT, age_out, lambda s: s.warm.age_out_every),
+    Job(coldjobs.COMPACT, compact, lambda s: s.lifecycle.run_every),
+    Job(coldjobs.LIFECYCLE, cold_lifecycle, lambda s: s.lifecycle.run_every),
+    Job(coldjobs.GLUE, glue_catalog, lambda s: s.lifecycle.run_every),
+)
+
+
+def job(job_id: str) -> Job:
+    for found in JOBS:
+        if found.id == job_id:
+            return found
+    raise KeyError(job_id)
+
+
+def run_all(pipeline: "Pipeline", *, now_ms: int | None = None) -> list[dict]:
+    """Every tiering job once, in tier order (`fabtier lifecycle run`), one at a time per job."""
+    from lifecycle.scheduler import runner_for
+    return runner_for(pipeline).run_all(now_ms=now_ms, trigger="manual")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what fabtier needs on a machine that has only Python, pip and Debian's packages:
-# mosquitto and its clients (Debian), then fabtier with its test tools in ./.venv.
+# mosquitto and its clients and influxdb (Debian), then fabtier with its test tools in ./.venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# A real InfluxDB (1.x) for the tests of the line-protocol sink.
+command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

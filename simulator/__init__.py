@@ -10,9 +10,10 @@ generator that publishes it over MQTT as the ingest pipeline expects (CONTRACT.m
 """
 
 from .model import Anomaly, ContextEvent, FabModel, ReadingBlock, SimConfig
-from .publisher import BrokerError, SimStats, generate_messages, run_simulator
+from .publisher import BrokerError, SimStats, generate_messages, publish_stream, run_simulator
 
 __all__ = [
+    "publish_stream",
     "Anomaly",
     "BrokerError",
     "ContextEvent",

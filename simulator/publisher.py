@@ -195,3 +195,34 @@ def run_simulator(*, broker_url: str = "mqtt://127.0.0.1:1883", machines: int = 
         client.loop_stop()
     stats.seconds = time.monotonic() - began
     return stats
+
+
+def publish_stream(stream: Iterator[Message], *, broker_url: str, qos: int = 1,
+                   max_inflight: int = 1000, on_first: Callable[[], None] | None = None) -> tuple[int, float]:
+    """Publish a ready stream as fast as the broker takes it (for benchmarks).
+
+    Returns (messages, seconds from the first publish until the broker acknowledged the last).
+    `on_first` runs just before the first publish, so a caller can start its own clock there.
+    """
+    throttle = _Throttle(max_inflight)
+    client = _connect(broker_url, qos_limit=max_inflight, username=None, password=None,
+                      throttle=throttle)
+    count = 0
+    began = None
+    try:
+        for topic, payload in stream:
+            if began is None:
+                if on_first is not None:
+                    on_first()
+                began = time.monotonic()
+            throttle.acquire()  # paho reports QoS 0 publishes too, once they are written
+            info = client.publish(topic, payload, qos=qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                throttle.release()
+                raise BrokerError(f"publish failed: {mqtt.error_string(info.rc)}")
+            count += 1
+        throttle.drain()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return count, (time.monotonic() - began) if began is not None else 0.0

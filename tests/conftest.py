@@ -26,7 +26,7 @@ def broker(tmp_path: Path):
         yield running
 
 
-def make_settings(tmp_path: Path, broker: LocalBroker | None, **sections: dict) -> Settings:
+def make_settings(tmp_path: Path, broker: LocalBroker | None, /, **sections: dict) -> Settings:
     """Settings for one test: own data dir, own client id, free API port, no environment."""
     doc: dict = {"data_dir": str(tmp_path / "data")}
     doc["broker"] = {"client_id": f"fabtier-test-{os.getpid()}-{next(_ids)}"}

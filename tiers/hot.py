@@ -1,90 +1,117 @@
-"""The hot ring: the last window of every sensor in memory, 16 bytes a reading.
+"""The hot ring: the most recent readings of every sensor in memory, 16 bytes a reading.
 
-Besides serving dashboards, the ring is the ingest path's duplicate detector: for each
-sensor it knows every stored reading with `ts >= covered_from`, so a redelivered reading in
-that range is recognised and dropped. Readings older than what the ring covers are passed on
-as *unverified*, to be checked against the cold tier instead.
-Pure data structure: no I/O, no clock; not thread-safe (the caller holds a lock).
+Layout: one row per sensor key in two 2-D arrays (int64 ts, float64 value) used as circular
+buffers of `capacity` slots, so that a whole batch is written with a few vectorised numpy
+operations instead of a Python loop over its sensors. Each row holds its readings in ts
+order, oldest at `written % capacity` once it has wrapped. The capacity grows (doubling)
+while a sensor's buffer holds less than the configured window and the memory budget allows;
+new sensors that would overflow the budget halve it instead.
+
+The ring is also the ingest path's duplicate detector: for each sensor it knows every
+stored reading with `ts >= covered[key]`, so a redelivered reading in that range is dropped.
+Readings older than that (late data, or pushed out by the budget) are passed on as
+*unverified*, to be checked against the cold tier. Pure data structure: no I/O, no clock,
+not thread-safe (the caller holds a lock).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_BYTES_PER_READING = 16  # int64 ts + float64 value
-_MIN_CAPACITY = 64
-
-
-class _Series:
-    """One sensor's readings, sorted by ts, in arrays[start:end]."""
-
-    __slots__ = ("ts", "value", "start", "end", "covered_from")
-
-    def __init__(self, covered_from: int) -> None:
-        self.ts = np.empty(_MIN_CAPACITY, dtype=np.int64)
-        self.value = np.empty(_MIN_CAPACITY, dtype=np.float64)
-        self.start = 0
-        self.end = 0
-        self.covered_from = covered_from
-
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def view(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.ts[self.start:self.end], self.value[self.start:self.end]
-
-    def _make_room(self, extra: int) -> None:
-        size = len(self)
-        if self.end + extra <= len(self.ts):
-            return
-        capacity = max(_MIN_CAPACITY, len(self.ts))
-        while capacity < 2 * (size + extra):
-            capacity *= 2
-        if capacity > len(self.ts) or self.start > 0:
-            ts, value = np.empty(capacity, np.int64), np.empty(capacity, np.float64)
-            ts[:size], value[:size] = self.view()
-            self.ts, self.value, self.start, self.end = ts, value, 0, size
-
-    def add(self, ts: np.ndarray, value: np.ndarray) -> None:
-        """Add readings that are sorted by ts and not present yet."""
-        if len(self) and ts[0] <= self.ts[self.end - 1]:
-            old_ts, old_value = self.view()
-            merged_ts = np.concatenate([old_ts, ts])
-            order = np.argsort(merged_ts, kind="stable")
-            merged_value = np.concatenate([old_value, value])[order]
-            merged_ts = merged_ts[order]
-            self.start = self.end = 0
-            self._make_room(len(merged_ts))
-            self.ts[:len(merged_ts)], self.value[:len(merged_ts)] = merged_ts, merged_value
-            self.end = len(merged_ts)
-            return
-        self._make_room(len(ts))
-        self.ts[self.end:self.end + len(ts)] = ts
-        self.value[self.end:self.end + len(ts)] = value
-        self.end += len(ts)
-
-    def trim_before(self, cutoff: int) -> int:
-        """Forget readings older than `cutoff`; returns how many were dropped."""
-        ts, _ = self.view()
-        drop = int(np.searchsorted(ts, cutoff, side="left"))
-        self.start += drop
-        self.covered_from = max(self.covered_from, cutoff)
-        return drop
+BYTES_PER_READING = 16  # int64 ts + float64 value
+_INITIAL_CAPACITY = 256
+_INITIAL_KEYS = 64
+_NEVER = np.iinfo(np.int64).min
 
 
 class HotRing:
-    """Per-sensor recent readings with duplicate detection and a memory budget."""
+    """Per-sensor recent readings with duplicate detection within a memory budget."""
 
     def __init__(self, *, window_ms: int, memory_budget: int, covered_from: int) -> None:
         self.window_ms = window_ms
-        self.max_readings = max(1, memory_budget // _BYTES_PER_READING)
+        self.memory_budget = memory_budget
         self.default_covered_from = covered_from
-        self._series: dict[int, _Series] = {}
-        self._count = 0
+        self.capacity = self._fit_capacity(_INITIAL_CAPACITY, _INITIAL_KEYS)
+        self._keys = 0  # rows in use
+        self._ts = np.empty((_INITIAL_KEYS, self.capacity), np.int64)
+        self._value = np.empty((_INITIAL_KEYS, self.capacity), np.float64)
+        self._written = np.zeros(_INITIAL_KEYS, np.int64)
+        self._last = np.full(_INITIAL_KEYS, _NEVER, np.int64)
+        self._covered = np.full(_INITIAL_KEYS, covered_from, np.int64)
 
-    def __len__(self) -> int:
-        return self._count
+    # ---- capacity -----------------------------------------------------------------------
+    def _fit_capacity(self, wanted: int, keys: int) -> int:
+        """The largest power of two <= wanted that keeps `keys` rows within the budget."""
+        limit = max(1, self.memory_budget // (BYTES_PER_READING * max(keys, 1)))
+        capacity = 1
+        while capacity * 2 <= min(wanted, limit):
+            capacity *= 2
+        return capacity
 
+    def _linear(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows' readings oldest first, as (ts, value, count) with count slots valid."""
+        cap = self.capacity
+        count = np.minimum(self._written[rows], cap)
+        shift = np.where(self._written[rows] > cap, self._written[rows] % cap, 0)
+        columns = (np.arange(cap)[None, :] + shift[:, None]) % cap
+        ts = np.take_along_axis(self._ts[rows], columns, axis=1)
+        value = np.take_along_axis(self._value[rows], columns, axis=1)
+        return ts, value, count
+
+    def _resize(self, capacity: int, rows_needed: int) -> None:
+        """Re-lay every row into `capacity` slots (keeping the newest) and room for rows."""
+        old_cap = self.capacity
+        rows = max(rows_needed, len(self._written))
+        new_ts = np.empty((rows, capacity), np.int64)
+        new_value = np.empty((rows, capacity), np.float64)
+        for row in range(self._keys):  # rare: only when the layout changes
+            written = int(self._written[row])
+            count = min(written, old_cap)
+            keep = min(count, capacity)
+            # The newest `keep` readings end just before the write position.
+            end = written % old_cap if written > old_cap else count
+            first = end - keep
+            if first >= 0:
+                new_ts[row, :keep] = self._ts[row, first:end]
+                new_value[row, :keep] = self._value[row, first:end]
+            else:  # they wrap around the end of the old row
+                tail = -first
+                new_ts[row, :tail] = self._ts[row, old_cap - tail:]
+                new_value[row, :tail] = self._value[row, old_cap - tail:]
+                new_ts[row, tail:keep] = self._ts[row, :end]
+                new_value[row, tail:keep] = self._value[row, :end]
+            if keep < count:
+                self._covered[row] = max(self._covered[row], int(new_ts[row, 0]))
+            self._written[row] = keep
+        self._ts, self._value, self.capacity = new_ts, new_value, capacity
+
+    def _ensure_keys(self, rows_needed: int) -> None:
+        if rows_needed <= len(self._written):
+            if rows_needed > self._keys:
+                self._keys = rows_needed
+            return
+        rows = max(rows_needed, 2 * len(self._written))
+        grow = rows - len(self._written)
+        self._written = np.concatenate([self._written, np.zeros(grow, np.int64)])
+        self._last = np.concatenate([self._last, np.full(grow, _NEVER, np.int64)])
+        self._covered = np.concatenate([self._covered, np.full(grow, self.default_covered_from, np.int64)])
+        capacity = self._fit_capacity(self.capacity, rows)
+        self._resize(capacity, rows)
+        self._keys = rows_needed
+
+    def _maybe_grow(self, touched: np.ndarray) -> None:
+        # A wrapped buffer whose oldest reading is still inside the window is too small.
+        wrapped = touched[self._written[touched] > self.capacity]
+        if len(wrapped) == 0:
+            return
+        oldest = self._ts[wrapped, self._written[wrapped] % self.capacity]
+        if np.all(oldest < self._last[wrapped] - self.window_ms):
+            return
+        capacity = self._fit_capacity(self.capacity * 2, len(self._written))
+        if capacity > self.capacity:
+            self._resize(capacity, len(self._written))
+
+    # ---- writes -------------------------------------------------------------------------
     def insert(self, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Add a batch; return (keep, verified) masks over its rows.
 
@@ -97,77 +124,168 @@ class HotRing:
         verified = np.ones(n, dtype=bool)
         if n == 0:
             return keep, verified
+        self._ensure_keys(int(key_ids.max()) + 1)
         order = np.lexsort((ts, key_ids))
-        sorted_keys, sorted_ts = key_ids[order], ts[order]
+        k, t = key_ids[order], ts[order]
         repeated = np.zeros(n, dtype=bool)
-        repeated[1:] = (sorted_keys[1:] == sorted_keys[:-1]) & (sorted_ts[1:] == sorted_ts[:-1])
+        repeated[1:] = (k[1:] == k[:-1]) & (t[1:] == t[:-1])
+        old = t < self._covered[k]
         keep[order[repeated]] = False
-        bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
-        starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [n]])
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            rows = order[a:b]
-            rows = rows[~repeated[a:b]]
-            key = int(key_ids[rows[0]])
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _Series(self.default_covered_from)
-            batch_ts = ts[rows]
-            old = batch_ts < series.covered_from
-            if old.any():
-                verified[rows[old]] = False
-                rows, batch_ts = rows[~old], batch_ts[~old]
-                if len(rows) == 0:
-                    continue
-            if len(series) and batch_ts[0] <= series.ts[series.end - 1]:
-                # Only the part that overlaps what is stored can hold duplicates.
-                stored, _ = series.view()
-                pos = np.searchsorted(stored, batch_ts)
-                found = (pos < len(stored)) & (stored[np.minimum(pos, len(stored) - 1)] == batch_ts)
-                if found.any():
-                    keep[rows[found]] = False
-                    rows, batch_ts = rows[~found], batch_ts[~found]
-                    if len(rows) == 0:
-                        continue
-            series.add(batch_ts, value[rows])
-            self._count += len(rows)
-            newest = int(series.ts[series.end - 1])
-            if int(series.ts[series.start]) < newest - self.window_ms:
-                self._count -= series.trim_before(newest - self.window_ms)
-        if self._count > self.max_readings:
-            self._shed()
+        verified[order[old]] = False
+        usable = ~repeated & ~old
+        if not usable.all():
+            order, k, t = order[usable], k[usable], t[usable]
+            if len(order) == 0:
+                return keep, verified
+        # Rows newer than everything stored for their sensor go the fast way; a sensor
+        # with any row at or before its newest stored reading takes the slow, exact way.
+        slow_keys = np.unique(k[t <= self._last[k]])
+        if len(slow_keys):
+            slow = np.isin(k, slow_keys)
+            for key in slow_keys.tolist():
+                rows = order[slow & (k == key)]
+                found = self._merge(key, ts[rows], value[rows])
+                keep[rows[found]] = False
+            order, k, t = order[~slow], k[~slow], t[~slow]
+        if len(order):
+            starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+            counts = np.diff(np.concatenate([starts, [len(k)]]))
+            keys = k[starts]
+            if (np.minimum(self._written[keys], self.capacity) + counts).max() > self.capacity:
+                self._reserve(keys, starts, counts, t)
+            self._append(order, k, t, value, starts, counts)
         return keep, verified
 
-    def _shed(self) -> None:
-        # Over budget: every series gives up its oldest quarter. Coverage shrinks with it,
-        # so duplicate detection for those readings moves to the cold tier; nothing is lost.
-        for series in self._series.values():
-            if len(series) > 1:
-                ts, _ = series.view()
-                self._count -= series.trim_before(int(ts[len(ts) // 4]))
+    def insert_grouped(self, group_keys: np.ndarray, layout, ts: np.ndarray,
+                       value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fast path of `insert` for a batch whose grouping by sensor is known already
+        (`layout`, an `ingest.codec.SensorLayout`; `group_keys` is the key of each group).
+
+        Returns None, having changed nothing, unless every row is newer than everything
+        stored for its sensor and each sensor's rows arrive in ts order: the common case.
+        """
+        if len(group_keys) == 0:
+            return None
+        self._ensure_keys(int(group_keys.max()) + 1)
+        order, starts, counts = layout.order, layout.starts, layout.counts
+        t = ts[order]
+        first = t[starts]
+        if not (first > self._last[group_keys]).all() or not (first >= self._covered[group_keys]).all():
+            return None
+        rising = t[1:] > t[:-1]
+        rising[starts[1:] - 1] = True  # a new sensor starts there
+        if not rising.all():
+            return None
+        if (np.minimum(self._written[group_keys], self.capacity) + counts).max() > self.capacity:
+            self._reserve(group_keys, starts, counts, t)
+        self._append(order, group_keys[layout.row_group], t, value, starts, counts)
+        n = len(ts)
+        return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+
+    def _reserve(self, keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, t: np.ndarray) -> None:
+        """Grow before a write that would push readings still inside the window out."""
+        newest = t[starts + counts - 1]
+        while True:
+            cap = self.capacity
+            need = np.minimum(self._written[keys], cap) + counts
+            over = need > cap
+            if not over.any():
+                return
+            rows, first = keys[over], t[starts[over]]
+            stored = self._written[rows] > 0
+            oldest_slot = np.where(self._written[rows] > cap, self._written[rows] % cap, 0)
+            oldest = np.where(stored, self._ts[rows, oldest_slot], first)
+            if not np.any(oldest >= newest[over] - self.window_ms):
+                return
+            capacity = self._fit_capacity(cap * 2, len(self._written))
+            if capacity <= cap:
+                return
+            self._resize(capacity, len(self._written))
+
+    def _append(self, order: np.ndarray, k: np.ndarray, t: np.ndarray, value: np.ndarray,
+                starts: np.ndarray, counts: np.ndarray) -> None:
+        """Write rows (sorted by key, then ts; all newer than their key's newest)."""
+        cap = self.capacity
+        keys = k[starts]
+        rank = np.arange(len(k)) - np.repeat(starts, counts)
+        # Only each key's last `cap` rows can survive; writing fewer keeps slots unique.
+        survive = rank >= np.repeat(counts - cap, counts)
+        slots = (np.repeat(self._written[keys], counts) + rank) % cap
+        self._ts[k[survive], slots[survive]] = t[survive]
+        self._value[k[survive], slots[survive]] = value[order[survive]]
+        before = self._written[keys]
+        self._written[keys] = before + counts
+        self._last[keys] = t[starts + counts - 1]
+        wrapped = self._written[keys] > cap
+        if wrapped.any():
+            rows = keys[wrapped]
+            self._covered[rows] = np.maximum(self._covered[rows], self._ts[rows, self._written[rows] % cap])
+            self._maybe_grow(rows)
+
+    def _merge(self, key: int, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Exact insert of out-of-order rows for one key; returns the mask of duplicates."""
+        cap = self.capacity
+        old_ts, old_value, count = self._linear(np.array([key]))
+        n = int(count[0])
+        old_ts, old_value = old_ts[0, :n], old_value[0, :n]
+        pos = np.searchsorted(old_ts, ts)
+        found = (pos < n) & (old_ts[np.minimum(pos, max(n - 1, 0))] == ts) if n else np.zeros(len(ts), bool)
+        new_ts, new_value = ts[~found], value[~found]
+        merged_ts = np.concatenate([old_ts, new_ts])
+        order = np.argsort(merged_ts, kind="stable")
+        merged_ts, merged_value = merged_ts[order], np.concatenate([old_value, new_value])[order]
+        while len(merged_ts) > cap and merged_ts[-cap - 1] >= merged_ts[-1] - self.window_ms:
+            capacity = self._fit_capacity(cap * 2, len(self._written))
+            if capacity <= cap:
+                break
+            self._resize(capacity, len(self._written))
+            cap = self.capacity
+        kept = min(len(merged_ts), cap)
+        if kept < len(merged_ts):
+            self._covered[key] = max(self._covered[key], int(merged_ts[-kept]))
+        self._ts[key, :kept] = merged_ts[-kept:]
+        self._value[key, :kept] = merged_value[-kept:]
+        self._written[key] = kept
+        self._last[key] = merged_ts[-1]
+        return found
+
+    # ---- reads ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(np.minimum(self._written[:self._keys], self.capacity).sum())
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._ts.nbytes + self._value.nbytes
+
+    def covered_from(self, key: int) -> int:
+        return int(self._covered[key]) if key < self._keys else self.default_covered_from
 
     def series(self, key: int, *, since: int | None = None, until: int | None = None,
                points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A sensor's readings in [since, until], averaged into at most `points` buckets."""
-        found = self._series.get(key)
-        if found is None:
+        if key >= self._keys or self._written[key] == 0:
             return np.empty(0, np.int64), np.empty(0, np.float64)
-        ts, value = found.view()
+        ts, value, count = self._linear(np.array([key]))
+        ts, value = ts[0, :int(count[0])], value[0, :int(count[0])]
         lo = 0 if since is None else int(np.searchsorted(ts, since, side="left"))
         hi = len(ts) if until is None else int(np.searchsorted(ts, until, side="right"))
-        ts, value = ts[lo:hi].copy(), value[lo:hi].copy()
-        if points is None or len(ts) <= points or points < 1:
+        ts, value = ts[lo:hi], value[lo:hi]
+        if points is None or points < 1 or len(ts) <= points:
             return ts, value
         edges = np.linspace(0, len(ts), points + 1).astype(np.int64)
         sums = np.add.reduceat(value, edges[:-1])
-        counts = np.diff(edges)
-        return ts[edges[:-1]], sums / counts
+        return ts[edges[:-1]], sums / np.diff(edges)
+
+    def span(self) -> tuple[int, int] | None:
+        """(oldest, newest) ts held, over every sensor; None when empty."""
+        rows = np.flatnonzero(self._written[:self._keys] > 0)
+        if len(rows) == 0:
+            return None
+        slots = np.where(self._written[rows] > self.capacity, self._written[rows] % self.capacity, 0)
+        return int(self._ts[rows, slots].min()), int(self._last[rows].max())
 
     def latest(self, key: int) -> tuple[int, float] | None:
-        found = self._series.get(key)
-        if found is None or not len(found):
+        if key >= self._keys or self._written[key] == 0:
             return None
-        return int(found.ts[found.end - 1]), float(found.value[found.end - 1])
-
-    def keys(self) -> list[int]:
-        return list(self._series)
+        slot = (self._written[key] - 1) % self.capacity
+        return int(self._ts[key, slot]), float(self._value[key, slot])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 
@@ -9,7 +11,12 @@ import pyarrow as pa
 class SensorKeys:
     """Interns (machine, sensor) pairs; ids are process-local and never written to disk."""
 
+    _instances = itertools.count()
+
     def __init__(self) -> None:
+        # Ids mean something only within one table: caches of ids made elsewhere (the
+        # codec's sensor layouts) are keyed by this token as well.
+        self.token = next(SensorKeys._instances)
         self._ids: dict[tuple[str, str], int] = {}
         self.machines: list[str] = []
         self.sensors: list[str] = []
@@ -29,11 +36,14 @@ class SensorKeys:
     def lookup(self, machine: str, sensor: str) -> int | None:
         return self._ids.get((machine, sensor))
 
+    def ids_local(self, machine: str, sensor_names: list[str]) -> np.ndarray:
+        """Key id of each name of a batch's sensor dictionary."""
+        return np.fromiter((self.id_of(machine, name) for name in sensor_names),
+                           dtype=np.int32, count=len(sensor_names))
+
     def ids_for(self, machine: str, sensor_names: list[str], sensor_codes: np.ndarray) -> np.ndarray:
         """Key ids of a batch's rows, from its per-batch sensor dictionary."""
-        local = np.fromiter((self.id_of(machine, name) for name in sensor_names),
-                            dtype=np.int32, count=len(sensor_names))
-        return local[sensor_codes]
+        return self.ids_local(machine, sensor_names)[sensor_codes]
 
     def names(self, key_ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """Machine and sensor columns for an array of key ids."""

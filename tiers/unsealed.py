@@ -156,6 +156,11 @@ class UnsealedData:
     def rows(self) -> int:
         return sum(s.rows for s in self._segments.values())
 
+    @property
+    def bytes(self) -> int:
+        """Memory held by readings: key id, ts, value and flag, 21 bytes each."""
+        return 21 * self.rows
+
     def drop(self, segment: int) -> None:
         self._segments.pop(segment, None)
 

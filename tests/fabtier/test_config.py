@@ -68,3 +68,24 @@ def test_alert_rules_are_parsed():
     rule = s.alert_rules[0]
     assert (rule.high, rule.low, rule.for_seconds, rule.hysteresis) == (80.0, 10.0, 2.0, 1.5)
     assert rule.matches("etch-01", "ch2/temp") and not rule.matches("etch-01", "rf/power")
+
+
+def test_warm_and_sink_settings_defaults_and_errors():
+    s = settings_from_mapping({}, env={})
+    assert (s.warm.rollup_every, s.warm.age_out_every) == (60, 3600)
+    assert not s.timestream.enabled and not s.influx.enabled
+    assert (s.timestream.memory_retention, s.timestream.magnetic_retention) == (24 * 3600, 90 * 86400)
+    s = settings_from_mapping({"timestream": {"enabled": "true"}}, env={"FABTIER_INFLUX_TOKEN": "tok-frob"})
+    assert s.timestream.enabled and s.influx.token.reveal() == "tok-frob" and "frob" not in repr(s)
+    for doc, key, fix in [
+        ({"timestream": {"enabled": "maybe"}}, "[timestream] enabled", "true or false"),
+        ({"timestream": {"memory_retention": "10m"}}, "[timestream] memory_retention", "24h"),
+        ({"timestream": {"magnetic_retention": "500y"}}, "[timestream] magnetic_retention", "ms, s, m"),
+        ({"timestream": {"queue_readings": 0}}, "[timestream] queue_readings", "at least 1"),
+        ({"influx": {"enabled": True}}, "[influx] url", "8086"),
+        ({"influx": {"api": "v3"}}, "[influx] api", "v2"),
+        ({"warm": {"rollup_every": "0s"}}, "[warm] rollup_every", "longer than zero"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            settings_from_mapping(doc, env={})
+        assert caught.value.key == key and fix in str(caught.value), (doc, str(caught.value))

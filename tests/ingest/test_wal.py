@@ -53,3 +53,18 @@ def test_rotation_and_reopen_find_leftover_segments(tmp_path):
     assert again.active == first + 2
     again.delete(first)
     assert again.segments() == [first + 1, first + 2]
+
+
+def test_keyed_readings_come_back_as_one_batch_per_machine(tmp_path):
+    from ingest.walformat import encode_keyed_readings
+
+    wal = WriteAheadLog(tmp_path)
+    codes = np.array([0, 1, 2, 0, 2], dtype=np.uint32)
+    ts = np.arange(5, dtype=np.int64) + 1_764_000_000_000
+    wal.append(encode_keyed_readings(["m1", "m2", "m1"], ["a", "a", "b/c"], codes, ts, np.arange(5.0)))
+    wal.close()
+    batches = read_segment(wal.path(wal.active))
+    rows = sorted((b.machine, b.sensor_names[c], int(t), float(v))
+                  for b in batches for c, t, v in zip(b.sensor_codes, b.ts, b.value))
+    assert rows == sorted([("m1", "a", int(ts[0]), 0.0), ("m2", "a", int(ts[1]), 1.0), ("m1", "b/c", int(ts[2]), 2.0),
+                           ("m1", "a", int(ts[3]), 3.0), ("m1", "b/c", int(ts[4]), 4.0)])

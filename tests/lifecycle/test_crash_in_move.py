@@ -74,7 +74,7 @@ def _ingest(pipeline: Pipeline, segments: int) -> dict:
         ts = [T0 + s * 600_000 + i * 100 for i in range(20)] + [T0 + HOUR + s * 1000 + i for i in range(5)]
         values = [round(20 + s + i * 0.25, 2) for i in range(20)] + [0.1 * (i + 1) for i in range(5)]
         sensors = ["ch1/temp"] * 20 + ["ch1/pressure"] * 5
-        pipeline.handle_message("fab/etch-01", json.dumps({"ts": ts, "sensor": sensors, "v": values}).encode(), 0, 0)
+        pipeline.process([("fab/etch-01", json.dumps({"ts": ts, "sensor": sensors, "v": values}).encode(), 0, 0)])
         pipeline.wal.commit()
         pipeline.seal()
         expected.update({("etch-01", sn, t): v for sn, t, v in zip(sensors, ts, values)})
@@ -143,8 +143,8 @@ def test_a_crash_at_every_step_of_sealing(tmp_path, store_settings):
     _ingest(pipeline, 1)
     counting = CrashingStore(pipeline.lake.store, crash_at=-1)
     pipeline.lake = ColdLake(counting, writer_id="w0")
-    pipeline.handle_message("fab/etch-01", json.dumps(
-        {"ts": [T0 + 1, T0 + HOUR + 1], "sensor": ["a", "b"], "v": [1.5, 0.3]}).encode(), 0, 0)
+    pipeline.process([("fab/etch-01", json.dumps(
+        {"ts": [T0 + 1, T0 + HOUR + 1], "sensor": ["a", "b"], "v": [1.5, 0.3]}).encode(), 0, 0)])
     pipeline.wal.commit()
     pipeline.seal()
     steps = counting.writes
@@ -155,8 +155,8 @@ def test_a_crash_at_every_step_of_sealing(tmp_path, store_settings):
         pipeline = _open(settings, ManualClock(NOW))
         expected = _ingest(pipeline, 1)
         pipeline.lake = ColdLake(CrashingStore(pipeline.lake.store, crash_at), writer_id="w0")
-        pipeline.handle_message("fab/etch-01", json.dumps(
-            {"ts": [T0 + 1, T0 + HOUR + 1], "sensor": ["a", "b"], "v": [1.5, 0.3]}).encode(), 0, 0)
+        pipeline.process([("fab/etch-01", json.dumps(
+            {"ts": [T0 + 1, T0 + HOUR + 1], "sensor": ["a", "b"], "v": [1.5, 0.3]}).encode(), 0, 0)])
         pipeline.wal.commit()
         expected.update({("etch-01", "a", T0 + 1): 1.5, ("etch-01", "b", T0 + HOUR + 1): 0.3})
         with pytest.raises(Crash):

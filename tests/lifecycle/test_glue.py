@@ -30,7 +30,7 @@ def _settings(tmp_path, s3_bucket):
 
 def _ingest(pipeline, rows):
     for machine, sensor, ts, v in rows:
-        pipeline.handle_message(f"fab/{machine}/{sensor}", json.dumps({"ts": ts, "v": v}).encode(), 0, 0)
+        pipeline.process([(f"fab/{machine}/{sensor}", json.dumps({"ts": ts, "v": v}).encode(), 0, 0)])
     pipeline.wal.commit()
     pipeline.seal()
 

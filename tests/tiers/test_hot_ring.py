@@ -34,29 +34,26 @@ def test_out_of_order_readings_are_merged_in_order():
     assert ts.tolist() == [BASE + 10, BASE + 20, BASE + 30] and value.tolist() == [1.0, 2.0, 3.0]
 
 
-def test_readings_older_than_the_covered_window_are_unverified_not_dropped():
-    hot = ring(window_ms=1_000, covered_from=BASE)
-    hot.insert(arr(0, 0, dtype=np.int32), arr(BASE + 1_000, BASE + 5_000), arr(0.0, 1.0, dtype=np.float64))
-    # BASE+1000 left the window, which now starts at BASE+4000: a reading at BASE+3000
-    # cannot be checked here.
-    keep, verified = hot.insert(arr(0, 0, dtype=np.int32), arr(BASE + 3_000, BASE + 5_000),
-                                arr(2.0, 3.0, dtype=np.float64))
+def test_readings_pushed_out_by_the_budget_are_unverified_not_dropped():
+    hot = ring(window_ms=10**9, budget=16 * 4 * 64)  # 4 slots for each of the first 64 sensors
+    hot.insert(np.zeros(10, np.int32), BASE + np.arange(10), np.arange(10, dtype=np.float64))
+    assert hot.covered_from(0) == BASE + 6
+    keep, verified = hot.insert(arr(0, 0, dtype=np.int32), arr(BASE + 3, BASE + 7), arr(2.0, 3.0, dtype=np.float64))
     assert keep.tolist() == [True, False] and verified.tolist() == [False, True]
     ts, _ = hot.series(0)
-    assert ts.tolist() == [BASE + 5_000]
+    assert ts.tolist() == [BASE + 6, BASE + 7, BASE + 8, BASE + 9]
 
 
-def test_window_trims_old_readings_and_budget_bounds_memory():
-    hot = ring(window_ms=100, budget=16 * 1000)
-    for step in range(50):
-        ts = BASE + step * 10 + np.arange(10)
-        hot.insert(np.zeros(10, np.int32), ts, np.ones(10))
+def test_capacity_follows_the_window_and_memory_stays_in_the_budget():
+    hot = ring(window_ms=1000, budget=1 << 30)
+    for step in range(100):  # 1 reading/ms for 5 s: the window needs ~1000 slots
+        hot.insert(np.zeros(50, np.int32), BASE + step * 50 + np.arange(50), np.ones(50))
     ts, _ = hot.series(0)
-    assert ts[0] >= ts[-1] - 100
+    assert ts[-1] - ts[0] >= 1000 and hot.capacity <= 2048
     hot = ring(window_ms=10**9, budget=16 * 1000)
     for step in range(50):
         hot.insert(np.full(100, step % 3, np.int32), BASE + step * 100 + np.arange(100), np.ones(100))
-    assert len(hot) <= 1000
+    assert hot.memory_bytes <= 16 * 1000 and len(hot) <= 1000
 
 
 def test_series_downsamples_to_the_requested_points():
@@ -65,3 +62,55 @@ def test_series_downsamples_to_the_requested_points():
     ts, value = hot.series(0, since=BASE + 500, points=10)
     assert len(ts) == 10 and ts[0] == BASE + 500
     assert value[0] == np.mean(np.arange(500, 550))
+
+
+def test_random_streams_match_a_set_model():
+    """Against a plain Python model: same kept rows and same contents, any arrival order."""
+    rng = np.random.default_rng(7)
+    hot = ring(window_ms=10**12, budget=1 << 30)
+    seen: dict[int, dict[int, float]] = {}
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        keys = rng.integers(0, 5, n).astype(np.int32)
+        ts = BASE + rng.integers(0, 400, n)
+        values = rng.random(n)
+        keep, verified = hot.insert(keys, ts, values)
+        assert verified.all()
+        for i in range(n):
+            first = ts[i] not in seen.setdefault(int(keys[i]), {})
+            assert keep[i] == first
+            if first:
+                seen[int(keys[i])][int(ts[i])] = values[i]
+    for key, readings in seen.items():
+        ts, value = hot.series(key)
+        assert ts.tolist() == sorted(readings)
+        assert value.tolist() == [readings[t] for t in sorted(readings)]
+
+
+def test_grouped_fast_path_matches_the_general_path():
+    """The layout-driven fast path stores exactly what the general path stores, or declines."""
+    from ingest.codec import SensorLayout
+
+    rng = np.random.default_rng(11)
+    fast, general = ring(window_ms=10**12, budget=1 << 22), ring(window_ms=10**12, budget=1 << 22)
+    names = ["a", "b", "c", "d"]
+    clock = BASE
+    for step in range(300):
+        n = int(rng.integers(4, 80))
+        codes = rng.integers(0, len(names), n).astype(np.uint32)
+        layout = SensorLayout(names, codes)
+        # Mostly increasing per sensor; now and then a step back in time or a repeat.
+        ts = clock + np.arange(n) * int(rng.integers(1, 3))
+        if step % 7 == 0:
+            ts = ts - int(rng.integers(0, 50))
+        clock = int(ts.max()) + 1
+        values = rng.random(n)
+        key_of_code = np.array([0, 1, 2, 3], dtype=np.int32)
+        masks = fast.insert_grouped(key_of_code[layout.group_codes], layout, ts, values)
+        if masks is None:
+            masks = fast.insert(key_of_code[codes], ts, values)
+        expected = general.insert(key_of_code[codes], ts, values)
+        assert masks[0].tolist() == expected[0].tolist() and masks[1].tolist() == expected[1].tolist()
+    for key in range(4):
+        assert [a.tolist() for a in fast.series(key)] == [a.tolist() for a in general.series(key)]
+    assert fast.capacity == general.capacity and len(fast) == len(general)

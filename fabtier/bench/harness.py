@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmarks: a fabtier instance in its own process, polled over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from fabtier.broker import free_port
+from fabtier.errors import FabtierError
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class InstanceProcess:
+    """`fabtier run` in a child process (its own interpreter and GIL, as in production)."""
+
+    def __init__(self, workdir: Path, *, broker_url: str, name: str = "bench", extra_toml: str = "") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = workdir / f"{name}.toml"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f'data_dir = "{workdir / name}"\n'
+            f'[broker]\nurl = "{broker_url}"\nclient_id = "fabtier-{name}"\n'
+            f"[api]\nport = {self.port}\n" + extra_toml,
+            encoding="utf-8",
+        )
+        self.log_path = workdir / f"{name}.log"
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> "InstanceProcess":
+        log = open(self.log_path, "ab")
+        self._process = subprocess.Popen([sys.executable, "-m", "fabtier.cli", "run", "--config", str(self.config)],
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise FabtierError(f"fabtier run exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise FabtierError(f"fabtier run did not become ready; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the instance has used so far (from /proc)."""
+        return process_cpu_seconds(self._process.pid)
+
+    def metrics(self) -> dict:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+            return json.loads(response.read())
+
+    def sql(self, statement: str) -> list[dict]:
+        request = urllib.request.Request(self.url + "/sql?format=json", data=statement.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()

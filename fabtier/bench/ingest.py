@@ -1,0 +1,195 @@
+"""`fabtier bench ingest`: readings per second stored, lost and doubled, against a plain
+subscriber measured on the same message stream in the same run.
+
+Both phases publish the same deterministic simulator stream (seeded, same start time)
+through one local mosquitto as fast as the broker takes it:
+1. baseline: `mosquitto_sub -q 1` to /dev/null receives it; the rate is readings / time from
+   the first publish until it has received the last message;
+2. fabtier: `fabtier run` (its own process) receives it; the rate is readings / time from the
+   first publish until fabtier has acknowledged the last message (durable in its log).
+Then fabtier is asked through SQL how many readings it holds and how many distinct keys:
+lost = published - distinct, duplicates = stored - distinct.
+With --live the stream is instead paced in real time at machines x sensors x rate_hz, to
+show that fabtier keeps up with a sustained load (its backlog stays bounded).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
+from fabtier.broker import LocalBroker
+from fabtier.errors import FabtierError
+from simulator import SimConfig, generate_messages, publish_stream, run_simulator
+from simulator.payloads import readings_in
+
+
+@dataclass(frozen=True)
+class IngestBench:
+    seconds: float = 10.0
+    machines: int = 40
+    sensors: int = 50
+    rate_hz: float = 500.0
+    batch: int = 500
+    live: bool = False
+    seed: int = 1
+
+
+def _stream(bench: IngestBench, start_ms: int):
+    config = SimConfig(machines=bench.machines, sensors_per_machine=bench.sensors, rate_hz=bench.rate_hz,
+                       seed=bench.seed)
+    return generate_messages(config, start_ms, start_ms + int(bench.seconds * 1000), batch=bench.batch)
+
+
+def _count(bench: IngestBench, start_ms: int) -> tuple[int, int]:
+    messages = readings = 0
+    for topic, payload in _stream(bench, start_ms):
+        messages += 1
+        readings += readings_in(topic, payload)
+    return messages, readings
+
+
+def _publish(bench: IngestBench, broker: LocalBroker, start_ms: int, on_first) -> None:
+    """Publish the stream as fast as the broker takes it, QoS 1.
+
+    Batches go through paho (simulator.publish_stream). Single readings would make a Python
+    publisher the bottleneck, so each topic's messages are piped into its own
+    `mosquitto_pub -l` (C, one message per line) instead."""
+    if bench.batch > 1:
+        publish_stream(_stream(bench, start_ms), broker_url=broker.url, on_first=on_first)
+        return
+    lines: dict[str, list[bytes]] = {}
+    for topic, payload in _stream(bench, start_ms):
+        lines.setdefault(topic, []).append(payload)
+    on_first()
+    pubs = [subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                              "-t", topic, "-l"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            for topic in lines]
+    for pub, payloads in zip(pubs, lines.values()):
+        pub.stdin.write(b"\n".join(payloads) + b"\n")
+        pub.stdin.close()
+    for pub in pubs:
+        if pub.wait(timeout=600) != 0:
+            raise FabtierError(f"mosquitto_pub failed: {pub.stderr.read().decode()}")
+
+
+def _baseline(bench: IngestBench, broker: LocalBroker, start_ms: int, messages: int) -> float:
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                            "-t", "fab/#", "-t", "fab-ctx/#", "-C", str(messages)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # let it subscribe
+    began = []
+    _publish(bench, broker, start_ms, on_first=lambda: began.append(time.monotonic()))
+    if sub.wait(timeout=600) != 0:
+        raise FabtierError(f"mosquitto_sub failed: {sub.stderr.read().decode()}")
+    return time.monotonic() - began[0]
+
+
+def _wait_acked(instance: InstanceProcess, messages: int, began: float, samples: list) -> float:
+    while True:
+        metrics = instance.metrics()
+        now = time.monotonic()
+        samples.append((now - began, metrics["messages"], metrics["readings_stored"]))
+        if metrics["acked"] >= messages:
+            return now - began
+        if now - began > 3600:
+            raise FabtierError("fabtier did not take the whole stream within an hour")
+        time.sleep(0.05)
+
+
+def run(bench: IngestBench, workdir: Path | None = None) -> dict:
+    if shutil.which("mosquitto_sub") is None:
+        raise FabtierError("mosquitto_sub is needed for the baseline: apt-get install mosquitto-clients")
+    own_dir = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="fabtier-bench-")) if own_dir else workdir
+    start_ms = int(time.time() * 1000) - int(bench.seconds * 1000)  # inside max_late/max_future
+    messages, readings = _count(bench, start_ms)
+    result: dict = {"bench": "ingest", "mode": "live" if bench.live else "max", "seconds_of_data": bench.seconds,
+                    "machines": bench.machines, "sensors_per_machine": bench.sensors, "rate_hz": bench.rate_hz,
+                    "batch": bench.batch, "messages": messages, "readings": readings}
+    broker = LocalBroker(workdir / "broker").start()
+    instance = None
+    try:
+        if not bench.live:
+            elapsed = _baseline(bench, broker, start_ms, messages)
+            result["baseline_readings_per_s"] = round(readings / elapsed)
+            result["baseline_messages_per_s"] = round(messages / elapsed)
+        instance = InstanceProcess(workdir, broker_url=broker.url).start()
+        cpu_before = instance.cpu_seconds()
+        broker_cpu_before = process_cpu_seconds(broker.pid)
+        samples: list = []
+        began = time.monotonic()
+        if bench.live:
+            publisher = threading.Thread(target=lambda: result.update(live=run_simulator(
+                broker_url=broker.url, machines=bench.machines, sensors=bench.sensors, rate_hz=bench.rate_hz,
+                batch=bench.batch, seconds=bench.seconds, seed=bench.seed).__dict__))
+            publisher.start()
+            while publisher.is_alive():
+                metrics = instance.metrics()
+                samples.append((time.monotonic() - began, metrics["messages"], metrics["readings_stored"]))
+                time.sleep(0.25)
+            publisher.join()
+            messages, readings = result["live"]["messages"], result["live"]["readings"]
+            result.update(messages=messages, readings=readings)
+            elapsed = _wait_acked(instance, messages, began, samples)
+            drain = elapsed - result["live"]["seconds"]
+            result["drain_after_publisher_s"] = round(max(0.0, drain), 2)
+        else:
+            marks: list[float] = []
+            thread = threading.Thread(target=lambda: _publish(
+                bench, broker, start_ms, on_first=lambda: marks.append(time.monotonic())))
+            thread.start()
+            while not marks:
+                time.sleep(0.01)
+            began = marks[0]
+            elapsed = _wait_acked(instance, messages, began, samples)
+            thread.join()
+        cpu = instance.cpu_seconds() - cpu_before
+        result["fabtier_cpu_seconds"] = round(cpu, 2)
+        result["fabtier_cpu_us_per_reading"] = round(cpu / readings * 1e6, 3)
+        result["broker_cpu_seconds"] = round(process_cpu_seconds(broker.pid) - broker_cpu_before, 2)
+        result["fabtier_seconds"] = round(elapsed, 3)
+        result["fabtier_readings_per_s"] = round(readings / elapsed)
+        result["fabtier_messages_per_s"] = round(messages / elapsed)
+        if "baseline_readings_per_s" in result:
+            result["ratio_to_baseline"] = round(result["fabtier_readings_per_s"] / result["baseline_readings_per_s"], 3)
+        backlog = [m for _, m, _ in samples]
+        counts = instance.sql("SELECT count(*) AS n, count(DISTINCT (machine, sensor, ts)) AS d FROM readings")[0]
+        metrics = instance.metrics()
+        result.update(stored=counts["n"], distinct=counts["d"], lost=readings - counts["d"],
+                      duplicates=counts["n"] - counts["d"], quarantined=metrics["quarantined"],
+                      duplicates_dropped_at_ingest=metrics["duplicates_dropped"],
+                      wal_commits=metrics["commits"], messages_seen=max(backlog) if backlog else 0)
+    finally:
+        if instance is not None:
+            instance.stop()
+        broker.stop()
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [f"fabtier bench ingest ({result['mode']}): {result['readings']:,} readings in "
+             f"{result['messages']:,} messages ({result['machines']} machines x {result['sensors_per_machine']} "
+             f"sensors x {result['rate_hz']:g} Hz, batch {result['batch']})"]
+    if "baseline_readings_per_s" in result:
+        lines.append(f"  plain subscriber (mosquitto_sub): {result['baseline_readings_per_s']:>12,} readings/s")
+    lines.append(f"  fabtier, durable and acknowledged: {result['fabtier_readings_per_s']:>11,} readings/s "
+                 f"({result['fabtier_messages_per_s']:,} messages/s)")
+    if "ratio_to_baseline" in result:
+        lines.append(f"  ratio to the plain subscriber: {result['ratio_to_baseline']:.2f}")
+    if "drain_after_publisher_s" in result:
+        lines.append(f"  publisher ran {result['live']['seconds']:.1f} s; fabtier finished "
+                     f"{result['drain_after_publisher_s']:.2f} s after it")
+    lines.append(f"  fabtier used {result['fabtier_cpu_seconds']:.1f} CPU-seconds: "
+                 f"{result['fabtier_cpu_us_per_reading']:.2f} us per reading (the broker: "
+                 f"{result['broker_cpu_seconds']:.1f} CPU-seconds)")
+    lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Per-minute rollups over Arrow tables. Pure: no I/O, no clock.
+
+The exactness rule: a minute is always computed from *all* raw readings of that minute, never
+folded incrementally into an earlier result. A reading that arrives late, or twice, only
+marks its minute as touched; the minute is then recomputed from the final raw data, so the
+stored aggregate equals what a rollup over the final raw data gives, whatever the arrival
+order.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tiers import parquetformat as fmt
+from tiers.warm import MINUTES_SCHEMA
+
+MINUTE_MS = 60_000
+KEY = ["machine", "sensor", "minute"]
+_MINUTE_TYPE = pa.timestamp("ms", tz="UTC")
+
+
+def minute_column(ts: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The UTC minute each timestamp falls in, as a millisecond timestamp."""
+    ms = pc.cast(ts, pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    floored = pc.multiply(pc.divide(ms, pa.scalar(MINUTE_MS, pa.int64())), pa.scalar(MINUTE_MS, pa.int64()))
+    # Integer division truncates toward zero; readings before 1970 would need a floor.
+    return floored.cast(_MINUTE_TYPE)
+
+
+def touched_minutes(readings: pa.Table) -> pa.Table:
+    """The distinct (machine, sensor, minute) keys that these readings fall in."""
+    keys = pa.table({
+        "machine": readings.column("machine"),
+        "sensor": readings.column("sensor"),
+        "minute": minute_column(readings.column("ts")),
+    })
+    if keys.num_rows == 0:
+        return keys
+    return keys.group_by(KEY).aggregate([])
+
+
+def aggregate_minutes(readings: pa.Table) -> pa.Table:
+    """n, min, max, avg, first and last (by ts) of every minute of these readings.
+
+    Readings are identified by (machine, sensor, ts): a key given more than once counts once,
+    with its first arrival's value (the lake's own rule), so overlapping inputs are harmless.
+    """
+    if readings.num_rows == 0:
+        return MINUTES_SCHEMA.empty_table()
+    ordered = fmt.sort_dedup(readings.select(["machine", "sensor", "ts", "value"]))
+    ordered = ordered.append_column("minute", minute_column(ordered.column("ts")))
+    # use_threads=False keeps the (machine, sensor, ts) order inside each group, which is
+    # what makes "first" and "last" the values of the earliest and latest reading.
+    grouped = ordered.group_by(KEY, use_threads=False).aggregate([
+        ("value", "count"), ("value", "min"), ("value", "max"), ("value", "mean"),
+        ("value", "first"), ("value", "last"),
+    ])
+    result = pa.table({
+        "machine": grouped.column("machine"),
+        "sensor": grouped.column("sensor"),
+        "minute": grouped.column("minute"),
+        "n": grouped.column("value_count"),
+        "min": grouped.column("value_min"),
+        "max": grouped.column("value_max"),
+        "avg": grouped.column("value_mean"),
+        "first": grouped.column("value_first"),
+        "last": grouped.column("value_last"),
+    }).cast(MINUTES_SCHEMA)
+    return sort_minutes(result)
+
+
+def only_keys(minutes: pa.Table, keys: pa.Table) -> pa.Table:
+    """The rows of `minutes` whose (machine, sensor, minute) is in `keys`."""
+    if minutes.num_rows == 0 or keys.num_rows == 0:
+        return MINUTES_SCHEMA.empty_table()
+    kept = minutes.join(keys.select(KEY).cast(pa.schema([MINUTES_SCHEMA.field(k) for k in KEY])),
+                        keys=KEY, join_type="left semi")
+    return sort_minutes(kept.select(MINUTES_SCHEMA.names).cast(MINUTES_SCHEMA))
+
+
+def merge_minutes(old: pa.Table, new: pa.Table) -> pa.Table:
+    """`old` with every minute that `new` has replaced by `new`'s row (newer computations win)."""
+    old = old.select(MINUTES_SCHEMA.names).cast(MINUTES_SCHEMA)
+    new = new.select(MINUTES_SCHEMA.names).cast(MINUTES_SCHEMA)
+    if old.num_rows and new.num_rows:
+        old = old.join(new.select(KEY), keys=KEY, join_type="left anti").select(MINUTES_SCHEMA.names)
+    return sort_minutes(pa.concat_tables([old.cast(MINUTES_SCHEMA), new]))
+
+
+def sort_minutes(minutes: pa.Table) -> pa.Table:
+    if minutes.num_rows == 0:
+        return minutes
+    return minutes.take(pc.sort_indices(minutes, sort_keys=[(k, "ascending") for k in KEY]))
+
+
+def hours_of(minutes: pa.Table) -> list[tuple[str, str, int, int]]:
+    """(day, hour, first_ms, end_ms) of every UTC hour these minutes fall in, oldest first:
+    the raw partitions (`raw/date=D/hour=H/`) to read to recompute them."""
+    if minutes.num_rows == 0:
+        return []
+    ms = minutes.column("minute").cast(pa.int64())
+    hours = sorted(set(pc.divide(ms, pa.scalar(3_600_000, pa.int64())).to_pylist()))
+    result = []
+    for hour in hours:
+        stamp = pa.scalar(hour * 3_600_000, pa.int64()).cast(_MINUTE_TYPE).as_py()
+        result.append((stamp.strftime("%Y-%m-%d"), stamp.strftime("%H"), hour * 3_600_000,
+                       (hour + 1) * 3_600_000))
+    return result

@@ -1,0 +1,187 @@
+"""The warm tier's two jobs, as I/O around the pure rollup logic: `rollup` and `age_out`.
+
+rollup: reads the audit trail from where it stopped, takes every raw file that a tier move
+wrote since (sealing, or a later compaction), finds the (machine, sensor, minute) keys those
+files touch, recomputes those minutes from *all* raw data of those minutes in the lake, and
+upserts them into the warm store together with the new audit position (one transaction).
+A crash anywhere means the same files are taken again: the job is idempotent.
+
+age_out: minutes older than `[warm] retention` are merged into one Parquet file per UTC day
+and writer (`agg_1m/date=D/{writer}.parquet`, replaced atomically, so the lake never holds a
+minute twice), read back and compared, recorded in the audit trail, and only then removed
+from the warm store (and only where the warm row is still the one that was copied).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from lifecycle import rollup as ru
+from lifecycle.audit import AuditLog
+from tiers import parquetformat as fmt
+from tiers import layout
+from tiers.cold import ColdLake, Move
+from tiers.store import ObjectStore
+from tiers.unsealed import READINGS_SCHEMA
+from tiers.warm import MINUTES_SCHEMA, WarmStore
+
+log = logging.getLogger("fabtier.lifecycle")
+
+AUDIT_OFFSET = "rollup.audit_offset"
+FILES_PER_STEP = 256  # raw files per warm transaction: bounds memory on a first run over a big lake
+
+
+class AggVerifyError(Exception):
+    """An agg_1m file did not read back as written; the warm rows are kept."""
+
+
+@dataclass(frozen=True)
+class RollupReport:
+    files: int
+    minutes: int
+
+
+@dataclass(frozen=True)
+class AgeOutReport:
+    minutes: int
+    files: int
+    kept: int  # minutes recomputed while they were being copied: they stay warm for the next run
+
+
+# ---- reading the audit trail --------------------------------------------------------
+def _raw_targets(audit_path: Path, offset: int, store_url: str) -> list[tuple[str, int]]:
+    """(object key, end offset of its audit line) of every raw file written after `offset`."""
+    if not audit_path.exists():
+        return []
+    with open(audit_path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    end = data.rfind(b"\n")
+    if end < 0:
+        return []
+    found, position, prefix = [], offset, store_url.rstrip("/") + "/"
+    for line in data[:end + 1].split(b"\n")[:-1]:
+        position += len(line) + 1
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line torn by a crash: its move was redone and recorded again
+        target = record.get("target", "")
+        if record.get("what") == "raw" and target.startswith(prefix):
+            found.append((target[len(prefix):], position))
+        else:
+            found.append(("", position))  # keeps the position moving past other records
+    return found
+
+
+def _dataset(store: ObjectStore, keys: list[str], schema: pa.Schema) -> ds.Dataset:
+    filesystem, root = store.arrow_filesystem()
+    return ds.dataset([f"{root}/{k}" for k in keys], filesystem=filesystem, format="parquet", schema=schema)
+
+
+def _minutes_to_recompute(store: ObjectStore, keys: list[str]) -> pa.Table:
+    present = [k for k in keys if store.exists(k)]  # a file compacted away since: its rows moved on
+    if not present:
+        return ru.touched_minutes(READINGS_SCHEMA.empty_table())
+    return ru.touched_minutes(_dataset(store, present, READINGS_SCHEMA).to_table(
+        columns=["machine", "sensor", "ts"]))
+
+
+def _raw_of_minutes(store: ObjectStore, touched: pa.Table) -> pa.Table:
+    """Every raw reading in the lake of the hours the touched minutes fall in, narrowed to the
+    touched machines, sensors and time span."""
+    parts = []
+    for day, hour, start_ms, end_ms in ru.hours_of(touched):
+        in_hour = touched.filter(pc.and_(
+            pc.greater_equal(touched.column("minute").cast(pa.int64()), start_ms),
+            pc.less(touched.column("minute").cast(pa.int64()), end_ms)))
+        # The files a reader sees (not those a compacted set replaced, nor archived ones), with
+        # values converted exactly (decimal files: tiers.parquetformat); files of segments still
+        # in the log count too, as they hold what sealing will keep.
+        lake = ColdLake(store, writer_id="")
+        files = layout.visible(lake.lake_files("raw", f"raw/date={day}/hour={hour}/"), writer="",
+                               hidden_segments=set())
+        if not files:
+            continue
+        first = pc.min(in_hour.column("minute"))
+        last = pa.scalar(pc.max(in_hour.column("minute")).cast(pa.int64()).as_py() + ru.MINUTE_MS,
+                         pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        parts.append(lake.read_raw(files=files, filter=(
+            (ds.field("ts") >= first) & (ds.field("ts") < last)
+            & ds.field("machine").isin(pc.unique(in_hour.column("machine")))
+            & ds.field("sensor").isin(pc.unique(in_hour.column("sensor"))))))
+    return pa.concat_tables(parts) if parts else READINGS_SCHEMA.empty_table()
+
+
+def rollup(*, store: ObjectStore, warm: WarmStore, audit: AuditLog) -> RollupReport:
+    """Recompute every minute touched by raw files written since the last run."""
+    offset = warm.state(AUDIT_OFFSET) or 0
+    size = audit.path.stat().st_size if audit.path.exists() else 0
+    if offset > size:
+        log.warning("the audit trail is shorter than the rollup's position; recomputing from its start")
+        offset = 0
+    targets = _raw_targets(audit.path, offset, store.url)
+    files = minutes = 0
+    for start in range(0, len(targets), FILES_PER_STEP):
+        step = targets[start:start + FILES_PER_STEP]
+        keys = sorted({k for k, _ in step if k})
+        end_offset = step[-1][1]
+        touched = _minutes_to_recompute(store, keys) if keys else ru.touched_minutes(READINGS_SCHEMA.empty_table())
+        computed = ru.only_keys(ru.aggregate_minutes(_raw_of_minutes(store, touched)), touched)
+        # Not a tier move (nothing is copied away or deleted): its runs are in `job_runs`.
+        warm.upsert(computed, state={AUDIT_OFFSET: end_offset})
+        files += len(keys)
+        minutes += computed.num_rows
+    return RollupReport(files=files, minutes=minutes)
+
+
+# ---- age-out ------------------------------------------------------------------------
+def agg_key(day: str, writer_id: str) -> str:
+    return f"agg_1m/date={day}/{writer_id}.parquet"
+
+
+def agg_dataset(store: ObjectStore) -> ds.Dataset:
+    """Every aged-out minute in the lake, for the SQL session."""
+    keys = [k for k, _ in store.list("agg_1m/") if k.endswith(".parquet")]
+    return _dataset(store, keys, MINUTES_SCHEMA)
+
+
+def _write_verified(store: ObjectStore, key: str, merged: pa.Table, moved: pa.Table, source: str) -> Move:
+    data = fmt.to_parquet_bytes(merged)
+    store.put(key, data)
+    back = fmt.from_parquet_bytes(store.get(key)).select(MINUTES_SCHEMA.names).cast(MINUTES_SCHEMA)
+    if back.num_rows != merged.num_rows or fmt.checksum(back) != fmt.checksum(merged):
+        raise AggVerifyError(f"{key} read back {back.num_rows} rows, wrote {merged.num_rows}")
+    if fmt.checksum(ru.only_keys(back, moved)) != fmt.checksum(moved):
+        raise AggVerifyError(f"{key} does not hold the minutes moved into it")
+    return Move(what="agg_1m", source=source, target=f"{store.url}/{key}", rows=moved.num_rows,
+                bytes=len(data), checksum=fmt.checksum(moved))
+
+
+def age_out(*, store: ObjectStore, warm: WarmStore, audit: AuditLog, writer_id: str,
+            cutoff_ms: int, at_ms: int) -> AgeOutReport:
+    """Move every warm minute that ended at or before `cutoff_ms` into the lake's agg_1m/."""
+    old = warm.minutes_before(cutoff_ms)
+    if old.num_rows == 0:
+        return AgeOutReport(0, 0, 0)
+    moved = files = kept = 0
+    for day, part in sorted(fmt.split_by_day(old, "minute").items()):
+        part = ru.sort_minutes(part)
+        key = agg_key(day, writer_id)
+        existing = (fmt.from_parquet_bytes(store.get(key)) if store.exists(key)
+                    else MINUTES_SCHEMA.empty_table())
+        merged = ru.merge_minutes(existing, part)
+        move = _write_verified(store, key, merged, part, source=f"{warm.path.as_uri()}#readings_1m")
+        audit.record("age_out", [move], at_ms)
+        deleted = warm.delete_unchanged(part)
+        moved += deleted
+        kept += part.num_rows - deleted
+        files += 1
+    return AgeOutReport(minutes=moved, files=files, kept=kept)

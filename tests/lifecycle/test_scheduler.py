@@ -1,0 +1,99 @@
+"""The job runner: one run at a time per job, runs recorded, missed periods caught up on start."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from analytics.session import run_sql
+from fabtier.clock import ManualClock
+from fabtier.pipeline import Pipeline
+from lifecycle import jobs
+from lifecycle.scheduler import JobRunner, missed_periods, runner_for
+from tests.conftest import make_settings, wait_for
+
+T0 = 1_764_000_000_000
+
+
+def test_missed_periods():
+    assert missed_periods(None, 60, T0) == 0
+    assert missed_periods(T0, 60, T0 + 59_999) == 0
+    assert missed_periods(T0, 60, T0 + 600_000) == 10
+    assert missed_periods(T0, 0.5, T0 + 1_600) == 3
+
+
+def test_a_job_never_runs_twice_at_once(tmp_path):
+    pipeline = Pipeline(make_settings(tmp_path, None), clock=ManualClock(T0))
+    inside, release, overlaps = threading.Event(), threading.Event(), []
+    running = [0]
+
+    def slow(ctx):
+        running[0] += 1
+        overlaps.append(running[0])
+        inside.set()
+        release.wait(10)
+        running[0] -= 1
+        return {"job": "slow", "done": 1}
+
+    runner = JobRunner(pipeline, (jobs.Job("slow", slow, lambda s: 60),))
+    first = threading.Thread(target=runner.run, args=("slow",), kwargs={"trigger": "schedule"})
+    first.start()
+    inside.wait(10)
+    # A scheduled run that finds the job busy is skipped; a manual one waits for its turn.
+    assert runner.run("slow", trigger="schedule") == {"job": "slow", "skipped": "already running"}
+    manual = threading.Thread(target=runner.run, args=("slow",))
+    manual.start()
+    release.set()
+    first.join(10)
+    manual.join(10)
+    assert overlaps == [1, 1]
+    outcomes = [(r["trigger"], r["outcome"]) for r in runner.history.table().to_pylist()]
+    assert sorted(outcomes) == [("manual", "ok"), ("schedule", "ok"), ("schedule", "skipped")]
+
+
+def test_a_failing_job_is_recorded_and_does_not_stop_the_others(tmp_path):
+    pipeline = Pipeline(make_settings(tmp_path, None), clock=ManualClock(T0))
+
+    def broken(ctx):
+        raise OSError("store unreachable")
+
+    runner = JobRunner(pipeline, (jobs.Job("broken", broken, lambda s: 60),
+                                  jobs.Job("fine", lambda ctx: {"job": "fine"}, lambda s: 60)))
+    reports = runner.run_all()
+    assert reports[0] == {"job": "broken", "error": "OSError: store unreachable"}
+    assert reports[1] == {"job": "fine"}
+    assert runner.history.last_completed("broken") is None and runner.history.last_completed("fine") == T0
+
+
+def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
+    settings = make_settings(tmp_path, None, cold={"seal_every": "1m"},
+                             warm={"rollup_every": "1m", "age_out_every": "10m"},
+                             lifecycle={"run_every": "10m"})
+    clock = ManualClock(T0)
+    pipeline = Pipeline(settings, clock=clock)
+    pipeline.open()
+    first = runner_for(pipeline).catch_up()
+    assert [r["job"] for r in first] == ["seal", "rollup", "age_out", "compact", "lifecycle", "glue"]  # once each
+    pipeline.close_offline()
+
+    clock.advance(25 * 60)  # down for 25 minutes
+    pipeline = Pipeline(settings, clock=clock)
+    pipeline.open()
+    try:
+        runner_for(pipeline).catch_up()
+        rows = run_sql(pipeline.sql_sources(),
+                       "SELECT job, missed, epoch_ms(started_at) AS t FROM job_runs "
+                       "WHERE \"trigger\" = 'start-up' AND missed > 0 ORDER BY t, job").to_pylist()
+    finally:
+        pipeline.close_offline()
+    assert {(r["job"], r["missed"]) for r in rows} == {("seal", 25), ("rollup", 25), ("age_out", 2),
+                                                      ("compact", 2), ("lifecycle", 2), ("glue", 2)}
+
+    clock.advance(30)  # half a period later nothing is due
+    pipeline = Pipeline(settings, clock=clock)
+    pipeline.open()
+    try:
+        assert runner_for(pipeline).catch_up() == []
+    finally:
+        pipeline.close_offline()

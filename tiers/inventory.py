@@ -1,0 +1,115 @@
+"""`fabtier tiers`: rows, bytes, oldest and newest reading per tier, and what storing it costs
+a month. The counting reads only metadata (object sizes, Parquet footers and row-group
+statistics), never the data itself. The cost is a pure function of bytes and storage class.
+
+Prices: USD per GiB-month, AWS us-east-1 list prices as known to the author in 2025 (not
+checked against AWS's price list from this machine, which has no internet): S3 Standard
+0.023, S3 Standard-IA 0.0125, S3 Glacier Flexible Retrieval 0.0036, S3 Glacier Deep
+Archive 0.00099, EBS gp3 0.08 (the data directory's disk: log, warm store, a local lake), and
+memory at 4.89 (an r7g.large, 16 GiB for 0.1071 USD an hour, times 730 hours). Request,
+retrieval and transfer charges are not included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pyarrow.dataset as ds
+
+PRICES_AS_OF = "2025 (us-east-1 list prices; see tiers/inventory.py)"
+USD_PER_GIB_MONTH = {
+    "memory": 4.89,
+    "local-disk": 0.08,
+    "STANDARD": 0.023,
+    "STANDARD_IA": 0.0125,
+    "GLACIER": 0.0036,
+    "DEEP_ARCHIVE": 0.00099,
+}
+_HOT_BYTES_PER_READING = 16
+
+
+@dataclass(frozen=True)
+class TierRow:
+    tier: str
+    storage_class: str
+    rows: int
+    bytes: int
+    oldest_ms: int | None
+    newest_ms: int | None
+    usd_per_month: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def monthly_cost(size: int, storage_class: str) -> float:
+    return size / 2**30 * USD_PER_GIB_MONTH[storage_class]
+
+
+def row(tier: str, storage_class: str, rows: int, size: int, oldest: int | None, newest: int | None) -> TierRow:
+    return TierRow(tier, storage_class, int(rows), int(size), oldest, newest, monthly_cost(size, storage_class))
+
+
+def _ms(value) -> int | None:
+    if value is None:
+        return None
+    return int(value.timestamp() * 1000)
+
+
+def parquet_tier(tier: str, storage_class: str, store, prefix: str, column: str) -> TierRow:
+    """Rows and time range of a lake prefix from Parquet footers and row-group statistics."""
+    listed = [(k, size) for k, size in store.list(prefix) if k.endswith(".parquet")]
+    if not listed:
+        return row(tier, storage_class, 0, 0, None, None)
+    filesystem, root = store.arrow_filesystem()
+    dataset = ds.dataset([f"{root}/{k}" for k, _ in listed], filesystem=filesystem, format="parquet")
+    rows, oldest, newest = 0, None, None
+    for fragment in dataset.get_fragments():
+        fragment.ensure_complete_metadata()
+        for group in fragment.row_groups:
+            rows += group.num_rows
+            stats = group.statistics.get(column) if group.statistics else None
+            if stats:
+                low, high = _ms(stats.get("min")), _ms(stats.get("max"))
+                oldest = low if oldest is None or (low is not None and low < oldest) else oldest
+                newest = high if newest is None or (high is not None and high > newest) else newest
+    return row(tier, storage_class, rows, sum(size for _, size in listed), oldest, newest)
+
+
+def lake_class(store_url: str) -> str:
+    """A local lake is priced as disk; an S3 lake as S3 Standard (archive classes come with
+    the frozen tier, which adds its own rows)."""
+    return "local-disk" if store_url.startswith("file:") else "STANDARD"
+
+
+def report(rows: list[TierRow]) -> dict:
+    return {"tiers": [r.as_dict() for r in rows],
+            "total_usd_per_month": sum(r.usd_per_month for r in rows),
+            "usd_per_gib_month": USD_PER_GIB_MONTH, "prices_as_of": PRICES_AS_OF}
+
+
+def hot_ring_row(ring) -> TierRow:
+    oldest, newest = ring.span() or (None, None)
+    return row("hot ring", "memory", len(ring), len(ring) * _HOT_BYTES_PER_READING, oldest, newest)
+
+
+def unsealed_row(readings, wal_bytes: int) -> TierRow:
+    """Readings durable in the write-ahead log but not sealed into the lake yet."""
+    if readings.num_rows == 0:
+        return row("unsealed (log)", "local-disk", 0, wal_bytes, None, None)
+    ts = readings.column("ts").cast("int64")
+    import pyarrow.compute as pc
+    return row("unsealed (log)", "local-disk", readings.num_rows, wal_bytes,
+               pc.min(ts).as_py(), pc.max(ts).as_py())
+
+
+def warm_row(stats) -> TierRow:
+    return row("warm (readings_1m)", "local-disk", stats.rows, stats.bytes, stats.oldest_ms, stats.newest_ms)
+
+
+def stored_rows(store, store_url: str, warm_stats) -> list[TierRow]:
+    """Warm store and lake: the tiers that exist with or without a running pipeline."""
+    cls = lake_class(store_url)
+    return [warm_row(warm_stats),
+            parquet_tier("cold raw", cls, store, "raw/", "ts"),
+            parquet_tier("cold agg_1m", cls, store, "agg_1m/", "minute")]
