@@ -117,8 +117,10 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 self._json(400, {"error": "give machine, sensor, and optionally minutes (number) and points (integer)"})
                 return
             since = pipeline.clock.now_ms() - int(minutes * 60_000)
-            ts, value = pipeline.series(machine, sensor, since_ms=since, points=points)
-            self._json(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist()})
+            timings: dict = {}
+            ts, value = pipeline.series(machine, sensor, since_ms=since, points=points, timings=timings)
+            self._json(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(),
+                             **timings})
 
         def do_POST(self) -> None:  # noqa: N802
             url = urlparse(self.path)

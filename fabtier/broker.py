@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -63,6 +64,9 @@ class LocalBroker:
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # Run as whoever started it: mosquitto started as root otherwise switches to the
+            # user "mosquitto", which cannot write the persistence directory we created.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
             # Sessions of a stopped fabtier must hold everything published meanwhile.

@@ -113,9 +113,11 @@ class Pipeline:
         # append with the segment it went to (rotation takes it too).
         self._lock = threading.Lock()
         self._seal_lock = threading.Lock()
+        self._segment_guard = threading.Lock()  # no log rotation inside an ingest micro-batch
         self._stop = threading.Event()
         self._inbox: collections.deque = collections.deque()
         self._wake = threading.Event()
+        self._room = threading.Event()  # the inbox has room again
         self._ingester: threading.Thread | None = None
         self._closing = False
         self.failure: str | None = None
@@ -228,6 +230,11 @@ class Pipeline:
         """
         if self._closing:
             return  # left unacknowledged: the broker delivers it again on the next start
+        # A broker that ignores our receive maximum is held off by TCP instead: this thread
+        # stops reading the socket while the queue is full.
+        while len(self._inbox) >= self.settings.broker.receive_maximum and not self._closing:
+            self._room.wait(0.05)
+            self._room.clear()
         self._inbox.append((topic, payload, qos, mid))
         self._wake.set()
 
@@ -236,7 +243,13 @@ class Pipeline:
             self._wake.wait(0.05)
             self._wake.clear()
             while self._inbox:
+                if self._pressure() == 2 and not self._closing:
+                    # Over the unsealed limit: take nothing more until the seal catches up.
+                    self._seal_soon()
+                    self._stop.wait(0.05)
+                    continue
                 taken = [self._inbox.popleft() for _ in range(min(len(self._inbox), MICRO_BATCH))]
+                self._room.set()
                 self.process(taken)
             if self._stop.is_set() or self.state is State.FAILED:
                 return
@@ -266,31 +279,36 @@ class Pipeline:
     def _store(self, assembled: "Assembled") -> None:
         records: list[bytes] = []
         stored = dropped = 0
-        with self._lock:
+        # The guard keeps the log from rotating during the micro-batch, so every row lands
+        # in the segment noted here; the lock is taken per batch so that readers (SQL, the
+        # dashboard's series) wait for one batch at most, not the whole micro-batch.
+        with self._segment_guard:
             segment = self.wal.segment_of_next_append
             for batch in assembled.batches:
-                kept, record = self._add_batch(segment, batch)
+                with self._lock:
+                    kept, record = self._add_batch(segment, batch)
                 stored += kept
                 dropped += len(batch) - kept
                 if record:
                     records.append(record)
-            if assembled.singles:
-                kept, record = self._add_singles(segment, assembled.singles)
-                stored += kept
-                dropped += len(assembled.singles) - kept
-                if record:
-                    records.append(record)
-            for record in assembled.quarantine:
-                records.append(encode_quarantine(record))
-                self.unsealed.add_quarantine(segment, record)
-            for event in assembled.context:
-                records.append(encode_context(event))
-                self.unsealed.add_context(segment, event)
-            self.wal.append_many(records, assembled.tokens)
-            if self._sink_batches:
-                # After the append, so that the committer hands them over only once durable.
-                self._sink_pending.extend(self._sink_batches)
-                self._sink_batches.clear()
+            with self._lock:
+                if assembled.singles:
+                    kept, record = self._add_singles(segment, assembled.singles)
+                    stored += kept
+                    dropped += len(assembled.singles) - kept
+                    if record:
+                        records.append(record)
+                for record in assembled.quarantine:
+                    records.append(encode_quarantine(record))
+                    self.unsealed.add_quarantine(segment, record)
+                for event in assembled.context:
+                    records.append(encode_context(event))
+                    self.unsealed.add_context(segment, event)
+                self.wal.append_many(records, assembled.tokens)
+                if self._sink_batches:
+                    # After the append, so that the committer hands them over only once durable.
+                    self._sink_pending.extend(self._sink_batches)
+                    self._sink_batches.clear()
         self.metrics.readings_stored += stored
         self.metrics.duplicates_dropped += dropped
         self.metrics.quarantined += len(assembled.quarantine)
@@ -411,14 +429,14 @@ class Pipeline:
     def seal(self) -> SealReport:
         """Move every closed log segment into the lake. Idempotent; never runs twice at once."""
         with self._seal_lock:
-            with self._lock:
+            with self._segment_guard, self._lock:
                 self.wal.rotate()
                 due = [s for s in self.wal.segments() if s != self.wal.active]
             rows = files = done = 0
             for segment in due:
                 with self._lock:
                     in_memory = segment in self.unsealed.segments()
-                    tables = self.unsealed.tables([segment]) if in_memory else None
+                    tables = self.unsealed.sealable([segment]) if in_memory else None
                 if tables is None:
                     tables = tables_from_records(read_segment(self.wal.path(segment)))
                 try:
@@ -478,12 +496,21 @@ class Pipeline:
         from lifecycle.scheduler import runner_for
         return runner_for(self).history.table()
 
-    def series(self, machine: str, sensor: str, *, since_ms: int, points: int) -> tuple[np.ndarray, np.ndarray]:
+    def series(self, machine: str, sensor: str, *, since_ms: int, points: int,
+               timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One sensor's recent readings from the hot ring; `timings` gets the time spent
+        waiting for the lock and in the ring itself, in microseconds."""
+        began = time.perf_counter()
         with self._lock:
+            locked = time.perf_counter()
             key = self.keys.lookup(machine, sensor)
-            if key is None:
-                return np.empty(0, np.int64), np.empty(0, np.float64)
-            return self.ring.series(key, since=since_ms, points=points)
+            found = (self.ring.series(key, since=since_ms, points=points) if key is not None
+                     else (np.empty(0, np.int64), np.empty(0, np.float64)))
+            done = time.perf_counter()
+        if timings is not None:
+            timings["wait_us"] = round((locked - began) * 1e6, 1)
+            timings["query_us"] = round((done - locked) * 1e6, 1)
+        return found
 
     def sensors(self) -> list[tuple[str, str]]:
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 
@@ -25,6 +26,9 @@ class Instance:
         self._scheduler = None
 
     def start(self) -> "Instance":
+        # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
+        # lets the API's threads (dashboards, SQL) answer within a millisecond or so.
+        sys.setswitchinterval(0.0005)
         self.pipeline.open()
         # The API answers (503) while the pipeline subscribes, so that readers know it runs.
         self.api = ApiServer(self.pipeline, host=self.settings.api.host, port=self.settings.api.port,

@@ -14,17 +14,10 @@ import threading
 from pathlib import Path
 
 from fabtier.errors import DurabilityError
+from fabtier.fsutil import fsync_dir
 from ingest.walformat import SEGMENT_MAGIC, Record, decode_records
 
 _SUFFIX = ".wal"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def segment_numbers(directory: Path) -> list[int]:
@@ -62,7 +55,7 @@ class WriteAheadLog:
         handle.write(SEGMENT_MAGIC)
         handle.flush()
         os.fsync(handle.fileno())
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return handle
 
     def path(self, number: int) -> Path:
@@ -165,7 +158,7 @@ class WriteAheadLog:
         if number == self._active:
             raise ValueError("the active segment cannot be deleted")
         self.path(number).unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if number in self._leftover:
             self._leftover.remove(number)
 

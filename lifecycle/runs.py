@@ -17,6 +17,8 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
+from fabtier.fsutil import fsync_dir
+
 RUNS_SCHEMA = pa.schema([
     ("job", pa.string()),
     ("trigger", pa.string()),       # start-up, schedule, manual
@@ -39,14 +41,6 @@ class JobRun:
     as_of: int
     missed: int
     detail: str
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RunHistory:
@@ -79,7 +73,7 @@ class RunHistory:
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, self._last_path)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             if keep:
                 line = orjson.dumps(run.__dict__) + b"\n"
                 with open(self._history_path, "ab") as handle:

@@ -78,6 +78,24 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_fabtier_run(config: Path) -> subprocess.Popen:
+    """`fabtier run` in its own process, as an operator starts it (so it can be killed -9)."""
+    return subprocess.Popen([sys.executable, "-m", "fabtier.cli", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(settings: Settings, timeout: float = 60) -> None:
+    """Until the instance's /health answers 200."""
+    from fabtier.reader import _request
+
+    def ready() -> bool:
+        try:
+            return _request(settings, "GET", "/health", timeout=1)[0] == 200
+        except OSError:
+            return False
+    wait_for(ready, timeout=timeout, what="fabtier to be ready")
+
+
 # ---- AWS stand-in: moto's HTTP server (never the in-process mock_aws decorator) -----------
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",

@@ -175,7 +175,9 @@ class ColdLake:
         Files this segment wrote earlier (a crashed seal) that the new write does not replace
         are deleted, so a re-run leaves exactly the new set."""
         moves = []
-        readings = fmt.sort_dedup(tables.readings.cast(READINGS_SCHEMA))
+        readings = tables.readings.cast(READINGS_SCHEMA)
+        if not tables.presorted:
+            readings = fmt.sort_dedup(readings)
         for (day, hour), part in fmt.split_by_hour(readings).items():
             prefix = layout.hour_prefix(day, hour)
             hour_files = self.lake_files("raw", prefix)  # one hour's listing, not the whole lake

@@ -45,6 +45,13 @@ class SensorKeys:
         """Key ids of a batch's rows, from its per-batch sensor dictionary."""
         return self.ids_local(machine, sensor_names)[sensor_codes]
 
+    def ranks(self) -> np.ndarray:
+        """Each key's position in (machine, sensor) order: sorting on it sorts by the names."""
+        order = sorted(range(len(self.machines)), key=lambda k: (self.machines[k], self.sensors[k]))
+        ranks = np.empty(len(order), dtype=np.int64)
+        ranks[order] = np.arange(len(order))
+        return ranks
+
     def names(self, key_ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
         """Machine and sensor columns for an array of key ids."""
         indices = pa.array(key_ids, type=pa.int32())

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow.fs as pafs
 
 from fabtier.errors import ConfigError, FabtierError
+from fabtier.fsutil import fsync_dir
 
 STANDARD = "STANDARD"
 GLACIER = "GLACIER"
@@ -113,11 +114,7 @@ class LocalStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

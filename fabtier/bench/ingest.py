@@ -15,8 +15,12 @@ show that fabtier keeps up with a sustained load (its backlog stays bounded).
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 import subprocess
+import urllib.parse
+import urllib.request
 import tempfile
 import threading
 import time
@@ -26,7 +30,7 @@ from pathlib import Path
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
 from fabtier.broker import LocalBroker
 from fabtier.errors import FabtierError
-from simulator import SimConfig, generate_messages, publish_stream, run_simulator
+from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
 from simulator.payloads import readings_in
 
 
@@ -91,6 +95,44 @@ def _baseline(bench: IngestBench, broker: LocalBroker, start_ms: int, messages: 
     return time.monotonic() - began[0]
 
 
+class _SeriesProbe(threading.Thread):
+    """While ingestion runs: "the last 10 minutes of sensor X in 300 points" from the hot
+    ring, timed inside the instance (lock wait included), for random sensors."""
+
+    def __init__(self, instance: InstanceProcess, bench: IngestBench) -> None:
+        super().__init__(daemon=True)
+        model = FabModel(SimConfig(machines=bench.machines, sensors_per_machine=bench.sensors,
+                                   rate_hz=bench.rate_hz, seed=bench.seed), 0)
+        self.pairs = [(m, sen) for m in model.machines for sen in model.sensors(m)]
+        self.instance = instance
+        self.took_us: list[float] = []
+        self.waited_us: list[float] = []
+        self.points: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        while not self.done.is_set():
+            machine, sensor = rng.choice(self.pairs)
+            query = urllib.parse.urlencode({"machine": machine, "sensor": sensor, "minutes": 10, "points": 300})
+            with urllib.request.urlopen(f"{self.instance.url}/series?{query}", timeout=10) as response:
+                answer = json.loads(response.read())
+            self.took_us.append(answer["query_us"])
+            self.waited_us.append(answer["wait_us"])
+            self.points.append(len(answer["ts"]))
+            time.sleep(0.02)
+
+    def summary(self) -> dict:
+        took, waited = sorted(self.took_us), sorted(self.waited_us)
+        if not took:
+            return {}
+        pick = lambda values, q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+        return {"series_queries": len(took), "series_query_us_p50": pick(took, 0.5),
+                "series_query_us_p99": pick(took, 0.99), "series_query_us_max": took[-1],
+                "series_lock_wait_us_p50": pick(waited, 0.5), "series_lock_wait_us_p99": pick(waited, 0.99),
+                "series_points_max": max(self.points)}
+
+
 def _wait_acked(instance: InstanceProcess, messages: int, began: float, samples: list) -> float:
     while True:
         metrics = instance.metrics()
@@ -124,6 +166,8 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         cpu_before = instance.cpu_seconds()
         broker_cpu_before = process_cpu_seconds(broker.pid)
         samples: list = []
+        probe = _SeriesProbe(instance, bench)
+        probe.start()
         began = time.monotonic()
         if bench.live:
             publisher = threading.Thread(target=lambda: result.update(live=run_simulator(
@@ -150,6 +194,9 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             began = marks[0]
             elapsed = _wait_acked(instance, messages, began, samples)
             thread.join()
+        probe.done.set()
+        probe.join()
+        result.update(probe.summary())
         cpu = instance.cpu_seconds() - cpu_before
         result["fabtier_cpu_seconds"] = round(cpu, 2)
         result["fabtier_cpu_us_per_reading"] = round(cpu / readings * 1e6, 3)
@@ -191,5 +238,11 @@ def report(result: dict) -> str:
     lines.append(f"  fabtier used {result['fabtier_cpu_seconds']:.1f} CPU-seconds: "
                  f"{result['fabtier_cpu_us_per_reading']:.2f} us per reading (the broker: "
                  f"{result['broker_cpu_seconds']:.1f} CPU-seconds)")
+    if "series_query_us_p50" in result:
+        lines.append(f"  hot ring, last 10 min of one sensor in <= 300 points, while ingesting: "
+                     f"p50 {result['series_query_us_p50']:.0f} us, p99 {result['series_query_us_p99']:.0f} us, "
+                     f"max {result['series_query_us_max']:.0f} us ({result['series_queries']} queries); "
+                     f"waiting for the ingest lock first: p50 {result['series_lock_wait_us_p50']:.0f} us, "
+                     f"p99 {result['series_lock_wait_us_p99']:.0f} us")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")
     return "\n".join(lines)

@@ -37,6 +37,8 @@ def test_a_failing_store_holds_acknowledgements_back_and_loses_nothing(broker, t
         assert metrics.backpressure and metrics.seal_failures > 0
         assert metrics.messages == taken < len(batches) and metrics.acked == acked < taken
         assert instance.pipeline.unsealed.bytes == held
+        # Bounded: the limit plus one micro-batch, which is at most receive_maximum messages.
+        assert held <= 100 * 1024 + 21 * BATCH * 10
         assert instance.pipeline.metrics_snapshot()["acks_withheld"] == taken - acked
 
         blocker.unlink()  # the store recovers

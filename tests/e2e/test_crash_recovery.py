@@ -5,29 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 from fabtier.reader import query
-from tests.conftest import make_settings, mosquitto_pub, wait_for, write_config
+from tests.conftest import make_settings, mosquitto_pub, start_fabtier_run, wait_for, wait_ready, write_config
 
 
-def _start(config):
-    return subprocess.Popen([sys.executable, "-m", "fabtier.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_ready(settings):
-    from fabtier.reader import _request
-
-    def ready():
-        try:
-            return _request(settings, "GET", "/health", timeout=1)[0] == 200
-        except OSError:
-            return False
-    wait_for(ready, timeout=60, what="fabtier to be ready")
 
 
 def _metrics(settings) -> dict:
@@ -38,9 +22,9 @@ def _metrics(settings) -> dict:
 def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_path):
     settings = make_settings(tmp_path, broker, cold={"seal_every": "2s"})
     config = write_config(settings, tmp_path / "fabtier.toml")
-    process = _start(config)
+    process = start_fabtier_run(config)
     try:
-        _wait_ready(settings)
+        wait_ready(settings)
         now = int(time.time() * 1000)
         batches, expected = [], set()
         for b in range(400):
@@ -57,8 +41,8 @@ def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_pa
         process.wait()
         publisher.join()  # the broker accepted all of it; fabtier was down for part of it
 
-        process = _start(config)
-        _wait_ready(settings)
+        process = start_fabtier_run(config)
+        wait_ready(settings)
         wait_for(lambda: query(settings, "SELECT count(*) AS n FROM readings").column("n")[0].as_py()
                  >= len(expected), timeout=60, what="every reading after the restart")
         time.sleep(1.0)  # any duplicate redelivery would arrive now

@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
-from fabtier.reader import _request, query
-from tests.conftest import fabtier_cli, make_settings, mosquitto_pub, wait_for, write_config
+from fabtier.reader import query
+from tests.conftest import fabtier_cli, make_settings, mosquitto_pub, start_fabtier_run, wait_for, wait_ready, write_config
 
 MINUTE = 60_000
 
 
-def _start(config):
-    return subprocess.Popen([sys.executable, "-m", "fabtier.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_ready(settings):
-    def ready():
-        try:
-            return _request(settings, "GET", "/health", timeout=1)[0] == 200
-        except OSError:
-            return False
-    wait_for(ready, timeout=60, what="fabtier to be ready")
 
 
 def _batch(machine_ts: int, n: int, offset: float) -> str:
@@ -46,9 +32,9 @@ def test_stopped_through_several_periods_then_caught_up_on_restart(broker, tmp_p
     config.write_text(config.read_text() + '[warm]\nrollup_every = "1s"\nage_out_every = "1s"\nretention = "5m"\n')
     base = (int(time.time() * 1000) // MINUTE - 20) * MINUTE  # twenty minutes ago, on a minute
 
-    process = _start(config)
+    process = start_fabtier_run(config)
     try:
-        _wait_ready(settings)
+        wait_ready(settings)
         mosquitto_pub(broker, "fab/etch-01", _batch(base, 30, 0.0))
         wait_for(lambda: _minutes(settings).get(base) == (30, 0.0, 29.0), what="the first minute rolled up")
     finally:
@@ -60,9 +46,9 @@ def test_stopped_through_several_periods_then_caught_up_on_restart(broker, tmp_p
     mosquitto_pub(broker, "fab/etch-01", _batch(base + MINUTE, 10, 100.0), _batch(base + 30_000, 5, -50.0))
     time.sleep(4)
 
-    process = _start(config)
+    process = start_fabtier_run(config)
     try:
-        _wait_ready(settings)
+        wait_ready(settings)
         wait_for(lambda: _minutes(settings).get(base + MINUTE) == (10, 100.0, 109.0)
                  and _minutes(settings).get(base) == (35, -50.0, 29.0), timeout=60,
                  what="both minutes right after the restart")

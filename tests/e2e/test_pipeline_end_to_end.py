@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from fabtier.runner import Instance
 from tests.conftest import fabtier_cli, make_settings, mosquitto_pub, wait_for, write_config

@@ -228,3 +228,21 @@ def test_visibility_rules():
     assert layout.parse("raw/date=2025-11-24/hour=01/notes.txt") is None
     assert layout.segment_of("raw/date=2025-11-24/hour=01/w-0-000000000042.parquet") == ("w-0", 42)
     assert layout.segment_of("raw/date=2025-11-24/hour=01/w0.000000000001-000000000002.1of1.d0.parquet") is None
+
+
+def test_sealable_rows_equal_a_sort_and_dedup_of_the_same_rows():
+    """The integer sort used for sealing gives what sorting the strings gives."""
+    from tiers.keys import SensorKeys
+    from tiers.unsealed import UnsealedData
+
+    keys = SensorKeys()
+    ids = np.array([keys.id_of(m, s) for m in ("b", "a", "c") for s in ("z", "ch1/temp", "a")], np.int32)
+    rng = np.random.default_rng(3)
+    for in_order in (True, False):
+        unsealed = UnsealedData(keys)
+        key_ids = rng.choice(ids, 5000).astype(np.int32)
+        ts = T0 + (np.arange(5000) // 7 if in_order else rng.integers(0, 900, 5000))  # repeats as well
+        unsealed.add_readings(1, key_ids, ts, rng.random(5000), np.ones(5000, bool))
+        sealable = unsealed.sealable([1])
+        assert sealable.presorted
+        assert sealable.readings.equals(fmt.sort_dedup(unsealed.tables([1]).readings))
