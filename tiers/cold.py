@@ -70,7 +70,7 @@ class ColdLake:
         found = []
         for info in self.store.objects(prefix or f"{kind}/"):
             parsed = layout.parse(info.key, size=info.size, last_modified_ms=info.last_modified_ms,
-                                  archived=info.archived)
+                                  archived=info.archived, storage_class=info.storage_class)
             if parsed is not None:
                 found.append(parsed)
         return found

@@ -56,6 +56,7 @@ class LakeFile:
     size: int = 0
     last_modified_ms: int = 0
     archived: bool = False
+    storage_class: str = "STANDARD"
 
     @property
     def partition(self) -> str:
@@ -79,14 +80,15 @@ def hour_prefix(day: str, hour: str) -> str:
     return f"raw/date={day}/hour={hour}/"
 
 
-def parse(key: str, *, size: int = 0, last_modified_ms: int = 0, archived: bool = False) -> LakeFile | None:
+def parse(key: str, *, size: int = 0, last_modified_ms: int = 0, archived: bool = False,
+          storage_class: str = "STANDARD") -> LakeFile | None:
     """The file's place in the lake, or None for an object that is not a lake file."""
     where = _PARTITION.match(key)
     if not where:
         return None
     name = where["name"]
     common = dict(key=key, kind=where["kind"], day=where["day"], hour=where["hour"], size=size,
-                  last_modified_ms=last_modified_ms, archived=archived)
+                  last_modified_ms=last_modified_ms, archived=archived, storage_class=storage_class)
     sealed = _SEALED.match(name)
     if sealed:
         segment = int(sealed["segment"])

@@ -73,3 +73,37 @@ def test_bench_cold_prints_figures_and_one_json_object_last():
     assert last["exact"]["duckdb"] and last["exact"]["pyarrow"]
     assert last["exact"]["rows_read_back"] == last["data"]["readings"] > 0
     assert "bytes per reading" in result.stdout
+
+
+def test_lifecycle_run_archives_on_a_local_store_and_tiers_shows_the_frozen_tier(tmp_path):
+    import datetime as dt
+
+    from fabtier.clock import ManualClock
+    from fabtier.config import load_settings
+    from fabtier.pipeline import Pipeline
+
+    config = _config(tmp_path, '[lifecycle]\nglacier_after = "1d"\ndeep_archive_after = "2d"\n'
+                               'expire_after = "3d"\nmin_object_size = 0\ncost_guard = false\n')
+    settings = load_settings(config, env={})
+    t0 = 1_800_000_000_000
+    pipeline = Pipeline(settings, clock=ManualClock(t0))
+    pipeline.open(warm=False)
+    pipeline.process([("fab/etch-01", json.dumps({"ts": [t0 - 5000 + i for i in range(50)], "sensor": ["ch1/temp"] * 50,
+                                                  "v": [20 + i / 4 for i in range(50)]}).encode(), 0, 0)])
+    pipeline.wal.commit()
+    pipeline.seal()
+    pipeline.close_offline()
+
+    def tiers():
+        return {t["tier"]: t for t in json.loads(fabtier_cli("tiers", "--config", config, "--json").stdout)["tiers"]}
+
+    assert tiers()["cold raw"]["rows"] == 50
+    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1, hours=1)).isoformat()
+    reports = [json.loads(line) for line in fabtier_cli("lifecycle", "run", "--config", config, "--now", later).stdout.splitlines()]
+    assert {r["job"]: r for r in reports}["lifecycle"]["transitions"] >= 1
+    after = tiers()
+    assert after["cold raw"]["rows"] == 0
+    assert after["frozen raw (GLACIER, recorded locally)"]["rows"] == 50
+    rows = json.loads(fabtier_cli("sql", "SELECT count(*) AS n FROM readings", "--config", config,
+                                  "--format", "json").stdout)
+    assert rows == [{"n": 0}]  # archived: not readable until restored, as on S3
