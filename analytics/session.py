@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from fabtier.errors import SqlError
+from ingest.recipes import RECIPE_LIMITS_SCHEMA
+from tiers.unsealed import ALERTS_SCHEMA
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -37,14 +39,22 @@ CREATE VIEW quarantine AS
   SELECT received_at::TIMESTAMP AS received_at, topic, reason, payload FROM cold_quarantine
   UNION ALL SELECT received_at::TIMESTAMP, topic, reason, payload FROM hot_quarantine;
 CREATE VIEW lot_events AS
-  SELECT ts::TIMESTAMP AS ts, machine, event, lot, wafer, recipe FROM cold_context
-  UNION ALL SELECT ts::TIMESTAMP, machine, event, lot, wafer, recipe FROM hot_context;
+  SELECT ts::TIMESTAMP AS ts, machine, event, lot, wafer, recipe, recipe_version FROM cold_context
+  UNION ALL SELECT ts::TIMESTAMP, machine, event, lot, wafer, recipe, recipe_version FROM hot_context;
 CREATE VIEW lot_runs AS
-  SELECT machine, lot, wafer, recipe, NULL::VARCHAR AS recipe_version,
+  SELECT machine, lot, wafer, recipe, recipe_version,
          ts AS start_ts, next_ts AS end_ts
   FROM (SELECT *, lead(ts) OVER (PARTITION BY machine ORDER BY ts, event DESC) AS next_ts
         FROM lot_events)
   WHERE event = 'start';
+CREATE VIEW alerts AS
+  SELECT machine, sensor, ts::TIMESTAMP AS ts, value, kind, threshold, rule, state,
+         raised_at::TIMESTAMP AS raised_at, writer || ':' || seq AS id, flapping, note,
+         lot, wafer, recipe, recipe_version, step
+  FROM (SELECT * FROM cold_alerts UNION ALL SELECT * FROM hot_alerts);
+CREATE VIEW recipe_limits AS
+  SELECT recipe, version, effective::TIMESTAMP AS effective, step_no, step, step_start_s,
+         step_end_s, settle_s, kind, setpoint, tolerance, low, high FROM recipe_limits_source;
 CREATE VIEW tier_moves AS
   SELECT "at"::TIMESTAMP AS "at", job, what, source, target, rows, bytes, checksum FROM audit;
 CREATE VIEW readings_1m AS
@@ -83,6 +93,9 @@ class SqlSources:
     hot_quarantine: pa.Table
     hot_context: pa.Table
     audit: pa.Table
+    cold_alerts: ds.Dataset | None = None
+    hot_alerts: pa.Table | None = None
+    recipe_limits: pa.Table | None = None
     # The warm tier (issue 5): minutes in the warm store, minutes aged out to the lake, and
     # the history of tiering job runs. None: empty.
     warm_1m: pa.Table | None = None
@@ -125,6 +138,11 @@ def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
     _register_cold_raw(con, sources.cold_raw)
     for name, source in _empty_defaults(sources).items():
         con.register(name, source)
+    for name, schema in (("cold_alerts", ALERTS_SCHEMA), ("hot_alerts", ALERTS_SCHEMA),
+                         ("recipe_limits", RECIPE_LIMITS_SCHEMA)):
+        source = getattr(sources, name)
+        con.register(name if name != "recipe_limits" else "recipe_limits_source",
+                     schema.empty_table() if source is None else source)
     con.execute(_VIEWS.format(late_from=_ts_literal(sources.hot_late, "min"),
                               late_to=_ts_literal(sources.hot_late, "max")))
     con.execute("SET python_enable_replacements = false")

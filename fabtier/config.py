@@ -185,13 +185,34 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    # Recipe master data (TOML, or JSON by its name); empty: no recipe limits. Reloaded
+    # while running when the file changes (checked every recipes_reload).
+    recipes: str = _kind("str", "")
+    recipes_reload: float = _kind("duration", 2.0)
+    # Flap damping: the (flap_max + 1)-th raise of a rule on a sensor within flap_window is
+    # held raised until the sensor stays inside for a whole flap_window. 0 turns it off.
+    flap_window: float = _kind("duration", parse_duration("5m"))
+    flap_max: int = _kind("whole", 3)
+    # A failing sink retries with backoff doubling up to this; alerts wait in the outbox.
+    retry_max: float = _kind("duration", 30.0)
+    webhook_url: str = _kind("http_url", "")
+    webhook_token: Secret = _kind("secret", Secret(""), env_only=True)
+    webhook_timeout: float = _kind("duration", 5.0)
+    sns_topic_arn: str = _kind("str", "")
+    sns_region: str = _kind("str", "")
+    sns_endpoint_url: str = _kind("http_url", "")
+
+
+@dataclass(frozen=True)
 class AlertRule:
     name: str
     sensor: str
     high: float | None = None
     low: float | None = None
     for_seconds: float = 0.0
-    hysteresis: float = 0.0
+    hysteresis: float = 0.0  # for a recipe rule: a fraction of the step's tolerance
+    recipe: bool = False  # limits from the recipe step the machine runs, not high/low
 
     def matches(self, machine: str, sensor: str) -> bool:
         return fnmatch.fnmatchcase(f"{machine}/{sensor}", self.sensor)
@@ -211,6 +232,7 @@ class Settings:
     timestream: TimestreamSettings = field(default_factory=TimestreamSettings)
     influx: InfluxSettings = field(default_factory=InfluxSettings)
     alert_rules: tuple[AlertRule, ...] = ()
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def store_url(self) -> str:
@@ -231,6 +253,7 @@ _SECTIONS: dict[str, type] = {
     "lifecycle": LifecycleSettings,
     "glue": GlueSettings,
     "api": ApiSettings,
+    "alerts": AlertSettings,
     "timestream": TimestreamSettings,
     "influx": InfluxSettings,
 }
@@ -249,6 +272,7 @@ _FIXES = {
     "count": "write a whole number of at least 1",
     "sse": 'write "AES256" (S3-managed keys) or "aws:kms" (with kms_key_id)',
     "glue_name": "use lower-case letters, digits and '_' only (Glue and Athena names), or leave it empty",
+    "whole": "write a whole number, 0 or more",
 }
 
 
@@ -277,6 +301,11 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{raw!r} is not a whole number of at least 1")
+            return value
+        if kind == "whole":
+            value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{raw!r} is not a whole number of 0 or more")
             return value
         if kind == "port":
             value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
@@ -341,14 +370,10 @@ def _build_section(cls: type, name: str, table: Mapping[str, Any], env: Mapping[
 
 
 def _build_rules(raw: Any) -> tuple[AlertRule, ...]:
-    if not isinstance(raw, dict) or set(raw) - {"rules"}:
-        extra = sorted(set(raw) - {"rules"}) if isinstance(raw, dict) else []
-        raise ConfigError(f"[alerts] {extra[0]}" if extra else "[alerts]",
-                          "is not a fabtier setting", "write rules as [[alerts.rules]] tables")
     rules = raw.get("rules", [])
     if not isinstance(rules, list):
         raise ConfigError("[alerts] rules", "must be a list", "write rules as [[alerts.rules]] tables")
-    known = {"name", "sensor", "high", "low", "for", "hysteresis"}
+    known = {"name", "sensor", "high", "low", "for", "hysteresis", "recipe"}
     result = []
     for index, rule in enumerate(rules):
         where = f"[[alerts.rules]] #{index + 1}"
@@ -369,15 +394,29 @@ def _build_rules(raw: Any) -> tuple[AlertRule, ...]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{where} {key}", f"{value!r} is not a number", "write a number, e.g. 80.0")
             limits[key] = None if value is None else float(value)
-        if limits["high"] is None and limits["low"] is None:
-            raise ConfigError(where, "has neither high nor low", "set high, low or both")
+        recipe = rule.get("recipe", False)
+        if not isinstance(recipe, bool):
+            raise ConfigError(f"{where} recipe", f"{recipe!r} is not true or false",
+                              "write recipe = true to take the limits from the recipe")
+        if recipe and (limits["high"] is not None or limits["low"] is not None):
+            raise ConfigError(f"{where} recipe", "comes with high or low",
+                              "take the limits either from the recipe or from high/low, not both")
+        if limits["high"] is None and limits["low"] is None and not recipe:
+            raise ConfigError(where, "has neither high nor low", "set high, low or both, or recipe = true")
+        if (limits["hysteresis"] or 0.0) < 0:
+            raise ConfigError(f"{where} hysteresis", "is negative", "write 0 or more")
         if limits["high"] is not None and limits["low"] is not None and limits["low"] >= limits["high"]:
             raise ConfigError(f"{where} low", "is not below high", "make low smaller than high")
         result.append(AlertRule(
             name=name, sensor=sensor, high=limits["high"], low=limits["low"],
             for_seconds=_convert("duration", f"{where} for", rule.get("for", 0)),
-            hysteresis=limits["hysteresis"] or 0.0,
+            hysteresis=limits["hysteresis"] or 0.0, recipe=recipe,
         ))
+    names = [r.name for r in result]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError(f"[[alerts.rules]] #{index + 1} name", f"{name!r} is taken by an earlier rule",
+                              "give every rule its own name (alerts are keyed by it)")
     return tuple(result)
 
 
@@ -399,7 +438,10 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None
         if env_name in env:
             values[key] = _convert(_TOP_LEVEL[key].metadata["kind"], env_name, env[env_name])
     for name, cls in _SECTIONS.items():
-        values[name] = _build_section(cls, name, data.get(name, {}), env)
+        table = data.get(name, {})
+        if name == "alerts":  # its rules are a list of tables, built apart
+            table = {k: v for k, v in table.items() if k != "rules"}
+        values[name] = _build_section(cls, name, table, env)
     if "alerts" in data:
         values["alert_rules"] = _build_rules(data["alerts"])
     settings = Settings(**values)
@@ -425,6 +467,7 @@ def _check_relations(settings: Settings) -> None:
     if settings.hot.window <= 0:
         raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
     _check_cold(settings)
+    _check_alerts(settings)
     _check_warm_and_sinks(settings)
 
 
@@ -441,6 +484,25 @@ def _check_cold(settings: Settings) -> None:
     if settings.glue.database and not settings.store_url.startswith("s3://"):
         raise ConfigError("[glue] database", "is set but the store is not s3:// (Athena reads S3 only)",
                           "set [cold] store to s3://bucket/prefix, or leave [glue] database empty")
+
+
+def _check_alerts(settings: Settings) -> None:
+    alerts = settings.alerts
+    for index, rule in enumerate(settings.alert_rules):
+        if rule.recipe and not alerts.recipes:
+            raise ConfigError(f"[[alerts.rules]] #{index + 1} recipe", "needs recipe master data",
+                              'set [alerts] recipes = "path/to/recipes.toml"')
+    if alerts.recipes:
+        from ingest.recipes import RecipeError, read_book
+        try:
+            read_book(Path(alerts.recipes))
+        except RecipeError as exc:
+            raise ConfigError("[alerts] recipes", f"{exc.where}: {exc.problem}", exc.fix) from None
+    if alerts.recipes_reload <= 0:
+        raise ConfigError("[alerts] recipes_reload", "must be longer than zero", 'e.g. "2s"')
+    if alerts.sns_endpoint_url and not alerts.sns_topic_arn:
+        raise ConfigError("[alerts] sns_topic_arn", "is empty while sns_endpoint_url is set",
+                          "give the ARN of the SNS topic to publish alerts to")
 
 
 def _check_warm_and_sinks(settings: Settings) -> None:

@@ -18,19 +18,22 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from analytics.session import SqlSources
 from fabtier.clock import Clock, SystemClock
 from fabtier.config import Settings
 from fabtier.datadir import DataDirLock
 from fabtier.errors import DurabilityError
+from ingest.alerting import Alerting
 from ingest.assemble import Assembled, assemble, payload_text
 from ingest.codec import Limits, ReadingBatch, SingleReading, batches_by_machine
 from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
 
-from ingest.walformat import (QuarantineRecord, encode_context, encode_keyed_readings, encode_quarantine,
-                              encode_readings)
+from ingest.walformat import (QuarantineRecord, encode_alerts, encode_context, encode_keyed_readings,
+                              encode_quarantine, encode_readings)
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
@@ -67,6 +70,7 @@ class Metrics:
     internal_errors: int = 0
     backpressure: bool = False  # acknowledgements are being held back right now
     backpressure_commits: int = 0  # group commits whose acknowledgements were held back
+    alert_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ def warm_sources(pipeline: "Pipeline") -> dict:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 alert_sinks: list | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.state = State.CREATED
@@ -132,6 +137,9 @@ class Pipeline:
         self._sink_batches: list[ReadingBatch] = []  # this micro-batch's, until its log append
         self._withheld: list[int] = []  # durable, acknowledgement held back (backpressure)
         self._early_seal: threading.Thread | None = None
+        # Rules, recipe limits and the alert outbox; `alert_sinks` replaces the configured
+        # sinks (MQTT, webhook, SNS) when given.
+        self.alerting = Alerting(settings, self.keys, clock=self.clock, lock=self._lock, sinks=alert_sinks)
 
     # ---- start and stop -------------------------------------------------------------
     def open(self, *, warm: bool = True) -> None:
@@ -146,6 +154,18 @@ class Pipeline:
         self.seal()
         if warm:
             self._warm_ring()
+        self._recover_alerts()
+
+    def _recover_alerts(self) -> None:
+        """Open excursions, lot context and undelivered alerts, from the lake and the log."""
+        hidden = set(self.wal.segments())
+        on_disk = [s for s in hidden if s != self.wal.active]
+        tables = tables_from_records([r for s in on_disk for r in read_segment(self.wal.path(s))])
+        since = pa.scalar(self.clock.now_ms() - int(self.settings.ingest.max_late * 1000),
+                          pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        context = self.lake.dataset("context", hidden).to_table(filter=ds.field("ts") >= since)
+        self.alerting.recover(pa.concat_tables([self.lake.dataset("alerts", hidden).to_table(), tables.alerts]),
+                              pa.concat_tables([context, tables.context]))
 
     def _warm_ring(self) -> None:
         now = self.clock.now_ms()
@@ -178,6 +198,7 @@ class Pipeline:
         self._committer.start()
         self._ingester = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
         self._ingester.start()
+        self.alerting.start()
         self.subscriber.start()
         if self.state is State.RECOVERING:
             self.state = State.READY
@@ -204,6 +225,7 @@ class Pipeline:
             self.subscriber.stop()
         for sink in self.sinks:
             sink.stop()
+        self.alerting.stop()
         if seal and not failed and self.wal is not None:
             self.seal()
         if self.wal is not None and not failed:
@@ -279,21 +301,26 @@ class Pipeline:
     def _store(self, assembled: "Assembled") -> None:
         records: list[bytes] = []
         stored = dropped = 0
+        alerts: list = []
         # The guard keeps the log from rotating during the micro-batch, so every row lands
         # in the segment noted here; the lock is taken per batch so that readers (SQL, the
         # dashboard's series) wait for one batch at most, not the whole micro-batch.
         with self._segment_guard:
             segment = self.wal.segment_of_next_append
+            # Lot context first: readings of a run that starts in this micro-batch are
+            # judged against its recipe.
+            with self._lock:
+                context = [self.alerting.on_context(event) for event in assembled.context]
             for batch in assembled.batches:
                 with self._lock:
-                    kept, record = self._add_batch(segment, batch)
+                    kept, record = self._add_batch(segment, batch, alerts)
                 stored += kept
                 dropped += len(batch) - kept
                 if record:
                     records.append(record)
             with self._lock:
                 if assembled.singles:
-                    kept, record = self._add_singles(segment, assembled.singles)
+                    kept, record = self._add_singles(segment, assembled.singles, alerts)
                     stored += kept
                     dropped += len(assembled.singles) - kept
                     if record:
@@ -301,21 +328,34 @@ class Pipeline:
                 for record in assembled.quarantine:
                     records.append(encode_quarantine(record))
                     self.unsealed.add_quarantine(segment, record)
-                for event in assembled.context:
+                for event in context:
                     records.append(encode_context(event))
                     self.unsealed.add_context(segment, event)
                 self.wal.append_many(records, assembled.tokens)
+                if alerts:
+                    self.unsealed.add_alerts(segment, alerts)
+                    self.alerting.appended(alerts)  # only now: in the log, for the next commit
                 if self._sink_batches:
                     # After the append, so that the committer hands them over only once durable.
                     self._sink_pending.extend(self._sink_batches)
                     self._sink_batches.clear()
+        self.metrics.alert_events += len(alerts)
         self.metrics.readings_stored += stored
         self.metrics.duplicates_dropped += dropped
         self.metrics.quarantined += len(assembled.quarantine)
         self.metrics.context_events += len(assembled.context)
 
-    def _add_batch(self, segment: int, batch: ReadingBatch) -> tuple[int, bytes]:
-        """Check one machine's batch against the ring; keep the new rows. Lock held."""
+    def _with_alerts(self, events: list, record: bytes, alerts: list) -> bytes:
+        """The alert events' record, then the readings' record that caused them: a log cut
+        between the two keeps the alert and loses only readings the broker will deliver
+        again, never the other way round."""
+        if not events:
+            return record
+        alerts.extend(events)
+        return encode_alerts(events) + record
+
+    def _add_batch(self, segment: int, batch: ReadingBatch, alerts: list) -> tuple[int, bytes]:
+        """Check one machine's batch against the ring; keep the new rows; judge them. Lock held."""
         layout = batch.layout
         masks = None
         if layout is not None:
@@ -336,12 +376,13 @@ class Pipeline:
         if kept == 0:
             return 0, b""
         self.unsealed.add_readings(segment, key_ids, batch.ts, batch.value, verified)
+        events = self.alerting.evaluate(batch.machine, key_ids, batch.ts, batch.value)
         if self.sinks:
             self._sink_batches.append(batch)
-        return kept, encode_readings(batch)
+        return kept, self._with_alerts(events, encode_readings(batch), alerts)
 
-    def _add_singles(self, segment: int, singles: list[SingleReading]) -> tuple[int, bytes]:
-        """Many single-reading messages as one columnar batch. Lock held."""
+    def _add_singles(self, segment: int, singles: list[SingleReading], alerts: list) -> tuple[int, bytes]:
+        """Many single-reading messages as one columnar batch; judged. Lock held."""
         id_of = self.keys.id_of
         key_ids = np.fromiter((id_of(m, s) for m, s, _, _ in singles), dtype=np.int32, count=len(singles))
         ts = np.fromiter((r[2] for r in singles), dtype=np.int64, count=len(singles))
@@ -358,7 +399,8 @@ class Pipeline:
         record = encode_keyed_readings(machines, sensors, codes, ts, value)
         if self.sinks:
             self._sink_batches.extend(batches_by_machine(machines, sensors, codes, ts, value))
-        return len(ts), record
+        events = self.alerting.evaluate(None, key_ids, ts, value)
+        return len(ts), self._with_alerts(events, record, alerts)
 
     def _commit_loop(self) -> None:
         interval = self.settings.ingest.commit_interval
@@ -383,6 +425,7 @@ class Pipeline:
         self._early_seal.start()
 
     def _commit_and_ack(self) -> None:
+        alerts = self.alerting.take_appended()  # appended before this commit, so covered by it
         # Batches appended before the commit are durable after it: only those go to the sinks.
         to_sinks = len(self._sink_pending)
         try:
@@ -394,6 +437,7 @@ class Pipeline:
             batch = self._sink_pending.popleft()
             for sink in self.sinks:
                 sink.offer(batch)
+        self.alerting.committed(alerts)
         self.metrics.commits += 1
         self._withheld.extend(tokens)
         pressure = self._pressure() if not self._closing else 0
@@ -479,6 +523,9 @@ class Pipeline:
             hot_context=tables.context,
             audit=self.audit.table(),
             **warm_sources(self),
+            cold_alerts=self.lake.dataset("alerts", hidden),
+            hot_alerts=tables.alerts,
+            recipe_limits=self.alerting.book.table(),
         )
 
     def tier_rows(self) -> list:
@@ -523,7 +570,8 @@ class Pipeline:
         return {**asdict(self.metrics), "state": self.state.value, "unsealed_rows": unsealed_rows,
                 "inbox": len(self._inbox), "acks_withheld": len(self._withheld),
                 "hot_ring_rows": ring_rows, "wal_segment": self.wal.active if self.wal else None,
-                "sinks": {sink.destination.name: sink.stats.snapshot() for sink in self.sinks}}
+                "sinks": {sink.destination.name: sink.stats.snapshot() for sink in self.sinks},
+                "alerts": self.alerting.metrics()}
 
     def close_offline(self) -> None:
         """Release what `open()` took, for a pipeline that never subscribed."""

@@ -13,6 +13,7 @@ from analytics.session import SqlSources, run_sql
 from fabtier.config import Settings
 from fabtier.datadir import DataDirLock, is_locked
 from fabtier.errors import FabtierError, SqlError, UserError
+from ingest.alerting import load_book
 from ingest.wal import read_segment, segment_numbers
 from lifecycle.audit import AuditLog
 from lifecycle.runs import RunHistory
@@ -71,6 +72,9 @@ def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSou
         hot_quarantine=tables.quarantine,
         hot_context=tables.context,
         audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
+        cold_alerts=lake.dataset("alerts", hidden),
+        hot_alerts=tables.alerts,
+        recipe_limits=load_book(settings).table(),
         **warm_parts,
     )
 

@@ -76,6 +76,9 @@ class ContextEvent:
     lot: str
     wafer: str
     recipe: str
+    # The recipe version in effect when the run started; set by the pipeline from the
+    # recipe master data, never by the payload.
+    recipe_version: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

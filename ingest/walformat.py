@@ -15,12 +15,14 @@ from typing import Iterator
 import numpy as np
 import orjson
 
+from ingest.alerts import AlertEvent
 from ingest.codec import ContextEvent, ReadingBatch, batches_by_machine
 
 READINGS = 1
 QUARANTINE = 2
 CONTEXT = 3
 KEYED_READINGS = 4  # readings of many machines, with a (machine, sensor) table
+ALERTS = 5  # the alert events one batch caused, written just before that batch
 
 _HEADER = struct.Struct("<BII")
 _U16 = struct.Struct("<H")
@@ -89,8 +91,17 @@ def encode_quarantine(record: QuarantineRecord) -> bytes:
 
 
 def encode_context(event: ContextEvent) -> bytes:
-    return _frame(CONTEXT, orjson.dumps(
-        [event.ts, event.machine, event.event, event.lot, event.wafer, event.recipe]))
+    fields = [event.ts, event.machine, event.event, event.lot, event.wafer, event.recipe]
+    if event.recipe_version is not None:  # records without it stay as they were
+        fields.append(event.recipe_version)
+    return _frame(CONTEXT, orjson.dumps(fields))
+
+
+def encode_alerts(events: list[AlertEvent]) -> bytes:
+    return _frame(ALERTS, orjson.dumps([
+        [e.seq, e.writer, e.machine, e.sensor, e.ts, e.value, e.kind, e.threshold, e.rule, e.state,
+         e.raised_at, e.flapping, e.note, e.lot, e.wafer, e.recipe, e.recipe_version, e.step]
+        for e in events]))
 
 
 def _unpack_str(body: memoryview, pos: int) -> tuple[str, int]:
@@ -114,7 +125,7 @@ def _decode_readings(body: memoryview) -> ReadingBatch:
     return ReadingBatch(machine=machine, sensor_names=names, sensor_codes=codes, ts=ts, value=value)
 
 
-Record = ReadingBatch | QuarantineRecord | ContextEvent
+Record = ReadingBatch | QuarantineRecord | ContextEvent | AlertEvent
 
 
 def decode_records(data: bytes) -> tuple[list[Record], int]:
@@ -138,6 +149,8 @@ def decode_records(data: bytes) -> tuple[list[Record], int]:
             records.append(QuarantineRecord(*orjson.loads(body)))
         elif kind == CONTEXT:
             records.append(ContextEvent(*orjson.loads(body)))
+        elif kind == ALERTS:
+            records.extend(AlertEvent(*fields) for fields in orjson.loads(body))
         else:
             break
         pos = start + length

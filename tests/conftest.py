@@ -96,6 +96,47 @@ def wait_ready(settings: Settings, timeout: float = 60) -> None:
     wait_for(ready, timeout=timeout, what="fabtier to be ready")
 
 
+class MosquittoSub:
+    """The independent subscriber: `mosquitto_sub` on `topic`, collecting (topic, JSON payload)."""
+
+    def __init__(self, broker: LocalBroker, topic: str) -> None:
+        import threading
+        self.messages: list[tuple[str, dict]] = []
+        self._process = subprocess.Popen(
+            # Line-buffered: a pipe would hold its output back.
+            ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", topic,
+             "-v", "-d"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._subscribed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        if not self._subscribed.wait(10):
+            self.stop()
+            raise AssertionError("mosquitto_sub did not subscribe")
+
+    def _read(self) -> None:
+        import json
+        for line in self._process.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("Subscribed"):
+                self._subscribed.set()
+            elif line and not line.startswith("Client "):
+                topic, _, payload = line.partition(" ")
+                self.messages.append((topic, json.loads(payload)))
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+
+@pytest.fixture
+def alert_subscriber(broker):
+    """An independent subscriber to every alert topic (`fab-alerts/#`)."""
+    sub = MosquittoSub(broker, "fab-alerts/#")
+    yield sub
+    sub.stop()
+
+
 # ---- AWS stand-in: moto's HTTP server (never the in-process mock_aws decorator) -----------
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",

@@ -29,10 +29,11 @@ from tiers import parquetformat as fmt
 from tiers.compaction import CompactionTask
 from tiers.layout import LakeFile, segment_of  # noqa: F401 - segment_of is part of this module's API
 from tiers.store import ObjectStore
-from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
+from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
 
 _TS = pa.timestamp("ms", tz="UTC")
-_SCHEMAS = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA}
+_SCHEMAS = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,
+            "alerts": ALERTS_SCHEMA}
 
 
 class VerifyError(Exception):
@@ -111,7 +112,7 @@ class ColdLake:
                 for encoding, members in sorted(groups.items())]
 
     def dataset(self, kind: str, hidden_segments=frozenset()) -> ds.Dataset:
-        """The `quarantine` or `context` files as one dataset."""
+        """The `quarantine`, `context` or `alerts` files as one dataset."""
         if kind == "raw":
             raise TypeError("raw files have one schema per value encoding: use raw_datasets() "
                             "(for DuckDB) or read_raw() (exact float64 values)")
@@ -188,7 +189,8 @@ class ColdLake:
             moves.extend(written)
             self._delete_stale(hour_files, segment, {m.target for m in written})
         for what, table, column in (("quarantine", tables.quarantine, "received_at"),
-                                    ("context", tables.context, "ts")):
+                                    ("context", tables.context, "ts"),
+                                    ("alerts", tables.alerts, "ts")):
             for day, part in fmt.split_by_day(table, column).items():
                 key = f"{what}/date={day}/{layout.sealed_name(self.writer_id, segment)}"
                 moves.append(self._write_verified(key, part, what, source))

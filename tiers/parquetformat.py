@@ -39,7 +39,8 @@ MAX_SCALE = 9
 DOUBLE = "f64"
 ENCODINGS = tuple(f"d{s}" for s in range(MAX_SCALE + 1)) + (DOUBLE,)
 _EXACT_LIMIT = 2 ** 53  # integers below this are exact in float64, so u / 10**s rounds once
-_DICTIONARY = ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe")
+_DICTIONARY = ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe",
+               "recipe_version", "writer", "kind", "rule", "state", "step")
 _DELTA = ("ts", "received_at")
 
 
@@ -214,7 +215,7 @@ def checksum(table: pa.Table) -> str:
             digest.update(encoded.indices.to_numpy(zero_copy_only=False).tobytes())
             digest.update("\0".join(encoded.dictionary.to_pylist()).encode())
         elif pa.types.is_timestamp(column.type):
-            digest.update(column.cast(pa.int64()).to_numpy().tobytes())
+            digest.update(column.cast(pa.int64()).fill_null(0).to_numpy().tobytes())
         else:
             digest.update(column.to_numpy(zero_copy_only=False).tobytes())
     return digest.hexdigest()

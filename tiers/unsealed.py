@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.alerts import AlertEvent
 from ingest.codec import ContextEvent, ReadingBatch
 from ingest.walformat import QuarantineRecord
 from tiers.keys import SensorKeys
@@ -36,6 +37,27 @@ CONTEXT_SCHEMA = pa.schema([
     ("lot", pa.string()),
     ("wafer", pa.string()),
     ("recipe", pa.string()),
+    ("recipe_version", pa.string()),
+])
+ALERTS_SCHEMA = pa.schema([
+    ("seq", pa.int64()),
+    ("writer", pa.string()),
+    ("machine", pa.string()),
+    ("sensor", pa.string()),
+    ("ts", pa.timestamp("ms", tz="UTC")),
+    ("value", pa.float64()),
+    ("kind", pa.string()),
+    ("threshold", pa.float64()),
+    ("rule", pa.string()),
+    ("state", pa.string()),
+    ("raised_at", pa.timestamp("ms", tz="UTC")),
+    ("flapping", pa.bool_()),
+    ("note", pa.string()),
+    ("lot", pa.string()),
+    ("wafer", pa.string()),
+    ("recipe", pa.string()),
+    ("recipe_version", pa.string()),
+    ("step", pa.string()),
 ])
 
 
@@ -47,6 +69,7 @@ class _Segment:
     verified: list[np.ndarray] = field(default_factory=list)
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     context: list[ContextEvent] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
     rows: int = 0
 
 
@@ -58,6 +81,7 @@ class SegmentTables:
     late: pa.Table
     quarantine: pa.Table
     context: pa.Table
+    alerts: pa.Table = field(default_factory=ALERTS_SCHEMA.empty_table)
     # True when fresh + late is already sorted by (machine, sensor, ts) and free of
     # repeated keys (prepared for sealing), so the writer need not sort it again.
     presorted: bool = False
@@ -92,12 +116,18 @@ def context_table(events: list[ContextEvent]) -> pa.Table:
         "lot": [e.lot for e in events],
         "wafer": [e.wafer for e in events],
         "recipe": [e.recipe for e in events],
+        "recipe_version": [e.recipe_version for e in events],
     }, schema=CONTEXT_SCHEMA)
+
+
+def alerts_table(events: list[AlertEvent]) -> pa.Table:
+    return pa.Table.from_pydict({name: [getattr(e, name) for e in events] for name in ALERTS_SCHEMA.names},
+                                schema=ALERTS_SCHEMA)
 
 
 def merge_tables(a: SegmentTables, b: SegmentTables) -> SegmentTables:
     return SegmentTables(*(pa.concat_tables([getattr(a, f), getattr(b, f)])
-                           for f in ("fresh", "late", "quarantine", "context")))
+                           for f in ("fresh", "late", "quarantine", "context", "alerts")))
 
 
 def tables_from_records(records: list) -> SegmentTables:
@@ -121,6 +151,7 @@ def tables_from_records(records: list) -> SegmentTables:
         late=readings,
         quarantine=quarantine_table([r for r in records if isinstance(r, QuarantineRecord)]),
         context=context_table([r for r in records if isinstance(r, ContextEvent)]),
+        alerts=alerts_table([r for r in records if isinstance(r, AlertEvent)]),
     )
 
 
@@ -151,6 +182,9 @@ class UnsealedData:
 
     def add_context(self, segment: int, event: ContextEvent) -> None:
         self._segment(segment).context.append(event)
+
+    def add_alerts(self, segment: int, events: list[AlertEvent]) -> None:
+        self._segment(segment).alerts.extend(events)
 
     def segments(self) -> list[int]:
         return sorted(self._segments)
@@ -194,6 +228,7 @@ class UnsealedData:
             late=READINGS_SCHEMA.empty_table(),
             quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
             context=context_table([c for p in parts for c in p.context]),
+            alerts=alerts_table([a for p in parts for a in p.alerts]),
             presorted=True,
         )
 
@@ -212,4 +247,5 @@ class UnsealedData:
             late=table.filter(pc.invert(mask)),
             quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
             context=context_table([c for p in parts for c in p.context]),
+            alerts=alerts_table([a for p in parts for a in p.alerts]),
         )

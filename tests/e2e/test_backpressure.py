@@ -23,7 +23,7 @@ def test_a_failing_store_holds_acknowledgements_back_and_loses_nothing(broker, t
     try:
         now = instance.pipeline.clock.now_ms()
         batches, expected = [], set()
-        for b in range(150):  # 30,000 readings, about 630 KB in memory: over the limit
+        for b in range(300):  # 60,000 readings, about 1.2 MB in memory: far over the limit
             ts = [now - 60_000 + b * BATCH + j for j in range(BATCH)]
             expected.update(("etch-03", "ch1/temp", t) for t in ts)
             batches.append(json.dumps({"ts": ts, "sensor": ["ch1/temp"] * BATCH, "v": [1.25] * BATCH}))

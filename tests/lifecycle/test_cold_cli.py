@@ -65,7 +65,7 @@ def test_lifecycle_document_is_printed_and_bad_ages_named(tmp_path):
 
 def test_bench_cold_prints_figures_and_one_json_object_last():
     result = fabtier_cli("bench", "cold", "--seconds", "120", "--machines", "1", "--sensors", "3",
-                         "--seal-every", "30", "--repeat", "1", "--json")
+                         "--seal-every", "30s", "--repeat", "1", "--json")
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last["bench"] == "cold" and last["data"]["segments"] == 4
     b = last["bytes_per_reading"]
