@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import boto3
 
@@ -16,24 +17,25 @@ def _config(tmp_path, text: str):
 
 
 def test_setup_secures_the_bucket_and_applies_the_lifecycle(tmp_path, moto_server):
-    config = _config(tmp_path, f'[cold]\nstore = "s3://fabtier-setup-test/lake"\nendpoint_url = "{moto_server}"\n'
-                               f'[glue]\ndatabase = "fab_lake"\nendpoint_url = "{moto_server}"\n')
+    bucket, database = f"fabtier-setup-{os.getpid()}", f"fab_setup_{os.getpid()}"  # the server is shared
+    config = _config(tmp_path, f'[cold]\nstore = "s3://{bucket}/lake"\nendpoint_url = "{moto_server}"\n'
+                               f'[glue]\ndatabase = "{database}"\nendpoint_url = "{moto_server}"\n')
     done = json.loads(fabtier_cli("cold", "setup", "--config", config).stdout)["done"]
-    assert "created bucket fabtier-setup-test" in done and "created Glue table fab_lake.readings" in done
+    assert f"created bucket {bucket}" in done and f"created Glue table {database}.readings" in done
     s3 = boto3.client("s3", endpoint_url=moto_server)
-    encryption = s3.get_bucket_encryption(Bucket="fabtier-setup-test")["ServerSideEncryptionConfiguration"]
+    encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
     assert encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-    block = s3.get_public_access_block(Bucket="fabtier-setup-test")["PublicAccessBlockConfiguration"]
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
     assert all(block.values()) and len(block) == 4
-    policy = json.loads(s3.get_bucket_policy(Bucket="fabtier-setup-test")["Policy"])
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
     (deny,) = policy["Statement"]
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    rules = s3.get_bucket_lifecycle_configuration(Bucket="fabtier-setup-test")["Rules"]
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert {r["ID"] for r in rules} == {"fabtier-archive", "fabtier-expire"}
     # Again: nothing new is created, the policy statement is not doubled.
     again = json.loads(fabtier_cli("cold", "setup", "--config", config).stdout)["done"]
     assert not any(line.startswith("created") for line in again)
-    assert len(json.loads(s3.get_bucket_policy(Bucket="fabtier-setup-test")["Policy"])["Statement"]) == 1
+    assert len(json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]) == 1
 
 
 def test_iam_policy_is_least_privilege(tmp_path):

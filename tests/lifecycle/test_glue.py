@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import os
 
 import boto3
 import numpy as np
@@ -19,13 +20,14 @@ from tiers import layout
 HOUR = 3_600_000
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR
 NOW = T0 + 2 * HOUR
+DB = f"fab_lake_{os.getpid()}"  # moto's server lives for the whole session
 
 
 def _settings(tmp_path, s3_bucket):
     endpoint, bucket = s3_bucket
     return make_settings(tmp_path, None, cold={"store": f"s3://{bucket}/lake", "endpoint_url": endpoint,
                                                "compact_after": "1h"},
-                         glue={"database": "fab_lake", "table": "readings", "endpoint_url": endpoint})
+                         glue={"database": DB, "table": "readings", "endpoint_url": endpoint})
 
 
 def _ingest(pipeline, rows):
@@ -91,10 +93,10 @@ def test_glue_table_and_partitions_read_the_lake_as_it_is(tmp_path, s3_bucket):
     report = coldjobs.sync_glue(pipeline)
     assert (report["created"], report["mixed"]) == (1, 0)
     types = {tuple(p["Values"]): {c["Name"]: c["Type"] for c in p["StorageDescriptor"]["Columns"]}["value"]
-             for p in client.get_partitions(DatabaseName="fab_lake", TableName="readings")["Partitions"]}
+             for p in client.get_partitions(DatabaseName=DB, TableName="readings")["Partitions"]}
     hours = sorted(types)
     assert [types[h] for h in hours] == ["decimal(18,2)", "double"]
-    got = _athena_read(client, s3, fs, "fab_lake", "readings")
+    got = _athena_read(client, s3, fs, DB, "readings")
     assert got.keys() == expected.keys()
     assert all(np.float64(got[k]).view(np.int64) == np.float64(expected[k]).view(np.int64) for k in expected)
 
