@@ -8,6 +8,7 @@ query sees one consistent snapshot and can change nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -79,9 +80,12 @@ CREATE VIEW job_runs AS
 
 @dataclass(frozen=True)
 class SqlSources:
-    """A consistent snapshot of every tier, as Arrow objects."""
+    """A consistent snapshot of every tier, as Arrow objects.
 
-    cold_raw: ds.Dataset
+    `cold_raw` may be one dataset or several (the lake has one per value encoding: DOUBLE
+    or DECIMAL(18, s)); DuckDB unites them and casts `value` to DOUBLE, exactly."""
+
+    cold_raw: ds.Dataset | Sequence[ds.Dataset]
     cold_quarantine: ds.Dataset
     cold_context: ds.Dataset
     hot_fresh: pa.Table
@@ -116,12 +120,22 @@ def _ts_literal(table: pa.Table, fn: str) -> str:
     return f"make_timestamptz({int(value) * 1000})"
 
 
+def _register_cold_raw(con: duckdb.DuckDBPyConnection, cold_raw) -> None:
+    parts = [cold_raw] if isinstance(cold_raw, ds.Dataset) else list(cold_raw)
+    for i, part in enumerate(parts):
+        con.register(f"cold_raw_{i}", part)
+    # DuckDB's DECIMAL -> DOUBLE cast is one correctly rounded division: bit-exact.
+    con.execute("CREATE VIEW cold_raw AS " + " UNION ALL ".join(
+        f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}" for i in range(len(parts))))
+
+
 def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    for name in ("cold_raw", "cold_quarantine", "cold_context", "hot_fresh", "hot_late",
+    for name in ("cold_quarantine", "cold_context", "hot_fresh", "hot_late",
                  "hot_quarantine", "hot_context", "audit"):
         con.register(name, getattr(sources, name))
+    _register_cold_raw(con, sources.cold_raw)
     for name, source in _empty_defaults(sources).items():
         con.register(name, source)
     for name, schema in (("cold_alerts", ALERTS_SCHEMA), ("hot_alerts", ALERTS_SCHEMA),

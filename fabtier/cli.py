@@ -104,8 +104,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # Per benchmark, the load when no flag says otherwise. The alerts bench paces the simulator
 # in real time in its own process, so its default is what this machine sustains today.
 _BENCH_DEFAULTS = {
-    "ingest": {"machines": 40, "sensors": 50, "rate_hz": 500.0, "batch": 500},
-    "alerts": {"machines": 8, "sensors": 10, "rate_hz": 250.0, "batch": 500},
+    "ingest": {"seconds": 10.0, "machines": 40, "sensors": 50, "rate_hz": 500.0, "batch": 500},
+    "alerts": {"seconds": 10.0, "machines": 8, "sensors": 10, "rate_hz": 250.0, "batch": 500,
+               "seal_every": "10s"},
+    "cold": {"seconds": 7200.0, "machines": 3, "sensors": 4, "rate_hz": 100.0, "seal_every": "1m"},
 }
 
 
@@ -113,6 +115,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in _BENCH_DEFAULTS.get(args.which, {}).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.which == "cold":
+        return cmd_bench_cold(args)
     if args.which == "alerts":
         from fabtier.bench_alerts import run
         return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
@@ -125,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             batch=args.batch, live=args.live, seed=args.seed))
         print(ingest.report(result), flush=True)
     else:
-        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts")
+        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts, cold")
     if args.json:
         print(json.dumps(result))
     return 0
@@ -135,6 +139,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fabtier.demo import run_demo
     return run_demo(data_dir=Path(args.data_dir), seconds=args.seconds, port=args.port,
                     machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz, seed=args.seed)
+
+
+def cmd_bench_cold(args: argparse.Namespace) -> int:
+    from fabtier.bench_cold import main as bench_main
+    from fabtier.units import parse_duration
+    try:
+        text = str(args.seal_every).strip()
+        args.seal_every = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except ValueError:
+        raise UserError(f"bench cold: --seal-every {args.seal_every!r} is not a duration; e.g. 1m") from None
+    if args.seconds <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000 \
+            or not 0 <= args.jitter < 1 or args.seal_every <= 0 or args.repeat < 1:
+        raise UserError("bench cold: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
+                        "--jitter in [0, 1), --seal-every > 0, --repeat >= 1")
+    return bench_main(args)
+
+
+def cmd_cold(args: argparse.Namespace) -> int:
+    from fabtier.coldadmin import run_cold_command
+    return run_cold_command(_settings(args), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,16 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     bench.add_argument("which", choices=["ingest", "alerts", "query", "cold"])
-    bench.add_argument("--seconds", type=float, default=10.0,
-                       help="seconds of simulated data (ingest); of injected excursions (alerts)")
+    # None: the benchmark's own default (_BENCH_DEFAULTS).
+    bench.add_argument("--seconds", type=float, default=None,
+                       help="seconds of simulated data (ingest: 10, cold: 7200); of injected excursions (alerts: 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    bench.add_argument("--machines", type=int, default=None, help="default: ingest 40, alerts 8")
-    bench.add_argument("--sensors", type=int, default=None, help="sensors per machine; default: ingest 50, alerts 10")
-    bench.add_argument("--rate-hz", type=float, default=None, help="default: ingest 500, alerts 250")
+    bench.add_argument("--machines", type=int, default=None, help="default: ingest 40, alerts 8, cold 3")
+    bench.add_argument("--sensors", type=int, default=None,
+                       help="sensors per machine; default: ingest 50, alerts 10, cold 4")
+    bench.add_argument("--rate-hz", type=float, default=None, help="default: ingest 500, alerts 250, cold 100")
     bench.add_argument("--batch", type=int, default=None,
                        help="readings per message (1: single readings); default 500")
     bench.add_argument("--excursions-per-s", type=float, default=20.0, help="(alerts) excursions injected per second")
-    bench.add_argument("--seal-every", default="10s", help="(alerts) [cold] seal_every of the instance under test")
+    bench.add_argument("--seal-every", default=None,
+                       help="(alerts) [cold] seal_every of the instance under test, default 10s; "
+                            "(cold) data per sealed segment, default 1m")
+    bench.add_argument("--jitter", type=float, default=0.3, help="(cold) timestamp jitter, fraction of the period")
+    bench.add_argument("--repeat", type=int, default=3, help="(cold) runs per query (the median is printed)")
     bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
     bench.add_argument("--seed", type=int, default=1)
     bench.set_defaults(func=cmd_bench)
@@ -202,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_run.add_argument("--config")
     lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
     lifecycle_run.set_defaults(func=cmd_lifecycle)
+
+    cold = sub.add_parser("cold", help="the cold store: S3 bucket setup, IAM policy, lifecycle document")
+    cold_sub = cold.add_subparsers(dest="action", required=True)
+    for name, help_text in (("setup", "create and secure the bucket, apply the lifecycle, register the Glue table"),
+                            ("iam-policy", "print the least-privilege IAM policy fabtier needs"),
+                            ("lifecycle", "print the lifecycle policy (and the S3 document for an S3 store)")):
+        action = cold_sub.add_parser(name, help=help_text)
+        action.add_argument("--config")
+        if name == "iam-policy":
+            action.add_argument("--account", default="*", help="AWS account id for the Glue ARNs")
+        action.set_defaults(func=cmd_cold)
     return parser
 
 

@@ -98,6 +98,16 @@ class ColdSettings:
     # Part of every object key this process writes, so that scaled-out ingestors never
     # overwrite each other's files.
     writer_id: str = _kind("name", "w0")
+    # S3 only: the region, and the server-side encryption every put asks for.
+    region: str = _kind("name", "us-east-1")
+    sse: str = _kind("sse", "AES256")
+    kms_key_id: str = _kind("str", "")
+    # Compaction: an hour's small files are merged once the hour ended this long ago, into
+    # files of about compact_target (S3 archive classes charge per object, Athena wants
+    # 128 MB+); a file already that big is left alone. A merge holds its readings in
+    # memory: about 25 bytes per reading, some 2.5 GiB for 128 MiB of Parquet.
+    compact_after: float = _kind("duration", parse_duration("2h"))
+    compact_target: int = _kind("size", parse_size("128MiB"))
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,24 @@ class LifecycleSettings:
     glacier_after: float = _kind("duration", parse_duration("90d"))
     deep_archive_after: float = _kind("duration", parse_duration("365d"))
     expire_after: float = _kind("duration", parse_duration("2555d"))
+    # Objects smaller than this never go to an archive class (S3's own default since 2024:
+    # 128 KB); fabtier raises it further where archiving a small object would cost more
+    # than it saves (lifecycle.policy.break_even_size).
+    min_object_size: int = _kind("size", parse_size("128KiB"))
+    # false: archive every object above min_object_size, even where it costs more than it
+    # saves (tests carry tiny objects through every class in seconds).
+    cost_guard: bool = _kind("bool", True)
+    # How often the scheduler compacts, archives/expires and updates the Glue catalog.
+    run_every: float = _kind("duration", parse_duration("10m"))
+
+
+@dataclass(frozen=True)
+class GlueSettings:
+    """The AWS Glue Data Catalog entry of the lake, for Athena; empty database: none."""
+
+    database: str = _kind("glue_name", "")
+    table: str = _kind("glue_name", "readings")
+    endpoint_url: str = _kind("http_url", "")
 
 
 @dataclass(frozen=True)
@@ -199,6 +227,7 @@ class Settings:
     cold: ColdSettings = field(default_factory=ColdSettings)
     warm: WarmSettings = field(default_factory=WarmSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    glue: GlueSettings = field(default_factory=GlueSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     timestream: TimestreamSettings = field(default_factory=TimestreamSettings)
     influx: InfluxSettings = field(default_factory=InfluxSettings)
@@ -222,6 +251,7 @@ _SECTIONS: dict[str, type] = {
     "cold": ColdSettings,
     "warm": WarmSettings,
     "lifecycle": LifecycleSettings,
+    "glue": GlueSettings,
     "api": ApiSettings,
     "alerts": AlertSettings,
     "timestream": TimestreamSettings,
@@ -240,6 +270,8 @@ _FIXES = {
     "name_or_empty": "use letters, digits, '-' and '_' only, or leave it empty",
     "bool": "write true or false",
     "count": "write a whole number of at least 1",
+    "sse": 'write "AES256" (S3-managed keys) or "aws:kms" (with kms_key_id)',
+    "glue_name": "use lower-case letters, digits and '_' only (Glue and Athena names), or leave it empty",
     "whole": "write a whole number, 0 or more",
 }
 
@@ -302,6 +334,12 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         elif kind in ("name", "name_or_empty"):
             if (raw or kind == "name") and not all(c.isalnum() or c in "-_" for c in raw or "/"):
                 raise ValueError(f"{raw!r} is not a plain name")
+        elif kind == "sse":
+            if raw not in ("AES256", "aws:kms"):
+                raise ValueError(f"{raw!r} is not a server-side encryption S3 offers")
+        elif kind == "glue_name":
+            if raw and not all(c.islower() or c.isdigit() or c == "_" for c in raw):
+                raise ValueError(f"{raw!r} is not a Glue name")
         return raw
     except ValueError as exc:
         raise ConfigError(key, str(exc), _FIXES.get(kind, "")) from None
@@ -422,12 +460,30 @@ def _check_relations(settings: Settings) -> None:
     if not life.glacier_after < life.deep_archive_after < life.expire_after:
         raise ConfigError("[lifecycle] deep_archive_after", "the ages are out of order",
                           "make glacier_after < deep_archive_after < expire_after")
+    if settings.lifecycle.run_every <= 0:
+        raise ConfigError("[lifecycle] run_every", "must be longer than zero", 'e.g. "10m"')
     if settings.cold.seal_every <= 0:
         raise ConfigError("[cold] seal_every", "must be longer than zero", 'e.g. "1m"')
     if settings.hot.window <= 0:
         raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
+    _check_cold(settings)
     _check_alerts(settings)
     _check_warm_and_sinks(settings)
+
+
+def _check_cold(settings: Settings) -> None:
+    cold = settings.cold
+    if cold.endpoint_url and not settings.store_url.startswith("s3://"):
+        raise ConfigError("[cold] endpoint_url", "is set but the store is not s3://",
+                          "set [cold] store to s3://bucket/prefix, or leave endpoint_url empty")
+    if cold.sse == "aws:kms" and not cold.kms_key_id:
+        raise ConfigError("[cold] kms_key_id", "is empty but sse is aws:kms",
+                          "give the KMS key id or ARN, or set sse to AES256")
+    if cold.compact_target < 1 << 20:
+        raise ConfigError("[cold] compact_target", "is below 1MiB", 'e.g. "128MiB"')
+    if settings.glue.database and not settings.store_url.startswith("s3://"):
+        raise ConfigError("[glue] database", "is set but the store is not s3:// (Athena reads S3 only)",
+                          "set [cold] store to s3://bucket/prefix, or leave [glue] database empty")
 
 
 def _check_alerts(settings: Settings) -> None:

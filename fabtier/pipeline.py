@@ -38,7 +38,7 @@ from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
 from tiers.keys import SensorKeys
-from tiers.store import open_store
+from tiers.store import settings_store
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
 from tiers.warm import WarmStore
 
@@ -104,7 +104,7 @@ class Pipeline:
         self.ring = HotRing(window_ms=window_ms, memory_budget=settings.hot.memory_budget,
                             covered_from=self.clock.now_ms() - window_ms)
         self.unsealed = UnsealedData(self.keys)
-        self.lake = ColdLake(open_store(settings.store_url), writer_id=settings.cold.writer_id)
+        self.lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
         self.audit = AuditLog(settings.data_dir / "audit" / "moves.jsonl")
         self.limits = Limits(
             max_future_ms=int(settings.ingest.max_future * 1000),
@@ -465,6 +465,11 @@ class Pipeline:
         self._stop.set()
 
     # ---- tier moves ------------------------------------------------------------------
+    @property
+    def seal_lock(self) -> threading.Lock:
+        """Held by every job that writes or deletes this writer's lake files."""
+        return self._seal_lock
+
     def seal(self) -> SealReport:
         """Move every closed log segment into the lake. Idempotent; never runs twice at once."""
         with self._seal_lock:
@@ -512,7 +517,7 @@ class Pipeline:
                 [r for s in only_on_disk for r in read_segment(self.wal.path(s))]))
         hidden = set(in_memory) | set(on_disk)
         return SqlSources(
-            cold_raw=self.lake.dataset("raw", hidden),
+            cold_raw=self.lake.raw_datasets(hidden),
             cold_quarantine=self.lake.dataset("quarantine", hidden),
             cold_context=self.lake.dataset("context", hidden),
             hot_fresh=tables.fresh,

@@ -19,7 +19,7 @@ from lifecycle.audit import AuditLog
 from lifecycle.runs import RunHistory
 from lifecycle.warmjobs import agg_dataset
 from tiers.cold import ColdLake
-from tiers.store import open_store
+from tiers.store import settings_store
 from tiers.unsealed import tables_from_records
 from tiers.warm import WarmStore
 
@@ -55,7 +55,7 @@ def _error_of(body: bytes) -> str:
 
 def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSources:
     """Every tier as stored on disk: the lake plus log segments not sealed yet."""
-    lake = ColdLake(open_store(settings.store_url), writer_id=settings.cold.writer_id)
+    lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
     warm_parts = {"warm_1m": warm.snapshot() if warm is not None else None,
                   "cold_agg_1m": agg_dataset(lake.store),
                   "job_history": RunHistory(settings.data_dir / "lifecycle").table()}
@@ -64,7 +64,7 @@ def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSou
     tables = tables_from_records([r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")])
     hidden = set(segments)
     return SqlSources(
-        cold_raw=lake.dataset("raw", hidden),
+        cold_raw=lake.raw_datasets(hidden),
         cold_quarantine=lake.dataset("quarantine", hidden),
         cold_context=lake.dataset("context", hidden),
         hot_fresh=tables.fresh,
@@ -117,7 +117,7 @@ def tiers(settings: Settings) -> dict:
             [r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")]).readings
         wal_bytes = sum((wal_dir / f"{s:012d}.wal").stat().st_size for s in segments)
         rows = [inventory.unsealed_row(readings, wal_bytes),
-                *inventory.stored_rows(open_store(settings.store_url), settings.store_url, warm.stats())]
+                *inventory.stored_rows(settings_store(settings), settings.store_url, warm.stats())]
         return inventory.report(rows)
     finally:
         warm.close()

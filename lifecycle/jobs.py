@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from lifecycle import warmjobs
+from lifecycle import coldjobs, warmjobs
 
 if TYPE_CHECKING:
     from fabtier.config import Settings
@@ -66,11 +66,29 @@ def age_out(ctx: JobContext) -> dict:
     return {"job": AGE_OUT, "minutes": report.minutes, "files": report.files, "kept": report.kept}
 
 
+def compact(ctx: JobContext) -> dict:
+    """Merge the lake's small files of settled hours (lifecycle.coldjobs)."""
+    return coldjobs.compact(ctx.pipeline, ctx.now_ms, at_ms=ctx.at_ms)
+
+
+def cold_lifecycle(ctx: JobContext) -> dict:
+    """Archive and expire lake objects by age (S3: keep the bucket's rules in sync)."""
+    return coldjobs.apply_lifecycle_policy(ctx.pipeline, ctx.now_ms, at_ms=ctx.at_ms)
+
+
+def glue_catalog(ctx: JobContext) -> dict:
+    """Register the lake's hours in the Glue catalog, when one is configured."""
+    return coldjobs.sync_glue(ctx.pipeline)
+
+
 # Tier order: a manual run and a catch-up on start run them in this order.
 JOBS: tuple[Job, ...] = (
     Job(SEAL, seal, lambda s: s.cold.seal_every),
     Job(ROLLUP, rollup, lambda s: s.warm.rollup_every),
     Job(AGE_OUT, age_out, lambda s: s.warm.age_out_every),
+    Job(coldjobs.COMPACT, compact, lambda s: s.lifecycle.run_every),
+    Job(coldjobs.LIFECYCLE, cold_lifecycle, lambda s: s.lifecycle.run_every),
+    Job(coldjobs.GLUE, glue_catalog, lambda s: s.lifecycle.run_every),
 )
 
 

@@ -26,7 +26,8 @@ import pyarrow.dataset as ds
 from lifecycle import rollup as ru
 from lifecycle.audit import AuditLog
 from tiers import parquetformat as fmt
-from tiers.cold import Move
+from tiers import layout
+from tiers.cold import ColdLake, Move
 from tiers.store import ObjectStore
 from tiers.unsealed import READINGS_SCHEMA
 from tiers.warm import MINUTES_SCHEMA, WarmStore
@@ -101,13 +102,18 @@ def _raw_of_minutes(store: ObjectStore, touched: pa.Table) -> pa.Table:
         in_hour = touched.filter(pc.and_(
             pc.greater_equal(touched.column("minute").cast(pa.int64()), start_ms),
             pc.less(touched.column("minute").cast(pa.int64()), end_ms)))
-        keys = [k for k, _ in store.list(f"raw/date={day}/hour={hour}/") if k.endswith(".parquet")]
-        if not keys:
+        # The files a reader sees (not those a compacted set replaced, nor archived ones), with
+        # values converted exactly (decimal files: tiers.parquetformat); files of segments still
+        # in the log count too, as they hold what sealing will keep.
+        lake = ColdLake(store, writer_id="")
+        files = layout.visible(lake.lake_files("raw", f"raw/date={day}/hour={hour}/"), writer="",
+                               hidden_segments=set())
+        if not files:
             continue
         first = pc.min(in_hour.column("minute"))
         last = pa.scalar(pc.max(in_hour.column("minute")).cast(pa.int64()).as_py() + ru.MINUTE_MS,
                          pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        parts.append(_dataset(store, keys, READINGS_SCHEMA).to_table(filter=(
+        parts.append(lake.read_raw(files=files, filter=(
             (ds.field("ts") >= first) & (ds.field("ts") < last)
             & ds.field("machine").isin(pc.unique(in_hour.column("machine")))
             & ds.field("sensor").isin(pc.unique(in_hour.column("sensor"))))))

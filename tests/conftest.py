@@ -135,3 +135,47 @@ def alert_subscriber(broker):
     sub = MosquittoSub(broker, "fab-alerts/#")
     yield sub
     sub.stop()
+
+
+# ---- AWS stand-in: moto's HTTP server (never the in-process mock_aws decorator) -----------
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/fabtier-test-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/fabtier-test-aws-credentials",
+}
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server on a free port, with fake credentials in the environment (so that
+    subprocesses, boto3 and pyarrow's S3 client all find it); yields its endpoint URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(_AWS_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(moto_server):
+    """A fresh, empty bucket on the moto server: (endpoint_url, bucket name)."""
+    import boto3
+
+    name = f"fabtier-test-{os.getpid()}-{next(_ids)}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return moto_server, name

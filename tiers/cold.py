@@ -1,25 +1,39 @@
 """The cold tier: the Parquet lake laid out as CONTRACT.md section 7 says.
 
-Object keys derive from the data and the log segment they came from
-(`raw/date=D/hour=H/{writer}-{segment}.parquet`), so sealing a segment again after a crash
-replaces its files instead of adding copies. Before a file is written, readings already in
-that hour's other files are removed, so the lake stores each (machine, sensor, ts) once.
+Object keys derive from the data and the log segments they came from (tiers.layout), so
+sealing a segment again after a crash replaces its files instead of adding copies. Before a
+file is written, readings already in that hour's other files are removed, so the lake
+stores each (machine, sensor, ts) once. Raw readings are split by value encoding (one file
+per encoding, tiers.parquetformat), and merged later by compaction (tiers.compaction).
+
+Every move is copy, verify, then delete: this module writes and verifies (row count and
+checksum of the content read back) and hands back `Move`s; the caller records them in the
+audit trail and only then calls the method that deletes the sources.
+
+Reading: `raw_datasets` gives one pyarrow dataset per value encoding (a dataset has one
+schema, and converting decimals to double in Arrow is not exact; DuckDB's cast is), with
+each file's hour as its partition guarantee so that a time filter skips whole files
+without opening them. `read_raw` gives exact float64 values to Python callers.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from tiers import layout
 from tiers import parquetformat as fmt
+from tiers.compaction import CompactionTask
+from tiers.layout import LakeFile, segment_of  # noqa: F401 - segment_of is part of this module's API
 from tiers.store import ObjectStore
 from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
 
-_SEGMENT_FILE = re.compile(r"^(?P<writer>[A-Za-z0-9_-]+)-(?P<segment>\d{12})\.parquet$")
+_TS = pa.timestamp("ms", tz="UTC")
+_SCHEMAS = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,
+            "alerts": ALERTS_SCHEMA}
 
 
 class VerifyError(Exception):
@@ -38,10 +52,9 @@ class Move:
     checksum: str
 
 
-def segment_of(key: str) -> tuple[str, int] | None:
-    """(writer, segment) of a file written by sealing, from its name."""
-    match = _SEGMENT_FILE.match(key.rsplit("/", 1)[-1])
-    return (match["writer"], int(match["segment"])) if match else None
+def raw_schema(encoding: str) -> pa.Schema:
+    return pa.schema([("machine", pa.string()), ("sensor", pa.string()), ("ts", _TS),
+                      ("value", fmt.value_type(encoding))])
 
 
 class ColdLake:
@@ -49,10 +62,75 @@ class ColdLake:
         self.store = store
         self.writer_id = writer_id
         self._fs, self._root = store.arrow_filesystem()
+        self._format = ds.ParquetFileFormat()
 
-    def _file_name(self, segment: int) -> str:
-        return f"{self.writer_id}-{segment:012d}.parquet"
+    # ---- listing --------------------------------------------------------------------
+    def lake_files(self, kind: str, prefix: str | None = None) -> list[LakeFile]:
+        """Every lake file of `kind` (under `prefix`, e.g. one hour's) in the store, readable
+        or not, with size, time and class."""
+        found = []
+        for info in self.store.objects(prefix or f"{kind}/"):
+            parsed = layout.parse(info.key, size=info.size, last_modified_ms=info.last_modified_ms,
+                                  archived=info.archived, storage_class=info.storage_class)
+            if parsed is not None:
+                found.append(parsed)
+        return found
 
+    def visible_files(self, kind: str, hidden_segments=frozenset()) -> list[LakeFile]:
+        return layout.visible(self.lake_files(kind), writer=self.writer_id, hidden_segments=set(hidden_segments))
+
+    def files(self, kind: str, hidden_segments=frozenset()) -> list[str]:
+        """Paths (for `arrow_filesystem`) of the `kind` files a reader reads: minus this
+        writer's files of segments not sealed yet (their rows are still read from memory),
+        files merged into a complete compacted set, and archived objects."""
+        return [self._path(f.key) for f in self.visible_files(kind, hidden_segments)]
+
+    def _path(self, key: str) -> str:
+        return f"{self._root}/{key}"
+
+    # ---- reading --------------------------------------------------------------------
+    def _fragment(self, f: LakeFile) -> ds.Fragment:
+        guarantee = None
+        if f.hour is not None:
+            start, end = fmt.hour_bounds_ms(f.day, f.hour)
+            guarantee = ((ds.field("ts") >= pa.scalar(start, pa.int64()).cast(_TS))
+                         & (ds.field("ts") < pa.scalar(end, pa.int64()).cast(_TS)))
+        return self._format.make_fragment(self._path(f.key), filesystem=self._fs,
+                                          partition_expression=guarantee, file_size=f.size or None)
+
+    def raw_datasets(self, hidden_segments=frozenset(), files: list[LakeFile] | None = None) -> list[ds.Dataset]:
+        """One dataset per value encoding present (value DOUBLE or DECIMAL(18, s)); at least
+        one, so that an empty lake is an empty table."""
+        files = self.visible_files("raw", hidden_segments) if files is None else files
+        groups: dict[str, list[LakeFile]] = {}
+        for f in files:
+            groups.setdefault(f.encoding, []).append(f)
+        if not groups:
+            return [ds.dataset(READINGS_SCHEMA.empty_table())]
+        return [ds.FileSystemDataset([self._fragment(f) for f in members], schema=raw_schema(encoding),
+                                     format=self._format, filesystem=self._fs)
+                for encoding, members in sorted(groups.items())]
+
+    def dataset(self, kind: str, hidden_segments=frozenset()) -> ds.Dataset:
+        """The `quarantine`, `context` or `alerts` files as one dataset."""
+        if kind == "raw":
+            raise TypeError("raw files have one schema per value encoding: use raw_datasets() "
+                            "(for DuckDB) or read_raw() (exact float64 values)")
+        return ds.dataset(self.files(kind, set(hidden_segments)), filesystem=self._fs,
+                          format="parquet", schema=_SCHEMAS[kind])
+
+    def read_raw(self, filter: ds.Expression | None = None, hidden_segments=frozenset(),
+                 files: list[LakeFile] | None = None) -> pa.Table:
+        """Visible raw readings (or those of `files`) with value as float64, exactly."""
+        parts = [fmt.normalise_readings(d.to_table(filter=filter)).cast(READINGS_SCHEMA)
+                 for d in self.raw_datasets(hidden_segments, files)]
+        return pa.concat_tables(parts) if parts else READINGS_SCHEMA.empty_table()
+
+    def readings_since(self, since_ms: int) -> pa.Table:
+        """Raw readings with ts >= since_ms (to warm the hot ring on start)."""
+        return self.read_raw(ds.field("ts") >= pa.scalar(since_ms, pa.int64()).cast(_TS))
+
+    # ---- writing --------------------------------------------------------------------
     def _write_verified(self, key: str, table: pa.Table, what: str, source: str) -> Move:
         data = fmt.to_parquet_bytes(table)
         self.store.put(key, data)
@@ -63,18 +141,28 @@ class ColdLake:
         return Move(what=what, source=source, target=f"{self.store.url}/{key}",
                     rows=table.num_rows, bytes=len(data), checksum=expected)
 
-    def _drop_stored(self, part: pa.Table, prefix: str, own_key: str) -> pa.Table:
-        others = [k for k, _ in self.store.list(prefix) if k != own_key and k.endswith(".parquet")]
+    def _write_readings(self, key_of, readings: pa.Table, what: str, source: str,
+                        uniform: bool = False) -> list[Move]:
+        """Sorted, deduplicated readings into one verified file per value encoding (or, if
+        `uniform` and some values need DOUBLE, all of them in one DOUBLE file)."""
+        groups = fmt.split_by_encoding(readings)
+        if uniform and fmt.DOUBLE in groups and len(groups) > 1:
+            groups = {fmt.DOUBLE: readings}
+        return [self._write_verified(key_of(encoding, i + 1, len(groups)),
+                                     fmt.encode_values(part, encoding), what, source)
+                for i, (encoding, part) in enumerate(sorted(groups.items()))]
+
+    def _drop_stored(self, part: pa.Table, hour_files: list[LakeFile], segment: int) -> pa.Table:
+        others = [f for f in hour_files if not f.archived
+                  and not (f.writer == self.writer_id and not f.compacted and f.lo == segment)]
         if not others:
             return part
-        dataset = ds.dataset([f"{self._root}/{k}" for k in others], filesystem=self._fs,
-                             format="parquet", schema=READINGS_SCHEMA)
         ts = part.column("ts")
-        stored = dataset.to_table(
-            columns=["machine", "sensor", "ts"],
-            filter=(ds.field("ts") >= pc.min(ts)) & (ds.field("ts") <= pc.max(ts))
-            & ds.field("machine").isin(pc.unique(part.column("machine"))),
-        )
+        stored = pa.concat_tables([
+            d.to_table(columns=["machine", "sensor", "ts"],
+                       filter=(ds.field("ts") >= pc.min(ts)) & (ds.field("ts") <= pc.max(ts))
+                       & ds.field("machine").isin(pc.unique(part.column("machine"))))
+            for d in self.raw_datasets(files=others)])
         if stored.num_rows == 0:
             return part
         stored = stored.append_column("_stored", pa.array([True] * stored.num_rows))
@@ -83,44 +171,49 @@ class ColdLake:
         return fmt.sort_dedup(kept.select(READINGS_SCHEMA.names))
 
     def write_segment(self, segment: int, tables: SegmentTables, source: str) -> list[Move]:
-        """Write one log segment's rows into the lake, verified; returns what was written."""
+        """Write one log segment's rows into the lake, verified; returns what was written.
+
+        Files this segment wrote earlier (a crashed seal) that the new write does not replace
+        are deleted, so a re-run leaves exactly the new set."""
         moves = []
-        name = self._file_name(segment)
         readings = tables.readings.cast(READINGS_SCHEMA)
         if not tables.presorted:
             readings = fmt.sort_dedup(readings)
         for (day, hour), part in fmt.split_by_hour(readings).items():
-            prefix = f"raw/date={day}/hour={hour}/"
-            part = self._drop_stored(part, prefix, prefix + name)
-            if part.num_rows:
-                moves.append(self._write_verified(prefix + name, part, "raw", source))
+            prefix = layout.hour_prefix(day, hour)
+            hour_files = self.lake_files("raw", prefix)  # one hour's listing, not the whole lake
+            part = self._drop_stored(part, hour_files, segment)
+            written = self._write_readings(
+                lambda encoding, _i, _n: prefix + layout.sealed_name(self.writer_id, segment, encoding),
+                part, "raw", source)
+            moves.extend(written)
+            self._delete_stale(hour_files, segment, {m.target for m in written})
         for what, table, column in (("quarantine", tables.quarantine, "received_at"),
                                     ("context", tables.context, "ts"),
                                     ("alerts", tables.alerts, "ts")):
             for day, part in fmt.split_by_day(table, column).items():
-                moves.append(self._write_verified(f"{what}/date={day}/{name}", part, what, source))
+                key = f"{what}/date={day}/{layout.sealed_name(self.writer_id, segment)}"
+                moves.append(self._write_verified(key, part, what, source))
         return moves
 
-    def files(self, kind: str, hidden_segments: set[int]) -> list[str]:
-        """Paths (for `arrow_filesystem`) of the lake's `kind` files, minus this writer's
-        files of segments that are not sealed yet (their rows are still read from memory)."""
-        paths = []
-        for key, _ in self.store.list(f"{kind}/"):
-            if not key.endswith(".parquet"):
-                continue
-            origin = segment_of(key)
-            if origin and origin[0] == self.writer_id and origin[1] in hidden_segments:
-                continue
-            paths.append(f"{self._root}/{key}")
-        return paths
+    def _delete_stale(self, hour_files: list[LakeFile], segment: int, keep_targets: set[str]) -> None:
+        for f in hour_files:
+            if (f.writer == self.writer_id and not f.compacted and f.lo == segment
+                    and f"{self.store.url}/{f.key}" not in keep_targets):
+                self.store.delete(f.key)
 
-    def dataset(self, kind: str, hidden_segments: set[int] = frozenset()) -> ds.Dataset:
-        schema = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,
-                  "alerts": ALERTS_SCHEMA}[kind]
-        return ds.dataset(self.files(kind, set(hidden_segments)), filesystem=self._fs,
-                          format="parquet", schema=schema)
+    # ---- compaction ------------------------------------------------------------------
+    def compact(self, task: CompactionTask, *, uniform: bool = False) -> list[Move]:
+        """Copy and verify: write the merged set of `task`'s sources (nothing is deleted).
+        `uniform`: one value type for the whole set (Athena reads a partition as one type)."""
+        merged = fmt.sort_dedup(self.read_raw(files=list(task.sources)))
+        source = (f"{self.store.url}/{task.prefix}{task.writer} segments {task.lo}..{task.hi} "
+                  f"({len(task.sources)} files)")
+        return self._write_readings(
+            lambda encoding, i, n: task.prefix + layout.compacted_name(task.writer, task.lo, task.hi, i, n, encoding),
+            merged, "compact", source, uniform)
 
-    def readings_since(self, since_ms: int) -> pa.Table:
-        """Raw readings with ts >= since_ms (to warm the hot ring on start)."""
-        since = pa.scalar(since_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        return self.dataset("raw").to_table(filter=ds.field("ts") >= since)
+    def delete_files(self, files: list[LakeFile] | tuple[LakeFile, ...]) -> None:
+        """Delete merged sources or leftovers (after the audit trail has the move)."""
+        for f in files:
+            self.store.delete(f.key)

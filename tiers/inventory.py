@@ -56,9 +56,12 @@ def _ms(value) -> int | None:
     return int(value.timestamp() * 1000)
 
 
-def parquet_tier(tier: str, storage_class: str, store, prefix: str, column: str) -> TierRow:
-    """Rows and time range of a lake prefix from Parquet footers and row-group statistics."""
-    listed = [(k, size) for k, size in store.list(prefix) if k.endswith(".parquet")]
+def parquet_tier(tier: str, storage_class: str, store, prefix: str, column: str,
+                 listed: list[tuple[str, int]] | None = None) -> TierRow:
+    """Rows and time range of a lake prefix (or of the `listed` (key, size) objects) from
+    Parquet footers and row-group statistics."""
+    if listed is None:
+        listed = [(k, size) for k, size in store.list(prefix) if k.endswith(".parquet")]
     if not listed:
         return row(tier, storage_class, 0, 0, None, None)
     filesystem, root = store.arrow_filesystem()
@@ -107,9 +110,37 @@ def warm_row(stats) -> TierRow:
     return row("warm (readings_1m)", "local-disk", stats.rows, stats.bytes, stats.oldest_ms, stats.newest_ms)
 
 
+def raw_rows(store, store_url: str) -> list[TierRow]:
+    """The lake's raw readings: what a reader sees now (cold), and per archive class what
+    the lifecycle moved (frozen). Files a compacted set replaced are not counted twice.
+    Archived objects on S3 cannot be opened, so their rows are 0 (unknown) and their time
+    range is that of their hour partitions; a local store's recorded classes can be read."""
+    from tiers import layout
+    from tiers.cold import ColdLake
+    from tiers.parquetformat import hour_bounds_ms
+
+    lake = ColdLake(store, writer_id="")
+    files = lake.lake_files("raw")
+    readable = layout.visible(files, writer="", hidden_segments=set())
+    rows = [parquet_tier("cold raw", lake_class(store_url), store, "raw/", "ts",
+                         [(f.key, f.size) for f in readable])]
+    local = store_url.startswith("file:")
+    for cls in sorted({f.storage_class for f in files if f.archived}):
+        frozen = [f for f in files if f.archived and f.storage_class == cls]
+        name = f"frozen raw ({cls}{', recorded locally' if local else ''})"
+        price = "local-disk" if local else cls
+        if local:
+            rows.append(parquet_tier(name, price, store, "raw/", "ts", [(f.key, f.size) for f in frozen]))
+        else:
+            bounds = [hour_bounds_ms(f.day, f.hour) for f in frozen if f.hour is not None]
+            rows.append(row(name, price, 0, sum(f.size for f in frozen),
+                            min((b[0] for b in bounds), default=None), max((b[1] - 1 for b in bounds), default=None)))
+    return rows
+
+
 def stored_rows(store, store_url: str, warm_stats) -> list[TierRow]:
     """Warm store and lake: the tiers that exist with or without a running pipeline."""
     cls = lake_class(store_url)
     return [warm_row(warm_stats),
-            parquet_tier("cold raw", cls, store, "raw/", "ts"),
+            *raw_rows(store, store_url),
             parquet_tier("cold agg_1m", cls, store, "agg_1m/", "minute")]

@@ -4,6 +4,21 @@ Files are written for every reader (DuckDB, pyarrow, Spark, Athena engine v3): `
 INT64 millisecond timestamp adjusted to UTC, rows are sorted by (machine, sensor, ts) so
 that row-group statistics prune well, names are dictionary-encoded, timestamps
 delta-encoded, and pages compressed with zstd.
+
+Values: sensors quantise (a reading is a whole number of its resolution, 0.01 degC, 0.1 W),
+and a quantised double is stored most cheaply as the integer it is. A group of readings
+whose every value `v` satisfies `u / 10**s == v` bit for bit, for one integer `u` per value
+(|u| < 2**53) and one scale `s` in 0..9, is written as a Parquet DECIMAL(18, s) on INT64
+with DELTA_BINARY_PACKED: consecutive readings of a sensor differ by a few steps, so most
+values take a byte or less. Everything else (more digits, -0.0, huge magnitudes) is written
+as DOUBLE. Both are numbers to every engine; the decimal is converted back exactly by
+`u / 10**s` in float64 arithmetic (one correctly rounded division), which is what DuckDB's
+DECIMAL -> DOUBLE cast does and what `exact_float64` does here. (Arrow's own cast
+multiplies by 10**-s and may be one unit in the last place off, so it is never used.)
+
+A table is split into encoding groups by sensor (`split_by_encoding`): one Parquet file per
+group, because a Parquet column has one type. The group's name (`d0`..`d9`, `f64`) goes
+into the file name so that readers know a file's type without opening it.
 """
 
 from __future__ import annotations
@@ -16,7 +31,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SORT_KEYS = [("machine", "ascending"), ("sensor", "ascending"), ("ts", "ascending")]
-ROW_GROUP_SIZE = 1 << 20
+# Rows per row group. Sorted by (machine, sensor, ts), a row group of 256 Ki readings at
+# about 1.2 bytes each is ~300 KB: small enough that a one-machine query skips the other
+# machines' row groups by their min/max statistics, big enough that footers stay small.
+ROW_GROUP_SIZE = 1 << 18
+MAX_SCALE = 9
+DOUBLE = "f64"
+ENCODINGS = tuple(f"d{s}" for s in range(MAX_SCALE + 1)) + (DOUBLE,)
+_EXACT_LIMIT = 2 ** 53  # integers below this are exact in float64, so u / 10**s rounds once
+_DICTIONARY = ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe",
+               "recipe_version", "writer", "kind", "rule", "state", "step")
+_DELTA = ("ts", "received_at")
 
 
 def sort_dedup(table: pa.Table) -> pa.Table:
@@ -33,17 +58,132 @@ def sort_dedup(table: pa.Table) -> pa.Table:
     return table.filter(keep)
 
 
+# ---- values -----------------------------------------------------------------------------
+def scale_of(encoding: str) -> int | None:
+    """The decimal scale of an encoding name, None for DOUBLE."""
+    return None if encoding == DOUBLE else int(encoding[1:])
+
+
+def value_type(encoding: str) -> pa.DataType:
+    scale = scale_of(encoding)
+    return pa.float64() if scale is None else pa.decimal128(18, scale)
+
+
+def min_scales(values: np.ndarray) -> np.ndarray:
+    """Per value, the smallest scale s at which it is exactly u / 10**s (|u| < 2**53);
+    MAX_SCALE + 1 where there is none."""
+    values = np.asarray(values, dtype=np.float64)
+    result = np.full(len(values), MAX_SCALE + 1, dtype=np.int8)
+    rest = np.flatnonzero(np.isfinite(values))  # each pass only looks at what is still open
+    with np.errstate(invalid="ignore", over="ignore"):
+        for scale in range(MAX_SCALE + 1):
+            if len(rest) == 0:
+                break
+            v = values[rest]
+            power = 10.0 ** scale
+            unscaled = np.rint(v * power) + 0.0  # the integer has no sign of zero
+            back = unscaled / power
+            # bitwise: -0.0 never matches +0.0
+            exact = (np.abs(unscaled) < _EXACT_LIMIT) & (back.view(np.int64) == v.view(np.int64))
+            result[rest[exact]] = scale
+            rest = rest[~exact]
+    return result
+
+
+def encoding_of_values(values: np.ndarray) -> str:
+    """The one encoding that stores all of `values` exactly and most compactly."""
+    if len(values) == 0:
+        return "d0"
+    worst = int(min_scales(values).max())
+    return DOUBLE if worst > MAX_SCALE else f"d{worst}"
+
+
+def to_decimal(values: np.ndarray, scale: int) -> pa.Array:
+    """float64 values, each exact at `scale`, as decimal128(18, scale) (checked)."""
+    unscaled = np.rint(np.asarray(values, np.float64) * 10.0 ** scale).astype(np.int64)
+    if not np.array_equal((unscaled / 10.0 ** scale).view(np.int64), np.asarray(values, np.float64).view(np.int64)):
+        raise ValueError(f"values are not exact at scale {scale}")
+    # decimal128 is 16 bytes little-endian two's complement: low word, then the sign word.
+    words = np.empty((len(unscaled), 2), dtype=np.int64)
+    words[:, 0] = unscaled
+    words[:, 1] = np.where(unscaled < 0, -1, 0)
+    return pa.Array.from_buffers(pa.decimal128(18, scale), len(unscaled),
+                                 [None, pa.py_buffer(words.tobytes())])
+
+
+def exact_float64(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A value column (double or decimal of at most 18 digits) as float64, bit-exact."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    if pa.types.is_floating(column.type):
+        return column.cast(pa.float64())
+    if not pa.types.is_decimal(column.type):
+        raise TypeError(f"value column of type {column.type} is not a number")
+    if column.null_count:
+        raise ValueError("value columns never hold nulls")
+    column = column.cast(pa.decimal128(38, column.type.scale))  # decimal32/64 become 128
+    words = np.frombuffer(column.buffers()[1], dtype=np.int64)[2 * column.offset:2 * (column.offset + len(column))]
+    unscaled = words[0::2]
+    return pa.array(unscaled.astype(np.float64) / 10.0 ** column.type.scale, pa.float64())
+
+
+def normalise_readings(table: pa.Table) -> pa.Table:
+    """A readings table with `value` as float64 (exactly) and `ts` as ms UTC."""
+    value = exact_float64(table.column("value"))
+    table = table.set_column(table.schema.get_field_index("value"), "value", value)
+    ts = table.column("ts")
+    if ts.type != pa.timestamp("ms", tz="UTC"):
+        table = table.set_column(table.schema.get_field_index("ts"), "ts", ts.cast(pa.timestamp("ms", tz="UTC")))
+    return table
+
+
+def split_by_encoding(readings: pa.Table) -> dict[str, pa.Table]:
+    """Readings sorted by (machine, sensor) grouped by the encoding of their sensor: a
+    sensor's rows all go into the group of its finest value, so each file holds whole
+    sensors. Row order is kept. (Unsorted input is still stored exactly, but a sensor's
+    runs may land in different groups.)"""
+    if readings.num_rows == 0:
+        return {}
+    scales = min_scales(readings.column("value").to_numpy())
+    # Runs of one (machine, sensor): sorted input makes them contiguous, so no hashing of names.
+    change = np.zeros(readings.num_rows, dtype=bool)
+    change[0] = True
+    for name in ("machine", "sensor"):
+        codes = readings.column(name).combine_chunks().dictionary_encode().indices.to_numpy()
+        change[1:] |= codes[1:] != codes[:-1]
+    starts = np.flatnonzero(change)
+    worst = np.maximum.reduceat(scales, starts)
+    row_scale = np.repeat(worst, np.diff(np.append(starts, readings.num_rows)))
+    groups = {}
+    for scale in np.unique(row_scale).tolist():
+        name = DOUBLE if scale > MAX_SCALE else f"d{scale}"
+        groups[name] = readings.filter(pa.array(row_scale == scale))
+    return groups
+
+
+def encode_values(readings: pa.Table, encoding: str) -> pa.Table:
+    """`readings` (float64 values) with the value column in `encoding`'s type."""
+    scale = scale_of(encoding)
+    if scale is None:
+        return readings
+    index = readings.schema.get_field_index("value")
+    return readings.set_column(index, "value", to_decimal(readings.column("value").to_numpy(), scale))
+
+
+# ---- bytes ------------------------------------------------------------------------------
 def to_parquet_bytes(table: pa.Table) -> bytes:
+    delta = [c for c in _DELTA if c in table.column_names]
+    if "value" in table.column_names and pa.types.is_decimal(table.schema.field("value").type):
+        delta.append("value")
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,
         sink,
         compression="zstd",
         compression_level=3,
-        use_dictionary=[c for c in ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe",
-                                  "recipe_version", "writer", "kind", "rule", "state", "step")
-                        if c in table.column_names],
-        column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts", "received_at") if c in table.column_names},
+        use_dictionary=[c for c in _DICTIONARY if c in table.column_names],
+        column_encoding={c: "DELTA_BINARY_PACKED" for c in delta},
+        store_decimal_as_integer=True,
         row_group_size=ROW_GROUP_SIZE,
         write_statistics=True,
         coerce_timestamps="ms",
@@ -57,12 +197,17 @@ def from_parquet_bytes(data: bytes) -> pa.Table:
 
 
 def checksum(table: pa.Table) -> str:
-    """A digest of the readings' content, equal for equal rows in equal order."""
+    """A digest of the readings' content, equal for equal rows in equal order.
+
+    Values are digested as the float64 they stand for (decimals converted exactly), so a
+    decimal file and the doubles it was written from have the same checksum."""
     digest = hashlib.sha256()
     for name in table.column_names:
         column = table.column(name).combine_chunks()
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
+        if pa.types.is_decimal(column.type):
+            column = exact_float64(column)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             # Codes in order of first appearance plus the distinct values: equal for equal
             # sequences, and computed in Arrow instead of one Python string per row.
@@ -101,3 +246,9 @@ def split_by_day(table: pa.Table, column: str) -> dict[str, pa.Table]:
     days = table.column(column).cast(pa.int64()).to_numpy() // 86_400_000
     return {str(np.datetime64(int(day), "D")): table.filter(pa.array(days == day))
             for day in np.unique(days)}
+
+
+def hour_bounds_ms(day: str, hour: str) -> tuple[int, int]:
+    """[start, end) in epoch ms of the hour partition `date=day/hour=hour`."""
+    start = int(np.datetime64(day, "ms").astype(np.int64)) + int(hour) * 3_600_000
+    return start, start + 3_600_000

@@ -115,15 +115,21 @@ def test_every_reading_exactly_once_through_sql_and_parquet(broker, tmp_path):
     lake = settings.data_dir / "lake"
     files = sorted((lake / "raw").rglob("*.parquet"))
     assert files and all("date=" in f.parent.parent.name and "hour=" in f.parent.name for f in files)
-    table = pa.concat_tables([pq.read_table(f, partitioning=None) for f in files])
-    assert table.schema.field("machine").type == pa.string()
-    assert table.schema.field("sensor").type == pa.string()
-    assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
-    assert table.schema.field("value").type == pa.float64()
-    stored = {(m, s, t): v for m, s, t, v in zip(
-        table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
-        table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist())}
-    assert stored == expected and table.num_rows == len(expected)
+    stored, rows = {}, 0
+    for f in files:
+        table = pq.read_table(f, partitioning=None)
+        assert table.schema.field("machine").type == pa.string()
+        assert table.schema.field("sensor").type == pa.string()
+        assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
+        # value: DOUBLE, or DECIMAL(18, s) for sensors whose values are whole steps of 10**-s
+        value_type = table.schema.field("value").type
+        assert value_type == pa.float64() or (pa.types.is_decimal(value_type) and value_type.precision == 18)
+        rows += table.num_rows
+        # float(Decimal) is correctly rounded, so an exact decimal gives back the very double
+        stored.update({(m, s, t): float(v) for m, s, t, v in zip(
+            table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
+            table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist())})
+    assert stored == expected and rows == len(expected)
 
     # With the instance stopped, the CLI reads the stores directly and gives the same answer.
     _check_exactly_once(_readings(config), expected)

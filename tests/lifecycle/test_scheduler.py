@@ -68,12 +68,13 @@ def test_a_failing_job_is_recorded_and_does_not_stop_the_others(tmp_path):
 
 def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
     settings = make_settings(tmp_path, None, cold={"seal_every": "1m"},
-                             warm={"rollup_every": "1m", "age_out_every": "10m"})
+                             warm={"rollup_every": "1m", "age_out_every": "10m"},
+                             lifecycle={"run_every": "10m"})
     clock = ManualClock(T0)
     pipeline = Pipeline(settings, clock=clock)
     pipeline.open()
     first = runner_for(pipeline).catch_up()
-    assert [r["job"] for r in first] == ["seal", "rollup", "age_out"]  # never ran: once each
+    assert [r["job"] for r in first] == ["seal", "rollup", "age_out", "compact", "lifecycle", "glue"]  # once each
     pipeline.close_offline()
 
     clock.advance(25 * 60)  # down for 25 minutes
@@ -86,7 +87,8 @@ def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
                        "WHERE \"trigger\" = 'start-up' AND missed > 0 ORDER BY t, job").to_pylist()
     finally:
         pipeline.close_offline()
-    assert {(r["job"], r["missed"]) for r in rows} == {("seal", 25), ("rollup", 25), ("age_out", 2)}
+    assert {(r["job"], r["missed"]) for r in rows} == {("seal", 25), ("rollup", 25), ("age_out", 2),
+                                                      ("compact", 2), ("lifecycle", 2), ("glue", 2)}
 
     clock.advance(30)  # half a period later nothing is due
     pipeline = Pipeline(settings, clock=clock)

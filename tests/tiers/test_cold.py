@@ -1,16 +1,29 @@
+"""The cold lake on both stores: sealing, value encodings, visibility, compaction."""
+
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from ingest.codec import ReadingBatch
+from tiers import compaction, layout
 from tiers import parquetformat as fmt
 from tiers.cold import ColdLake, VerifyError
-from tiers.store import LocalStore
+from tiers.store import GLACIER, LocalStore, S3Store
 from tiers.unsealed import tables_from_records
 
 HOUR = 3_600_000
 T0 = 1_764_000_000_000 - 1_764_000_000_000 % HOUR  # the start of an hour
+H0 = f"{(T0 // HOUR) % 24:02d}"
+H1 = f"{(T0 // HOUR + 1) % 24:02d}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "lake")
+    endpoint, bucket = request.getfixturevalue("s3_bucket")
+    return S3Store(bucket, "lake", endpoint_url=endpoint)
 
 
 def tables(*rows):
@@ -20,46 +33,102 @@ def tables(*rows):
     return tables_from_records(batches)
 
 
-def lake_rows(lake):
-    table = lake.dataset("raw").to_table()
+def lake_rows(lake, hidden=frozenset()):
+    table = lake.read_raw(hidden_segments=hidden)
     return sorted(zip(table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
                       table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist()))
 
 
-def test_segment_is_split_by_hour_sorted_and_deduplicated(tmp_path):
-    lake = ColdLake(LocalStore(tmp_path), writer_id="w0")
-    moves = lake.write_segment(1, tables(("b", "s", T0 + 5, 2.0), ("a", "s", T0 + HOUR + 1, 3.0),
-                                         ("a", "s", T0 + 1, 1.0), ("b", "s", T0 + 5, 9.0)), source="test")
+def names(store, prefix="raw/"):
+    return sorted(k.rsplit("/", 1)[-1] for k, _ in store.list(prefix))
+
+
+def test_segment_is_split_by_hour_and_encoding_sorted_and_deduplicated(store):
+    lake = ColdLake(store, writer_id="w0")
+    moves = lake.write_segment(1, tables(("b", "s", T0 + 5, 2.5), ("a", "s", T0 + HOUR + 1, 3.0),
+                                         ("a", "s", T0 + 1, 1.25), ("b", "s", T0 + 5, 9.0),
+                                         ("a", "t", T0 + 2, 0.1 + 0.2)), source="test")
     assert sorted(m.target.split("/raw/")[1] for m in moves) == [
-        f"date=2025-11-24/hour={(T0 // HOUR) % 24:02d}/w0-000000000001.parquet",
-        f"date=2025-11-24/hour={(T0 // HOUR + 1) % 24:02d}/w0-000000000001.parquet"]
-    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + HOUR + 1, 3.0), ("b", "s", T0 + 5, 2.0)]
-    first_file = sorted((tmp_path / "raw").rglob("*.parquet"))[0]
-    table = ds.dataset(str(first_file)).to_table()
-    assert table.column("machine").to_pylist() == ["a", "b"]
+        f"date=2025-11-24/hour={H0}/w0-000000000001.d1.parquet",   # b/s: 2.5
+        f"date=2025-11-24/hour={H0}/w0-000000000001.d2.parquet",   # a/s: 1.25
+        f"date=2025-11-24/hour={H0}/w0-000000000001.f64.parquet",  # a/t: 0.30000000000000004
+        f"date=2025-11-24/hour={H1}/w0-000000000001.d0.parquet"]   # a/s: 3.0
+    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.25), ("a", "s", T0 + HOUR + 1, 3.0),
+                               ("a", "t", T0 + 2, 0.1 + 0.2), ("b", "s", T0 + 5, 2.5)]
 
 
-def test_sealing_a_segment_again_replaces_its_files(tmp_path):
-    lake = ColdLake(LocalStore(tmp_path), writer_id="w0")
+def test_a_sensor_stays_in_one_file_at_its_finest_resolution(store):
+    lake = ColdLake(store, writer_id="w0")
+    lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 1.5), ("a", "s", T0 + 3, 1.25),
+                                 ("b", "s", T0 + 1, 7.0)), source="test")
+    assert names(store) == ["w0-000000000001.d0.parquet", "w0-000000000001.d2.parquet"]
+
+
+def test_files_are_read_by_plain_pyarrow_and_duckdb_as_numbers_bit_exact(store, tmp_path):
+    import duckdb
+
+    values = [23.51, -0.07, 1e-9, 1234567.891, 0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308]
+    lake = ColdLake(store, writer_id="w0")
+    lake.write_segment(1, tables(*[(f"m{i}", "s", T0 + i, v) for i, v in enumerate(values)]), source="test")
+    fs, root = store.arrow_filesystem()
+    got = {}
+    for key, _ in store.list("raw/"):
+        table = pq.read_table(f"{root}/{key}", filesystem=fs, partitioning=None)
+        value_type = table.schema.field("value").type
+        assert value_type == pa.float64() or pa.types.is_decimal(value_type)
+        assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
+        local = tmp_path / key.replace("/", "_")
+        local.write_bytes(store.get(key))
+        con = duckdb.connect()
+        (duck_type,) = {t for (t,) in con.execute(f"SELECT typeof(value) FROM '{local}'").fetchall()}
+        assert duck_type.startswith("DECIMAL(18,") or duck_type == "DOUBLE"
+        for machine, value in con.execute(f"SELECT machine, value::DOUBLE FROM '{local}'").fetchall():
+            got[machine] = value
+    for i, v in enumerate(values):
+        assert np.float64(got[f"m{i}"]).view(np.int64) == np.float64(v).view(np.int64), (i, v, got[f"m{i}"])
+    assert [np.float64(v).view(np.int64) for _, _, _, v in lake_rows(lake)] == \
+        [np.float64(v).view(np.int64) for v in values]
+
+
+def test_sealing_a_segment_again_replaces_its_files(store):
+    lake = ColdLake(store, writer_id="w0")
     rows = (("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0))
     lake.write_segment(7, tables(*rows), source="test")
     lake.write_segment(7, tables(*rows), source="test")  # a crash came before the log was deleted
     assert lake_rows(lake) == sorted(rows)
 
 
-def test_readings_already_in_other_files_of_the_hour_are_not_written_again(tmp_path):
-    lake = ColdLake(LocalStore(tmp_path), writer_id="w0")
+def test_a_second_seal_with_other_encodings_leaves_no_stale_file(store):
+    lake = ColdLake(store, writer_id="w0")
+    lake.write_segment(7, tables(("a", "s", T0 + 1, 1.5)), source="test")
+    lake.write_segment(7, tables(("a", "s", T0 + 1, 1.25)), source="test")
+    assert names(store) == ["w0-000000000007.d2.parquet"]
+    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.25)]
+
+
+def test_readings_already_in_other_files_of_the_hour_are_not_written_again(store):
+    lake = ColdLake(store, writer_id="w0")
     lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)), source="test")
-    lake.write_segment(2, tables(("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.0)), source="test")
-    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.0)]
+    lake.write_segment(2, tables(("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.5)), source="test")
+    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.5)]
 
 
-def test_files_of_unsealed_segments_are_hidden(tmp_path):
-    lake = ColdLake(LocalStore(tmp_path), writer_id="w0")
+def test_files_of_unsealed_segments_are_hidden(store):
+    lake = ColdLake(store, writer_id="w0")
     lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
     lake.write_segment(2, tables(("a", "s", T0 + 2, 2.0)), source="test")
     assert len(lake.files("raw", hidden_segments={2})) == 1
-    assert ColdLake(LocalStore(tmp_path), writer_id="w1").files("raw", hidden_segments={2}) != []
+    assert lake_rows(lake, hidden={2}) == [("a", "s", T0 + 1, 1.0)]
+    assert ColdLake(store, writer_id="w1").files("raw", hidden_segments={2}) != []
+
+
+def test_archived_files_are_not_read(store):
+    lake = ColdLake(store, writer_id="w0")
+    lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
+    lake.write_segment(2, tables(("a", "s", T0 + HOUR + 1, 2.0)), source="test")
+    (old,) = [k for k, _ in store.list(f"raw/date=2025-11-24/hour={H0}/")]
+    store.set_storage_class(old, GLACIER)
+    assert lake_rows(lake) == [("a", "s", T0 + HOUR + 1, 2.0)]
 
 
 def test_a_write_that_does_not_read_back_is_refused(tmp_path):
@@ -71,6 +140,94 @@ def test_a_write_that_does_not_read_back_is_refused(tmp_path):
     lake = ColdLake(LossyStore(tmp_path), writer_id="w0")
     with pytest.raises(VerifyError):
         lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)), source="test")
+
+
+def _compact_all(lake, *, hidden=frozenset(), now=T0 + 10 * HOUR, target=1 << 30):
+    plan = compaction.plan(lake.lake_files("raw"), writer=lake.writer_id, hidden_segments=set(hidden),
+                           now_ms=now, settle_ms=HOUR, target_bytes=target)
+    lake.delete_files(plan.garbage)
+    moves = []
+    for task in plan.tasks:
+        moves += lake.compact(task)
+        lake.delete_files(task.sources)
+    return plan, moves
+
+
+def test_compaction_merges_an_hours_small_files_into_one_set(store):
+    lake = ColdLake(store, writer_id="w0")
+    expected = []
+    for segment in range(1, 6):
+        rows = [("a", "s", T0 + segment * 10 + i, segment + i / 4) for i in range(3)]
+        rows.append(("b", "t", T0 + segment, 0.1 * segment))  # not exact at 9 digits: DOUBLE
+        lake.write_segment(segment, tables(*rows), source="test")
+        expected += rows
+    assert len(store.list("raw/")) == 10
+    plan, moves = _compact_all(lake)
+    assert [(t.lo, t.hi, len(t.sources)) for t in plan.tasks] == [(1, 5, 10)]
+    assert names(store) == ["w0.000000000001-000000000005.1of2.d2.parquet",
+                            "w0.000000000001-000000000005.2of2.f64.parquet"]
+    assert sum(m.rows for m in moves) == len(expected)
+    assert lake_rows(lake) == sorted(expected)
+
+
+def test_compaction_leaves_unsealed_segments_and_unsettled_hours(store):
+    lake = ColdLake(store, writer_id="w0")
+    for segment in (1, 2, 3, 4):
+        lake.write_segment(segment, tables(("a", "s", T0 + segment, 1.0)), source="test")
+    lake.write_segment(5, tables(("a", "s", T0 + HOUR + 5, 1.0)), source="test")
+    lake.write_segment(6, tables(("a", "s", T0 + HOUR + 6, 1.0)), source="test")
+    plan, _ = _compact_all(lake, hidden={3, 7}, now=T0 + 2 * HOUR + 1)
+    # segments 1-2 only: 3 is still in the log, and 4 lies beyond it; hour 1 has not settled
+    assert [(t.hour, t.lo, t.hi) for t in plan.tasks] == [(H0, 1, 2)]
+    assert names(store) == ["w0-000000000003.d0.parquet", "w0-000000000004.d0.parquet",
+                            "w0-000000000005.d0.parquet", "w0-000000000006.d0.parquet",
+                            "w0.000000000001-000000000002.1of1.d0.parquet"]
+
+
+def test_compaction_respects_the_target_size_and_merges_late_files_later(store):
+    lake = ColdLake(store, writer_id="w0")
+    for segment in range(1, 7):
+        lake.write_segment(segment, tables(*[("a", "s", T0 + segment * 1000 + i, float(i)) for i in range(50)]),
+                           source="test")
+    size = store.list("raw/")[0][1]
+    plan, _ = _compact_all(lake, target=int(size * 2.5))
+    assert [(t.lo, t.hi) for t in plan.tasks] == [(1, 3), (4, 6)]
+    lake.write_segment(9, tables(("a", "s", T0 + 7, 0.5)), source="test")  # late data
+    plan, _ = _compact_all(lake, target=1 << 30)
+    assert [(t.lo, t.hi) for t in plan.tasks] == [(1, 9)]
+    assert len(lake_rows(lake)) == 6 * 50 + 1
+
+
+def test_other_writers_files_are_not_touched(store):
+    lake0, lake1 = ColdLake(store, writer_id="w0"), ColdLake(store, writer_id="w1")
+    lake0.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
+    lake0.write_segment(2, tables(("a", "s", T0 + 2, 1.0)), source="test")
+    lake1.write_segment(1, tables(("b", "s", T0 + 1, 1.0)), source="test")
+    lake1.write_segment(2, tables(("b", "s", T0 + 2, 1.0)), source="test")
+    _compact_all(lake0)
+    assert names(store) == ["w0.000000000001-000000000002.1of1.d0.parquet",
+                            "w1-000000000001.d0.parquet", "w1-000000000002.d0.parquet"]
+    assert len(lake_rows(lake1)) == 4
+
+
+def test_visibility_rules():
+    def f(name, t=0, hour=H0, archived=False):
+        return layout.parse(f"raw/date=2025-11-24/hour={hour}/{name}", last_modified_ms=t, archived=archived)
+
+    files = [f("w0-000000000001.d2.parquet"), f("w0-000000000002.d2.parquet"), f("w0-000000000003.f64.parquet"),
+             f("w0.000000000001-000000000002.1of2.d2.parquet", t=5),  # a set with one part missing
+             f("w1-000000000001.d2.parquet"), f("w0-000000000004.d2.parquet")]
+    seen = {x.key.rsplit("/", 1)[1] for x in layout.visible(files, writer="w0", hidden_segments={4})}
+    assert seen == {"w0-000000000001.d2.parquet", "w0-000000000002.d2.parquet", "w0-000000000003.f64.parquet",
+                    "w1-000000000001.d2.parquet"}
+    files.append(f("w0.000000000001-000000000002.2of2.f64.parquet", t=6))  # now complete
+    files.append(f("w0-000000000002.d1.parquet", t=9))  # newer than the set: a log restarted
+    seen = {x.key.rsplit("/", 1)[1] for x in layout.visible(files, writer="w0", hidden_segments={4})}
+    assert seen == {"w0.000000000001-000000000002.1of2.d2.parquet", "w0.000000000001-000000000002.2of2.f64.parquet",
+                    "w0-000000000002.d1.parquet", "w0-000000000003.f64.parquet", "w1-000000000001.d2.parquet"}
+    assert layout.parse("raw/date=2025-11-24/hour=01/notes.txt") is None
+    assert layout.segment_of("raw/date=2025-11-24/hour=01/w-0-000000000042.parquet") == ("w-0", 42)
+    assert layout.segment_of("raw/date=2025-11-24/hour=01/w0.000000000001-000000000002.1of1.d0.parquet") is None
 
 
 def test_sealable_rows_equal_a_sort_and_dedup_of_the_same_rows():

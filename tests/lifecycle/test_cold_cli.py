@@ -1,0 +1,111 @@
+"""`fabtier cold ...` and `fabtier bench cold` as a user runs them (the console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import boto3
+
+from tests.conftest import fabtier_cli
+
+
+def _config(tmp_path, text: str):
+    path = tmp_path / "fabtier.toml"
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n' + text, encoding="utf-8")
+    return str(path)
+
+
+def test_setup_secures_the_bucket_and_applies_the_lifecycle(tmp_path, moto_server):
+    bucket, database = f"fabtier-setup-{os.getpid()}", f"fab_setup_{os.getpid()}"  # the server is shared
+    config = _config(tmp_path, f'[cold]\nstore = "s3://{bucket}/lake"\nendpoint_url = "{moto_server}"\n'
+                               f'[glue]\ndatabase = "{database}"\nendpoint_url = "{moto_server}"\n')
+    done = json.loads(fabtier_cli("cold", "setup", "--config", config).stdout)["done"]
+    assert f"created bucket {bucket}" in done and f"created Glue table {database}.readings" in done
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    assert encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values()) and len(block) == 4
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    (deny,) = policy["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert {r["ID"] for r in rules} == {"fabtier-archive", "fabtier-expire"}
+    # Again: nothing new is created, the policy statement is not doubled.
+    again = json.loads(fabtier_cli("cold", "setup", "--config", config).stdout)["done"]
+    assert not any(line.startswith("created") for line in again)
+    assert len(json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]) == 1
+
+
+def test_iam_policy_is_least_privilege(tmp_path):
+    config = _config(tmp_path, '[cold]\nstore = "s3://plant-lake/fab1"\n[glue]\ndatabase = "fab_lake"\n')
+    policy = json.loads(fabtier_cli("cold", "iam-policy", "--config", config, "--account", "123456789012").stdout)
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    assert statements["FabtierLakeObjects"]["Resource"] == "arn:aws:s3:::plant-lake/fab1/*"
+    assert statements["FabtierListLake"]["Condition"] == {"StringLike": {"s3:prefix": ["fab1/*"]}}
+    actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert not any(a.endswith("*") for a in actions)  # no wildcard actions
+    assert "s3:PutBucketPolicy" not in actions and "s3:DeleteBucket" not in actions
+    assert "arn:aws:glue:us-east-1:123456789012:table/fab_lake/readings" in statements["FabtierGlueCatalog"]["Resource"]
+
+
+def test_lifecycle_document_is_printed_and_bad_ages_named(tmp_path):
+    config = _config(tmp_path, '[cold]\nstore = "s3://plant-lake/fab1"\n')
+    out = json.loads(fabtier_cli("cold", "lifecycle", "--config", config).stdout)
+    assert [t["Days"] for t in out["s3_document"]["Rules"][0]["Transitions"]] == [90, 365]
+    local = json.loads(fabtier_cli("cold", "lifecycle", "--config", _config(tmp_path, "")).stdout)
+    assert "s3_document" not in local and local["rules"][1]["expire_after_s"] == 2555 * 86400
+    bad = _config(tmp_path, '[cold]\nstore = "s3://plant-lake/fab1"\n[lifecycle]\nglacier_after = "2h"\n'
+                            'deep_archive_after = "5h"\nexpire_after = "400d"\ncost_guard = false\n')
+    result = fabtier_cli("cold", "lifecycle", "--config", bad, check=False)
+    assert result.returncode == 2 and "[lifecycle]" in result.stderr and "whole days" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = fabtier_cli("cold", "setup", "--config", _config(tmp_path, ""), check=False)
+    assert result.returncode == 2 and "needs an S3 store" in result.stderr
+
+
+def test_bench_cold_prints_figures_and_one_json_object_last():
+    result = fabtier_cli("bench", "cold", "--seconds", "120", "--machines", "1", "--sensors", "3",
+                         "--seal-every", "30s", "--repeat", "1", "--json")
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["bench"] == "cold" and last["data"]["segments"] == 4
+    b = last["bytes_per_reading"]
+    assert b["lake_compacted"] < b["parquet_pyarrow_defaults"] < b["csv"]
+    assert last["exact"]["duckdb"] and last["exact"]["pyarrow"]
+    assert last["exact"]["rows_read_back"] == last["data"]["readings"] > 0
+    assert "bytes per reading" in result.stdout
+
+
+def test_lifecycle_run_archives_on_a_local_store_and_tiers_shows_the_frozen_tier(tmp_path):
+    import datetime as dt
+
+    from fabtier.clock import ManualClock
+    from fabtier.config import load_settings
+    from fabtier.pipeline import Pipeline
+
+    config = _config(tmp_path, '[lifecycle]\nglacier_after = "1d"\ndeep_archive_after = "2d"\n'
+                               'expire_after = "3d"\nmin_object_size = 0\ncost_guard = false\n')
+    settings = load_settings(config, env={})
+    t0 = 1_800_000_000_000
+    pipeline = Pipeline(settings, clock=ManualClock(t0))
+    pipeline.open(warm=False)
+    pipeline.process([("fab/etch-01", json.dumps({"ts": [t0 - 5000 + i for i in range(50)], "sensor": ["ch1/temp"] * 50,
+                                                  "v": [20 + i / 4 for i in range(50)]}).encode(), 0, 0)])
+    pipeline.wal.commit()
+    pipeline.seal()
+    pipeline.close_offline()
+
+    def tiers():
+        return {t["tier"]: t for t in json.loads(fabtier_cli("tiers", "--config", config, "--json").stdout)["tiers"]}
+
+    assert tiers()["cold raw"]["rows"] == 50
+    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1, hours=1)).isoformat()
+    reports = [json.loads(line) for line in fabtier_cli("lifecycle", "run", "--config", config, "--now", later).stdout.splitlines()]
+    assert {r["job"]: r for r in reports}["lifecycle"]["transitions"] >= 1
+    after = tiers()
+    assert after["cold raw"]["rows"] == 0
+    assert after["frozen raw (GLACIER, recorded locally)"]["rows"] == 50
+    rows = json.loads(fabtier_cli("sql", "SELECT count(*) AS n FROM readings", "--config", config,
+                                  "--format", "json").stdout)
+    assert rows == [{"n": 0}]  # archived: not readable until restored, as on S3
