@@ -43,7 +43,9 @@ from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
 from tiers.warm import WarmStore
 
 log = logging.getLogger("fabtier.pipeline")
-MICRO_BATCH = 2048  # messages decoded and stored together at most
+# Messages decoded and stored together at most. Small enough that the log is committed
+# (and messages acknowledged, alerts delivered) every few milliseconds under full load.
+MICRO_BATCH = 32
 
 
 class State(enum.Enum):
@@ -136,6 +138,8 @@ class Pipeline:
         self._sink_pending: collections.deque = collections.deque()
         self._sink_batches: list[ReadingBatch] = []  # this micro-batch's, until its log append
         self._withheld: list[int] = []  # durable, acknowledgement held back (backpressure)
+        self._commit_guard = threading.Lock()  # the ingest and committer threads both commit
+        self._last_commit = 0.0
         self._early_seal: threading.Thread | None = None
         # Rules, recipe limits and the alert outbox; `alert_sinks` replaces the configured
         # sinks (MQTT, webhook, SNS) when given.
@@ -273,6 +277,11 @@ class Pipeline:
                 taken = [self._inbox.popleft() for _ in range(min(len(self._inbox), MICRO_BATCH))]
                 self._room.set()
                 self.process(taken)
+                # Under load this thread commits itself: a committer thread that sleeps
+                # between commits wakes up late when two busy threads share the GIL
+                # (measured: 4 commits a second instead of 200).
+                if time.monotonic() - self._last_commit >= self.settings.ingest.commit_interval:
+                    self._commit_and_ack()
             if self._stop.is_set() or self.state is State.FAILED:
                 return
 
@@ -314,6 +323,9 @@ class Pipeline:
             for batch in assembled.batches:
                 with self._lock:
                     kept, record = self._add_batch(segment, batch, alerts)
+                # threading.Lock is not fair: without a pause here this thread takes the
+                # lock again before a waiting reader or the committer is even scheduled.
+                time.sleep(0)
                 stored += kept
                 dropped += len(batch) - kept
                 if record:
@@ -405,13 +417,13 @@ class Pipeline:
     def _commit_loop(self) -> None:
         interval = self.settings.ingest.commit_interval
         while not self._stop.wait(interval):
-            if self.wal.dirty or self._withheld:
+            # Commits here when the ingest thread is idle; under load it commits itself.
+            if (self.wal.dirty or self._withheld) and time.monotonic() - self._last_commit >= interval:
                 self._commit_and_ack()
 
     def _pressure(self) -> int:
         """0: none; 1: seal early; 2: hold acknowledgements back."""
-        with self._lock:
-            used = self.unsealed.bytes
+        used = self.unsealed.bytes  # a counter: no lock, so the committer never waits here
         limit = self.settings.ingest.max_unsealed
         return 2 if used > limit else 1 if used > limit // 2 else 0
 
@@ -425,6 +437,11 @@ class Pipeline:
         self._early_seal.start()
 
     def _commit_and_ack(self) -> None:
+        with self._commit_guard:
+            self._last_commit = time.monotonic()
+            self._commit_and_ack_locked()
+
+    def _commit_and_ack_locked(self) -> None:
         alerts = self.alerting.take_appended()  # appended before this commit, so covered by it
         # Batches appended before the commit are durable after it: only those go to the sinks.
         to_sinks = len(self._sink_pending)

@@ -161,6 +161,7 @@ class UnsealedData:
     def __init__(self, keys: SensorKeys) -> None:
         self._keys = keys
         self._segments: dict[int, _Segment] = {}
+        self._rows = 0
 
     def _segment(self, number: int) -> _Segment:
         found = self._segments.get(number)
@@ -176,6 +177,7 @@ class UnsealedData:
         target.value.append(value)
         target.verified.append(verified)
         target.rows += len(ts)
+        self._rows += len(ts)
 
     def add_quarantine(self, segment: int, record: QuarantineRecord) -> None:
         self._segment(segment).quarantine.append(record)
@@ -191,7 +193,8 @@ class UnsealedData:
 
     @property
     def rows(self) -> int:
-        return sum(s.rows for s in self._segments.values())
+        """Readings held; a plain counter, so other threads may read it without the lock."""
+        return self._rows
 
     @property
     def bytes(self) -> int:
@@ -199,7 +202,9 @@ class UnsealedData:
         return 21 * self.rows
 
     def drop(self, segment: int) -> None:
-        self._segments.pop(segment, None)
+        dropped = self._segments.pop(segment, None)
+        if dropped is not None:
+            self._rows -= dropped.rows
 
     def sealable(self, segments: list[int]) -> SegmentTables:
         """The segments' rows for sealing: sorted by (machine, sensor, ts), first arrival of
