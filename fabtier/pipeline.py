@@ -320,9 +320,6 @@ class Pipeline:
             for batch in assembled.batches:
                 with self._lock:
                     kept, record = self._add_batch(segment, batch, alerts)
-                # threading.Lock is not fair: without a pause here this thread takes the
-                # lock again before a waiting reader or the committer is even scheduled.
-                time.sleep(0)
                 stored += kept
                 dropped += len(batch) - kept
                 if record:
