@@ -93,8 +93,7 @@ def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None, *, a
     now, at = _now(pipeline, now_ms), _now(pipeline, at_ms)
     transitions = expiries = 0
     with pipeline.seal_lock:
-        objects = [policy.ObjectState(o.key, o.size, o.last_modified_ms, o.storage_class)
-                   for o in store.objects("")]
+        objects = store.objects("")
         for action in policy.evaluate(rules, objects, now):
             size = next(o.size for o in objects if o.key == action.key)
             where = f"{store.url}/{action.key}"

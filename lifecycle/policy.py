@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 from fabtier.errors import ConfigError
+from tiers.store import STANDARD, ObjectInfo
 
 DAY_S = 86_400.0
 MONTH_S = 30.4375 * DAY_S
@@ -32,7 +33,6 @@ GIB = float(1 << 30)
 
 GLACIER = "GLACIER"
 DEEP_ARCHIVE = "DEEP_ARCHIVE"
-STANDARD = "STANDARD"
 # colder classes come later
 _ORDER = {STANDARD: 0, "STANDARD_IA": 1, "INTELLIGENT_TIERING": 1, "ONEZONE_IA": 2, "GLACIER_IR": 3,
           GLACIER: 4, DEEP_ARCHIVE: 5}
@@ -75,14 +75,6 @@ class Rule:
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
-
-
-@dataclass(frozen=True)
-class ObjectState:
-    key: str
-    size: int
-    last_modified_ms: int
-    storage_class: str = STANDARD
 
 
 @dataclass(frozen=True)
@@ -250,7 +242,7 @@ def _filter_problems(filter_) -> list[str]:
 
 
 # ---- local evaluation ---------------------------------------------------------------------
-def evaluate(policy: Policy, objects: list[ObjectState], now_ms: int) -> list[Action]:
+def evaluate(policy: Policy, objects: list[ObjectInfo], now_ms: int) -> list[Action]:
     """The transitions and expiries due at `now_ms`, by the exact ages of the policy."""
     actions = []
     for obj in objects:

@@ -155,6 +155,11 @@ def tables_from_records(records: list) -> SegmentTables:
     )
 
 
+def _columns(parts: list[_Segment], name: str, dtype) -> np.ndarray:
+    """One column of several segments' chunks, as one array."""
+    return np.concatenate([a for p in parts for a in getattr(p, name)] or [np.empty(0, dtype)])
+
+
 class UnsealedData:
     """Rows per log segment, from append until the segment is sealed."""
 
@@ -212,9 +217,8 @@ class UnsealedData:
         numpy, not on strings, because at a million readings a second this runs every
         minute over tens of millions of rows."""
         parts = [self._segments[s] for s in segments if s in self._segments]
-        key_ids = np.concatenate([a for p in parts for a in p.key_ids] or [np.empty(0, np.int32)])
-        ts = np.concatenate([a for p in parts for a in p.ts] or [np.empty(0, np.int64)])
-        value = np.concatenate([a for p in parts for a in p.value] or [np.empty(0, np.float64)])
+        key_ids, ts, value = _columns(parts, "key_ids", np.int32), _columns(parts, "ts", np.int64), \
+            _columns(parts, "value", np.float64)
         rank = self._keys.ranks()[key_ids]
         order = np.argsort(rank.astype(np.uint16) if len(self._keys) <= 1 << 16 else rank, kind="stable")
         sorted_rank, sorted_ts = rank[order], ts[order]
@@ -240,10 +244,9 @@ class UnsealedData:
     def tables(self, segments: list[int]) -> SegmentTables:
         """The given segments' rows; arrays are shared, not copied, so this is cheap."""
         parts = [self._segments[s] for s in segments if s in self._segments]
-        key_ids = np.concatenate([a for p in parts for a in p.key_ids] or [np.empty(0, np.int32)])
-        ts = np.concatenate([a for p in parts for a in p.ts] or [np.empty(0, np.int64)])
-        value = np.concatenate([a for p in parts for a in p.value] or [np.empty(0, np.float64)])
-        verified = np.concatenate([a for p in parts for a in p.verified] or [np.empty(0, bool)])
+        key_ids, ts, value = _columns(parts, "key_ids", np.int32), _columns(parts, "ts", np.int64), \
+            _columns(parts, "value", np.float64)
+        verified = _columns(parts, "verified", bool)
         machines, sensors = self._keys.names(key_ids)
         table = readings_table(machines, sensors, ts, value)
         mask = pa.array(verified, type=pa.bool_())

@@ -8,7 +8,7 @@ import pytest
 from fabtier.config import settings_from_mapping
 from fabtier.errors import ConfigError
 from lifecycle import policy
-from lifecycle.policy import ObjectState
+from tiers.store import ObjectInfo as ObjectState
 from tiers.s3bucket import apply_lifecycle, lifecycle_rules
 from tiers.store import S3Store
 
