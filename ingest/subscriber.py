@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fabtier.errors import RetryableError
+from ingest.readahead import ReadAheadClient
 
 log = logging.getLogger("fabtier.ingest")
 
@@ -41,7 +42,7 @@ class Subscriber:
         self._keepalive = max(5, int(keepalive))
         self.ready = threading.Event()
         self.connected = threading.Event()
-        self._client = mqtt.Client(
+        self._client = ReadAheadClient(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -58,6 +59,7 @@ class Subscriber:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.deliver = on_message  # whole PUBLISH packets skip paho's MQTTMessage
 
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
