@@ -135,7 +135,8 @@ class ColdLake:
         data = fmt.to_parquet_bytes(table)
         self.store.put(key, data)
         expected = fmt.checksum(table)
-        back = fmt.from_parquet_bytes(self.store.get(key)).select(table.column_names)
+        back = fmt.from_parquet_bytes(self.store.get(key), dictionaries=fmt.dictionary_columns(table))
+        back = back.select(table.column_names)
         if back.num_rows != table.num_rows or fmt.checksum(back) != expected:
             raise VerifyError(f"{key} read back {back.num_rows} rows, wrote {table.num_rows}")
         return Move(what=what, source=source, target=f"{self.store.url}/{key}",
@@ -158,13 +159,17 @@ class ColdLake:
         if not others:
             return part
         ts = part.column("ts")
+        machines = pc.unique(part.column("machine"))
+        if pa.types.is_dictionary(machines.type):
+            machines = machines.cast(machines.type.value_type)
         stored = pa.concat_tables([
             d.to_table(columns=["machine", "sensor", "ts"],
                        filter=(ds.field("ts") >= pc.min(ts)) & (ds.field("ts") <= pc.max(ts))
-                       & ds.field("machine").isin(pc.unique(part.column("machine"))))
+                       & ds.field("machine").isin(machines))
             for d in self.raw_datasets(files=others)])
         if stored.num_rows == 0:
             return part
+        part = part.cast(READINGS_SCHEMA)  # names as plain strings, as the stored files have them
         stored = stored.append_column("_stored", pa.array([True] * stored.num_rows))
         joined = part.join(stored, keys=["machine", "sensor", "ts"], join_type="left outer")
         kept = joined.filter(pc.is_null(joined.column("_stored"))).drop_columns(["_stored"])
@@ -176,7 +181,7 @@ class ColdLake:
         Files this segment wrote earlier (a crashed seal) that the new write does not replace
         are deleted, so a re-run leaves exactly the new set."""
         moves = []
-        readings = tables.readings.cast(READINGS_SCHEMA)
+        readings = fmt.cast_keeping_dictionaries(tables.readings, READINGS_SCHEMA)
         if not tables.presorted:
             readings = fmt.sort_dedup(readings)
         for (day, hour), part in fmt.split_by_hour(readings).items():

@@ -20,6 +20,7 @@ class SensorKeys:
         self._ids: dict[tuple[str, str], int] = {}
         self.machines: list[str] = []
         self.sensors: list[str] = []
+        self._dictionaries: tuple | None = None  # (keys covered, codes and names per column)
 
     def __len__(self) -> int:
         return len(self.machines)
@@ -57,4 +58,21 @@ class SensorKeys:
         indices = pa.array(key_ids, type=pa.int32())
         machines = pa.array(self.machines, type=pa.string()).take(indices)
         sensors = pa.array(self.sensors, type=pa.string()).take(indices)
+        return machines, sensors
+
+    def name_dictionaries(self, key_ids: np.ndarray) -> tuple[pa.DictionaryArray, pa.DictionaryArray]:
+        """Machine and sensor columns for an array of key ids, dictionary-encoded: int32 codes
+        into the sorted distinct names. No string per row (sealing tens of millions of rows
+        spent most of its time making and hashing them), and Parquet writes the codes as
+        they are. Safe beside `id_of` in another thread: ids, once given, never change."""
+        known = len(self.sensors)  # appended after machines: both lists hold this many
+        cached = self._dictionaries
+        if cached is None or cached[0] < known:
+            columns = []
+            for names in (self.machines[:known], self.sensors[:known]):
+                distinct, code_of_key = np.unique(np.array(names, dtype=object), return_inverse=True)
+                columns.append((code_of_key.astype(np.int32), pa.array(distinct.tolist(), type=pa.string())))
+            cached = self._dictionaries = (known, columns)
+        machines, sensors = (pa.DictionaryArray.from_arrays(pa.array(codes[key_ids], type=pa.int32()), names)
+                             for codes, names in cached[1])
         return machines, sensors

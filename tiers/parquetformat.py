@@ -38,10 +38,59 @@ ROW_GROUP_SIZE = 1 << 18
 MAX_SCALE = 9
 DOUBLE = "f64"
 ENCODINGS = tuple(f"d{s}" for s in range(MAX_SCALE + 1)) + (DOUBLE,)
+_NEGATIVE_ZERO = np.array(-0.0).view(np.int64)
 _EXACT_LIMIT = 2 ** 53  # integers below this are exact in float64, so u / 10**s rounds once
 _DICTIONARY = ("machine", "sensor", "topic", "reason", "event", "lot", "wafer", "recipe",
                "recipe_version", "writer", "kind", "rule", "state", "step")
 _DELTA = ("ts", "received_at")
+
+
+def cast_keeping_dictionaries(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` cast to `schema`, except that dictionary-encoded strings stay encoded where
+    the schema has plain strings (Parquet stores both the same way)."""
+    fields = []
+    for target in schema:
+        actual = table.schema.field(target.name).type
+        keep = pa.types.is_dictionary(actual) and actual.value_type == target.type
+        fields.append(pa.field(target.name, actual) if keep else target)
+    return table.select(schema.names).cast(pa.schema(fields, metadata=schema.metadata))
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    return [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+
+
+def _string_codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """A string column as int32 codes per row into an array of distinct values (a null is
+    one of them). Dictionary columns give their codes without touching a string per row."""
+    if isinstance(column, pa.ChunkedArray):
+        if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
+            column = column.unify_dictionaries()  # one dictionary for all chunks
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    if pa.types.is_dictionary(column.type) and not column.null_count:
+        codes = column.indices.to_numpy()
+        distinct = pc.dictionary_encode(column.dictionary)
+        if len(distinct.dictionary) == len(column.dictionary):
+            return codes, column.dictionary
+        return distinct.indices.to_numpy()[codes], distinct.dictionary  # repeated entries
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    encoded = pc.dictionary_encode(column, null_encoding="encode")
+    return encoded.indices.to_numpy(), encoded.dictionary
+
+
+def _string_runs(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """A string column as maximal runs of one value: (run lengths, each run's value numbered
+    in order of first appearance, the distinct values in that order). Equal for equal
+    sequences however the column is encoded; a sorted column has few runs, so this costs
+    about one integer comparison per row."""
+    codes, values = _string_codes(column)
+    if len(codes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), values.slice(0, 0)
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    lengths = np.diff(np.append(starts, len(codes)))
+    numbered = pc.dictionary_encode(pa.array(codes[starts]))
+    return lengths, numbered.indices.to_numpy(), values.take(numbered.dictionary)
 
 
 def sort_dedup(table: pa.Table) -> pa.Table:
@@ -90,6 +139,43 @@ def min_scales(values: np.ndarray) -> np.ndarray:
     return result
 
 
+def run_scales(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per run of rows (runs begin at `starts`), the smallest scale at which every value of
+    the run is exact (as `min_scales`, whose maximum over the run it equals).
+
+    Whole runs are tested one scale at a time with boolean masks instead of value by value
+    with index arrays: a sensor's values share their resolution, so most runs settle on the
+    first scale that fits, and a pass over ten million values takes tens of milliseconds."""
+    values = np.asarray(values, dtype=np.float64)
+    lengths = np.diff(np.append(starts, len(values)))
+    result = np.full(len(starts), MAX_SCALE + 1, dtype=np.int8)
+    # NaN, infinities and -0.0 are exact at no scale: their runs are settled at once
+    # rather than tried at every scale.
+    hopeless = ~np.isfinite(values) | (values.view(np.int64) == _NEGATIVE_ZERO)
+    if len(values) and hopeless.any():
+        doomed = np.logical_or.reduceat(hopeless, starts)
+        open_runs = np.flatnonzero(~doomed)
+        v = values[np.repeat(~doomed, lengths)]
+    else:
+        open_runs = np.arange(len(starts))  # runs not settled yet
+        v = values
+    with np.errstate(invalid="ignore", over="ignore"):
+        for scale in range(MAX_SCALE + 1):
+            if len(open_runs) == 0:
+                break
+            power = 10.0 ** scale
+            unscaled = np.rint(v * power) + 0.0  # the integer has no sign of zero
+            exact = (np.abs(unscaled) < _EXACT_LIMIT) & ((unscaled / power).view(np.int64) == v.view(np.int64))
+            run_starts = np.concatenate([[0], np.cumsum(lengths[open_runs])[:-1]])
+            settled = np.logical_and.reduceat(exact, run_starts) if len(v) else np.ones(0, bool)
+            result[open_runs[settled]] = scale
+            if settled.all():
+                break
+            v = v[np.repeat(~settled, lengths[open_runs])]
+            open_runs = open_runs[~settled]
+    return result
+
+
 def encoding_of_values(values: np.ndarray) -> str:
     """The one encoding that stores all of `values` exactly and most compactly."""
     if len(values) == 0:
@@ -108,7 +194,7 @@ def to_decimal(values: np.ndarray, scale: int) -> pa.Array:
     words[:, 0] = unscaled
     words[:, 1] = np.where(unscaled < 0, -1, 0)
     return pa.Array.from_buffers(pa.decimal128(18, scale), len(unscaled),
-                                 [None, pa.py_buffer(words.tobytes())])
+                                 [None, pa.py_buffer(words)])  # the array keeps `words` alive
 
 
 def exact_float64(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -121,7 +207,8 @@ def exact_float64(column: pa.Array | pa.ChunkedArray) -> pa.Array:
         raise TypeError(f"value column of type {column.type} is not a number")
     if column.null_count:
         raise ValueError("value columns never hold nulls")
-    column = column.cast(pa.decimal128(38, column.type.scale))  # decimal32/64 become 128
+    if column.type.bit_width != 128:
+        column = column.cast(pa.decimal128(38, column.type.scale))  # decimal32/64 become 128
     words = np.frombuffer(column.buffers()[1], dtype=np.int64)[2 * column.offset:2 * (column.offset + len(column))]
     unscaled = words[0::2]
     return pa.array(unscaled.astype(np.float64) / 10.0 ** column.type.scale, pa.float64())
@@ -144,15 +231,14 @@ def split_by_encoding(readings: pa.Table) -> dict[str, pa.Table]:
     runs may land in different groups.)"""
     if readings.num_rows == 0:
         return {}
-    scales = min_scales(readings.column("value").to_numpy())
     # Runs of one (machine, sensor): sorted input makes them contiguous, so no hashing of names.
     change = np.zeros(readings.num_rows, dtype=bool)
     change[0] = True
     for name in ("machine", "sensor"):
-        codes = readings.column(name).combine_chunks().dictionary_encode().indices.to_numpy()
+        codes, _ = _string_codes(readings.column(name))
         change[1:] |= codes[1:] != codes[:-1]
     starts = np.flatnonzero(change)
-    worst = np.maximum.reduceat(scales, starts)
+    worst = run_scales(readings.column("value").to_numpy(), starts)
     row_scale = np.repeat(worst, np.diff(np.append(starts, readings.num_rows)))
     groups = {}
     for scale in np.unique(row_scale).tolist():
@@ -188,36 +274,47 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
         write_statistics=True,
         coerce_timestamps="ms",
         allow_truncated_timestamps=False,
+        # Dictionary-encoded names would otherwise be recorded as dictionary types in the
+        # file's Arrow schema; without it every reader sees strings, as in every other file.
+        store_schema=not dictionary_columns(table),
     )
     return sink.getvalue().to_pybytes()
 
 
-def from_parquet_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(pa.BufferReader(data))
+def from_parquet_bytes(data: bytes, dictionaries: list[str] | tuple[str, ...] = ()) -> pa.Table:
+    """A Parquet file's table; the `dictionaries` columns read as dictionary arrays."""
+    return pq.read_table(pa.BufferReader(data), read_dictionary=list(dictionaries) or None)
 
 
 def checksum(table: pa.Table) -> str:
     """A digest of the readings' content, equal for equal rows in equal order.
 
+    Strings are digested as runs of equal values (lengths, values numbered by first
+    appearance, the distinct values), so dictionary-encoded and plain columns agree.
+
     Values are digested as the float64 they stand for (decimals converted exactly), so a
     decimal file and the doubles it was written from have the same checksum."""
     digest = hashlib.sha256()
     for name in table.column_names:
-        column = table.column(name).combine_chunks()
+        column = table.column(name)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            lengths, numbers, distinct = _string_runs(column)
+            digest.update(lengths.astype(np.int64, copy=False))
+            digest.update(numbers.astype(np.int32, copy=False))
+            digest.update(np.asarray(distinct.is_null()))
+            digest.update("\0".join(v or "" for v in distinct.to_pylist()).encode())
+            continue
+        column = column.combine_chunks()
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if pa.types.is_decimal(column.type):
             column = exact_float64(column)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            # Codes in order of first appearance plus the distinct values: equal for equal
-            # sequences, and computed in Arrow instead of one Python string per row.
-            encoded = pc.dictionary_encode(column)
-            digest.update(encoded.indices.to_numpy(zero_copy_only=False).tobytes())
-            digest.update("\0".join(encoded.dictionary.to_pylist()).encode())
-        elif pa.types.is_timestamp(column.type):
-            digest.update(column.cast(pa.int64()).fill_null(0).to_numpy().tobytes())
-        else:
-            digest.update(column.to_numpy(zero_copy_only=False).tobytes())
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+            if column.null_count:
+                column = column.fill_null(0)
+        digest.update(np.ascontiguousarray(column.to_numpy(zero_copy_only=False)))  # no copy if contiguous
     return digest.hexdigest()
 
 

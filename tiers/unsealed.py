@@ -24,6 +24,11 @@ READINGS_SCHEMA = pa.schema([
     ("ts", pa.timestamp("ms", tz="UTC")),
     ("value", pa.float64()),
 ])
+# The same rows as the sealer builds them: names as dictionaries (codes into the distinct
+# names), which Parquet stores as plain strings.
+_NAMES = pa.dictionary(pa.int32(), pa.string())
+SEALING_SCHEMA = pa.schema([("machine", _NAMES), ("sensor", _NAMES), READINGS_SCHEMA.field("ts"),
+                            READINGS_SCHEMA.field("value")])
 QUARANTINE_SCHEMA = pa.schema([
     ("received_at", pa.timestamp("ms", tz="UTC")),
     ("topic", pa.string()),
@@ -91,11 +96,12 @@ class SegmentTables:
         return pa.concat_tables([self.fresh, self.late]) if self.late.num_rows else self.fresh
 
 
-def readings_table(machines: pa.Array, sensors: pa.Array, ts: np.ndarray, value: np.ndarray) -> pa.Table:
+def readings_table(machines: pa.Array, sensors: pa.Array, ts: np.ndarray, value: np.ndarray,
+                   schema: pa.Schema = READINGS_SCHEMA) -> pa.Table:
     return pa.Table.from_arrays(
         [machines, sensors, pa.array(ts, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
          pa.array(value, type=pa.float64())],
-        schema=READINGS_SCHEMA,
+        schema=schema,
     )
 
 
@@ -231,10 +237,10 @@ class UnsealedData:
         if repeated.any():
             keep = np.concatenate([[True], ~repeated])
             order, sorted_ts = order[keep], sorted_ts[keep]
-        machines, sensors = self._keys.names(key_ids[order])
+        machines, sensors = self._keys.name_dictionaries(key_ids[order])
         return SegmentTables(
-            fresh=readings_table(machines, sensors, sorted_ts, value[order]),
-            late=READINGS_SCHEMA.empty_table(),
+            fresh=readings_table(machines, sensors, sorted_ts, value[order], schema=SEALING_SCHEMA),
+            late=SEALING_SCHEMA.empty_table(),
             quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
             context=context_table([c for p in parts for c in p.context]),
             alerts=alerts_table([a for p in parts for a in p.alerts]),
