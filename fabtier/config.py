@@ -95,6 +95,9 @@ class ColdSettings:
     store: str = _kind("store_url", "")
     endpoint_url: str = _kind("http_url", "")
     seal_every: float = _kind("duration", parse_duration("1m"))
+    # Seal in a forked child process (Linux), so that sorting and encoding a segment does
+    # not take the interpreter lock from ingestion; false: in a thread of this process.
+    seal_in_child: bool = _kind("bool", True)
     # Part of every object key this process writes, so that scaled-out ingestors never
     # overwrite each other's files.
     writer_id: str = _kind("name", "w0")

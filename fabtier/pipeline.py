@@ -25,6 +25,7 @@ from analytics.session import SqlSources
 from fabtier.clock import Clock, SystemClock
 from fabtier.config import Settings
 from fabtier.datadir import DataDirLock
+from fabtier import forked
 from fabtier.errors import DurabilityError
 from ingest.alerting import Alerting
 from ingest.assemble import Assembled, assemble, payload_text
@@ -46,6 +47,11 @@ log = logging.getLogger("fabtier.pipeline")
 # Messages decoded and stored together at most. Small enough that the log is committed
 # (and messages acknowledged, alerts delivered) every few milliseconds under full load.
 MICRO_BATCH = 128
+SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
+
+
+class SealError(Exception):
+    """Writing a segment into the lake failed (the segment stays and is retried)."""
 
 
 class State(enum.Enum):
@@ -497,14 +503,8 @@ class Pipeline:
             for segment in due:
                 with self._lock:
                     in_memory = segment in self.unsealed.segments()
-                # Outside the lock: the segment is closed (rotation waited for the last
-                # micro-batch that wrote to it), so nothing changes its rows any more, and
-                # sorting millions of them must not stop ingestion or readers meanwhile.
-                tables = self.unsealed.sealable([segment]) if in_memory else None
-                if tables is None:
-                    tables = tables_from_records(read_segment(self.wal.path(segment)))
                 try:
-                    moves = self.lake.write_segment(segment, tables, source=self.wal.path(segment).as_uri())
+                    moves = self._write_segment(segment, in_memory)
                 except Exception:
                     # The segment stays in the log and in memory; the next run retries it.
                     self.metrics.seal_failures += 1
@@ -520,6 +520,29 @@ class Pipeline:
             self.metrics.segments_sealed += done
             self.metrics.rows_sealed += rows
             return SealReport(segments=done, rows=rows, files=files)
+
+    def _write_segment(self, segment: int, in_memory: bool) -> list:
+        """One closed segment into the lake (copy and verify); the moves made."""
+        source = self.wal.path(segment).as_uri()
+        if in_memory and self.settings.cold.seal_in_child and forked.available():
+            def in_child() -> list:
+                after_fork = getattr(self.lake.store, "after_fork", None)
+                if after_fork is not None:
+                    after_fork()
+                return self.lake.write_segment(segment, self.unsealed.sealable([segment]), source=source)
+            try:
+                return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT)
+            except forked.ChildFailed as exc:
+                raise SealError(f"sealing segment {segment} failed: {exc}") from None
+            except forked.ChildLost as exc:
+                log.warning("sealing segment %d in a child process: %s; sealing it in this process", segment, exc)
+        # Outside the lock: the segment is closed (rotation waited for the last micro-batch
+        # that wrote to it), so nothing changes its rows any more, and sorting millions of
+        # them must not stop ingestion or readers meanwhile.
+        tables = self.unsealed.sealable([segment]) if in_memory else None
+        if tables is None:
+            tables = tables_from_records(read_segment(self.wal.path(segment)))
+        return self.lake.write_segment(segment, tables, source=source)
 
     # ---- reads -------------------------------------------------------------------------
     def sql_sources(self) -> SqlSources:

@@ -7,6 +7,13 @@ order, oldest at `written % capacity` once it has wrapped. The capacity grows (d
 while a sensor's buffer holds less than the configured window and the memory budget allows;
 new sensors that would overflow the budget halve it instead.
 
+Growing must not stall ingestion: copying a ring of a few hundred megabytes takes the
+ingest thread (and so alerting) away for a good part of a second. So each row is reserved
+at the largest capacity the budget allows for the current number of rows, as virtual
+memory that the kernel backs only when written (`np.empty` does not touch it), and the
+arrays in use are views of its first `capacity` columns. Growing before any row wraps,
+the usual case since `_reserve` grows ahead of a write, only widens the views.
+
 The ring is also the ingest path's duplicate detector: for each sensor it knows every
 stored reading with `ts >= covered[key]`, so a redelivered reading in that range is dropped.
 Readings older than that (late data, or pushed out by the budget) are passed on as
@@ -16,12 +23,27 @@ not thread-safe (the caller holds a lock).
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 BYTES_PER_READING = 16  # int64 ts + float64 value
 _INITIAL_CAPACITY = 256
 _INITIAL_KEYS = 64
 _NEVER = np.iinfo(np.int64).min
+
+
+def _reserve(rows: int, columns: int, dtype) -> np.ndarray:
+    """A (rows, columns) array of address space that memory backs only where written.
+
+    Anonymous mmap rather than np.empty: numpy asks for transparent huge pages on large
+    arrays, and then the first write to each row faults in (and zeroes) 2 MiB instead of
+    4 KiB, which made one micro-batch take seconds on a reserve of a few GiB."""
+    size = max(1, rows * columns * np.dtype(dtype).itemsize)
+    buffer = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype, count=rows * columns).reshape(rows, columns)
 
 
 class HotRing:
@@ -33,8 +55,7 @@ class HotRing:
         self.default_covered_from = covered_from
         self.capacity = self._fit_capacity(_INITIAL_CAPACITY, _INITIAL_KEYS)
         self._keys = 0  # rows in use
-        self._ts = np.empty((_INITIAL_KEYS, self.capacity), np.int64)
-        self._value = np.empty((_INITIAL_KEYS, self.capacity), np.float64)
+        self._allocate(_INITIAL_KEYS, self.capacity)
         self._written = np.zeros(_INITIAL_KEYS, np.int64)
         self._last = np.full(_INITIAL_KEYS, _NEVER, np.int64)
         self._covered = np.full(_INITIAL_KEYS, covered_from, np.int64)
@@ -47,6 +68,22 @@ class HotRing:
         while capacity * 2 <= min(wanted, limit):
             capacity *= 2
         return capacity
+
+    def _allocate(self, rows: int, capacity: int) -> None:
+        """Fresh arrays of `rows` rows, each reserved at the budget's largest capacity."""
+        reserved = max(capacity, self._fit_capacity(self.memory_budget, rows))
+        try:
+            ts_store, value_store = _reserve(rows, reserved, np.int64), _reserve(rows, reserved, np.float64)
+        except (MemoryError, OSError):  # the system will not promise that much address space
+            reserved = capacity
+            ts_store, value_store = np.empty((rows, reserved), np.int64), np.empty((rows, reserved), np.float64)
+        self._ts_store, self._value_store, self._reserved = ts_store, value_store, reserved
+        self._view(capacity)
+
+    def _view(self, capacity: int) -> None:
+        self._ts = self._ts_store[:, :capacity]
+        self._value = self._value_store[:, :capacity]
+        self.capacity = capacity
 
     def _linear(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows' readings oldest first, as (ts, value, count) with count slots valid."""
@@ -62,8 +99,14 @@ class HotRing:
         """Re-lay every row into `capacity` slots (keeping the newest) and room for rows."""
         old_cap = self.capacity
         rows = max(rows_needed, len(self._written))
-        new_ts = np.empty((rows, capacity), np.int64)
-        new_value = np.empty((rows, capacity), np.float64)
+        if (rows <= self._ts_store.shape[0] and old_cap <= capacity <= self._reserved
+                and not (self._written[:self._keys] > old_cap).any()):
+            self._view(capacity)  # nothing wrapped: every row's readings stay where they are
+            return
+        old_ts, old_value = self._ts, self._value
+        self._allocate(rows, capacity)
+        new_ts, new_value = self._ts, self._value
+        self._ts, self._value = old_ts, old_value
         for row in range(self._keys):  # rare: only when the layout changes
             written = int(self._written[row])
             count = min(written, old_cap)
@@ -83,7 +126,7 @@ class HotRing:
             if keep < count:
                 self._covered[row] = max(self._covered[row], int(new_ts[row, 0]))
             self._written[row] = keep
-        self._ts, self._value, self.capacity = new_ts, new_value, capacity
+        self._ts, self._value = new_ts, new_value
 
     def _ensure_keys(self, rows_needed: int) -> None:
         if rows_needed <= len(self._written):
@@ -255,6 +298,7 @@ class HotRing:
 
     @property
     def memory_bytes(self) -> int:
+        """Bytes the rows in use can fill (the reserve beyond `capacity` is never written)."""
         return self._ts.nbytes + self._value.nbytes
 
     def covered_from(self, key: int) -> int:

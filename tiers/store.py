@@ -223,6 +223,14 @@ class S3Store:
         self.client = boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
         self._fs: pafs.S3FileSystem | None = None
 
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own (the parent's pooled connections are the
+        parent's; two processes talking over one socket would mix their answers)."""
+        import boto3
+
+        self.client = boto3.client("s3", endpoint_url=self.endpoint_url or None, config=self.client.meta.config)
+        self._fs = None
+
     def _key(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key

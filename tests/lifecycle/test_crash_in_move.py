@@ -60,7 +60,9 @@ def store_settings(request, tmp_path):
     s3 = request.getfixturevalue("s3_bucket") if request.param == "s3" else None
 
     def settings(path):
-        cold = {"compact_after": "1h", "seal_every": "1h"}
+        # In this process: the tests count and break the store's steps in memory, which a
+        # forked sealer would do in its own copy. (The child runs the same move code.)
+        cold = {"compact_after": "1h", "seal_every": "1h", "seal_in_child": False}
         if s3 is not None:
             cold.update(store=f"s3://{s3[1]}/{path.name}", endpoint_url=s3[0])
         return make_settings(path, None, cold=cold)
