@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ log = logging.getLogger("fabtier.pipeline")
 # Messages decoded and stored together at most. Small enough that the log is committed
 # (and messages acknowledged, alerts delivered) every few milliseconds under full load.
 MICRO_BATCH = 128
+SEAL_CHILD_NICENESS = 10
 SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
 
 
@@ -526,6 +528,9 @@ class Pipeline:
         source = self.wal.path(segment).as_uri()
         if in_memory and self.settings.cold.seal_in_child and forked.available():
             def in_child() -> list:
+                # Below ingestion in the CPU's queue: on a busy machine the seal takes longer,
+                # not the alerts (unsealed rows are bounded by [ingest] max_unsealed anyway).
+                os.nice(SEAL_CHILD_NICENESS)
                 after_fork = getattr(self.lake.store, "after_fork", None)
                 if after_fork is not None:
                     after_fork()
