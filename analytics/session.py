@@ -129,9 +129,17 @@ def _register_cold_raw(con: duckdb.DuckDBPyConnection, cold_raw) -> None:
         f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}" for i in range(len(parts))))
 
 
-def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
+def open_session(sources: SqlSources, *, memory_limit: int | None = None,
+                 spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A sandboxed session over `sources`. `memory_limit` (bytes) caps DuckDB, which spills
+    to `spill_dir` beyond it or fails the query with its own message: a big query must not
+    take the memory of the process it runs in (the ingesting instance, for the API)."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+    if spill_dir:
+        con.execute("SET temp_directory = ?", [spill_dir])
     for name in ("cold_quarantine", "cold_context", "hot_fresh", "hot_late",
                  "hot_quarantine", "hot_context", "audit"):
         con.register(name, getattr(sources, name))
@@ -153,9 +161,10 @@ def open_session(sources: SqlSources) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_sql(sources: SqlSources, sql: str) -> pa.Table:
+def run_sql(sources: SqlSources, sql: str, *, memory_limit: int | None = None,
+            spill_dir: str | None = None) -> pa.Table:
     """Run one read-only statement; a bad one raises SqlError with DuckDB's message."""
-    con = open_session(sources)
+    con = open_session(sources, memory_limit=memory_limit, spill_dir=spill_dir)
     try:
         try:
             statements = con.extract_statements(sql)

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from analytics import output
 from analytics.session import run_sql
+from fabtier.datadir import sql_spill_dir
 from fabtier.errors import SqlError
 from lifecycle import jobs
 
@@ -154,7 +155,8 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                     self._json(400, {"error": 'send {"sql": "SELECT ..."} or the statement as text/plain'})
                     return
             try:
-                table = run_sql(pipeline.sql_sources(), sql)
+                table = run_sql(pipeline.sql_sources(), sql, memory_limit=pipeline.settings.api.sql_memory_limit,
+                                spill_dir=sql_spill_dir(pipeline.settings.data_dir))
             except SqlError as exc:
                 self._json(400, {"error": str(exc)})
                 return

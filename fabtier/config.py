@@ -185,6 +185,9 @@ class ApiSettings:
     host: str = _kind("str", "127.0.0.1")
     port: int = _kind("port", 8080)
     token: Secret = _kind("secret", Secret(""))
+    # What one SQL statement may hold in memory (DuckDB spills to {data_dir}/tmp beyond it,
+    # or fails with its message), so that a heavy query cannot starve the ingestor.
+    sql_memory_limit: int = _kind("size", parse_size("4GiB"))
 
 
 @dataclass(frozen=True)

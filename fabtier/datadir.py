@@ -51,3 +51,15 @@ def is_locked(data_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def sql_spill_dir(data_dir: Path) -> str | None:
+    """Where DuckDB spills a query bigger than `[api] sql_memory_limit`; None where it
+    cannot be made (a read-only data directory: such a query then fails with DuckDB's
+    out-of-memory message instead)."""
+    path = Path(data_dir) / "tmp" / "sql"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(path)

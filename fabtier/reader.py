@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from analytics.session import SqlSources, run_sql
 from fabtier.config import Settings
-from fabtier.datadir import DataDirLock, is_locked
+from fabtier.datadir import DataDirLock, is_locked, sql_spill_dir
 from fabtier.errors import FabtierError, SqlError, UserError
 from ingest.alerting import load_book
 from ingest.wal import read_segment, segment_numbers
@@ -94,7 +94,8 @@ def query(settings: Settings, sql: str) -> pa.Table:
     lock = DataDirLock(settings.data_dir, exclusive=False)
     warm = WarmStore.open_read_only(settings.data_dir)
     try:
-        return run_sql(offline_sources(settings, warm), sql)
+        return run_sql(offline_sources(settings, warm), sql, memory_limit=settings.api.sql_memory_limit,
+                       spill_dir=sql_spill_dir(settings.data_dir))
     finally:
         warm.close()
         lock.release()

@@ -81,3 +81,14 @@ def test_output_formats():
     assert render(table, "csv").splitlines() == ["machine,ts,value,n", "m,2025-11-24T16:00:00.000,1.5,1"]
     text = render(table, "table")
     assert "| m " in text and text.endswith("1 row")
+
+
+def test_a_query_over_the_memory_limit_fails_with_duckdbs_message(tmp_path):
+    """A statement bigger than [api] sql_memory_limit gets DuckDB's out-of-memory error
+    instead of taking the memory of the ingesting process; smaller ones run as usual."""
+    heavy = "SELECT count(*) AS n FROM (SELECT DISTINCT range % 20000000 AS a, range AS b FROM range(20000000))"
+    with pytest.raises(SqlError, match="Out of Memory"):
+        run_sql(sources(), heavy, memory_limit=20 << 20, spill_dir=str(tmp_path))
+    light = run_sql(sources(fresh=[("m", "s", T0, 1.0)]), "SELECT count(*) AS n FROM readings",
+                    memory_limit=20 << 20, spill_dir=str(tmp_path))
+    assert light.to_pylist() == [{"n": 1}]
