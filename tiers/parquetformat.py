@@ -97,6 +97,9 @@ def sort_dedup(table: pa.Table) -> pa.Table:
     """Sort by (machine, sensor, ts) and keep the first arrival of each key."""
     if table.num_rows == 0:
         return table
+    if dictionary_columns(table):  # Arrow sorts plain strings only
+        table = table.cast(pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type)
+                                               else f.type) for f in table.schema]))
     table = table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))  # stable: first arrival first
     same = None
     for name in ("machine", "sensor", "ts"):

@@ -253,8 +253,10 @@ class UnsealedData:
         key_ids, ts, value = _columns(parts, "key_ids", np.int32), _columns(parts, "ts", np.int64), \
             _columns(parts, "value", np.float64)
         verified = _columns(parts, "verified", bool)
-        machines, sensors = self._keys.names(key_ids)
-        table = readings_table(machines, sensors, ts, value)
+        # Names as dictionary codes: SQL reads them as VARCHAR all the same, and tens of
+        # millions of unsealed rows need no string each (nor the memory of one).
+        machines, sensors = self._keys.name_dictionaries(key_ids)
+        table = readings_table(machines, sensors, ts, value, schema=SEALING_SCHEMA)
         mask = pa.array(verified, type=pa.bool_())
         return SegmentTables(
             fresh=table.filter(mask),
