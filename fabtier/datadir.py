@@ -30,6 +30,14 @@ class DataDirLock:
             os.ftruncate(self._fd, 0)
             os.write(self._fd, f"{os.getpid()}\n".encode())
 
+    def close_inherited(self) -> None:
+        """In a forked child: close its copy of the descriptor, without LOCK_UN (the lock
+        belongs to the open file, which the parent shares: unlocking here would unlock the
+        parent). Then the lock ends with the parent, not with whichever dies last."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def release(self) -> None:
         if self._fd >= 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -531,6 +531,8 @@ class Pipeline:
                 # Below ingestion in the CPU's queue: on a busy machine the seal takes longer,
                 # not the alerts (unsealed rows are bounded by [ingest] max_unsealed anyway).
                 os.nice(SEAL_CHILD_NICENESS)
+                if self._dir_lock is not None:
+                    self._dir_lock.close_inherited()
                 after_fork = getattr(self.lake.store, "after_fork", None)
                 if after_fork is not None:
                     after_fork()

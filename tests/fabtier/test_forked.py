@@ -39,3 +39,17 @@ def test_a_child_that_hangs_is_killed_at_the_timeout():
     with pytest.raises(forked.ChildLost, match="within 1 s"):
         forked.call_in_fork(lambda: time.sleep(60), timeout=1)
     assert time.monotonic() - began < 30  # killed, not waited for
+
+
+def test_a_child_closing_the_data_dir_lock_leaves_it_held_by_the_parent(tmp_path):
+    from fabtier.datadir import DataDirBusy, DataDirLock, is_locked
+
+    lock = DataDirLock(tmp_path, exclusive=True)
+    try:
+        forked.call_in_fork(lambda: lock.close_inherited(), timeout=60)
+        assert is_locked(tmp_path)
+        with pytest.raises(DataDirBusy):
+            DataDirLock(tmp_path, exclusive=True)
+    finally:
+        lock.release()
+    assert not is_locked(tmp_path)
