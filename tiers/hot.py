@@ -309,11 +309,23 @@ class HotRing:
         """A sensor's readings in [since, until], averaged into at most `points` buckets."""
         if key >= self._keys or self._written[key] == 0:
             return np.empty(0, np.int64), np.empty(0, np.float64)
-        ts, value, count = self._linear(np.array([key]))
-        ts, value = ts[0, :int(count[0])], value[0, :int(count[0])]
-        lo = 0 if since is None else int(np.searchsorted(ts, since, side="left"))
-        hi = len(ts) if until is None else int(np.searchsorted(ts, until, side="right"))
-        ts, value = ts[lo:hi], value[lo:hi]
+        # The row is one or two ts-ordered runs (two once it has wrapped): cut [since, until]
+        # out of each by binary search and copy only that, not the whole row.
+        cap, written = self.capacity, int(self._written[key])
+        start = written % cap if written > cap else 0
+        runs = [(start, cap), (0, start)] if written > cap else [(0, written)]
+        ts_parts, value_parts = [], []
+        for a, b in runs:
+            ts = self._ts[key, a:b]
+            lo = 0 if since is None else int(np.searchsorted(ts, since, side="left"))
+            hi = len(ts) if until is None else int(np.searchsorted(ts, until, side="right"))
+            if hi > lo:
+                ts_parts.append(ts[lo:hi])
+                value_parts.append(self._value[key, a + lo:a + hi])
+        if not ts_parts:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        # Copies: the caller reads them after the lock is released and the ring moves on.
+        ts, value = np.concatenate(ts_parts), np.concatenate(value_parts)
         if points is None or points < 1 or len(ts) <= points:
             return ts, value
         edges = np.linspace(0, len(ts), points + 1).astype(np.int64)

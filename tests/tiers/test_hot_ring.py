@@ -137,3 +137,19 @@ def test_growing_before_a_wrap_moves_no_reading():
     ts, _ = hot.series(0)
     assert len(ts) == hot.capacity and ts[-1] == BASE + (40 + 2 * cap // 100) * 100 - 1
     assert np.all(np.diff(ts) == 1) and hot.memory_bytes <= 1 << 26
+
+
+def test_series_of_a_wrapped_row_cuts_both_runs():
+    hot = ring(window_ms=10**9, budget=16 * 8 * 64)  # 8 slots for each of the first 64 sensors
+    for step in range(13):  # 13 readings: the row wrapped, holding the newest 8
+        hot.insert(arr(0, dtype=np.int32), arr(BASE + 10 * step), arr(float(step), dtype=np.float64))
+    held = [BASE + 10 * s for s in range(5, 13)]
+    assert hot.series(0)[0].tolist() == held
+    for since, until in [(BASE + 55, BASE + 95), (BASE + 80, None), (None, BASE + 70), (BASE + 200, None),
+                         (BASE, BASE + 40)]:
+        expected = [t for t in held if (since is None or t >= since) and (until is None or t <= until)]
+        ts, value = hot.series(0, since=since, until=until)
+        assert ts.tolist() == expected
+        assert value.tolist() == [(t - BASE) / 10 for t in expected]
+    ts, value = hot.series(0, points=4)
+    assert ts.tolist() == held[::2] and value.tolist() == [5.5, 7.5, 9.5, 11.5]
