@@ -42,7 +42,12 @@ def available() -> bool:
 def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # ENOMEM, EAGAIN (a process limit): the caller does it itself
+        os.close(read_fd)
+        os.close(write_fd)
+        raise ChildLost(f"cannot fork: {exc}") from None
     if pid == 0:
         _child(fn, read_fd, write_fd, parent)  # never returns
     os.close(write_fd)
@@ -56,7 +61,10 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
         os.waitpid(pid, 0)
     if not payload:
         raise ChildLost("the child process ended without an answer")
-    ok, result = pickle.loads(payload)
+    try:
+        ok, result = pickle.loads(payload)
+    except Exception as exc:  # cut short: the child died while writing its answer
+        raise ChildLost(f"the child's answer is incomplete ({type(exc).__name__})") from None
     if not ok:
         raise ChildFailed(result)
     return result
@@ -65,9 +73,11 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
 def _read_all(fd: int, timeout: float) -> bytes:
     chunks = []
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select(): it refuses descriptors of 1024 and above
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             raise ChildLost(f"the child process gave no answer within {timeout:.0f} s")
         chunk = os.read(fd, 1 << 20)
         if not chunk:

@@ -533,9 +533,7 @@ class Pipeline:
                 os.nice(SEAL_CHILD_NICENESS)
                 if self._dir_lock is not None:
                     self._dir_lock.close_inherited()
-                after_fork = getattr(self.lake.store, "after_fork", None)
-                if after_fork is not None:
-                    after_fork()
+                self.lake.after_fork()
                 return self.lake.write_segment(segment, self.unsealed.sealable([segment]), source=source)
             try:
                 return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT)

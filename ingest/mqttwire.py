@@ -4,7 +4,8 @@ paho builds an `MQTTMessage`, a `Properties` object and a topic-matcher walk for
 message; for a stream of single readings that is most of the network thread's time. The
 ingest path needs only topic, payload, QoS and packet id, so whole QoS 0/1 PUBLISH packets
 without properties are split here in one pass. Anything else (another packet type, QoS 2,
-MQTT 5 properties such as a topic alias, a topic that is not UTF-8, an incomplete packet)
+MQTT 5 properties such as a topic alias, a topic that is not UTF-8, QoS bits 3, an incomplete
+packet)
 stops the split: paho then reads that packet its own way.
 """
 
@@ -22,7 +23,7 @@ def split_publishes(buf: bytes, pos: int, mqtt5: bool, limit: int) -> tuple[list
     while len(out) < limit and end - pos >= 2:
         header = buf[pos]
         qos = (header >> 1) & 3
-        if header & 0xF0 != PUBLISH or qos == 2:
+        if header & 0xF0 != PUBLISH or qos >= 2:  # 3 is malformed: paho refuses it
             break
         # Remaining length: 1 to 4 bytes, 7 bits each, least significant first.
         length = shift = 0

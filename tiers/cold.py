@@ -64,6 +64,14 @@ class ColdLake:
         self._fs, self._root = store.arrow_filesystem()
         self._format = ds.ParquetFileFormat()
 
+    def after_fork(self) -> None:
+        """In a forked child: the store's clients and the Arrow file system of its own (the
+        parent's pooled connections and I/O threads are the parent's)."""
+        after_fork = getattr(self.store, "after_fork", None)
+        if after_fork is not None:
+            after_fork()
+        self._fs, self._root = self.store.arrow_filesystem()
+
     # ---- listing --------------------------------------------------------------------
     def lake_files(self, kind: str, prefix: str | None = None) -> list[LakeFile]:
         """Every lake file of `kind` (under `prefix`, e.g. one hour's) in the store, readable

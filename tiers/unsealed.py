@@ -132,8 +132,12 @@ def alerts_table(events: list[AlertEvent]) -> pa.Table:
 
 
 def merge_tables(a: SegmentTables, b: SegmentTables) -> SegmentTables:
-    return SegmentTables(*(pa.concat_tables([getattr(a, f), getattr(b, f)])
-                           for f in ("fresh", "late", "quarantine", "context", "alerts")))
+    def both(name: str) -> pa.Table:
+        x, y = getattr(a, name), getattr(b, name)
+        if name in ("fresh", "late") and x.schema != y.schema:  # coded names beside plain ones
+            x, y = x.cast(READINGS_SCHEMA), y.cast(READINGS_SCHEMA)
+        return pa.concat_tables([x, y])
+    return SegmentTables(*(both(f) for f in ("fresh", "late", "quarantine", "context", "alerts")))
 
 
 def tables_from_records(records: list) -> SegmentTables:

@@ -56,6 +56,7 @@ def test_leaves_what_paho_must_handle():
         publish(b"\xff\xfe", b"a"),  # topic not UTF-8: paho reports it
         bytes([0x90, 3, 0, 1, 0]),  # SUBACK
         publish(b"t", b"a", mid=0),  # QoS 1 with packet id 0 is malformed
+        publish(b"t", b"a", qos=3),  # QoS bits 3: malformed, paho drops the connection
     ]
     for packet in unusual:
         buf = ok + packet + ok

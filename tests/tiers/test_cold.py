@@ -247,3 +247,21 @@ def test_sealable_rows_equal_a_sort_and_dedup_of_the_same_rows():
         assert sealable.presorted
         # names come dictionary-encoded for the Parquet writer; the rows are the same
         assert sealable.readings.cast(READINGS_SCHEMA).equals(fmt.sort_dedup(unsealed.tables([1]).readings))
+
+
+def test_unsealed_rows_merge_with_rows_read_back_from_the_log():
+    """SQL joins in-memory rows (dictionary-coded names) with segments that are only on
+    disk (plain names, after a failed seal at start): one table, same rows."""
+    from tiers.keys import SensorKeys
+    from tiers.unsealed import UnsealedData, merge_tables
+
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    ids = np.array([keys.id_of("etch-01", "ch1/temp"), keys.id_of("cvd-01", "rf")], np.int32)
+    unsealed.add_readings(1, ids, np.array([T0, T0 + 1]), np.array([1.5, 2.5]), np.ones(2, bool))
+    on_disk = tables_from_records([ReadingBatch("etch-01", ["ch1/temp"], np.zeros(1, np.int32),
+                                                np.array([T0 + 5]), np.array([3.5]), None)])
+    merged = merge_tables(unsealed.tables([1]), on_disk)
+    rows = merged.readings.cast(READINGS_SCHEMA).to_pylist()
+    assert sorted((r["machine"], r["sensor"], r["value"]) for r in rows) == [
+        ("cvd-01", "rf", 2.5), ("etch-01", "ch1/temp", 1.5), ("etch-01", "ch1/temp", 3.5)]
