@@ -52,6 +52,13 @@ SEAL_CHILD_NICENESS = 10
 SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
 
 
+def _lower_priority() -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(SEAL_CHILD_NICENESS)
+
+
 class SealError(Exception):
     """Writing a segment into the lake failed (the segment stays and is retried)."""
 
@@ -529,8 +536,10 @@ class Pipeline:
         if in_memory and self.settings.cold.seal_in_child and forked.available():
             def in_child() -> list:
                 # Below ingestion in the CPU's queue: on a busy machine the seal takes longer,
-                # not the alerts (unsealed rows are bounded by [ingest] max_unsealed anyway).
-                os.nice(SEAL_CHILD_NICENESS)
+                # not the alerts. SCHED_IDLE (Linux) runs it only on otherwise idle CPU; if
+                # the machine never idles, unsealed rows reach [ingest] max_unsealed and
+                # backpressure slows ingestion until the seal gets its turn.
+                _lower_priority()
                 if self._dir_lock is not None:
                     self._dir_lock.close_inherited()
                 self.lake.after_fork()
