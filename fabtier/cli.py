@@ -124,10 +124,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    as_json=args.json)
     if args.which == "ingest":
         from fabtier.bench import ingest
-        result = ingest.run(ingest.IngestBench(
-            seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
-            batch=args.batch, live=args.live, seed=args.seed))
-        print(ingest.report(result), flush=True)
+        bench = ingest.IngestBench(seconds=args.seconds, machines=args.machines, sensors=args.sensors,
+                                   rate_hz=args.rate_hz, batch=args.batch, live=args.live, seed=args.seed)
+        if args.processes < 1:
+            raise UserError("--processes must be 1 or more")
+        if args.processes > 1:
+            if args.live:
+                raise UserError("--processes measures the maximum rate; leave out --live")
+            from fabtier.bench import scaleout
+            result = scaleout.run(bench, args.processes)
+            print(scaleout.report(result), flush=True)
+        else:
+            result = ingest.run(bench)
+            print(ingest.report(result), flush=True)
     else:
         raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts, cold")
     if args.json:
@@ -218,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jitter", type=float, default=0.3, help="(cold) timestamp jitter, fraction of the period")
     bench.add_argument("--repeat", type=int, default=3, help="(cold) runs per query (the median is printed)")
     bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
+    bench.add_argument("--processes", type=int, default=1,
+                       help="(ingest) fabtier processes on one MQTT shared subscription, one lake")
     bench.add_argument("--seed", type=int, default=1)
     bench.set_defaults(func=cmd_bench)
 

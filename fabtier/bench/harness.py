@@ -23,14 +23,15 @@ def process_cpu_seconds(pid: int) -> float:
 class InstanceProcess:
     """`fabtier run` in a child process (its own interpreter and GIL, as in production)."""
 
-    def __init__(self, workdir: Path, *, broker_url: str, name: str = "bench", extra_toml: str = "") -> None:
+    def __init__(self, workdir: Path, *, broker_url: str, name: str = "bench", extra_toml: str = "",
+                 broker_toml: str = "") -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config = workdir / f"{name}.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             f'data_dir = "{workdir / name}"\n'
-            f'[broker]\nurl = "{broker_url}"\nclient_id = "fabtier-{name}"\n'
+            f'[broker]\nurl = "{broker_url}"\nclient_id = "fabtier-{name}"\n' + broker_toml +
             f"[api]\nport = {self.port}\n" + extra_toml,
             encoding="utf-8",
         )

@@ -1,0 +1,100 @@
+"""`fabtier bench ingest --processes N`: the same stream and baseline as `bench ingest`,
+taken by N `fabtier run` processes on one MQTT 5 shared subscription (`[broker]
+share_group`), each with its own log, client id and writer id, all writing one lake.
+
+The rate is readings / time from the first publish until the processes together have
+acknowledged every message. Then every process is stopped (stopping seals what it holds),
+and one more instance on the same lake, which holds nothing of its own, counts the lake:
+lost = published - distinct keys, duplicates = stored - distinct keys, over all processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
+from fabtier.bench.ingest import IngestBench, _baseline, _count, _count_stored, _publish
+from fabtier.broker import LocalBroker
+from fabtier.errors import FabtierError
+
+
+def run(bench: IngestBench, processes: int) -> dict:
+    if shutil.which("mosquitto_sub") is None:
+        raise FabtierError("mosquitto_sub is needed for the baseline: apt-get install mosquitto-clients")
+    workdir = Path(tempfile.mkdtemp(prefix="fabtier-bench-scale-"))
+    lake = f"file://{workdir / 'lake'}"
+    start_ms = int(time.time() * 1000) - int(bench.seconds * 1000)
+    messages, readings = _count(bench, start_ms)
+    result: dict = {"bench": "ingest", "mode": "max", "processes": processes, "seconds_of_data": bench.seconds,
+                    "machines": bench.machines, "sensors_per_machine": bench.sensors, "rate_hz": bench.rate_hz,
+                    "batch": bench.batch, "messages": messages, "readings": readings}
+    broker = LocalBroker(workdir / "broker").start()
+    members: list[InstanceProcess] = []
+    keep_logs = False
+    try:
+        elapsed = _baseline(bench, broker, start_ms, messages)
+        result["baseline_readings_per_s"] = round(readings / elapsed)
+        for i in range(processes):
+            members.append(InstanceProcess(
+                workdir, broker_url=broker.url, name=f"member{i}", broker_toml='share_group = "bench"\n',
+                extra_toml=f'[cold]\nstore = "{lake}"\nwriter_id = "w{i}"\n').start())
+        cpu_before = sum(m.cpu_seconds() for m in members)
+        broker_cpu_before = process_cpu_seconds(broker.pid)
+        marks: list[float] = []
+        publisher = threading.Thread(target=lambda: _publish(bench, broker, start_ms,
+                                                             on_first=lambda: marks.append(time.monotonic())))
+        publisher.start()
+        while not marks:
+            time.sleep(0.01)
+        while True:
+            acked = [m.metrics()["acked"] for m in members]
+            if sum(acked) >= messages:
+                break
+            if time.monotonic() - marks[0] > 3600:
+                raise FabtierError("the processes did not take the whole stream within an hour")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - marks[0]
+        publisher.join()
+        result["fabtier_seconds"] = round(elapsed, 3)
+        result["fabtier_readings_per_s"] = round(readings / elapsed)
+        result["ratio_to_baseline"] = round(result["fabtier_readings_per_s"] / result["baseline_readings_per_s"], 3)
+        result["messages_per_process"] = acked
+        cpu = sum(m.cpu_seconds() for m in members) - cpu_before
+        result["fabtier_cpu_us_per_reading"] = round(cpu / readings * 1e6, 3)
+        result["broker_cpu_seconds"] = round(process_cpu_seconds(broker.pid) - broker_cpu_before, 2)
+        for m in members:
+            m.stop()  # seals everything it holds into the shared lake
+        counter = InstanceProcess(workdir, broker_url=broker.url, name="counter",
+                                  extra_toml=f'[cold]\nstore = "{lake}"\nwriter_id = "count"\n').start()
+        members.append(counter)
+        stored, distinct = _count_stored(counter, bench)
+        result.update(stored=stored, distinct=distinct, lost=readings - distinct, duplicates=stored - distinct)
+    except BaseException:
+        keep_logs = True
+        print(f"fabtier bench ingest --processes failed; logs kept in {workdir}", file=sys.stderr)
+        raise
+    finally:
+        for m in members:
+            m.stop()
+        broker.stop()
+        if not keep_logs:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def report(result: dict) -> str:
+    return "\n".join([
+        f"fabtier bench ingest ({result['processes']} processes, one shared subscription): "
+        f"{result['readings']:,} readings in {result['messages']:,} messages",
+        f"  plain subscriber (mosquitto_sub): {result['baseline_readings_per_s']:>12,} readings/s",
+        f"  fabtier, all processes, durable and acknowledged: {result['fabtier_readings_per_s']:>11,} readings/s "
+        f"(messages per process: {result['messages_per_process']})",
+        f"  ratio to the plain subscriber: {result['ratio_to_baseline']:.2f}",
+        f"  fabtier used {result['fabtier_cpu_us_per_reading']:.2f} us of CPU per reading (all processes)",
+        f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}",
+    ])
