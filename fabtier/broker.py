@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from fabtier import processes
 from fabtier.errors import FabtierError
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -92,13 +93,7 @@ class LocalBroker:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        processes.stop(self._process, timeout=10)
         self._process = None
 
     def kill(self) -> None:

@@ -66,13 +66,8 @@ class LotContext:
         machine.rebuild()
 
     def run_at(self, machine: str, ts: int) -> Run | None:
-        found = self._machines.get(machine)
-        if found is None or not found.runs:
-            return None
-        i = bisect.bisect_right(found.starts, ts) - 1
-        if i < 0 or ts >= found.ends[i]:
-            return None
-        return found.runs[i]
+        found = self.covering(machine, ts, ts)
+        return found[1] if found is not None else None
 
     def covering(self, machine: str, first_ts: int, last_ts: int) -> tuple[int, Run] | None:
         """The run that covers all of [first_ts, last_ts], if one does."""

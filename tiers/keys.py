@@ -53,13 +53,6 @@ class SensorKeys:
         ranks[order] = np.arange(len(order))
         return ranks
 
-    def names(self, key_ids: np.ndarray) -> tuple[pa.Array, pa.Array]:
-        """Machine and sensor columns for an array of key ids."""
-        indices = pa.array(key_ids, type=pa.int32())
-        machines = pa.array(self.machines, type=pa.string()).take(indices)
-        sensors = pa.array(self.sensors, type=pa.string()).take(indices)
-        return machines, sensors
-
     def name_dictionaries(self, key_ids: np.ndarray) -> tuple[pa.DictionaryArray, pa.DictionaryArray]:
         """Machine and sensor columns for an array of key ids, dictionary-encoded: int32 codes
         into the sorted distinct names. No string per row (sealing tens of millions of rows

@@ -121,30 +121,9 @@ def value_type(encoding: str) -> pa.DataType:
     return pa.float64() if scale is None else pa.decimal128(18, scale)
 
 
-def min_scales(values: np.ndarray) -> np.ndarray:
-    """Per value, the smallest scale s at which it is exactly u / 10**s (|u| < 2**53);
-    MAX_SCALE + 1 where there is none."""
-    values = np.asarray(values, dtype=np.float64)
-    result = np.full(len(values), MAX_SCALE + 1, dtype=np.int8)
-    rest = np.flatnonzero(np.isfinite(values))  # each pass only looks at what is still open
-    with np.errstate(invalid="ignore", over="ignore"):
-        for scale in range(MAX_SCALE + 1):
-            if len(rest) == 0:
-                break
-            v = values[rest]
-            power = 10.0 ** scale
-            unscaled = np.rint(v * power) + 0.0  # the integer has no sign of zero
-            back = unscaled / power
-            # bitwise: -0.0 never matches +0.0
-            exact = (np.abs(unscaled) < _EXACT_LIMIT) & (back.view(np.int64) == v.view(np.int64))
-            result[rest[exact]] = scale
-            rest = rest[~exact]
-    return result
-
-
 def run_scales(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per run of rows (runs begin at `starts`), the smallest scale at which every value of
-    the run is exact (as `min_scales`, whose maximum over the run it equals).
+    the run is exact: the largest over the run of each value's smallest exact scale.
 
     Whole runs are tested one scale at a time with boolean masks instead of value by value
     with index arrays: a sensor's values share their resolution, so most runs settle on the
@@ -177,14 +156,6 @@ def run_scales(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
             v = v[np.repeat(~settled, lengths[open_runs])]
             open_runs = open_runs[~settled]
     return result
-
-
-def encoding_of_values(values: np.ndarray) -> str:
-    """The one encoding that stores all of `values` exactly and most compactly."""
-    if len(values) == 0:
-        return "d0"
-    worst = int(min_scales(values).max())
-    return DOUBLE if worst > MAX_SCALE else f"d{worst}"
 
 
 def to_decimal(values: np.ndarray, scale: int) -> pa.Array:

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fabtier import processes
 from fabtier.broker import free_port
 from fabtier.errors import FabtierError
 
@@ -77,10 +78,4 @@ class InstanceProcess:
             return json.loads(response.read())
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        processes.stop(self._process, timeout=300)  # stopping seals: it may take a while

@@ -134,12 +134,14 @@ class _SeriesProbe(threading.Thread):
                 "series_points_max": max(self.points)}
 
 
-def _wait_acked(instance: InstanceProcess, messages: int, began: float, samples: list) -> float:
+def _wait_acked(instances: list[InstanceProcess], messages: int, began: float, samples: list) -> float:
+    """Seconds from `began` until the instances together have acknowledged `messages`."""
     while True:
-        metrics = instance.metrics()
+        metrics = [instance.metrics() for instance in instances]
         now = time.monotonic()
-        samples.append((now - began, metrics["messages"], metrics["readings_stored"]))
-        if metrics["acked"] >= messages:
+        samples.append((now - began, sum(m["messages"] for m in metrics),
+                        sum(m["readings_stored"] for m in metrics)))
+        if sum(m["acked"] for m in metrics) >= messages:
             return now - began
         if now - began > 3600:
             raise FabtierError("fabtier did not take the whole stream within an hour")
@@ -200,7 +202,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             publisher.join()
             messages, readings = result["live"]["messages"], result["live"]["readings"]
             result.update(messages=messages, readings=readings)
-            elapsed = _wait_acked(instance, messages, began, samples)
+            elapsed = _wait_acked([instance], messages, began, samples)
             drain = elapsed - result["live"]["seconds"]
             result["drain_after_publisher_s"] = round(max(0.0, drain), 2)
         else:
@@ -211,7 +213,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             while not marks:
                 time.sleep(0.01)
             began = marks[0]
-            elapsed = _wait_acked(instance, messages, began, samples)
+            elapsed = _wait_acked([instance], messages, began, samples)
             thread.join()
         probe.done.set()
         probe.join()
