@@ -27,10 +27,14 @@ def test_readings_reach_s3_once_and_sql_reads_them(broker, tmp_path, s3_bucket):
         encoding="utf-8")
     instance = Instance(settings).start()
     now = instance.pipeline.clock.now_ms()
+    # Every batch in the current hour: an hour that already ended would be compacted by the
+    # per-batch runs (compact_after 0s), leaving nothing for the run two hours on to merge
+    # (this failed when the test ran in the first minute of an hour).
+    first = max(now - 50_000, now - now % 3_600_000)
     expected = {}
     try:
         for batch in range(3):
-            ts = [now - 50_000 + batch * 1000 + i for i in range(40)]
+            ts = [first + batch * 1000 + i for i in range(40)]
             values = [round(21.5 + 0.01 * i, 2) for i in range(20)] + [0.1 * i for i in range(20)]
             sensors = ["ch1/temp"] * 20 + ["rf/power"] * 20
             mosquitto_pub(broker, "fab/etch-01", json.dumps({"ts": ts, "sensor": sensors, "v": values}))
