@@ -29,6 +29,8 @@ class Instance:
         # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
         # lets the API's threads (dashboards, SQL) answer within a millisecond or so.
         sys.setswitchinterval(0.0005)
+        # Compile the hot ring's query now, beside recovery, not during ingestion.
+        threading.Thread(target=warm_series_kernel, name="fabtier-warm-series", daemon=True).start()
         self.pipeline.open()
         # The API answers (503) while the pipeline subscribes, so that readers know it runs.
         self.api = ApiServer(self.pipeline, host=self.settings.api.host, port=self.settings.api.port,
@@ -54,6 +56,11 @@ class Instance:
     @property
     def api_url(self) -> str:
         return f"http://{self.settings.api.host}:{self.api.port}" if self.api else ""
+
+
+def warm_series_kernel() -> None:
+    from tiers import hotkernel  # imports numba: only instances that serve series pay for it
+    hotkernel.warm()
 
 
 def install_stop_signals(stop: threading.Event) -> None:

@@ -17,13 +17,18 @@ the usual case since `_reserve` grows ahead of a write, only widens the views.
 The ring is also the ingest path's duplicate detector: for each sensor it knows every
 stored reading with `ts >= covered[key]`, so a redelivered reading in that range is dropped.
 Readings older than that (late data, or pushed out by the budget) are passed on as
-*unverified*, to be checked against the cold tier. Pure data structure: no I/O, no clock,
-not thread-safe (the caller holds a lock).
+*unverified*, to be checked against the cold tier. Pure data structure: no I/O, no clock.
+
+Threads: writers (`insert`, `insert_grouped`) are serialised by the caller's lock. `series`
+needs no lock: it is a seqlock reader. Every write to a row makes the row's sequence number
+odd first and even again when done; every change of layout (capacity, rows) does the same to
+`_layout`. A reader notes both, computes, and keeps the answer only if neither moved.
 """
 
 from __future__ import annotations
 
 import mmap
+import time
 
 import numpy as np
 
@@ -31,6 +36,8 @@ BYTES_PER_READING = 16  # int64 ts + float64 value
 _INITIAL_CAPACITY = 256
 _INITIAL_KEYS = 64
 _NEVER = np.iinfo(np.int64).min
+_LATEST = np.iinfo(np.int64).max
+_RETRY_PAUSE_S = 50e-6
 
 
 def _reserve(rows: int, columns: int, dtype) -> np.ndarray:
@@ -59,6 +66,8 @@ class HotRing:
         self._written = np.zeros(_INITIAL_KEYS, np.int64)
         self._last = np.full(_INITIAL_KEYS, _NEVER, np.int64)
         self._covered = np.full(_INITIAL_KEYS, covered_from, np.int64)
+        self._seq = np.zeros(_INITIAL_KEYS, np.int64)  # per row: odd while being written
+        self._layout = 0  # odd while arrays or capacity change
 
     # ---- capacity -----------------------------------------------------------------------
     def _fit_capacity(self, wanted: int, keys: int) -> int:
@@ -97,6 +106,13 @@ class HotRing:
 
     def _resize(self, capacity: int, rows_needed: int) -> None:
         """Re-lay every row into `capacity` slots (keeping the newest) and room for rows."""
+        self._layout += 1
+        try:
+            self._relay(capacity, rows_needed)
+        finally:
+            self._layout += 1
+
+    def _relay(self, capacity: int, rows_needed: int) -> None:
         old_cap = self.capacity
         rows = max(rows_needed, len(self._written))
         if (rows <= self._ts_store.shape[0] and old_cap <= capacity <= self._reserved
@@ -135,11 +151,15 @@ class HotRing:
             return
         rows = max(rows_needed, 2 * len(self._written))
         grow = rows - len(self._written)
-        self._written = np.concatenate([self._written, np.zeros(grow, np.int64)])
-        self._last = np.concatenate([self._last, np.full(grow, _NEVER, np.int64)])
-        self._covered = np.concatenate([self._covered, np.full(grow, self.default_covered_from, np.int64)])
-        capacity = self._fit_capacity(self.capacity, rows)
-        self._resize(capacity, rows)
+        self._layout += 1
+        try:
+            self._written = np.concatenate([self._written, np.zeros(grow, np.int64)])
+            self._last = np.concatenate([self._last, np.full(grow, _NEVER, np.int64)])
+            self._covered = np.concatenate([self._covered, np.full(grow, self.default_covered_from, np.int64)])
+            self._seq = np.concatenate([self._seq, np.zeros(grow, np.int64)])
+        finally:
+            self._layout += 1
+        self._resize(self._fit_capacity(self.capacity, rows), rows)
         self._keys = rows_needed
 
     def _maybe_grow(self, touched: np.ndarray) -> None:
@@ -248,8 +268,15 @@ class HotRing:
     def _append(self, order: np.ndarray, k: np.ndarray, t: np.ndarray, value: np.ndarray,
                 starts: np.ndarray, counts: np.ndarray) -> None:
         """Write rows (sorted by key, then ts; all newer than their key's newest)."""
-        cap = self.capacity
         keys = k[starts]
+        self._seq[keys] += 1
+        try:
+            self._write_runs(order, k, t, value, starts, counts, keys)
+        finally:
+            self._seq[keys] += 1
+
+    def _write_runs(self, order, k, t, value, starts, counts, keys) -> None:
+        cap = self.capacity
         rank = np.arange(len(k)) - np.repeat(starts, counts)
         # Only each key's last `cap` rows can survive; writing fewer keeps slots unique.
         survive = rank >= np.repeat(counts - cap, counts)
@@ -267,6 +294,13 @@ class HotRing:
 
     def _merge(self, key: int, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         """Exact insert of out-of-order rows for one key; returns the mask of duplicates."""
+        self._seq[key] += 1
+        try:
+            return self._merge_row(key, ts, value)
+        finally:
+            self._seq[key] += 1
+
+    def _merge_row(self, key: int, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         cap = self.capacity
         old_ts, old_value, count = self._linear(np.array([key]))
         n = int(count[0])
@@ -306,31 +340,37 @@ class HotRing:
 
     def series(self, key: int, *, since: int | None = None, until: int | None = None,
                points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A sensor's readings in [since, until], averaged into at most `points` buckets."""
-        if key >= self._keys or self._written[key] == 0:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
-        # The row is one or two ts-ordered runs (two once it has wrapped): cut [since, until]
-        # out of each by binary search and copy only that, not the whole row.
-        cap, written = self.capacity, int(self._written[key])
-        start = written % cap if written > cap else 0
-        runs = [(start, cap), (0, start)] if written > cap else [(0, written)]
-        ts_parts, value_parts = [], []
-        for a, b in runs:
-            ts = self._ts[key, a:b]
-            lo = 0 if since is None else int(np.searchsorted(ts, since, side="left"))
-            hi = len(ts) if until is None else int(np.searchsorted(ts, until, side="right"))
-            if hi > lo:
-                ts_parts.append(ts[lo:hi])
-                value_parts.append(self._value[key, a + lo:a + hi])
-        if not ts_parts:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
-        # Copies: the caller reads them after the lock is released and the ring moves on.
-        ts, value = np.concatenate(ts_parts), np.concatenate(value_parts)
-        if points is None or points < 1 or len(ts) <= points:
-            return ts, value
-        edges = np.linspace(0, len(ts), points + 1).astype(np.int64)
-        sums = np.add.reduceat(value, edges[:-1])
-        return ts[edges[:-1]], sums / np.diff(edges)
+        """A sensor's readings in [since, until], averaged into at most `points` buckets
+        (see `hotkernel.ring_series`); for a caller that holds the writers' lock."""
+        answer = self.read_series(key, since=since, until=until, points=points, attempts=1)
+        if answer is None:
+            raise RuntimeError("the hot ring changed during a read under the writers' lock")
+        return answer
+
+    def read_series(self, key: int, *, since: int | None = None, until: int | None = None,
+                    points: int | None = None, attempts: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+        """`series` without the writers' lock: None if the row was being written in each
+        of `attempts` tries (the caller then takes the lock)."""
+        from tiers.hotkernel import ring_series  # compiled code: loaded on first use
+        since = _NEVER if since is None else int(since)
+        until = _LATEST if until is None else int(until)
+        points = 0 if points is None else int(points)
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(_RETRY_PAUSE_S)  # let the writer finish the numpy call it is in
+            layout = self._layout
+            if layout & 1:
+                continue
+            if key >= self._keys:
+                return np.empty(0, np.int64), np.empty(0, np.float64)
+            seqs, written = self._seq, self._written
+            seq = int(seqs[key])
+            if seq & 1:
+                continue
+            answer = ring_series(self._ts[key], self._value[key], int(written[key]), since, until, points)
+            if int(seqs[key]) == seq and self._layout == layout:
+                return answer
+        return None
 
     def span(self) -> tuple[int, int] | None:
         """(oldest, newest) ts held, over every sensor; None when empty."""

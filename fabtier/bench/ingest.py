@@ -98,7 +98,8 @@ def _baseline(bench: IngestBench, broker: LocalBroker, start_ms: int, messages: 
 
 class _SeriesProbe(threading.Thread):
     """While ingestion runs: "the last 10 minutes of sensor X in 300 points" from the hot
-    ring, timed inside the instance (lock wait included), for random sensors."""
+    ring, for random sensors. Timed inside the instance (the ring's answer, any wait for the
+    ingest lock included) and, for context, as the HTTP round trip seen by this client."""
 
     def __init__(self, instance: InstanceProcess, bench: IngestBench) -> None:
         super().__init__(daemon=True)
@@ -108,6 +109,8 @@ class _SeriesProbe(threading.Thread):
         self.instance = instance
         self.took_us: list[float] = []
         self.waited_us: list[float] = []
+        self.fell_back = 0
+        self.round_trip_us: list[float] = []
         self.points: list[int] = []
         self.done = threading.Event()
 
@@ -116,21 +119,27 @@ class _SeriesProbe(threading.Thread):
         while not self.done.is_set():
             machine, sensor = rng.choice(self.pairs)
             query = urllib.parse.urlencode({"machine": machine, "sensor": sensor, "minutes": 10, "points": 300})
+            sent = time.perf_counter()
             with urllib.request.urlopen(f"{self.instance.url}/series?{query}", timeout=10) as response:
                 answer = json.loads(response.read())
+            self.round_trip_us.append((time.perf_counter() - sent) * 1e6)
             self.took_us.append(answer["query_us"])
             self.waited_us.append(answer["wait_us"])
+            self.fell_back += bool(answer.get("fell_back"))
             self.points.append(len(answer["ts"]))
             time.sleep(0.02)
 
     def summary(self) -> dict:
-        took, waited = sorted(self.took_us), sorted(self.waited_us)
+        took, waited, trips = sorted(self.took_us), sorted(self.waited_us), sorted(self.round_trip_us)
         if not took:
             return {}
         pick = lambda values, q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
         return {"series_queries": len(took), "series_query_us_p50": pick(took, 0.5),
                 "series_query_us_p99": pick(took, 0.99), "series_query_us_max": took[-1],
                 "series_lock_wait_us_p50": pick(waited, 0.5), "series_lock_wait_us_p99": pick(waited, 0.99),
+                "series_fell_back_to_lock": self.fell_back,
+                "series_round_trip_us_p50": round(pick(trips, 0.5), 1),
+                "series_round_trip_us_p99": round(pick(trips, 0.99), 1),
                 "series_points_max": max(self.points)}
 
 
@@ -266,8 +275,10 @@ def report(result: dict) -> str:
     if "series_query_us_p50" in result:
         lines.append(f"  hot ring, last 10 min of one sensor in <= 300 points, while ingesting: "
                      f"p50 {result['series_query_us_p50']:.0f} us, p99 {result['series_query_us_p99']:.0f} us, "
-                     f"max {result['series_query_us_max']:.0f} us ({result['series_queries']} queries); "
-                     f"waiting for the ingest lock first: p50 {result['series_lock_wait_us_p50']:.0f} us, "
-                     f"p99 {result['series_lock_wait_us_p99']:.0f} us")
+                     f"max {result['series_query_us_max']:.0f} us ({result['series_queries']} queries, "
+                     f"{result['series_fell_back_to_lock']} waited for the ingest lock: p99 "
+                     f"{result['series_lock_wait_us_p99']:.0f} us); HTTP round trip from the bench: "
+                     f"p50 {result['series_round_trip_us_p50'] / 1000:.1f} ms, "
+                     f"p99 {result['series_round_trip_us_p99'] / 1000:.1f} ms")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")
     return "\n".join(lines)

@@ -153,3 +153,81 @@ def test_series_of_a_wrapped_row_cuts_both_runs():
         assert value.tolist() == [(t - BASE) / 10 for t in expected]
     ts, value = hot.series(0, points=4)
     assert ts.tolist() == held[::2] and value.tolist() == [5.5, 7.5, 9.5, 11.5]
+
+
+def test_reads_without_the_lock_never_see_a_row_half_written():
+    """A writer thread appends (and wraps) while a reader queries without any lock: every
+    answer is one consistent state of the row (ascending, gapless, value == ts)."""
+    import sys
+    import threading
+
+    from tiers import hotkernel
+
+    hotkernel.warm()  # compiling inside the reader would leave the writer alone for seconds
+    sensors, per_sensor = 64, 200
+    rings = [ring()]
+    keys = np.repeat(np.arange(sensors, dtype=np.int32), per_sensor)
+    stop = threading.Event()
+    failures: list[str] = []
+    answers = [0]
+
+    def write() -> None:
+        # Each round starts a ring whose rows wrap, then adds sensors until the budget halves
+        # every row: re-laying wrapped rows is the ring's longest change, in Python loops.
+        while not stop.is_set():
+            hot_now = ring(window_ms=100, budget=16 * 64 * 512)
+            rings[0] = hot_now
+            for step in range(40):
+                if stop.is_set():
+                    return
+                ts = BASE + step * per_sensor + np.tile(np.arange(per_sensor), sensors)
+                hot_now.insert(keys + (step // 5) * sensors, ts, ts.astype(np.float64))
+
+    def read() -> None:
+        rng = np.random.default_rng(3)
+        while answers[0] < 2000 and not failures:
+            answer = rings[0].read_series(int(rng.integers(8 * sensors)), attempts=1000)
+            if answer is None:
+                continue
+            ts, value = answer
+            answers[0] += 1
+            if len(ts) and not ((np.diff(ts) == 1).all() and (value == ts).all()):
+                failures.append(f"torn read: {ts[:5]}... {value[:5]}...")
+
+    writer, reader = threading.Thread(target=write), threading.Thread(target=read)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the interpreter over between nearly any two bytecodes
+    try:
+        writer.start()
+        reader.start()
+        reader.join(timeout=60)
+    finally:
+        stop.set()
+        writer.join()
+        sys.setswitchinterval(switch)
+    assert not failures, failures[0]
+    assert answers[0] == 2000
+
+
+def test_a_read_that_a_write_overlaps_is_not_answered(monkeypatch):
+    """The end check: a write (or a change of layout) that lands while the query runs, as a
+    numpy call the writer started without the interpreter lock would, voids the answer."""
+    from tiers import hotkernel
+
+    hot = ring()
+    hot.insert(np.zeros(10, np.int32), BASE + np.arange(10), np.arange(10, dtype=np.float64))
+    compute = hotkernel.ring_series
+    for overlapping in (
+            lambda: hot.insert(arr(0, dtype=np.int32), arr(BASE + 20), arr(1.0, dtype=np.float64)),
+            lambda: hot.insert(arr(500, dtype=np.int32), arr(BASE), arr(1.0, dtype=np.float64))):
+        def query_overlapped(*args, write=overlapping):
+            write()
+            return compute(*args)
+        monkeypatch.setattr(hotkernel, "ring_series", query_overlapped)
+        assert hot.read_series(0, attempts=1) is None
+        monkeypatch.setattr(hotkernel, "ring_series", compute)
+        assert hot.read_series(0, attempts=1) is not None
+    # A write to another row leaves the answer standing.
+    monkeypatch.setattr(hotkernel, "ring_series", lambda *args: (
+        hot.insert(arr(1, dtype=np.int32), arr(BASE + 30), arr(1.0, dtype=np.float64)), compute(*args))[1])
+    assert hot.read_series(0, attempts=1)[0].tolist() == (BASE + np.arange(10)).tolist() + [BASE + 20]

@@ -1,0 +1,56 @@
+"""The compiled series query against a plain numpy statement of what it must answer."""
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from tiers.hotkernel import ring_series
+
+
+def reference(ts_row, value_row, written, since, until, points):
+    """Linearise the circular row, keep since <= ts <= until, bucket [b*m//P, (b+1)*m//P)."""
+    cap = len(ts_row)
+    start, count = (written % cap, cap) if written > cap else (0, written)
+    slots = (start + np.arange(count)) % cap
+    ts, value = ts_row[slots], value_row[slots]
+    keep = (ts >= since) & (ts <= until)
+    ts, value = ts[keep], value[keep]
+    m = len(ts)
+    if points < 1 or m <= points:
+        return ts, value
+    edges = (m * np.arange(points + 1)) // points
+    return ts[edges[:-1]], np.array([value[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
+
+
+def circular_row(cap, written, rng):
+    """A row of `cap` slots after `written` ascending readings were appended to it."""
+    ts_row = np.zeros(cap, np.int64)
+    value_row = np.zeros(cap, np.float64)
+    stream_ts = np.cumsum(rng.integers(1, 5, written)) + 1_000
+    stream_value = rng.normal(size=written)
+    for i in range(written):
+        ts_row[i % cap], value_row[i % cap] = stream_ts[i], stream_value[i]
+    return ts_row, value_row, stream_ts
+
+
+@settings(max_examples=300, deadline=None)
+@given(cap=st.integers(1, 64), written=st.integers(0, 300), points=st.integers(0, 40),
+       since_at=st.floats(-0.2, 1.2), until_at=st.floats(-0.2, 1.2), seed=st.integers(0, 2**16))
+def test_matches_the_reference_on_wrapped_and_unwrapped_rows(cap, written, points, since_at, until_at, seed):
+    rng = np.random.default_rng(seed)
+    ts_row, value_row, stream_ts = circular_row(cap, written, rng)
+    lo_ts, hi_ts = (int(stream_ts[0]), int(stream_ts[-1])) if written else (0, 10)
+    since = int(lo_ts + since_at * (hi_ts - lo_ts))
+    until = int(lo_ts + until_at * (hi_ts - lo_ts))
+    got_ts, got_value = ring_series(ts_row, value_row, written, since, until, points)
+    want_ts, want_value = reference(ts_row, value_row, written, since, until, points)
+    assert got_ts.tolist() == want_ts.tolist()
+    np.testing.assert_allclose(got_value, want_value, rtol=1e-12, atol=1e-12)
+
+
+def test_a_bucket_that_wraps_around_the_end_of_the_row_averages_both_parts():
+    ts_row = np.array([8, 9, 10, 5, 6, 7], np.int64)  # oldest at slot 3: 5 6 7 | 8 9 10
+    value_row = np.array([80, 90, 100, 50, 60, 70], np.float64)
+    got_ts, got_value = ring_series(ts_row, value_row, 9, 0, 100, 2)
+    assert got_ts.tolist() == [5, 8] and got_value.tolist() == [60.0, 90.0]
+    got_ts, got_value = ring_series(ts_row, value_row, 9, 6, 9, 1)  # 6 7 | 8 9
+    assert got_ts.tolist() == [6] and got_value.tolist() == [75.0]

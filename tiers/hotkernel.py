@@ -1,0 +1,103 @@
+"""The hot ring's series query as one compiled call that keeps the interpreter lock.
+
+Why compiled: done with numpy, "the last N minutes of sensor X in P points" is a handful of
+array operations (binary searches, copies, a reduceat), and numpy lets go of the interpreter
+lock inside each one. While ingestion runs, every such release hands the lock to the ingest
+thread, and taking it back waits at least a switch interval (0.5 ms), so a 0.3 ms query took
+1-10 ms. A numba function holds the lock from entry to return: once it starts it runs to its
+end, and nothing else in the process can move the ring under it except numpy operations the
+ingest thread had already started without the lock (the ring's per-row sequence numbers catch
+those, see `HotRing.series`).
+
+Pure: arrays in, arrays out; no state. Compiled on first use and cached on disk.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# 'reassoc' lets the bucket sums vectorise; NaN and infinity keep their IEEE meaning.
+_MATH = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, fastmath=_MATH)
+def _first_at_or_after(ts: np.ndarray, lo: int, hi: int, x: int) -> int:
+    """The first index in ts[lo:hi] (ascending) whose value is >= x, or hi."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ts[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, fastmath=_MATH)
+def _first_after(ts: np.ndarray, lo: int, hi: int, x: int) -> int:
+    """The first index in ts[lo:hi] (ascending) whose value is > x, or hi."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ts[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, fastmath=_MATH)
+def _sum(values: np.ndarray, lo: int, hi: int) -> float:
+    total = 0.0
+    for i in range(lo, hi):
+        total += values[i]
+    return total
+
+
+@numba.njit(cache=True, fastmath=_MATH)
+def ring_series(ts: np.ndarray, value: np.ndarray, written: int, since: int, until: int,
+                points: int) -> tuple[np.ndarray, np.ndarray]:
+    """One ring row's readings with since <= ts <= until, in at most `points` buckets.
+
+    `ts` and `value` are the row's `capacity` slots; `written` counts the readings ever
+    written, so once it exceeds the capacity the oldest sits at `written % capacity` and the
+    row is two ascending runs. Bucket b of the m matching readings holds the readings
+    [b*m // P, (b+1)*m // P) in ts order; it is answered by the ts of its first reading and
+    the mean of its values. `points` < 1 means every reading.
+    """
+    cap = len(ts)
+    if written > cap:
+        start, count = written % cap, cap
+    else:
+        start, count = 0, written
+    # Logical index i (0 = oldest) lives in slot (start + i) % cap: search the two runs.
+    first_run = min(count, cap - start)
+    lo = _first_at_or_after(ts, start, start + first_run, since) - start
+    if lo == first_run and count > first_run:
+        lo = first_run + _first_at_or_after(ts, 0, count - first_run, since)
+    hi = _first_after(ts, start, start + first_run, until) - start
+    if hi == first_run and count > first_run:
+        hi = first_run + _first_after(ts, 0, count - first_run, until)
+    m = max(hi - lo, 0)
+    p = m if points < 1 or m <= points else points
+    out_ts = np.empty(p, np.int64)
+    out_value = np.empty(p, np.float64)
+    for b in range(p):
+        a = lo + (m * b) // p
+        e = lo + (m * (b + 1)) // p
+        slot_a = start + a
+        slot_a = slot_a - cap if slot_a >= cap else slot_a
+        out_ts[b] = ts[slot_a]
+        slot_e = start + e
+        slot_e = slot_e - cap if slot_e >= cap else slot_e
+        if slot_a < slot_e or e == a:
+            total = _sum(value, slot_a, slot_e)
+        else:  # the bucket wraps around the end of the row
+            total = _sum(value, slot_a, cap) + _sum(value, 0, slot_e)
+        out_value[b] = total / (e - a)
+    return out_ts, out_value
+
+
+def warm() -> None:
+    """Compile `ring_series` (or load it from the cache) ahead of the first query: that holds
+    the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
+    ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, 0, 1, 1)
