@@ -49,7 +49,10 @@ OPENAPI = {
             "summary": "one sensor's last minutes from the hot ring, averaged into at most `points` points",
             "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in
                            (("machine", "string"), ("sensor", "string"), ("minutes", "number"), ("points", "integer"))],
-            "responses": {"200": {"description": "{ts: [...], v: [...]}"}}}},
+            "responses": {"200": {"description": "{ts: [...], v: [...], query_us, wait_us, fell_back, "
+                                                  "gil_wait_us}: the ring's answer time, the part of it spent "
+                                                  "waiting for the ingest lock, whether it did, and the wait for "
+                                                  "the interpreter lock before the read"}}}},
         "/tiers": {"get": {"summary": "rows, bytes, oldest, newest and monthly cost per tier",
                            "responses": {"200": {"description": "{tiers: [...], total_usd_per_month}"}}}},
         "/sensors": {"get": {"summary": "every (machine, sensor) seen", "responses": {"200": {"description": "list"}}}},

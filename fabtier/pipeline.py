@@ -608,9 +608,15 @@ class Pipeline:
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One sensor's recent readings from the hot ring, read without the ingest lock (the
         ring is a seqlock reader); only a row that stays busy sends it to wait for the lock.
-        `timings` gets the whole answer time in microseconds (`query_us`: retries and any
+        `timings` gets the ring's answer time in microseconds (`query_us`: retries and any
         wait for the lock included), the part spent waiting for the lock (`wait_us`, 0
-        unless it fell back) and whether it fell back (`fell_back`)."""
+        unless it fell back), whether it fell back (`fell_back`), and the wait to get the
+        interpreter lock back before the read began (`gil_wait_us`)."""
+        asked = time.perf_counter()
+        # Give the interpreter lock up and take it back: the threads waiting for it then start
+        # a new switch interval (0.5 ms), so the read (tens of us) runs without being made to
+        # hand the lock over mid-way, which would cost it a switch interval or more.
+        time.sleep(0)
         began = time.perf_counter()
         key = self.keys.lookup(machine, sensor)  # one dict lookup: safe beside the writer
         if key is None:
@@ -628,6 +634,7 @@ class Pipeline:
             timings["wait_us"] = round((locked - read) * 1e6, 1)
             timings["query_us"] = round((done - began) * 1e6, 1)
             timings["fell_back"] = locked != read
+            timings["gil_wait_us"] = round((began - asked) * 1e6, 1)
         return found
 
     def sensors(self) -> list[tuple[str, str]]:

@@ -268,25 +268,26 @@ class HotRing:
     def _append(self, order: np.ndarray, k: np.ndarray, t: np.ndarray, value: np.ndarray,
                 starts: np.ndarray, counts: np.ndarray) -> None:
         """Write rows (sorted by key, then ts; all newer than their key's newest)."""
-        keys = k[starts]
-        self._seq[keys] += 1
-        try:
-            self._write_runs(order, k, t, value, starts, counts, keys)
-        finally:
-            self._seq[keys] += 1
-
-    def _write_runs(self, order, k, t, value, starts, counts, keys) -> None:
         cap = self.capacity
+        keys = k[starts]
         rank = np.arange(len(k)) - np.repeat(starts, counts)
         # Only each key's last `cap` rows can survive; writing fewer keeps slots unique.
         survive = rank >= np.repeat(counts - cap, counts)
         slots = (np.repeat(self._written[keys], counts) + rank) % cap
-        self._ts[k[survive], slots[survive]] = t[survive]
-        self._value[k[survive], slots[survive]] = value[order[survive]]
-        before = self._written[keys]
-        self._written[keys] = before + counts
+        # Flat positions in the stores (row * reserved + slot): one index for both arrays.
+        where = k[survive].astype(np.int64) * self._reserved + slots[survive]
+        new_ts, new_value = t[survive], value[order[survive]]
+        written = self._written[keys] + counts
+        # The rows are odd (readers retry) only while their slots and counts change.
+        self._seq[keys] += 1
+        try:
+            self._ts_store.put(where, new_ts)
+            self._value_store.put(where, new_value)
+            self._written[keys] = written
+        finally:
+            self._seq[keys] += 1
         self._last[keys] = t[starts + counts - 1]
-        wrapped = self._written[keys] > cap
+        wrapped = written > cap
         if wrapped.any():
             rows = keys[wrapped]
             self._covered[rows] = np.maximum(self._covered[rows], self._ts[rows, self._written[rows] % cap])

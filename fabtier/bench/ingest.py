@@ -110,6 +110,7 @@ class _SeriesProbe(threading.Thread):
         self.took_us: list[float] = []
         self.waited_us: list[float] = []
         self.fell_back = 0
+        self.gil_wait_us: list[float] = []
         self.round_trip_us: list[float] = []
         self.points: list[int] = []
         self.done = threading.Event()
@@ -126,11 +127,13 @@ class _SeriesProbe(threading.Thread):
             self.took_us.append(answer["query_us"])
             self.waited_us.append(answer["wait_us"])
             self.fell_back += bool(answer.get("fell_back"))
+            self.gil_wait_us.append(answer["gil_wait_us"])
             self.points.append(len(answer["ts"]))
             time.sleep(0.02)
 
     def summary(self) -> dict:
         took, waited, trips = sorted(self.took_us), sorted(self.waited_us), sorted(self.round_trip_us)
+        gil = sorted(self.gil_wait_us)
         if not took:
             return {}
         pick = lambda values, q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
@@ -138,6 +141,7 @@ class _SeriesProbe(threading.Thread):
                 "series_query_us_p99": pick(took, 0.99), "series_query_us_max": took[-1],
                 "series_lock_wait_us_p50": pick(waited, 0.5), "series_lock_wait_us_p99": pick(waited, 0.99),
                 "series_fell_back_to_lock": self.fell_back,
+                "series_gil_wait_us_p50": pick(gil, 0.5), "series_gil_wait_us_p99": pick(gil, 0.99),
                 "series_round_trip_us_p50": round(pick(trips, 0.5), 1),
                 "series_round_trip_us_p99": round(pick(trips, 0.99), 1),
                 "series_points_max": max(self.points)}
@@ -277,7 +281,9 @@ def report(result: dict) -> str:
                      f"p50 {result['series_query_us_p50']:.0f} us, p99 {result['series_query_us_p99']:.0f} us, "
                      f"max {result['series_query_us_max']:.0f} us ({result['series_queries']} queries, "
                      f"{result['series_fell_back_to_lock']} waited for the ingest lock: p99 "
-                     f"{result['series_lock_wait_us_p99']:.0f} us); HTTP round trip from the bench: "
+                     f"{result['series_lock_wait_us_p99']:.0f} us); before it, getting the interpreter lock: "
+                     f"p50 {result['series_gil_wait_us_p50']:.0f} us, p99 {result['series_gil_wait_us_p99']:.0f} us; "
+                     f"HTTP round trip from the bench: "
                      f"p50 {result['series_round_trip_us_p50'] / 1000:.1f} ms, "
                      f"p99 {result['series_round_trip_us_p99'] / 1000:.1f} ms")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")

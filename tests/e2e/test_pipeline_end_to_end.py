@@ -152,3 +152,46 @@ def test_bad_sql_gets_the_database_message(broker, tmp_path):
             assert fragment in result.stderr and "Traceback" not in result.stderr
     finally:
         with_instance.stop()
+
+
+def test_series_over_http_answers_from_the_hot_ring_while_it_is_written(broker, tmp_path):
+    """GET /series: the hot ring's readings of one sensor, bucket means, with its answer time."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from fabtier.clock import ManualClock, SystemClock
+
+    settings = make_settings(tmp_path, broker)
+    clock = ManualClock(SystemClock().now_ms())  # the window's start is exact
+    instance = Instance(settings, clock=clock).start()
+
+    def series(**query) -> dict:
+        url = f"{instance.api_url}/series?{urllib.parse.urlencode(query)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.loads(response.read())
+
+    try:
+        now = clock.now_ms()
+        first = now - 36_000
+        readings = [(first + i * 1000, float(i)) for i in range(30)]
+        mosquitto_pub(broker, "fab/cvd-02", json.dumps({
+            "ts": [t for t, _ in readings], "sensor": ["ch1/pressure"] * 30, "v": [v for _, v in readings]}))
+        wait_for(lambda: instance.pipeline.metrics.acked >= 1, what="the batch to be acknowledged")
+
+        answer = series(machine="cvd-02", sensor="ch1/pressure", minutes=1, points=3)
+        assert answer["ts"] == [first, first + 10_000, first + 20_000]
+        assert answer["v"] == [4.5, 14.5, 24.5]  # means of 0-9, 10-19, 20-29
+        assert answer["query_us"] > 0 and answer["wait_us"] == 0 and answer["fell_back"] is False
+        # The last 30 s start 6 s after the first reading: the first 6 are outside.
+        recent = series(machine="cvd-02", sensor="ch1/pressure", minutes=0.5, points=100)
+        assert recent["ts"] == [t for t, _ in readings[6:]] and recent["v"] == [v for _, v in readings[6:]]
+        assert series(machine="cvd-02", sensor="no/such", minutes=1)["ts"] == []
+        with_error = None
+        try:
+            series(machine="cvd-02")
+        except urllib.error.HTTPError as error:
+            with_error = (error.code, json.loads(error.read())["error"])
+        assert with_error and with_error[0] == 400 and "give machine, sensor" in with_error[1]
+    finally:
+        instance.stop()
