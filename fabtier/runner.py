@@ -29,13 +29,16 @@ class Instance:
         # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
         # lets the API's threads (dashboards, SQL) answer within a millisecond or so.
         sys.setswitchinterval(0.0005)
-        # Compile the hot ring's query now, beside recovery, not during ingestion.
-        threading.Thread(target=warm_series_kernel, name="fabtier-warm-series", daemon=True).start()
+        # Load (or compile) the hot ring's query beside recovery, and be done before ingestion
+        # starts: under load, importing numba holds the interpreter lock for seconds.
+        warming = threading.Thread(target=warm_series_kernel, name="fabtier-warm-series", daemon=True)
+        warming.start()
         self.pipeline.open()
         # The API answers (503) while the pipeline subscribes, so that readers know it runs.
         self.api = ApiServer(self.pipeline, host=self.settings.api.host, port=self.settings.api.port,
                              token=self.settings.api.token.reveal())
         self.api.start()
+        warming.join()
         try:
             self.pipeline.start()
             self._scheduler = start_scheduler(self.pipeline)
@@ -59,8 +62,11 @@ class Instance:
 
 
 def warm_series_kernel() -> None:
-    from tiers import hotkernel  # imports numba: only instances that serve series pay for it
-    hotkernel.warm()
+    try:
+        from tiers import hotkernel  # imports numba: only instances that serve series pay for it
+        hotkernel.warm()
+    except Exception:  # the pipeline still ingests; /series will report the same error
+        log.exception("could not load the hot ring's series query")
 
 
 def install_stop_signals(stop: threading.Event) -> None:
