@@ -19,10 +19,14 @@ stored reading with `ts >= covered[key]`, so a redelivered reading in that range
 Readings older than that (late data, or pushed out by the budget) are passed on as
 *unverified*, to be checked against the cold tier. Pure data structure: no I/O, no clock.
 
-Threads: writers (`insert`, `insert_grouped`) are serialised by the caller's lock. `series`
-needs no lock: it is a seqlock reader. Every write to a row makes the row's sequence number
-odd first and even again when done; every change of layout (capacity, rows) does the same to
-`_layout`. A reader notes both, computes, and keeps the answer only if neither moved.
+Threads: writers (`insert`, `insert_grouped`) are serialised by the caller's lock;
+`read_series` needs none. An append first announces how far the row will be written
+(`_pending`), then writes the slots, then moves `_written`: a reader that sees
+`pending > written` leaves out the oldest readings that write is putting new ones over, so
+an append in progress never makes it wait. The rarer writes that rewrite a row (an
+out-of-order merge) make its sequence number odd while they run, and changes of layout
+(capacity, rows) do the same to `_layout`: a reader that sees either odd, or changed by the
+time it is done, tries again.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ class HotRing:
         self._written = np.zeros(_INITIAL_KEYS, np.int64)
         self._last = np.full(_INITIAL_KEYS, _NEVER, np.int64)
         self._covered = np.full(_INITIAL_KEYS, covered_from, np.int64)
-        self._seq = np.zeros(_INITIAL_KEYS, np.int64)  # per row: odd while being written
+        self._pending = np.zeros(_INITIAL_KEYS, np.int64)  # per row: `_written` once the append in progress is in
+        self._seq = np.zeros(_INITIAL_KEYS, np.int64)  # per row: odd while a merge rewrites it
         self._layout = 0  # odd while arrays or capacity change
 
     # ---- capacity -----------------------------------------------------------------------
@@ -141,7 +146,7 @@ class HotRing:
                 new_value[row, tail:keep] = self._value[row, :end]
             if keep < count:
                 self._covered[row] = max(self._covered[row], int(new_ts[row, 0]))
-            self._written[row] = keep
+            self._written[row] = self._pending[row] = keep
         self._ts, self._value = new_ts, new_value
 
     def _ensure_keys(self, rows_needed: int) -> None:
@@ -157,6 +162,7 @@ class HotRing:
             self._last = np.concatenate([self._last, np.full(grow, _NEVER, np.int64)])
             self._covered = np.concatenate([self._covered, np.full(grow, self.default_covered_from, np.int64)])
             self._seq = np.concatenate([self._seq, np.zeros(grow, np.int64)])
+            self._pending = np.concatenate([self._pending, np.zeros(grow, np.int64)])
         finally:
             self._layout += 1
         self._resize(self._fit_capacity(self.capacity, rows), rows)
@@ -278,14 +284,11 @@ class HotRing:
         where = k[survive].astype(np.int64) * self._reserved + slots[survive]
         new_ts, new_value = t[survive], value[order[survive]]
         written = self._written[keys] + counts
-        # The rows are odd (readers retry) only while their slots and counts change.
-        self._seq[keys] += 1
-        try:
-            self._ts_store.put(where, new_ts)
-            self._value_store.put(where, new_value)
-            self._written[keys] = written
-        finally:
-            self._seq[keys] += 1
+        # Announce, write, then publish: readers leave out the slots being written over.
+        self._pending[keys] = written
+        self._ts_store.put(where, new_ts)
+        self._value_store.put(where, new_value)
+        self._written[keys] = written
         self._last[keys] = t[starts + counts - 1]
         wrapped = written > cap
         if wrapped.any():
@@ -323,7 +326,7 @@ class HotRing:
             self._covered[key] = max(self._covered[key], int(merged_ts[-kept]))
         self._ts[key, :kept] = merged_ts[-kept:]
         self._value[key, :kept] = merged_value[-kept:]
-        self._written[key] = kept
+        self._written[key] = self._pending[key] = kept
         self._last[key] = merged_ts[-1]
         return found
 
@@ -350,8 +353,9 @@ class HotRing:
 
     def read_series(self, key: int, *, since: int | None = None, until: int | None = None,
                     points: int | None = None, attempts: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
-        """`series` without the writers' lock: None if the row was being written in each
-        of `attempts` tries (the caller then takes the lock)."""
+        """`series` without the writers' lock (see the module's note): None if, in each of
+        `attempts` tries, the row was being rewritten, re-laid or written over whole (the
+        caller then takes the lock)."""
         from tiers.hotkernel import ring_series  # compiled code: loaded on first use
         since = _NEVER if since is None else int(since)
         until = _LATEST if until is None else int(until)
@@ -364,12 +368,19 @@ class HotRing:
                 continue
             if key >= self._keys:
                 return np.empty(0, np.int64), np.empty(0, np.float64)
-            seqs, written = self._seq, self._written
+            seqs, written, pending = self._seq, self._written, self._pending
             seq = int(seqs[key])
             if seq & 1:
                 continue
-            answer = ring_series(self._ts[key], self._value[key], int(written[key]), since, until, points)
-            if int(seqs[key]) == seq and self._layout == layout:
+            end = int(written[key])  # before `pending`: an append moves pending first
+            announced = int(pending[key])
+            if announced - end >= self.capacity:
+                continue  # the append in progress writes over the whole row
+            # Readers of the row's n-th reading need it in slot n % capacity still: not
+            # among the oldest that the append in progress (up to `announced`) writes over.
+            first = max(0, end - self.capacity, announced - self.capacity)
+            answer = ring_series(self._ts[key], self._value[key], first, end, since, until, points)
+            if int(pending[key]) == announced and int(seqs[key]) == seq and self._layout == layout:
                 return answer
         return None
 

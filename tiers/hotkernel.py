@@ -6,8 +6,8 @@ lock inside each one. While ingestion runs, every such release hands the lock to
 thread, and taking it back waits at least a switch interval (0.5 ms), so a 0.3 ms query took
 1-10 ms. A numba function holds the lock from entry to return: once it starts it runs to its
 end, and nothing else in the process can move the ring under it except numpy operations the
-ingest thread had already started without the lock (the ring's per-row sequence numbers catch
-those, see `HotRing.series`).
+ingest thread had already started without the lock (see `HotRing.read_series` for how the
+ring keeps those from tearing an answer).
 
 Pure: arrays in, arrays out; no state. Compiled on first use and cached on disk.
 """
@@ -54,21 +54,19 @@ def _sum(values: np.ndarray, lo: int, hi: int) -> float:
 
 
 @numba.njit(cache=True, fastmath=_MATH)
-def ring_series(ts: np.ndarray, value: np.ndarray, written: int, since: int, until: int,
+def ring_series(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: int, until: int,
                 points: int) -> tuple[np.ndarray, np.ndarray]:
-    """One ring row's readings with since <= ts <= until, in at most `points` buckets.
+    """Readings with since <= ts <= until among those a ring row was written with in the
+    order [first, end) (the row's n-th reading sits in slot n % capacity; end - first <=
+    capacity; they ascend in ts), in at most `points` buckets.
 
-    `ts` and `value` are the row's `capacity` slots; `written` counts the readings ever
-    written, so once it exceeds the capacity the oldest sits at `written % capacity` and the
-    row is two ascending runs. Bucket b of the m matching readings holds the readings
-    [b*m // P, (b+1)*m // P) in ts order; it is answered by the ts of its first reading and
-    the mean of its values. `points` < 1 means every reading.
+    Bucket b of the m matching readings holds the readings [b*m // P, (b+1)*m // P) in ts
+    order; it is answered by the ts of its first reading and the mean of its values.
+    `points` < 1 means every reading.
     """
     cap = len(ts)
-    if written > cap:
-        start, count = written % cap, cap
-    else:
-        start, count = 0, written
+    count = end - first
+    start = first % cap
     # Logical index i (0 = oldest) lives in slot (start + i) % cap: search the two runs.
     first_run = min(count, cap - start)
     lo = _first_at_or_after(ts, start, start + first_run, since) - start
@@ -89,7 +87,7 @@ def ring_series(ts: np.ndarray, value: np.ndarray, written: int, since: int, unt
         out_ts[b] = ts[slot_a]
         slot_e = start + e
         slot_e = slot_e - cap if slot_e >= cap else slot_e
-        if slot_a < slot_e or e == a:
+        if slot_a < slot_e:
             total = _sum(value, slot_a, slot_e)
         else:  # the bucket wraps around the end of the row
             total = _sum(value, slot_a, cap) + _sum(value, 0, slot_e)
@@ -100,4 +98,4 @@ def ring_series(ts: np.ndarray, value: np.ndarray, written: int, since: int, unt
 def warm() -> None:
     """Compile `ring_series` (or load it from the cache) ahead of the first query: that holds
     the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
-    ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, 0, 1, 1)
+    ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)

@@ -231,3 +231,17 @@ def test_a_read_that_a_write_overlaps_is_not_answered(monkeypatch):
     monkeypatch.setattr(hotkernel, "ring_series", lambda *args: (
         hot.insert(arr(1, dtype=np.int32), arr(BASE + 30), arr(1.0, dtype=np.float64)), compute(*args))[1])
     assert hot.read_series(0, attempts=1)[0].tolist() == (BASE + np.arange(10)).tolist() + [BASE + 20]
+
+
+def test_a_read_beside_an_append_in_progress_leaves_out_the_slots_it_writes_over():
+    """What a reader sees between an append's announcement and its last slot: the readings
+    the append writes over are left out, the rest are answered, and nothing is retried."""
+    hot = ring(window_ms=10, budget=16 * 8 * 64)  # 8 slots a row
+    hot.insert(np.zeros(12, np.int32), BASE + np.arange(12), np.arange(12, dtype=np.float64))
+    assert hot.read_series(0, attempts=1)[0].tolist() == (BASE + np.arange(4, 12)).tolist()
+    # An append of 3 readings, announced, its first slot written, the rest not yet.
+    hot._pending[0] = 15
+    hot._ts[0, 12 % 8] = BASE + 12
+    hot._value[0, 12 % 8] = 12.0
+    ts, value = hot.read_series(0, attempts=1)
+    assert ts.tolist() == (BASE + np.arange(7, 12)).tolist() and value.tolist() == [7.0, 8.0, 9.0, 10.0, 11.0]
