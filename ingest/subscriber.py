@@ -12,6 +12,7 @@ import logging
 import ssl
 import struct
 import threading
+import time
 from typing import Callable
 from urllib.parse import urlparse
 
@@ -122,6 +123,13 @@ class Subscriber:
         packet = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
         queue(0x40, packet, 0, 1)
 
-    def stop(self) -> None:
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        # paho's network loop ends as soon as disconnect() is called and drops what it had
+        # not yet written, acknowledgements included (their messages would come back on the
+        # next connection): let it write them first.
+        deadline = time.monotonic() + flush_timeout
+        while (self._client.is_connected() and getattr(self._client, "_out_packet", None)
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
         self._client.disconnect()
         self._client.loop_stop()
