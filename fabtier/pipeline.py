@@ -47,7 +47,7 @@ from tiers.warm import WarmStore
 log = logging.getLogger("fabtier.pipeline")
 
 # Lock-free tries of a series read before waiting for the ingest lock; a try fails only while
-# a micro-batch is writing that very row, for tens of microseconds.
+# the row is rewritten by a merge of out-of-order readings or the ring changes its layout.
 _SERIES_ATTEMPTS = 20
 # Messages decoded and stored together at most. Small enough that the log is committed
 # (and messages acknowledged, alerts delivered) every few milliseconds under full load.
@@ -606,8 +606,8 @@ class Pipeline:
 
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int,
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One sensor's recent readings from the hot ring, read without the ingest lock (the
-        ring is a seqlock reader); only a row that stays busy sends it to wait for the lock.
+        """One sensor's recent readings from the hot ring, read without the ingest lock (see
+        `HotRing.read_series`); only a row that stays busy sends it to wait for the lock.
         `timings` gets the ring's answer time in microseconds (`query_us`: retries and any
         wait for the lock included), the part spent waiting for the lock (`wait_us`, 0
         unless it fell back), whether it fell back (`fell_back`), and the wait to get the
