@@ -49,6 +49,7 @@ log = logging.getLogger("fabtier.pipeline")
 # Lock-free tries of a series read before waiting for the ingest lock; a try fails only while
 # the row is rewritten by a merge of out-of-order readings or the ring changes its layout.
 _SERIES_ATTEMPTS = 20
+_SERIES_RETRY_PAUSE_S = 50e-6  # lets the writer finish the numpy call it is in
 # Messages decoded and stored together at most. Small enough that the log is committed
 # (and messages acknowledged, alerts delivered) every few milliseconds under full load.
 MICRO_BATCH = 128
@@ -622,7 +623,12 @@ class Pipeline:
         if key is None:
             found = np.empty(0, np.int64), np.empty(0, np.float64)
         else:
-            found = self.ring.read_series(key, since=since_ms, points=points, attempts=_SERIES_ATTEMPTS)
+            found = self.ring.read_series(key, since=since_ms, points=points)
+            for _ in range(_SERIES_ATTEMPTS - 1):
+                if found is not None:
+                    break
+                time.sleep(_SERIES_RETRY_PAUSE_S)
+                found = self.ring.read_series(key, since=since_ms, points=points)
         read = time.perf_counter()
         locked = read
         if found is None:

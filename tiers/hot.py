@@ -32,7 +32,6 @@ time it is done, tries again.
 from __future__ import annotations
 
 import mmap
-import time
 
 import numpy as np
 
@@ -41,7 +40,6 @@ _INITIAL_CAPACITY = 256
 _INITIAL_KEYS = 64
 _NEVER = np.iinfo(np.int64).min
 _LATEST = np.iinfo(np.int64).max
-_RETRY_PAUSE_S = 50e-6
 
 
 def _reserve(rows: int, columns: int, dtype) -> np.ndarray:
@@ -293,7 +291,7 @@ class HotRing:
         wrapped = written > cap
         if wrapped.any():
             rows = keys[wrapped]
-            self._covered[rows] = np.maximum(self._covered[rows], self._ts[rows, self._written[rows] % cap])
+            self._covered[rows] = np.maximum(self._covered[rows], self._ts[rows, written[wrapped] % cap])
             self._maybe_grow(rows)
 
     def _merge(self, key: int, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -346,42 +344,38 @@ class HotRing:
                points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A sensor's readings in [since, until], averaged into at most `points` buckets
         (see `hotkernel.ring_series`); for a caller that holds the writers' lock."""
-        answer = self.read_series(key, since=since, until=until, points=points, attempts=1)
+        answer = self.read_series(key, since=since, until=until, points=points)
         if answer is None:
             raise RuntimeError("the hot ring changed during a read under the writers' lock")
         return answer
 
     def read_series(self, key: int, *, since: int | None = None, until: int | None = None,
-                    points: int | None = None, attempts: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
-        """`series` without the writers' lock (see the module's note): None if, in each of
-        `attempts` tries, the row was being rewritten, re-laid or written over whole (the
-        caller then takes the lock)."""
+                    points: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """`series` without the writers' lock (see the module's note): None if the row was
+        being rewritten, re-laid or written over whole (the caller tries again later, or
+        takes the lock)."""
         from tiers.hotkernel import ring_series  # compiled code: loaded on first use
-        since = _NEVER if since is None else int(since)
-        until = _LATEST if until is None else int(until)
-        points = 0 if points is None else int(points)
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(_RETRY_PAUSE_S)  # let the writer finish the numpy call it is in
-            layout = self._layout
-            if layout & 1:
-                continue
-            if key >= self._keys:
-                return np.empty(0, np.int64), np.empty(0, np.float64)
-            seqs, written, pending = self._seq, self._written, self._pending
-            seq = int(seqs[key])
-            if seq & 1:
-                continue
-            end = int(written[key])  # before `pending`: an append moves pending first
-            announced = int(pending[key])
-            if announced - end >= self.capacity:
-                continue  # the append in progress writes over the whole row
-            # Readers of the row's n-th reading need it in slot n % capacity still: not
-            # among the oldest that the append in progress (up to `announced`) writes over.
-            first = max(0, end - self.capacity, announced - self.capacity)
-            answer = ring_series(self._ts[key], self._value[key], first, end, since, until, points)
-            if int(pending[key]) == announced and int(seqs[key]) == seq and self._layout == layout:
-                return answer
+        layout = self._layout
+        if layout & 1:
+            return None
+        if key >= self._keys:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        seqs, written, pending = self._seq, self._written, self._pending
+        seq = int(seqs[key])
+        if seq & 1:
+            return None
+        end = int(written[key])  # before `pending`: an append moves pending first
+        announced = int(pending[key])
+        if announced - end >= self.capacity:
+            return None  # the append in progress writes over the whole row
+        # Readers of the row's n-th reading need it in slot n % capacity still: not
+        # among the oldest that the append in progress (up to `announced`) writes over.
+        first = max(0, end - self.capacity, announced - self.capacity)
+        answer = ring_series(self._ts[key], self._value[key], first, end,
+                             _NEVER if since is None else int(since), _LATEST if until is None else int(until),
+                             0 if points is None else int(points))
+        if int(pending[key]) == announced and int(seqs[key]) == seq and self._layout == layout:
+            return answer
         return None
 
     def span(self) -> tuple[int, int] | None:

@@ -186,7 +186,7 @@ def test_reads_without_the_lock_never_see_a_row_half_written():
     def read() -> None:
         rng = np.random.default_rng(3)
         while answers[0] < 2000 and not failures:
-            answer = rings[0].read_series(int(rng.integers(8 * sensors)), attempts=1000)
+            answer = rings[0].read_series(int(rng.integers(8 * sensors)))
             if answer is None:
                 continue
             ts, value = answer
@@ -224,13 +224,13 @@ def test_a_read_that_a_write_overlaps_is_not_answered(monkeypatch):
             write()
             return compute(*args)
         monkeypatch.setattr(hotkernel, "ring_series", query_overlapped)
-        assert hot.read_series(0, attempts=1) is None
+        assert hot.read_series(0) is None
         monkeypatch.setattr(hotkernel, "ring_series", compute)
-        assert hot.read_series(0, attempts=1) is not None
+        assert hot.read_series(0) is not None
     # A write to another row leaves the answer standing.
     monkeypatch.setattr(hotkernel, "ring_series", lambda *args: (
         hot.insert(arr(1, dtype=np.int32), arr(BASE + 30), arr(1.0, dtype=np.float64)), compute(*args))[1])
-    assert hot.read_series(0, attempts=1)[0].tolist() == (BASE + np.arange(10)).tolist() + [BASE + 20]
+    assert hot.read_series(0)[0].tolist() == (BASE + np.arange(10)).tolist() + [BASE + 20]
 
 
 def test_a_read_beside_an_append_in_progress_leaves_out_the_slots_it_writes_over():
@@ -238,10 +238,10 @@ def test_a_read_beside_an_append_in_progress_leaves_out_the_slots_it_writes_over
     the append writes over are left out, the rest are answered, and nothing is retried."""
     hot = ring(window_ms=10, budget=16 * 8 * 64)  # 8 slots a row
     hot.insert(np.zeros(12, np.int32), BASE + np.arange(12), np.arange(12, dtype=np.float64))
-    assert hot.read_series(0, attempts=1)[0].tolist() == (BASE + np.arange(4, 12)).tolist()
+    assert hot.read_series(0)[0].tolist() == (BASE + np.arange(4, 12)).tolist()
     # An append of 3 readings, announced, its first slot written, the rest not yet.
     hot._pending[0] = 15
     hot._ts[0, 12 % 8] = BASE + 12
     hot._value[0, 12 % 8] = 12.0
-    ts, value = hot.read_series(0, attempts=1)
+    ts, value = hot.read_series(0)
     assert ts.tolist() == (BASE + np.arange(7, 12)).tolist() and value.tolist() == [7.0, 8.0, 9.0, 10.0, 11.0]
