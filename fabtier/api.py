@@ -20,8 +20,8 @@ import pyarrow as pa
 from analytics import output
 from analytics.session import run_sql
 from fabtier.datadir import sql_spill_dir
-from fabtier.errors import SqlError
-from lifecycle import jobs
+from core.errors import SqlError
+from lifecycle import scheduler
 
 if TYPE_CHECKING:
     from fabtier.pipeline import Pipeline
@@ -142,7 +142,7 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
                 if now is not None and not now.lstrip("-").isdigit():
                     self._json(400, {"error": "now must be epoch milliseconds"})
                     return
-                self._json(200, jobs.run_all(pipeline, now_ms=None if now is None else int(now)))
+                self._json(200, scheduler.runner_for(pipeline).run_all(now_ms=None if now is None else int(now)))
             else:
                 self._json(404, {"error": f"no route {url.path}"})
 

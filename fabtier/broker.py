@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fabtier import processes
-from fabtier.errors import FabtierError
+from core.errors import FabtierError
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto")
 

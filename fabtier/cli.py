@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from fabtier.errors import FabtierError, UserError
+from core.errors import FabtierError, UserError
 
 log = logging.getLogger("fabtier")
 
@@ -118,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "cold":
         return cmd_bench_cold(args)
     if args.which == "alerts":
-        from fabtier.bench_alerts import run
+        from fabtier.bench.alerts import run
         return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
                    batch=args.batch, excursions_per_s=args.excursions_per_s, seal_every=args.seal_every,
                    as_json=args.json)
@@ -151,8 +151,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cold(args: argparse.Namespace) -> int:
-    from fabtier.bench_cold import main as bench_main
-    from fabtier.units import parse_duration
+    from fabtier.bench.cold import main as bench_main
+    from core.units import parse_duration
     try:
         text = str(args.seal_every).strip()
         args.seal_every = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)

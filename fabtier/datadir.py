@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from fabtier.errors import UserError
+from core.errors import UserError
 
 
 class DataDirBusy(UserError):

@@ -10,14 +10,16 @@ import urllib.request
 import pyarrow as pa
 
 from analytics.session import SqlSources, run_sql
-from fabtier.config import Settings
+from analytics.sources import tier_sources
+from core.settings import Settings
 from fabtier.datadir import DataDirLock, is_locked, sql_spill_dir
-from fabtier.errors import FabtierError, SqlError, UserError
-from ingest.alerting import load_book
+from core.errors import FabtierError, SqlError, UserError
+from alerts.service import load_book
 from ingest.wal import read_segment, segment_numbers
+from fabtier.pipeline import Pipeline
+from lifecycle import scheduler
 from lifecycle.audit import AuditLog
-from lifecycle.runs import RunHistory
-from lifecycle.warmjobs import agg_dataset
+from tiers import inventory
 from tiers.cold import ColdLake
 from tiers.store import settings_store
 from tiers.unsealed import tables_from_records
@@ -55,28 +57,13 @@ def _error_of(body: bytes) -> str:
 
 def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSources:
     """Every tier as stored on disk: the lake plus log segments not sealed yet."""
-    lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
-    warm_parts = {"warm_1m": warm.snapshot() if warm is not None else None,
-                  "cold_agg_1m": agg_dataset(lake.store),
-                  "job_history": RunHistory(settings.data_dir / "lifecycle").table()}
     wal_dir = settings.data_dir / "wal"
     segments = segment_numbers(wal_dir)
     tables = tables_from_records([r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")])
-    hidden = set(segments)
-    return SqlSources(
-        cold_raw=lake.raw_datasets(hidden),
-        cold_quarantine=lake.dataset("quarantine", hidden),
-        cold_context=lake.dataset("context", hidden),
-        hot_fresh=tables.fresh,
-        hot_late=tables.late,
-        hot_quarantine=tables.quarantine,
-        hot_context=tables.context,
-        audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
-        cold_alerts=lake.dataset("alerts", hidden),
-        hot_alerts=tables.alerts,
-        recipe_limits=load_book(settings).table(),
-        **warm_parts,
-    )
+    return tier_sources(lake=ColdLake(settings_store(settings), writer_id=settings.cold.writer_id),
+                        hidden=set(segments), unsealed=tables,
+                        audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
+                        warm=warm, data_dir=settings.data_dir, recipe_limits=load_book(settings).table())
 
 
 def query(settings: Settings, sql: str) -> pa.Table:
@@ -103,7 +90,6 @@ def query(settings: Settings, sql: str) -> pa.Table:
 
 def tiers(settings: Settings) -> dict:
     """`fabtier tiers`: from the running instance if there is one, else from the stores."""
-    from tiers import inventory
     if instance_running(settings):
         status, body = _request(settings, "GET", "/tiers")
         if status != 200:
@@ -134,12 +120,9 @@ def run_lifecycle(settings: Settings, now_ms: int | None = None) -> list[dict]:
         if status != 200:
             raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
         return json.loads(body)
-    from fabtier.pipeline import Pipeline
-    from lifecycle import jobs
-
     pipeline = Pipeline(settings)
     pipeline.open(warm=False)
     try:
-        return jobs.run_all(pipeline, now_ms=now_ms)
+        return scheduler.runner_for(pipeline).run_all(now_ms=now_ms)
     finally:
         pipeline.close_offline()

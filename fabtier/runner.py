@@ -10,8 +10,8 @@ import threading
 import time
 
 from fabtier.api import ApiServer
-from fabtier.clock import Clock
-from fabtier.config import Settings
+from core.clock import Clock
+from core.settings import Settings
 from fabtier.pipeline import Pipeline, State
 from lifecycle.scheduler import start_scheduler
 

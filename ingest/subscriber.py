@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fabtier.errors import RetryableError
+from core.errors import RetryableError
 from ingest.readahead import ReadAheadClient
 
 log = logging.getLogger("fabtier.ingest")

@@ -13,8 +13,8 @@ import os
 import threading
 from pathlib import Path
 
-from fabtier.errors import DurabilityError
-from fabtier.fsutil import fsync_dir
+from core.errors import DurabilityError
+from core.fsutil import fsync_dir
 from ingest.walformat import SEGMENT_MAGIC, Record, decode_records
 
 _SUFFIX = ".wal"

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import orjson
 
-from ingest.alerts import AlertEvent
+from core.records import AlertEvent
 from ingest.codec import ContextEvent, ReadingBatch, batches_by_machine
 
 READINGS = 1

@@ -14,18 +14,16 @@ lifecycle configuration does both, and the job only keeps that configuration in 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
 from lifecycle import glue, policy
+from lifecycle.host import JobHost
 from tiers import compaction
 from tiers.cold import Move
 from tiers.s3bucket import apply_lifecycle, aws_errors
 from tiers.store import S3Store
 
-if TYPE_CHECKING:
-    from fabtier.pipeline import Pipeline
 
 log = logging.getLogger("fabtier.lifecycle")
 
@@ -34,18 +32,18 @@ LIFECYCLE = "lifecycle"
 GLUE = "glue"
 
 
-def _now(pipeline: "Pipeline", now_ms: int | None) -> int:
+def _now(pipeline: JobHost, now_ms: int | None) -> int:
     return pipeline.clock.now_ms() if now_ms is None else now_ms
 
 
-def compact(pipeline: "Pipeline", now_ms: int | None = None, *, at_ms: int | None = None) -> dict:
+def compact(pipeline: JobHost, now_ms: int | None = None, *, at_ms: int | None = None) -> dict:
     """Merge settled hours' small files of this writer; delete leftovers of earlier runs.
     `now_ms`: the time hours settle by; `at_ms`: the time the audit trail records."""
     settings, lake = pipeline.settings, pipeline.lake
     now = _now(pipeline, now_ms)
     at = _now(pipeline, at_ms)
     with pipeline.seal_lock:
-        hidden = set(pipeline.wal.segments()) if pipeline.wal is not None else set()
+        hidden = pipeline.hidden_segments()
         plan = compaction.plan(lake.lake_files("raw"), writer=lake.writer_id, hidden_segments=hidden, now_ms=now,
                                settle_ms=int(settings.cold.compact_after * 1000),
                                target_bytes=settings.cold.compact_target)
@@ -65,13 +63,13 @@ def compact(pipeline: "Pipeline", now_ms: int | None = None, *, at_ms: int | Non
             "leftovers_deleted": len(plan.garbage)}
 
 
-def lake_policy(pipeline: "Pipeline") -> policy.Policy:
+def lake_policy(pipeline: JobHost) -> policy.Policy:
     store = pipeline.lake.store
     prefix = f"{store.prefix}/" if isinstance(store, S3Store) and store.prefix else ""
     return policy.policy_from_settings(pipeline.settings.lifecycle, prefix=prefix)
 
 
-def _rows(pipeline: "Pipeline", key: str) -> int:
+def _rows(pipeline: JobHost, key: str) -> int:
     if not key.endswith(".parquet"):
         return 0
     fs, root = pipeline.lake.store.arrow_filesystem()
@@ -81,7 +79,7 @@ def _rows(pipeline: "Pipeline", key: str) -> int:
         return 0
 
 
-def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None, *, at_ms: int | None = None) -> dict:
+def apply_lifecycle_policy(pipeline: JobHost, now_ms: int | None = None, *, at_ms: int | None = None) -> dict:
     """Archive and expire by age: S3 does it from the bucket's configuration (kept in sync
     here); on a local store fabtier evaluates the same rules and records the classes."""
     store = pipeline.lake.store
@@ -114,7 +112,7 @@ def apply_lifecycle_policy(pipeline: "Pipeline", now_ms: int | None = None, *, a
     return {"job": LIFECYCLE, "store": "local", "transitions": transitions, "expiries": expiries}
 
 
-def sync_glue(pipeline: "Pipeline") -> dict:
+def sync_glue(pipeline: JobHost) -> dict:
     """Register the lake's hours in the Glue catalog (when `[glue] database` is set)."""
     catalog = glue.catalog_for(pipeline.settings, pipeline.lake.store)
     if catalog is None:
@@ -122,7 +120,7 @@ def sync_glue(pipeline: "Pipeline") -> dict:
     with aws_errors("updating the Glue catalog"):
         done = catalog.ensure_table()
         with pipeline.seal_lock:
-            hidden = set(pipeline.wal.segments()) if pipeline.wal is not None else set()
+            hidden = pipeline.hidden_segments()
             files = pipeline.lake.visible_files("raw", hidden)
         plan = glue.plan_partitions(files, catalog.registered())
         catalog.apply(plan)

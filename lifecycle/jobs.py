@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
+from core.settings import Settings
 from lifecycle import coldjobs, warmjobs
-
-if TYPE_CHECKING:
-    from fabtier.config import Settings
-    from fabtier.pipeline import Pipeline
+from lifecycle.host import JobHost
 
 log = logging.getLogger("fabtier.lifecycle")
 
@@ -26,7 +24,7 @@ AGE_OUT = "age_out"
 
 @dataclass(frozen=True)
 class JobContext:
-    pipeline: "Pipeline"
+    pipeline: JobHost
     now_ms: int  # the time ages are measured against (`fabtier lifecycle run --now`)
     at_ms: int   # the pipeline clock's time of the run, for the audit trail
 
@@ -35,7 +33,7 @@ class JobContext:
 class Job:
     id: str
     run: Callable[[JobContext], dict]
-    every: Callable[["Settings"], float]  # seconds between scheduled runs
+    every: Callable[[Settings], float]  # seconds between scheduled runs
 
 
 def seal(ctx: JobContext) -> dict:
@@ -49,6 +47,8 @@ def seal(ctx: JobContext) -> dict:
 def rollup(ctx: JobContext) -> dict:
     """Recompute the per-minute aggregates of every minute that newly sealed raw data touches."""
     p = ctx.pipeline
+    if p.warm is None:
+        raise RuntimeError("the warm store is not open")
     report = warmjobs.rollup(store=p.lake.store, warm=p.warm, audit=p.audit)
     if report.minutes:
         log.info("rolled up %d minute(s) from %d raw file(s)", report.minutes, report.files)
@@ -58,6 +58,8 @@ def rollup(ctx: JobContext) -> dict:
 def age_out(ctx: JobContext) -> dict:
     """Move warm minutes older than `[warm] retention` to the lake's agg_1m/ Parquet."""
     p = ctx.pipeline
+    if p.warm is None:
+        raise RuntimeError("the warm store is not open")
     cutoff = ctx.now_ms - int(p.settings.warm.retention * 1000)
     report = warmjobs.age_out(store=p.lake.store, warm=p.warm, audit=p.audit,
                               writer_id=p.settings.cold.writer_id, cutoff_ms=cutoff, at_ms=ctx.at_ms)
@@ -97,9 +99,3 @@ def job(job_id: str) -> Job:
         if found.id == job_id:
             return found
     raise KeyError(job_id)
-
-
-def run_all(pipeline: "Pipeline", *, now_ms: int | None = None) -> list[dict]:
-    """Every tiering job once, in tier order (`fabtier lifecycle run`), one at a time per job."""
-    from lifecycle.scheduler import runner_for
-    return runner_for(pipeline).run_all(now_ms=now_ms, trigger="manual")

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fabtier.errors import ConfigError
-from tiers.store import STANDARD, ObjectInfo
+from core.errors import ConfigError
+from core.records import STANDARD, ObjectInfo
 
 DAY_S = 86_400.0
 MONTH_S = 30.4375 * DAY_S

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
-from fabtier.fsutil import fsync_dir
+from core.fsutil import fsync_dir
 
 RUNS_SCHEMA = pa.schema([
     ("job", pa.string()),

@@ -14,16 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING
 
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from lifecycle import jobs
+from lifecycle.host import JobHost
 from lifecycle.runs import JobRun, RunHistory
 
-if TYPE_CHECKING:
-    from fabtier.pipeline import Pipeline
 
 log = logging.getLogger("fabtier.lifecycle")
 
@@ -43,7 +41,7 @@ def _did_something(report: dict) -> bool:
 class JobRunner:
     """Runs the jobs of one pipeline; one instance per pipeline (see `runner_for`)."""
 
-    def __init__(self, pipeline: "Pipeline", job_list: tuple[jobs.Job, ...] | None = None) -> None:
+    def __init__(self, pipeline: JobHost, job_list: tuple[jobs.Job, ...] | None = None) -> None:
         self.pipeline = pipeline
         self.jobs = job_list if job_list is not None else jobs.JOBS
         self.history = RunHistory(pipeline.settings.data_dir / "lifecycle")
@@ -102,11 +100,11 @@ class JobRunner:
         return reports
 
 
-_runners: "weakref.WeakKeyDictionary[Pipeline, JobRunner]" = weakref.WeakKeyDictionary()
+_runners: "weakref.WeakKeyDictionary[JobHost, JobRunner]" = weakref.WeakKeyDictionary()
 _runners_lock = threading.Lock()
 
 
-def runner_for(pipeline: "Pipeline") -> JobRunner:
+def runner_for(pipeline: JobHost) -> JobRunner:
     """The one runner of a pipeline, shared by the scheduler and the API's manual runs."""
     with _runners_lock:
         runner = _runners.get(pipeline)
@@ -115,12 +113,12 @@ def runner_for(pipeline: "Pipeline") -> JobRunner:
         return runner
 
 
-def run_scheduled(pipeline: "Pipeline", job_id: str) -> None:
+def run_scheduled(pipeline: JobHost, job_id: str) -> None:
     """What APScheduler calls: one scheduled run of one job."""
     runner_for(pipeline).run(job_id, trigger="schedule")
 
 
-def start_scheduler(pipeline: "Pipeline") -> BackgroundScheduler:
+def start_scheduler(pipeline: JobHost) -> BackgroundScheduler:
     runner = runner_for(pipeline)
     runner.catch_up()
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={

@@ -28,7 +28,7 @@ from lifecycle.audit import AuditLog
 from tiers import parquetformat as fmt
 from tiers import layout
 from tiers.cold import ColdLake, Move
-from tiers.store import ObjectStore
+from core.protocols import ObjectStore
 from tiers.unsealed import READINGS_SCHEMA
 from tiers.warm import MINUTES_SCHEMA, WarmStore
 

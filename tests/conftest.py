@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from fabtier.broker import LocalBroker, find_mosquitto, free_port
-from fabtier.config import Settings, settings_from_mapping
+from core.settings import Settings
+from fabtier.config import settings_from_mapping
 
 _ids = itertools.count()
 

@@ -28,7 +28,7 @@ from tiers import layout
 from tiers import parquetformat as fmt
 from tiers.compaction import CompactionTask
 from tiers.layout import LakeFile, segment_of  # noqa: F401 - segment_of is part of this module's API
-from tiers.store import ObjectStore
+from core.protocols import ObjectStore
 from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -50,6 +50,15 @@ class Move:
     rows: int
     bytes: int
     checksum: str
+
+
+@dataclass(frozen=True)
+class SealReport:
+    """What one seal run moved from the log into the lake."""
+
+    segments: int
+    rows: int
+    files: int
 
 
 def raw_schema(encoding: str) -> pa.Schema:

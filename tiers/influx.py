@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
-from fabtier.config import InfluxSettings
+from core.settings import InfluxSettings
 from ingest.codec import ReadingBatch
 from tiers.sinkformat import line_protocol
 from tiers.sinks import SinkStats, backoff_seconds

@@ -138,17 +138,3 @@ class SinkQueue:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-
-def open_sinks(settings) -> list[SinkQueue]:
-    """The sinks the configuration enables (none by default), started."""
-    sinks = []
-    if settings.timestream.enabled:
-        from tiers.timestream import TimestreamDestination
-        sinks.append(SinkQueue(TimestreamDestination(settings.timestream),
-                               max_readings=settings.timestream.queue_readings).start())
-    if settings.influx.enabled:
-        from tiers.influx import InfluxDestination
-        sinks.append(SinkQueue(InfluxDestination(settings.influx),
-                               max_readings=settings.influx.queue_readings).start())
-    return sinks

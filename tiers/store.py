@@ -27,17 +27,11 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
-from fabtier.errors import ConfigError, FabtierError
-from fabtier.fsutil import fsync_dir
-
-STANDARD = "STANDARD"
-GLACIER = "GLACIER"
-DEEP_ARCHIVE = "DEEP_ARCHIVE"
-# Classes whose objects must be restored before they can be read (GLACIER_IR is readable).
-ARCHIVED = frozenset({GLACIER, DEEP_ARCHIVE})
-STORAGE_CLASSES = frozenset({STANDARD, "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
-                             "GLACIER_IR", GLACIER, DEEP_ARCHIVE})
-
+from core.errors import ConfigError, FabtierError
+from core.fsutil import fsync_dir
+from core.protocols import ObjectStore
+from core.records import (ARCHIVED, DEEP_ARCHIVE, GLACIER, STANDARD, STORAGE_CLASSES,
+                          ObjectInfo)
 
 class StoreError(FabtierError):
     """An object store refused or failed an operation."""
@@ -52,31 +46,6 @@ class ObjectMissing(StoreError, KeyError):
 
 class ObjectArchived(StoreError):
     """The object is in an archive class and must be restored before it can be read."""
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    last_modified_ms: int
-    storage_class: str = STANDARD
-
-    @property
-    def archived(self) -> bool:
-        return self.storage_class in ARCHIVED
-
-
-class ObjectStore(Protocol):
-    url: str
-
-    def put(self, key: str, data: bytes) -> None: ...
-    def get(self, key: str) -> bytes: ...
-    def delete(self, key: str) -> None: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> list[tuple[str, int]]: ...
-    def objects(self, prefix: str) -> list[ObjectInfo]: ...
-    def set_storage_class(self, key: str, storage_class: str) -> None: ...
-    def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]: ...
 
 
 def check_key(key: str) -> str:
@@ -340,7 +309,7 @@ def open_store(url: str, *, endpoint_url: str = "", region: str = "us-east-1", s
 
 
 def settings_store(settings) -> ObjectStore:
-    """The cold store a `fabtier.config.Settings` names."""
+    """The cold store a `core.settings.Settings` names."""
     cold = settings.cold
     return open_store(settings.store_url, endpoint_url=cold.endpoint_url, region=cold.region,
                       sse=cold.sse, kms_key_id=cold.kms_key_id)

@@ -22,7 +22,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fabtier.config import TimestreamSettings
+from core.settings import TimestreamSettings
 from ingest.codec import ReadingBatch
 from tiers.sinkformat import timestream_requests
 from tiers.sinks import SinkStats, backoff_seconds

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.alerts import AlertEvent
+from core.records import AlertEvent
 from ingest.codec import ContextEvent, ReadingBatch
 from ingest.walformat import QuarantineRecord
 from tiers.keys import SensorKeys

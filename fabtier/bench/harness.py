@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fabtier import processes
 from fabtier.broker import free_port
-from fabtier.errors import FabtierError
+from core.errors import FabtierError
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
 from fabtier.broker import LocalBroker
-from fabtier.errors import FabtierError
+from core.errors import FabtierError
 from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
 from simulator.payloads import readings_in
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
 from fabtier.bench.ingest import IngestBench, _baseline, _count, _count_stored, _publish, _wait_acked
 from fabtier.broker import LocalBroker
-from fabtier.errors import FabtierError
+from core.errors import FabtierError
 
 
 def run(bench: IngestBench, processes: int) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from analytics.output import render
 from analytics.session import SqlSources, run_sql
-from fabtier.errors import SqlError
+from core.errors import SqlError
 from lifecycle.audit import AUDIT_SCHEMA
 from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA
 

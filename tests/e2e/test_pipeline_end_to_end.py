@@ -160,7 +160,7 @@ def test_series_over_http_answers_from_the_hot_ring_while_it_is_written(broker, 
     import urllib.parse
     import urllib.request
 
-    from fabtier.clock import ManualClock, SystemClock
+    from core.clock import ManualClock, SystemClock
 
     settings = make_settings(tmp_path, broker)
     clock = ManualClock(SystemClock().now_ms())  # the window's start is exact

@@ -1,7 +1,7 @@
 import pytest
 
 from fabtier.config import settings_from_mapping
-from fabtier.errors import ConfigError
+from core.errors import ConfigError
 
 RULE = {"name": "r", "sensor": "*", "high": 1.0}
 

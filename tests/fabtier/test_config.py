@@ -1,7 +1,8 @@
 import pytest
 
-from fabtier.config import Secret, load_settings, settings_from_mapping
-from fabtier.errors import ConfigError
+from core.settings import Secret
+from fabtier.config import load_settings, settings_from_mapping
+from core.errors import ConfigError
 
 
 def test_defaults_match_the_contract():

@@ -80,7 +80,7 @@ def test_bench_cold_prints_figures_and_one_json_object_last():
 def test_lifecycle_run_archives_on_a_local_store_and_tiers_shows_the_frozen_tier(tmp_path):
     import datetime as dt
 
-    from fabtier.clock import ManualClock
+    from core.clock import ManualClock
     from fabtier.config import load_settings
     from fabtier.pipeline import Pipeline
 

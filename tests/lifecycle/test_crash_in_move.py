@@ -9,7 +9,7 @@ import json
 import pytest
 
 from analytics.session import run_sql
-from fabtier.clock import ManualClock
+from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from fabtier.reader import offline_sources
 from lifecycle import coldjobs

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fabtier.clock import ManualClock
+from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from lifecycle import coldjobs, glue
 from tests.conftest import make_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from fabtier.clock import ManualClock
+from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from tests.conftest import fabtier_cli, make_settings, write_config
 

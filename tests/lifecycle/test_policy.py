@@ -6,7 +6,7 @@ import boto3
 import pytest
 
 from fabtier.config import settings_from_mapping
-from fabtier.errors import ConfigError
+from core.errors import ConfigError
 from lifecycle import policy
 from tiers.store import ObjectInfo as ObjectState
 from tiers.s3bucket import apply_lifecycle, lifecycle_rules

@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from analytics.session import open_session, run_sql
-from fabtier.clock import ManualClock
+from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from lifecycle.scheduler import runner_for
 from tests.conftest import make_settings

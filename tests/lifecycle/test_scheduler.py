@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from analytics.session import run_sql
-from fabtier.clock import ManualClock
+from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from lifecycle import jobs
 from lifecycle.scheduler import JobRunner, missed_periods, runner_for

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fabtier.clock import ManualClock
+from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from fabtier.runner import Instance
 from tests.conftest import fabtier_cli, make_settings, mosquitto_pub, wait_for, write_config

@@ -23,8 +23,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ingest.alert_sinks import AlertSink, SinkError
-from ingest.alerts import AlertEvent
+from alerts.sinks import SinkError
+from core.protocols import AlertSink
+from core.records import AlertEvent
 
 log = logging.getLogger("fabtier.alerts")
 MAX_BATCH = 500

@@ -35,7 +35,7 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from fabtier.broker import LocalBroker, free_port
-from fabtier.errors import FabtierError, UserError
+from core.errors import FabtierError, UserError
 
 INJECT_MACHINE = "bench-inj"
 
@@ -43,11 +43,11 @@ INJECT_MACHINE = "bench-inj"
 # ---- 1. engine cost -------------------------------------------------------------------------
 def engine_cost(batches: tuple[int, ...] = (100, 1000, 10_000)) -> list[dict]:
     """ns per reading: fixed rules, recipe rules, and decoding the same batch (the baseline)."""
-    from fabtier.config import AlertRule
-    from ingest.alerts import AlertEngine
+    from core.settings import AlertRule
+    from alerts.engine import AlertEngine
     from ingest.codec import ContextEvent, Limits, decode_readings
-    from ingest.lotcontext import LotContext
-    from ingest.recipes import parse_book
+    from alerts.lotcontext import LotContext
+    from alerts.recipes import parse_book
     from tiers.keys import SensorKeys
 
     now = int(time.time() * 1000)
@@ -257,7 +257,7 @@ def run(*, seconds: float, machines: int, sensors: int, rate_hz: float, batch: i
     print("engine cost per reading (ns): batch  decode(baseline)  fixed-rules  recipe-limits")
     for row in micro:
         print(f"  {row['batch']:>6}  {row['decode_ns']:>10}  {row['fixed_ns']:>10}  {row['recipe_ns']:>10}")
-    from fabtier.units import parse_duration
+    from core.units import parse_duration
     try:
         parse_duration(seal_every)
     except ValueError:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from core.protocols import Clock
 
-
-class Clock(Protocol):
-    def now_ms(self) -> int: ...
+__all__ = ["Clock", "ManualClock", "SystemClock"]
 
 
 class SystemClock:

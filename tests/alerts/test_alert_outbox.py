@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from ingest.alert_outbox import Outbox
-from ingest.alert_sinks import SinkError, alert_line, alert_payload, alert_topic
-from ingest.alerts import AlertEvent
+from alerts.outbox import Outbox
+from alerts.sinks import SinkError, alert_line, alert_payload, alert_topic
+from core.records import AlertEvent
 from tests.conftest import wait_for
 
 

@@ -23,15 +23,16 @@ from typing import ContextManager
 
 import pyarrow as pa
 
-from fabtier.clock import Clock
-from fabtier.config import Settings
-from fabtier.errors import ConfigError
-from ingest.alert_outbox import Outbox, latency_summary
-from ingest.alert_sinks import LogSink, build_sinks
-from ingest.alerts import AlertEngine, AlertEvent
+from core.clock import Clock
+from core.settings import Settings
+from core.errors import ConfigError
+from alerts.outbox import Outbox, latency_summary
+from alerts.sinks import LogSink, build_sinks
+from alerts.engine import AlertEngine
+from core.records import AlertEvent
 from ingest.codec import ContextEvent
-from ingest.lotcontext import LotContext
-from ingest.recipes import EMPTY_BOOK, RecipeBook, RecipeError, changed_history, read_book
+from alerts.lotcontext import LotContext
+from alerts.recipes import EMPTY_BOOK, RecipeBook, RecipeError, changed_history, read_book
 from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA
 
 log = logging.getLogger("fabtier.alerts")

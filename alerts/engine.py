@@ -30,68 +30,18 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from ingest.lotcontext import LotContext, Run
-from ingest.recipes import EMPTY_BOOK, RecipeBook
+from alerts.lotcontext import LotContext, Run
+from alerts.recipes import EMPTY_BOOK, RecipeBook
+from core.protocols import Keys, Rule
+from core.records import AlertEvent
 
 NORMAL, PENDING, RAISED, DAMPED = 0, 1, 2, 3
 _PHASE_NAMES = {NORMAL: "normal", PENDING: "pending", RAISED: "raised", DAMPED: "damped"}
 _KIND = {1: "high", -1: "low"}
-
-
-class Rule(Protocol):
-    """What the engine needs of a rule (`fabtier.config.AlertRule` is one)."""
-
-    name: str
-    high: float | None
-    low: float | None
-    for_seconds: float
-    hysteresis: float
-    recipe: bool
-
-    def matches(self, machine: str, sensor: str) -> bool: ...
-
-
-class Keys(Protocol):
-    """Dense sensor ids: `machines[i]`, `sensors[i]` name id i (`tiers.keys.SensorKeys`)."""
-
-    machines: list[str]
-    sensors: list[str]
-
-    def __len__(self) -> int: ...
-
-    def id_of(self, machine: str, sensor: str) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """One alert event: the MQTT payload of CONTRACT.md section 3 and a row of `alerts`."""
-
-    seq: int  # per writer, increasing: the event's place in the alert log
-    writer: str
-    machine: str
-    sensor: str
-    ts: int  # the reading's epoch ms
-    value: float
-    kind: str  # "high" | "low"
-    threshold: float
-    rule: str
-    state: str  # "raised" | "cleared"
-    raised_at: int  # the pipeline's epoch ms when it decided
-    flapping: bool = False
-    note: str = ""
-    lot: str | None = None
-    wafer: str | None = None
-    recipe: str | None = None
-    recipe_version: str | None = None
-    step: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.writer}:{self.seq}"
 
 
 class _State:

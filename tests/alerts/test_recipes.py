@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ingest.recipes import RecipeError, changed_history, kind_of, parse_book, read_book
+from alerts.recipes import RecipeError, changed_history, kind_of, parse_book, read_book
 
 T0 = 1_764_000_000_000
 

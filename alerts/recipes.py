@@ -41,8 +41,8 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
-from fabtier.errors import UserError
-from fabtier.units import parse_duration
+from core.errors import UserError
+from core.units import parse_duration
 
 _CHAMBER = re.compile(r"^ch\d+/")
 

@@ -3,7 +3,7 @@
 The payload and topic (CONTRACT.md section 3, plus extension fields) are pure functions;
 each sink is a thin adapter. A sink's `send(events)` delivers the events in order and
 returns their number, or raises `SinkError` carrying how many were delivered before the
-failure, so that the outbox (`ingest.alert_outbox`) resumes exactly after them. Delivery is
+failure, so that the outbox (`alerts.outbox`) resumes exactly after them. Delivery is
 at least once: a retry after a lost acknowledgement can repeat an event, and every payload
 carries its `id` (`writer:seq`) so that a receiver can drop repeats.
 """
@@ -22,8 +22,9 @@ from urllib.parse import urlparse
 import orjson
 import paho.mqtt.client as mqtt
 
-from fabtier.errors import RetryableError
-from ingest.alerts import AlertEvent
+from core.errors import RetryableError
+from core.protocols import AlertSink
+from core.records import AlertEvent
 
 log = logging.getLogger("fabtier.alerts")
 
@@ -35,14 +36,6 @@ class SinkError(RetryableError):
         super().__init__(reason)
         self.delivered = delivered
         self.reason = reason
-
-
-class AlertSink(Protocol):
-    name: str
-
-    def send(self, events: list[AlertEvent]) -> int: ...
-
-    def close(self) -> None: ...
 
 
 # ---- format -------------------------------------------------------------------------------

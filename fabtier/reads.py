@@ -1,0 +1,129 @@
+"""Serving reads of a running pipeline beside ingestion: SQL snapshots, hot series, tiers,
+sensors and metrics. Each read takes the ingest lock only as long as it must copy (or not at
+all: hot series read the ring lock-free)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+
+import numpy as np
+
+from alerts.service import Alerting
+from analytics.session import SqlSources
+from analytics.sources import tier_sources
+from core.settings import Settings
+from fabtier.runstate import Metrics, Status
+from ingest.wal import WriteAheadLog, read_segment
+from lifecycle.audit import AuditLog
+from tiers import inventory
+from tiers.cold import ColdLake
+from tiers.hot import HotRing
+from tiers.keys import SensorKeys
+from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
+from tiers.warm import WarmStore
+
+# Lock-free tries of a series read before waiting for the ingest lock; a try fails only while
+# the row is rewritten by a merge of out-of-order readings or the ring changes its layout.
+_SERIES_ATTEMPTS = 20
+_SERIES_RETRY_PAUSE_S = 50e-6  # lets the writer finish the numpy call it is in
+
+
+class Reads:
+    """The read side of one pipeline. `ingest_figures` gives the ingestor's live counters
+    (inbox, withheld acknowledgements, sinks) for the metrics snapshot."""
+
+    def __init__(self, *, settings: Settings, status: Status, metrics: Metrics, keys: SensorKeys,
+                 ring: HotRing, unsealed: UnsealedData, wal: WriteAheadLog, lake: ColdLake, audit: AuditLog,
+                 warm: WarmStore, alerting: Alerting, lock: AbstractContextManager,
+                 ingest_figures: Callable[[], dict]) -> None:
+        self.settings = settings
+        self.status = status
+        self.metrics = metrics
+        self.keys = keys
+        self.ring = ring
+        self.unsealed = unsealed
+        self.wal = wal
+        self.lake = lake
+        self.audit = audit
+        self.warm = warm
+        self.alerting = alerting
+        self._lock = lock
+        self._ingest_figures = ingest_figures
+
+    def sql_sources(self) -> SqlSources:
+        with self._lock:
+            in_memory = self.unsealed.segments()
+            on_disk = self.wal.segments()
+            tables = self.unsealed.tables(in_memory)
+        # Segments that are only on disk: an earlier run's, whose sealing failed at start.
+        only_on_disk = [s for s in on_disk if s not in in_memory and s != self.wal.active]
+        if only_on_disk:
+            tables = merge_tables(tables, tables_from_records(
+                [r for s in only_on_disk for r in read_segment(self.wal.path(s))]))
+        return tier_sources(lake=self.lake, hidden=set(in_memory) | set(on_disk), unsealed=tables,
+                            audit=self.audit.table(), warm=self.warm, data_dir=self.settings.data_dir,
+                            recipe_limits=self.alerting.book.table())
+
+    def tier_rows(self) -> list[dict]:
+        """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
+        with self._lock:
+            hot = inventory.hot_ring_row(self.ring)
+            readings = self.unsealed.tables(self.unsealed.segments()).readings
+        wal_bytes = sum(self.wal.path(s).stat().st_size for s in self.wal.segments()
+                        if self.wal.path(s).exists())
+        return [hot, inventory.unsealed_row(readings, wal_bytes),
+                *inventory.stored_rows(self.lake.store, self.settings.store_url, self.warm.stats())]
+
+    def series(self, machine: str, sensor: str, *, since_ms: int, points: int,
+               timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One sensor's recent readings from the hot ring, read without the ingest lock (see
+        `HotRing.read_series`); only a row that stays busy sends it to wait for the lock.
+        `timings` gets the ring's answer time in microseconds (`query_us`: retries and any
+        wait for the lock included), the part spent waiting for the lock (`wait_us`, 0
+        unless it fell back), whether it fell back (`fell_back`), and the wait to get the
+        interpreter lock back before the read began (`gil_wait_us`)."""
+        asked = time.perf_counter()
+        # Give the interpreter lock up and take it back: the threads waiting for it then start
+        # a new switch interval (0.5 ms), so the read (tens of us) runs without being made to
+        # hand the lock over mid-way, which would cost it a switch interval or more.
+        time.sleep(0)
+        began = time.perf_counter()
+        key = self.keys.lookup(machine, sensor)  # one dict lookup: safe beside the writer
+        found: tuple[np.ndarray, np.ndarray] | None
+        if key is None:
+            found = np.empty(0, np.int64), np.empty(0, np.float64)
+        else:
+            found = self.ring.read_series(key, since=since_ms, points=points)
+            for _ in range(_SERIES_ATTEMPTS - 1):
+                if found is not None:
+                    break
+                time.sleep(_SERIES_RETRY_PAUSE_S)
+                found = self.ring.read_series(key, since=since_ms, points=points)
+        read = time.perf_counter()
+        locked = read
+        if found is None:
+            with self._lock:
+                locked = time.perf_counter()
+                found = self.ring.series(key, since=since_ms, points=points)
+        done = time.perf_counter()
+        if timings is not None:
+            timings["wait_us"] = round((locked - read) * 1e6, 1)
+            timings["query_us"] = round((done - began) * 1e6, 1)
+            timings["fell_back"] = locked != read
+            timings["gil_wait_us"] = round((began - asked) * 1e6, 1)
+        return found
+
+    def sensors(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(zip(self.keys.machines, self.keys.sensors, strict=True))
+
+    def metrics_snapshot(self) -> dict:
+        with self._lock:
+            unsealed_rows = self.unsealed.rows
+            ring_rows = len(self.ring)
+        return {**asdict(self.metrics), "state": self.status.state.value, "unsealed_rows": unsealed_rows,
+                **self._ingest_figures(), "hot_ring_rows": ring_rows, "wal_segment": self.wal.active,
+                "alerts": self.alerting.metrics()}

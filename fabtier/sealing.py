@@ -1,0 +1,119 @@
+"""Sealing: closed log segments into the Parquet lake (copy, verify, audit, then delete).
+
+The seal rotates the log, then writes each closed segment as Parquet, preferably in a forked
+child (`[cold] seal_in_child`, `fabtier.forked`) so that sorting and encoding millions of
+rows does not take the interpreter lock from ingestion; the parent writes the audit record
+and only then deletes the segment. File names come from the segment number, so sealing again
+after a crash replaces instead of adding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import AbstractContextManager
+
+from core.protocols import Clock
+from core.settings import Settings
+from fabtier import forked
+from fabtier.datadir import DataDirLock
+from fabtier.runstate import Metrics
+from ingest.wal import WriteAheadLog, read_segment
+from lifecycle.audit import AuditLog
+from tiers.cold import ColdLake, Move, SealReport
+from tiers.unsealed import UnsealedData, tables_from_records
+
+log = logging.getLogger("fabtier.pipeline")
+
+SEAL_CHILD_NICENESS = 10
+SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
+
+
+class SealError(Exception):
+    """Writing a segment into the lake failed (the segment stays and is retried)."""
+
+
+def _lower_priority() -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(SEAL_CHILD_NICENESS)
+
+
+class Sealer:
+    """Moves this pipeline's closed log segments into the lake; one seal at a time.
+
+    `lock` is the ingest lock (the unsealed buffer and the log's segment list); `segment_guard`
+    waits for the micro-batch being written, so that a rotated segment is closed for good."""
+
+    def __init__(self, *, settings: Settings, clock: Clock, metrics: Metrics, wal: WriteAheadLog,
+                 unsealed: UnsealedData, lake: ColdLake, audit: AuditLog, lock: AbstractContextManager,
+                 segment_guard: AbstractContextManager, dir_lock: DataDirLock | None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.wal = wal
+        self.unsealed = unsealed
+        self.lake = lake
+        self.audit = audit
+        self._lock = lock
+        self._segment_guard = segment_guard
+        self._dir_lock = dir_lock
+        self.seal_lock = threading.Lock()  # held by every job that writes or deletes this writer's files
+
+    def seal(self) -> SealReport:
+        """Move every closed log segment into the lake. Idempotent; never runs twice at once."""
+        with self.seal_lock:
+            with self._segment_guard, self._lock:
+                self.wal.rotate()
+                due = [s for s in self.wal.segments() if s != self.wal.active]
+            rows = files = done = 0
+            for segment in due:
+                with self._lock:
+                    in_memory = segment in self.unsealed.segments()
+                try:
+                    moves = self._write_segment(segment, in_memory)
+                except Exception:
+                    # The segment stays in the log and in memory; the next run retries it.
+                    self.metrics.seal_failures += 1
+                    log.exception("sealing log segment %d failed; it will be retried", segment)
+                    continue
+                self.audit.record("seal", moves, self.clock.now_ms())
+                with self._lock:
+                    self.wal.delete(segment)
+                    self.unsealed.drop(segment)
+                done += 1
+                rows += sum(m.rows for m in moves if m.what == "raw")
+                files += len(moves)
+            self.metrics.segments_sealed += done
+            self.metrics.rows_sealed += rows
+            return SealReport(segments=done, rows=rows, files=files)
+
+    def _write_segment(self, segment: int, in_memory: bool) -> list[Move]:
+        """One closed segment into the lake (copy and verify); the moves made."""
+        source = self.wal.path(segment).as_uri()
+        if in_memory and self.settings.cold.seal_in_child and forked.available():
+            def in_child() -> list[Move]:
+                # Below ingestion in the CPU's queue: on a busy machine the seal takes longer,
+                # not the alerts. SCHED_IDLE (Linux) runs it only on otherwise idle CPU; if
+                # the machine never idles, unsealed rows reach [ingest] max_unsealed and
+                # backpressure slows ingestion until the seal gets its turn.
+                _lower_priority()
+                if self._dir_lock is not None:
+                    self._dir_lock.close_inherited()
+                self.lake.after_fork()
+                return self.lake.write_segment(segment, self.unsealed.sealable([segment]), source=source)
+            try:
+                return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT)
+            except forked.ChildFailed as exc:
+                raise SealError(f"sealing segment {segment} failed: {exc}") from None
+            except forked.ChildLost as exc:
+                log.warning("sealing segment %d in a child process: %s; sealing it in this process", segment, exc)
+        # Outside the lock: the segment is closed (rotation waited for the last micro-batch
+        # that wrote to it), so nothing changes its rows any more, and sorting millions of
+        # them must not stop ingestion or readers meanwhile.
+        tables = self.unsealed.sealable([segment]) if in_memory else None
+        if tables is None:
+            tables = tables_from_records(read_segment(self.wal.path(segment)))
+        return self.lake.write_segment(segment, tables, source=source)
