@@ -29,8 +29,8 @@ counted and does not move the state (the state already reflects later data).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -83,7 +83,7 @@ class _RecipeRows:
         self.runs: list[Run] = []
 
     @classmethod
-    def uniform(cls, run: Run, lo, hi, tol, step) -> "_RecipeRows":
+    def uniform(cls, run: Run, lo, hi, tol, step) -> _RecipeRows:
         rows = cls.__new__(cls)
         rows.lo, rows.hi, rows.tol, rows.step, rows.run, rows.runs = lo, hi, tol, step, 0, [run]
         return rows

@@ -23,16 +23,16 @@ from typing import ContextManager
 
 import pyarrow as pa
 
-from core.clock import Clock
-from core.settings import Settings
-from core.errors import ConfigError
-from alerts.outbox import Outbox, latency_summary
-from alerts.sinks import LogSink, build_sinks
 from alerts.engine import AlertEngine
-from core.records import AlertEvent
-from ingest.codec import ContextEvent
 from alerts.lotcontext import LotContext
+from alerts.outbox import Outbox, latency_summary
 from alerts.recipes import EMPTY_BOOK, RecipeBook, RecipeError, changed_history, read_book
+from alerts.sinks import LogSink, build_sinks
+from core.clock import Clock
+from core.errors import ConfigError
+from core.records import AlertEvent
+from core.settings import Settings
+from ingest.codec import ContextEvent
 from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA
 
 log = logging.getLogger("fabtier.alerts")

@@ -16,14 +16,12 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
-from typing import Protocol
 from urllib.parse import urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
 
 from core.errors import RetryableError
-from core.protocols import AlertSink
 from core.records import AlertEvent
 
 log = logging.getLogger("fabtier.alerts")

@@ -17,7 +17,7 @@ FORMATS = ("table", "csv", "json")
 def _plain(value: object) -> object:
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return value.isoformat(timespec="milliseconds")
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from core.errors import SqlError
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
+from core.errors import SqlError
 from tiers.unsealed import ALERTS_SCHEMA
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 from core.protocols import Clock
 
 __all__ = ["Clock", "ManualClock", "SystemClock"]

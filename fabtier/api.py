@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from analytics import output
 from analytics.session import run_sql
-from fabtier.datadir import sql_spill_dir
 from core.errors import SqlError
+from fabtier.datadir import sql_spill_dir
 from lifecycle import scheduler
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ OPENAPI = {
 }
 
 
-def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
+def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "fabtier"
 
@@ -90,7 +90,7 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
             self._json(401, {"error": "missing or wrong bearer token"})
             return False
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/health":
                 ready = pipeline.ready
@@ -126,7 +126,7 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
             self._json(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(),
                              **timings})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             url = urlparse(self.path)
             if not self._authorised():
                 return
@@ -181,7 +181,7 @@ def _handler(pipeline: "Pipeline", token: str) -> type[BaseHTTPRequestHandler]:
 
 
 class ApiServer:
-    def __init__(self, pipeline: "Pipeline", *, host: str, port: int, token: str = "") -> None:
+    def __init__(self, pipeline: Pipeline, *, host: str, port: int, token: str = "") -> None:
         self._server = ThreadingHTTPServer((host, port), _handler(pipeline, token))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)

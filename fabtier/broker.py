@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from fabtier import processes
 from core.errors import FabtierError
+from fabtier import processes
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -55,7 +55,7 @@ class LocalBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self) -> "LocalBroker":
+    def start(self) -> LocalBroker:
         binary = find_mosquitto()
         if binary is None:
             raise FabtierError("mosquitto is not installed; install it with "
@@ -102,7 +102,7 @@ class LocalBroker:
             self._process.wait()
             self._process = None
 
-    def __enter__(self) -> "LocalBroker":
+    def __enter__(self) -> LocalBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

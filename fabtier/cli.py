@@ -46,7 +46,7 @@ def _parse_now(text: str) -> int:
     if moment.tzinfo is None:
         if "T" in text or " " in text.strip():
             raise UserError(f"--now {text!r} has no UTC offset; add Z or e.g. +01:00")
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -151,8 +151,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cold(args: argparse.Namespace) -> int:
-    from fabtier.bench.cold import main as bench_main
     from core.units import parse_duration
+    from fabtier.bench.cold import main as bench_main
     try:
         text = str(args.seal_every).strip()
         args.seal_every = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from core.settings import Settings
 from core.errors import FabtierError, UserError
+from core.settings import Settings
 from lifecycle import glue, policy
 from tiers import s3bucket
 from tiers.store import S3Store, settings_store

@@ -9,20 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import os
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 from core.errors import ConfigError
-from core.settings import (AlertRule, AlertSettings, ApiSettings, BrokerSettings, ColdSettings,
-                           GlueSettings, HotSettings, InfluxSettings, IngestSettings, LifecycleSettings,
-                           Secret, Settings, TimestreamSettings, WarmSettings)
+from core.settings import (
+    AlertRule,
+    AlertSettings,
+    ApiSettings,
+    BrokerSettings,
+    ColdSettings,
+    GlueSettings,
+    HotSettings,
+    InfluxSettings,
+    IngestSettings,
+    LifecycleSettings,
+    Secret,
+    Settings,
+    TimestreamSettings,
+    WarmSettings,
+)
 from core.units import parse_duration, parse_size
-
 
 _SECTIONS: dict[str, type] = {
     "broker": BrokerSettings,

@@ -21,7 +21,8 @@ import select
 import signal
 import time
 import traceback
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
@@ -94,12 +95,12 @@ def _child(fn: Callable[[], object], read_fd: int, write_fd: int, parent: int) -
         _die_with(parent)
         try:
             payload = pickle.dumps((True, fn()))
-        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        except BaseException as exc:
             payload = pickle.dumps((False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         view = memoryview(payload)
         while view:
             view = view[os.write(write_fd, view):]
-    except BaseException:  # noqa: BLE001 - the parent sees no answer
+    except BaseException:
         status = 1
     finally:
         os._exit(status)

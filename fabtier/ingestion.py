@@ -27,8 +27,14 @@ from fabtier.runstate import Metrics, Status
 from ingest.assemble import Assembled, assemble, payload_text
 from ingest.codec import Limits, ReadingBatch, SingleReading, batches_by_machine
 from ingest.wal import WriteAheadLog
-from ingest.walformat import (QuarantineRecord, encode_alerts, encode_context, encode_keyed_readings,
-                              encode_quarantine, encode_readings)
+from ingest.walformat import (
+    QuarantineRecord,
+    encode_alerts,
+    encode_context,
+    encode_keyed_readings,
+    encode_quarantine,
+    encode_readings,
+)
 from tiers.hot import HotRing
 from tiers.keys import SensorKeys
 from tiers.sinks import SinkQueue

@@ -9,14 +9,14 @@ import urllib.request
 
 import pyarrow as pa
 
+from alerts.service import load_book
 from analytics.session import SqlSources, run_sql
 from analytics.sources import tier_sources
+from core.errors import FabtierError, SqlError, UserError
 from core.settings import Settings
 from fabtier.datadir import DataDirLock, is_locked, sql_spill_dir
-from core.errors import FabtierError, SqlError, UserError
-from alerts.service import load_book
-from ingest.wal import read_segment, segment_numbers
 from fabtier.pipeline import Pipeline
+from ingest.wal import read_segment, segment_numbers
 from lifecycle import scheduler
 from lifecycle.audit import AuditLog
 from tiers import inventory

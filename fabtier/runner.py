@@ -9,9 +9,9 @@ import sys
 import threading
 import time
 
-from fabtier.api import ApiServer
 from core.clock import Clock
 from core.settings import Settings
+from fabtier.api import ApiServer
 from fabtier.pipeline import Pipeline, State
 from lifecycle.scheduler import start_scheduler
 
@@ -25,7 +25,7 @@ class Instance:
         self.api: ApiServer | None = None
         self._scheduler = None
 
-    def start(self) -> "Instance":
+    def start(self) -> Instance:
         # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
         # lets the API's threads (dashboards, SQL) answer within a millisecond or so.
         sys.setswitchinterval(0.0005)

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingest.codec import (ContextEvent, Limits, PayloadError, ReadingBatch, SingleReading, decode_context,
-                          decode_message)
+from ingest.codec import (
+    ContextEvent,
+    Limits,
+    PayloadError,
+    ReadingBatch,
+    SingleReading,
+    decode_context,
+    decode_message,
+)
 from ingest.walformat import QuarantineRecord
 
 QUARANTINE_PAYLOAD_LIMIT = 64 * 1024

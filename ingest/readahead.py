@@ -14,7 +14,7 @@ Only paho's documented socket contract is relied on: `recv`/`send`/`fileno`/`pen
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 

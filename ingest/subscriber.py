@@ -13,7 +13,7 @@ import ssl
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt

@@ -24,7 +24,6 @@ from tiers.cold import Move
 from tiers.s3bucket import apply_lifecycle, aws_errors
 from tiers.store import S3Store
 
-
 log = logging.getLogger("fabtier.lifecycle")
 
 COMPACT = "compact"

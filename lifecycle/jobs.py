@@ -8,8 +8,8 @@ with their periods. Adding a job is one line in `JOBS` (and its function).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from core.settings import Settings
 from lifecycle import coldjobs, warmjobs

@@ -22,7 +22,6 @@ from lifecycle import jobs
 from lifecycle.host import JobHost
 from lifecycle.runs import JobRun, RunHistory
 
-
 log = logging.getLogger("fabtier.lifecycle")
 
 
@@ -100,7 +99,7 @@ class JobRunner:
         return reports
 
 
-_runners: "weakref.WeakKeyDictionary[JobHost, JobRunner]" = weakref.WeakKeyDictionary()
+_runners: weakref.WeakKeyDictionary[JobHost, JobRunner] = weakref.WeakKeyDictionary()
 _runners_lock = threading.Lock()
 
 

@@ -23,12 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from core.protocols import ObjectStore
 from lifecycle import rollup as ru
 from lifecycle.audit import AuditLog
-from tiers import parquetformat as fmt
 from tiers import layout
+from tiers import parquetformat as fmt
 from tiers.cold import ColdLake, Move
-from core.protocols import ObjectStore
 from tiers.unsealed import READINGS_SCHEMA
 from tiers.warm import MINUTES_SCHEMA, WarmStore
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fractions import Fraction
-from typing import Iterator
 
 import numpy as np
 
 from .catalog import MACHINE_KINDS, MachineKind, SensorKind
-
 
 
 def frame_ms(rate_hz: float) -> int:
@@ -176,7 +175,7 @@ class _Machine:
         return pairs[:, 0] + self.bias, pairs[:, 1]
 
     def _lot_id(self, number: int) -> str:
-        when = datetime.fromtimestamp((self.start_ms + self.horizon) / 1000, tz=timezone.utc)
+        when = datetime.fromtimestamp((self.start_ms + self.horizon) / 1000, tz=UTC)
         year, week, _ = when.isocalendar()
         return f"L{year % 100:02d}{week:02d}-{number:02d}"
 

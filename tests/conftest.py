@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fabtier.broker import LocalBroker, find_mosquitto, free_port
 from core.settings import Settings
+from fabtier.broker import LocalBroker, find_mosquitto, free_port
 from fabtier.config import settings_from_mapping
 
 _ids = itertools.count()

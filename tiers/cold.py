@@ -24,12 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from core.protocols import ObjectStore
 from tiers import layout
 from tiers import parquetformat as fmt
 from tiers.compaction import CompactionTask
 from tiers.layout import LakeFile, segment_of  # noqa: F401 - segment_of is part of this module's API
-from core.protocols import ObjectStore
-from tiers.unsealed import ALERTS_SCHEMA, CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
+from tiers.unsealed import (
+    ALERTS_SCHEMA,
+    CONTEXT_SCHEMA,
+    QUARANTINE_SCHEMA,
+    READINGS_SCHEMA,
+    SegmentTables,
+)
 
 _TS = pa.timestamp("ms", tz="UTC")
 _SCHEMAS = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from core.settings import InfluxSettings
 from ingest.codec import ReadingBatch

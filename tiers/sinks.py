@@ -69,7 +69,7 @@ class SinkQueue:
         self._idle.set()
         self._thread = threading.Thread(target=self._work, name=f"sink-{destination.name}", daemon=True)
 
-    def start(self) -> "SinkQueue":
+    def start(self) -> SinkQueue:
         self._thread.start()
         return self
 

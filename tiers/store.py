@@ -20,9 +20,7 @@ import json
 import os
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
@@ -30,8 +28,8 @@ import pyarrow.fs as pafs
 from core.errors import ConfigError, FabtierError
 from core.fsutil import fsync_dir
 from core.protocols import ObjectStore
-from core.records import (ARCHIVED, DEEP_ARCHIVE, GLACIER, STANDARD, STORAGE_CLASSES,
-                          ObjectInfo)
+from core.records import ARCHIVED, STANDARD, STORAGE_CLASSES, ObjectInfo
+
 
 class StoreError(FabtierError):
     """An object store refused or failed an operation."""

@@ -82,7 +82,7 @@ class WarmStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def open_read_only(cls, data_dir: Path) -> "WarmStore":
+    def open_read_only(cls, data_dir: Path) -> WarmStore:
         return cls(data_dir / "warm.duckdb", read_only=True)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:

@@ -34,8 +34,8 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 
-from fabtier.broker import LocalBroker, free_port
 from core.errors import FabtierError, UserError
+from fabtier.broker import LocalBroker, free_port
 
 INJECT_MACHINE = "bench-inj"
 
@@ -43,11 +43,11 @@ INJECT_MACHINE = "bench-inj"
 # ---- 1. engine cost -------------------------------------------------------------------------
 def engine_cost(batches: tuple[int, ...] = (100, 1000, 10_000)) -> list[dict]:
     """ns per reading: fixed rules, recipe rules, and decoding the same batch (the baseline)."""
-    from core.settings import AlertRule
     from alerts.engine import AlertEngine
-    from ingest.codec import ContextEvent, Limits, decode_readings
     from alerts.lotcontext import LotContext
     from alerts.recipes import parse_book
+    from core.settings import AlertRule
+    from ingest.codec import ContextEvent, Limits, decode_readings
     from tiers.keys import SensorKeys
 
     now = int(time.time() * 1000)

@@ -10,9 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from core.errors import FabtierError
 from fabtier import processes
 from fabtier.broker import free_port
-from core.errors import FabtierError
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -43,7 +43,7 @@ class InstanceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "InstanceProcess":
+    def start(self, timeout: float = 60) -> InstanceProcess:
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen([sys.executable, "-m", "fabtier.cli", "run", "--config", str(self.config)],
                                          stdout=log, stderr=log, stdin=subprocess.DEVNULL)

@@ -20,17 +20,17 @@ import random
 import shutil
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import FabtierError
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
 from fabtier.broker import LocalBroker
-from core.errors import FabtierError
 from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
 from simulator.payloads import readings_in
 

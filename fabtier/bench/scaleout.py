@@ -17,10 +17,17 @@ import threading
 import time
 from pathlib import Path
 
-from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
-from fabtier.bench.ingest import IngestBench, _baseline, _count, _count_stored, _publish, _wait_acked
-from fabtier.broker import LocalBroker
 from core.errors import FabtierError
+from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
+from fabtier.bench.ingest import (
+    IngestBench,
+    _baseline,
+    _count,
+    _count_stored,
+    _publish,
+    _wait_acked,
+)
+from fabtier.broker import LocalBroker
 
 
 def run(bench: IngestBench, processes: int) -> dict:

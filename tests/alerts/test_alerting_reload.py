@@ -2,9 +2,9 @@
 
 import threading
 
+from alerts.service import Alerting
 from core.clock import ManualClock
 from fabtier.config import settings_from_mapping
-from alerts.service import Alerting
 from tiers.keys import SensorKeys
 
 T0 = 1_764_000_000_000

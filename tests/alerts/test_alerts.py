@@ -8,11 +8,11 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from core.settings import AlertRule
 from alerts.engine import AlertEngine
-from ingest.codec import ContextEvent
 from alerts.lotcontext import LotContext
 from alerts.recipes import parse_book
+from core.settings import AlertRule
+from ingest.codec import ContextEvent
 from tiers.keys import SensorKeys
 
 T0 = 1_764_000_000_000

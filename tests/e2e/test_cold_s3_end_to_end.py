@@ -42,7 +42,7 @@ def test_readings_reach_s3_once_and_sql_reads_them(broker, tmp_path, s3_bucket):
             wait_for(lambda: instance.pipeline.metrics.acked >= batch + 1, what="the batch to be durable")
             fabtier_cli("lifecycle", "run", "--config", str(config))  # seal (and compact) each batch
         # Two hours on, the hour has settled: the same run compacts its files.
-        later = dt.datetime.fromtimestamp((now + 2 * 3_600_000) / 1000, dt.timezone.utc).isoformat()
+        later = dt.datetime.fromtimestamp((now + 2 * 3_600_000) / 1000, dt.UTC).isoformat()
         reports = [json.loads(line) for line in fabtier_cli(
             "lifecycle", "run", "--config", str(config), "--now", later).stdout.splitlines()]
         assert {r["job"]: r for r in reports}["compact"]["files_merged"] >= 2

@@ -9,9 +9,14 @@ import threading
 import time
 
 from fabtier.reader import query
-from tests.conftest import make_settings, mosquitto_pub, start_fabtier_run, wait_for, wait_ready, write_config
-
-
+from tests.conftest import (
+    make_settings,
+    mosquitto_pub,
+    start_fabtier_run,
+    wait_for,
+    wait_ready,
+    write_config,
+)
 
 
 def _metrics(settings) -> dict:

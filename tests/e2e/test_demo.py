@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from fabtier.broker import find_mosquitto
 from tests.conftest import fabtier_cli
-
-import pytest
 
 
 @pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")

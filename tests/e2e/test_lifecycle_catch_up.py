@@ -8,7 +8,15 @@ import signal
 import time
 
 from fabtier.reader import query
-from tests.conftest import fabtier_cli, make_settings, mosquitto_pub, start_fabtier_run, wait_for, wait_ready, write_config
+from tests.conftest import (
+    fabtier_cli,
+    make_settings,
+    mosquitto_pub,
+    start_fabtier_run,
+    wait_for,
+    wait_ready,
+    write_config,
+)
 
 MINUTE = 60_000
 

@@ -14,7 +14,7 @@ from tests.conftest import fabtier_cli, make_settings, mosquitto_pub, wait_for, 
 
 
 def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _expected_and_messages(now: int):

@@ -1,7 +1,7 @@
 import pytest
 
-from fabtier.config import settings_from_mapping
 from core.errors import ConfigError
+from fabtier.config import settings_from_mapping
 
 RULE = {"name": "r", "sensor": "*", "high": 1.0}
 

@@ -1,8 +1,8 @@
 import pytest
 
+from core.errors import ConfigError
 from core.settings import Secret
 from fabtier.config import load_settings, settings_from_mapping
-from core.errors import ConfigError
 
 
 def test_defaults_match_the_contract():

@@ -100,7 +100,7 @@ def test_lifecycle_run_archives_on_a_local_store_and_tiers_shows_the_frozen_tier
         return {t["tier"]: t for t in json.loads(fabtier_cli("tiers", "--config", config, "--json").stdout)["tiers"]}
 
     assert tiers()["cold raw"]["rows"] == 50
-    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1, hours=1)).isoformat()
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1, hours=1)).isoformat()
     reports = [json.loads(line) for line in fabtier_cli("lifecycle", "run", "--config", config, "--now", later).stdout.splitlines()]
     assert {r["job"]: r for r in reports}["lifecycle"]["transitions"] >= 1
     after = tiers()

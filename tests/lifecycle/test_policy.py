@@ -5,11 +5,11 @@ import math
 import boto3
 import pytest
 
-from fabtier.config import settings_from_mapping
 from core.errors import ConfigError
+from fabtier.config import settings_from_mapping
 from lifecycle import policy
-from tiers.store import ObjectInfo as ObjectState
 from tiers.s3bucket import apply_lifecycle, lifecycle_rules
+from tiers.store import ObjectInfo as ObjectState
 from tiers.store import S3Store
 
 DAY_MS = 86_400_000

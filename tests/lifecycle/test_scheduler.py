@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from analytics.session import run_sql
 from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
 from lifecycle import jobs
 from lifecycle.scheduler import JobRunner, missed_periods, runner_for
-from tests.conftest import make_settings, wait_for
+from tests.conftest import make_settings
 
 T0 = 1_764_000_000_000
 

@@ -6,10 +6,9 @@ import time
 
 import pytest
 
+from fabtier.broker import free_port
 from simulator import BrokerError, run_simulator
 from simulator.publisher import parse_broker_url
-
-from fabtier.broker import free_port
 
 
 def test_parse_broker_url():

@@ -1,7 +1,8 @@
 """The compiled series query against a plain numpy statement of what it must answer."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tiers.hotkernel import ring_series
 

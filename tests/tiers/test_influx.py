@@ -19,10 +19,10 @@ import pytest
 from fabtier.broker import free_port
 from fabtier.config import settings_from_mapping
 from ingest.codec import ReadingBatch
+from tests.conftest import wait_for
 from tiers.influx import InfluxDestination
 from tiers.sinkformat import line_protocol
 from tiers.sinks import SinkStats
-from tests.conftest import wait_for
 
 T0 = 1_764_000_000_000
 
@@ -119,7 +119,7 @@ class StrictV2:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 url = urllib.parse.urlparse(self.path)
                 params = urllib.parse.parse_qs(url.query)
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()

@@ -7,8 +7,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tiers.store import (DEEP_ARCHIVE, GLACIER, STANDARD, LocalStore, ObjectArchived, ObjectMissing,
-                         S3Store, open_store)
+from tiers.store import (
+    DEEP_ARCHIVE,
+    GLACIER,
+    STANDARD,
+    LocalStore,
+    ObjectArchived,
+    ObjectMissing,
+    S3Store,
+    open_store,
+)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -41,7 +41,7 @@ class FaultyTimestream:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 target = self.headers.get("X-Amz-Target", "")
                 rejected = []
