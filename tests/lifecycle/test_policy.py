@@ -6,10 +6,10 @@ import boto3
 import pytest
 
 from core.errors import ConfigError
+from core.records import ObjectInfo as ObjectState
 from fabtier.config import settings_from_mapping
 from lifecycle import policy
 from tiers.s3bucket import apply_lifecycle, lifecycle_rules
-from tiers.store import ObjectInfo as ObjectState
 from tiers.store import S3Store
 
 DAY_MS = 86_400_000

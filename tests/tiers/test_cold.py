@@ -5,11 +5,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.records import GLACIER
 from ingest.codec import ReadingBatch
 from tiers import compaction, layout
 from tiers import parquetformat as fmt
 from tiers.cold import ColdLake, VerifyError
-from tiers.store import GLACIER, LocalStore, S3Store
+from tiers.store import LocalStore, S3Store
 from tiers.unsealed import READINGS_SCHEMA, tables_from_records
 
 HOUR = 3_600_000

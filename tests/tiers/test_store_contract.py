@@ -7,10 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.records import DEEP_ARCHIVE, GLACIER, STANDARD
 from tiers.store import (
-    DEEP_ARCHIVE,
-    GLACIER,
-    STANDARD,
     LocalStore,
     ObjectArchived,
     ObjectMissing,
