@@ -223,6 +223,8 @@ class AlertEngine:
         rows = _RecipeRows(len(ts))
         rows.runs = runs
         rows.run = index
+        steps = rows.step
+        assert isinstance(steps, np.ndarray)  # _RecipeRows(n) starts with one step per reading
         for r in np.unique(index[index >= 0]).tolist():
             run = runs[r]
             rv = self.book.get(run.recipe, run.recipe_version) if run.recipe_version else None
@@ -230,7 +232,7 @@ class AlertEngine:
                 continue
             sel = np.flatnonzero(index == r)
             lo, hi, tol, step = self.book.limits(rv, ts[sel] - run.start_ms, self._kind[key_ids[sel]])
-            rows.lo[sel], rows.hi[sel], rows.tol[sel], rows.step[sel] = lo, hi, tol, step
+            rows.lo[sel], rows.hi[sel], rows.tol[sel], steps[sel] = lo, hi, tol, step
         return rows
 
     def _slow(self, machine: str, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray,
@@ -373,12 +375,13 @@ class AlertEngine:
                threshold: float, state: str, now_ms: int, flapping: bool, note: str,
                recipe: _RecipeRows | None) -> AlertEvent:
         run, step = None, None
-        run_index, step_index = recipe.at(row) if recipe is not None else (-1, -1)
-        if run_index >= 0:
-            run = recipe.runs[run_index]
-            if step_index >= 0 and run.recipe_version:
-                rv = self.book.get(run.recipe, run.recipe_version)
-                step = rv.steps[step_index].name if rv else None
+        if recipe is not None:
+            run_index, step_index = recipe.at(row)
+            if run_index >= 0:
+                run = recipe.runs[run_index]
+                if step_index >= 0 and run.recipe_version:
+                    rv = self.book.get(run.recipe, run.recipe_version)
+                    step = rv.steps[step_index].name if rv else None
         if run is None:
             run = self.lots.run_at(machine, ts)
         seq, self.next_seq = self.next_seq, self.next_seq + 1
@@ -417,7 +420,7 @@ class AlertEngine:
         self._grow()
         self._active[:] = 0
         self._n_active = 0
-        for (ri, key), st in list(self._states.items()):
+        for (_ri, key), st in list(self._states.items()):
             if st.phase != NORMAL:
                 self._active[key] += 1
                 self._n_active += 1

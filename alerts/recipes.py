@@ -184,14 +184,15 @@ class RecipeBook:
         if s0 < n_steps and first >= a["applies_list"][s0] and last < a["ends_list"][s0]:
             # The whole batch lies in one step, past its settling: one add, then lookups.
             flat = kind_col + s0 * width if s0 else kind_col
-            step = s0
+            step: np.ndarray | int = s0
         else:
-            step = np.searchsorted(a["ends"], offset_ms, side="right")
-            inside = step < n_steps
-            np.minimum(step, n_steps - 1, out=step)
-            inside &= offset_ms >= a["applies"][step]
-            flat = np.where(inside, step * width + kind_col, n_steps * width)
-            step[~inside] = -1
+            steps = np.searchsorted(a["ends"], offset_ms, side="right")
+            inside = steps < n_steps
+            np.minimum(steps, n_steps - 1, out=steps)
+            inside &= offset_ms >= a["applies"][steps]
+            flat = np.where(inside, steps * width + kind_col, n_steps * width)
+            steps[~inside] = -1
+            step = steps
         return a["lo"].take(flat), a["hi"].take(flat), a["tol"].take(flat), step
 
     def table(self) -> pa.Table:

@@ -18,8 +18,8 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ContextManager
 
 import pyarrow as pa
 
@@ -74,7 +74,7 @@ def _file_signature(path: Path) -> tuple[int, int] | None:
 
 
 class Alerting:
-    def __init__(self, settings: Settings, keys, *, clock: Clock, lock: ContextManager,
+    def __init__(self, settings: Settings, keys, *, clock: Clock, lock: AbstractContextManager,
                  sinks: list | None = None) -> None:
         self.settings = settings
         self.clock = clock
@@ -185,8 +185,9 @@ class Alerting:
         """Load the recipe file again if it changed and then stayed the same for one check
         (a file written in place is read only once its writer is done); True when a new
         book is in use."""
-        signature = _file_signature(self._recipes_path) if self._recipes_path else None
-        if signature is None or signature == self._recipes_signature:
+        path = self._recipes_path
+        signature = _file_signature(path) if path else None
+        if path is None or signature is None or signature == self._recipes_signature:
             self._changing_signature = None
             return False
         if signature != self._changing_signature:
@@ -194,7 +195,7 @@ class Alerting:
             return False
         self._recipes_signature = signature
         try:
-            book = read_book(self._recipes_path)
+            book = read_book(path)
         except RecipeError as exc:
             return self._refuse(str(exc))
         problems = changed_history(self.book, book, self.clock.now_ms())

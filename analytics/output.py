@@ -34,7 +34,8 @@ def _plain(value: object) -> object:
 def rows_of(table: pa.Table) -> list[dict]:
     names = table.column_names
     columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
-    return [{name: _plain(col[r]) for name, col in zip(names, columns)} for r in range(table.num_rows)]
+    return [{name: _plain(col[r]) for name, col in zip(names, columns, strict=True)}
+            for r in range(table.num_rows)]
 
 
 def to_json(table: pa.Table) -> str:
@@ -55,8 +56,8 @@ def to_text_table(table: pa.Table, max_rows: int = 1000) -> str:
     rows = [["NULL" if v is None else str(v) for v in row.values()] for row in rows_of(table.slice(0, max_rows))]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [line, "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |", line]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    out = [line, "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |", line]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     out.append(line)
     more = f" (first {max_rows} shown)" if table.num_rows > max_rows else ""
     out.append(f"{table.num_rows} row{'s' if table.num_rows != 1 else ''}{more}")

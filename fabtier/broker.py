@@ -49,6 +49,8 @@ class LocalBroker:
 
     @property
     def pid(self) -> int:
+        if self._process is None:
+            raise FabtierError("mosquitto is not running")
         return self._process.pid
 
     @property

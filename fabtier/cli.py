@@ -103,7 +103,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # Per benchmark, the load when no flag says otherwise. The alerts bench paces the simulator
 # in real time in its own process, so its default is what this machine sustains today.
-_BENCH_DEFAULTS = {
+_BENCH_DEFAULTS: dict[str, dict[str, int | float | str]] = {
     "ingest": {"seconds": 10.0, "machines": 40, "sensors": 50, "rate_hz": 500.0, "batch": 500},
     "alerts": {"seconds": 10.0, "machines": 8, "sensors": 10, "rate_hz": 250.0, "batch": 500,
                "seal_every": "10s"},

@@ -37,9 +37,9 @@ def run_cold_command(settings: Settings, args) -> int:
 
 def _run(settings: Settings, args) -> int:
     if args.action == "iam-policy":
-        store = _s3(settings, "an IAM policy")
+        s3 = _s3(settings, "an IAM policy")
         print(json.dumps(s3bucket.iam_policy(
-            bucket=store.bucket, prefix=store.prefix, region=settings.cold.region, account=args.account,
+            bucket=s3.bucket, prefix=s3.prefix, region=settings.cold.region, account=args.account,
             glue_database=settings.glue.database, glue_table=settings.glue.table,
             kms_key_arn=settings.cold.kms_key_id if settings.cold.sse == "aws:kms" else ""), indent=2))
         return 0
@@ -47,7 +47,7 @@ def _run(settings: Settings, args) -> int:
     prefix = f"{store.prefix}/" if isinstance(store, S3Store) and store.prefix else ""
     rules = policy.policy_from_settings(settings.lifecycle, prefix=prefix)
     if args.action == "lifecycle":
-        out = {"store": store.url, "rules": [
+        out: dict[str, object] = {"store": store.url, "rules": [
             {"id": r.id, "prefix": r.prefix, "min_size_bytes": r.min_size,
              "transitions": [{"after_s": t.after_s, "storage_class": t.storage_class} for t in r.transitions],
              "expire_after_s": r.expire_after_s} for r in rules.rules]}
@@ -58,17 +58,17 @@ def _run(settings: Settings, args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     if args.action == "setup":
-        store = _s3(settings, "setup")
+        s3 = _s3(settings, "setup")
         document = policy.s3_document(rules)  # validated before anything is sent
         done = []
-        if s3bucket.ensure_bucket(store):
-            done.append(f"created bucket {store.bucket}")
-        done += s3bucket.secure_bucket(store, sse=settings.cold.sse, kms_key_id=settings.cold.kms_key_id)
-        if s3bucket.apply_lifecycle(store, document):
+        if s3bucket.ensure_bucket(s3):
+            done.append(f"created bucket {s3.bucket}")
+        done += s3bucket.secure_bucket(s3, sse=settings.cold.sse, kms_key_id=settings.cold.kms_key_id)
+        if s3bucket.apply_lifecycle(s3, document):
             done.append("lifecycle configuration applied")
-        catalog = glue.catalog_for(settings, store)
+        catalog = glue.catalog_for(settings, s3)
         if catalog is not None:
             done += catalog.ensure_table()
-        print(json.dumps({"store": store.url, "done": done}, indent=2))
+        print(json.dumps({"store": s3.url, "done": done}, indent=2))
         return 0
     raise UserError(f"unknown cold action {args.action!r}")

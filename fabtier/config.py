@@ -109,7 +109,7 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
             url = urlparse(raw)
             if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
                 raise ValueError(f"{raw!r} is not an MQTT URL")
-            url.port  # noqa: B018 - raises ValueError on a bad port
+            _ = url.port  # raises ValueError on a bad port
         elif kind == "store_url":
             url = urlparse(raw)
             if raw and not ((url.scheme == "file" and url.path.startswith("/"))

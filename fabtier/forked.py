@@ -72,7 +72,7 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     poller = select.poll()  # not select(): it refuses descriptors of 1024 and above
     poller.register(fd, select.POLLIN | select.POLLHUP)

@@ -39,8 +39,9 @@ from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake, SealReport
 from tiers.hot import HotRing
 from tiers.influx import InfluxDestination
+from tiers.inventory import TierRow
 from tiers.keys import SensorKeys
-from tiers.sinks import SinkQueue
+from tiers.sinks import Destination, SinkQueue
 from tiers.store import settings_store
 from tiers.timestream import TimestreamDestination
 from tiers.unsealed import UnsealedData, tables_from_records
@@ -56,7 +57,7 @@ def subscription_topics(topic_root: str, ctx_root: str, share_group: str) -> lis
 
 def open_sinks(settings: Settings) -> list[SinkQueue]:
     """The configured time-series sinks (Timestream, InfluxDB), prepared and started."""
-    destinations = []
+    destinations: list[tuple[Destination, int]] = []
     if settings.timestream.enabled:
         destinations.append((TimestreamDestination(settings.timestream), settings.timestream.queue_readings))
     if settings.influx.enabled:
@@ -284,7 +285,7 @@ class Pipeline:
     def sql_sources(self) -> SqlSources:
         return self.reads.sql_sources()
 
-    def tier_rows(self) -> list[dict]:
+    def tier_rows(self) -> list[TierRow]:
         return self.reads.tier_rows()
 
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int,

@@ -67,7 +67,7 @@ class Reads:
                             audit=self.audit.table(), warm=self.warm, data_dir=self.settings.data_dir,
                             recipe_limits=self.alerting.book.table())
 
-    def tier_rows(self) -> list[dict]:
+    def tier_rows(self) -> list[inventory.TierRow]:
         """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
         with self._lock:
             hot = inventory.hot_ring_row(self.ring)
@@ -92,22 +92,23 @@ class Reads:
         time.sleep(0)
         began = time.perf_counter()
         key = self.keys.lookup(machine, sensor)  # one dict lookup: safe beside the writer
-        found: tuple[np.ndarray, np.ndarray] | None
+        found: tuple[np.ndarray, np.ndarray]
         if key is None:
             found = np.empty(0, np.int64), np.empty(0, np.float64)
+            read = locked = time.perf_counter()
         else:
-            found = self.ring.read_series(key, since=since_ms, points=points)
+            attempt = self.ring.read_series(key, since=since_ms, points=points)
             for _ in range(_SERIES_ATTEMPTS - 1):
-                if found is not None:
+                if attempt is not None:
                     break
                 time.sleep(_SERIES_RETRY_PAUSE_S)
-                found = self.ring.read_series(key, since=since_ms, points=points)
-        read = time.perf_counter()
-        locked = read
-        if found is None:
-            with self._lock:
-                locked = time.perf_counter()
-                found = self.ring.series(key, since=since_ms, points=points)
+                attempt = self.ring.read_series(key, since=since_ms, points=points)
+            read = locked = time.perf_counter()
+            if attempt is None:
+                with self._lock:
+                    locked = time.perf_counter()
+                    attempt = self.ring.series(key, since=since_ms, points=points)
+            found = attempt
         done = time.perf_counter()
         if timings is not None:
             timings["wait_us"] = round((locked - read) * 1e6, 1)

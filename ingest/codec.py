@@ -116,7 +116,8 @@ def parse_ts(raw: object) -> int:
 
 
 def _check_value(raw: object) -> float:
-    if type(raw) not in (int, float):
+    # exact types (a bool is no number here), tested one by one so that type checkers narrow
+    if type(raw) is not int and type(raw) is not float:
         raise PayloadError(f"v must be a number, not {type(raw).__name__}")
     value = float(raw)
     if not math.isfinite(value):

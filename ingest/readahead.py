@@ -15,6 +15,7 @@ Only paho's documented socket contract is relied on: `recv`/`send`/`fileno`/`pen
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -22,6 +23,11 @@ from ingest.mqttwire import Delivery, split_publishes
 
 READ_AHEAD = 256 * 1024  # bytes asked of the kernel per recv
 PACKETS_PER_WAKE = 256  # then back to the loop, so queued acknowledgements go out
+
+
+if TYPE_CHECKING:  # paho defines SocketLike for type checkers only
+    class _PendingSocket(mqtt.SocketLike, Protocol):
+        def pending(self) -> int: ...
 
 
 class ReadAheadSocket:
@@ -70,6 +76,9 @@ class ReadAheadClient(mqtt.Client):
     """
 
     deliver: Callable[[str, bytes, int, int], None] | None = None
+    # What `_create_socket` makes: a ReadAheadSocket, or paho's websocket wrapper, which has
+    # `pending` too (paho's SocketLike leaves it out). An annotation only: no class attribute.
+    _sock: _PendingSocket | None
 
     def _create_socket(self):
         sock = super()._create_socket()

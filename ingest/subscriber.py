@@ -100,7 +100,9 @@ class Subscriber:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._handler(message.topic, message.payload, message.qos, message.mid)
+        # paho types the payload bytes | bytearray; it is bytes (struct.unpack), which bytes()
+        # returns as is, without a copy
+        self._handler(message.topic, bytes(message.payload), message.qos, message.mid)
 
     def ack(self, mid: int) -> None:
         self._client.ack(mid, 1)

@@ -60,7 +60,7 @@ def encode_keyed_readings(machines: list[str], sensors: list[str], codes: np.nda
                           ts: np.ndarray, value: np.ndarray) -> bytes:
     """Readings whose row i belongs to (machines[codes[i]], sensors[codes[i]])."""
     parts = [_COUNTS.pack(len(ts), len(machines))]
-    for machine, sensor in zip(machines, sensors):
+    for machine, sensor in zip(machines, sensors, strict=True):
         parts.append(_pack_str(machine))
         parts.append(_pack_str(sensor))
     parts.append(np.ascontiguousarray(codes, dtype="<u4").tobytes())

@@ -95,6 +95,8 @@ def apply_lifecycle_policy(pipeline: JobHost, now_ms: int | None = None, *, at_m
             size = next(o.size for o in objects if o.key == action.key)
             where = f"{store.url}/{action.key}"
             if action.kind == "transition":
+                if action.to_class is None:  # evaluate() names the class of every transition
+                    raise ValueError(f"transition of {action.key} without a storage class")
                 store.set_storage_class(action.key, action.to_class)
                 pipeline.audit.record("transition", [Move(
                     "transition", f"{where} ({action.from_class})", f"{where} ({action.to_class})",

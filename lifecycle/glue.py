@@ -41,7 +41,8 @@ def value_type_of(encodings: set[str]) -> str | None:
         return "double"
     if fmt.DOUBLE in encodings:
         return None
-    return f"decimal(18,{max(fmt.scale_of(e) for e in encodings)})"
+    # no DOUBLE here, so every encoding has a scale
+    return f"decimal(18,{max(s for e in encodings if (s := fmt.scale_of(e)) is not None)})"
 
 
 def storage_descriptor(location: str, value_type: str = "double") -> dict:

@@ -136,6 +136,7 @@ def s3_document(policy: Policy) -> dict:
     """The bucket lifecycle configuration (boto3's shape), validated; ages rounded up to days."""
     rules = []
     for rule in policy.rules:
+        filter_: dict[str, object]
         if rule.min_size is not None:
             filter_ = {"And": {"Prefix": rule.prefix, "ObjectSizeGreaterThan": rule.min_size}}
         else:

@@ -146,7 +146,7 @@ class _Machine:
         layout = sensor_layout(self.kind, config.sensors_per_machine)
         self.names = np.array([n for n, _ in layout], dtype=object)
         kinds = [k for _, k in layout]
-        self.kinds = dict(zip(self.names.tolist(), kinds))
+        self.kinds = dict(zip(self.names.tolist(), kinds, strict=True))
         self.tau = np.array([k.tau_s * 1000.0 for k in kinds])
         self.lo = np.array([k.lo for k in kinds])
         self.hi = np.array([k.hi for k in kinds])
@@ -298,8 +298,9 @@ class _Machine:
         offset = t[:, None] + jitter * rng.random((k, n_sensors)) if jitter else np.repeat(
             t[:, None], n_sensors, axis=1)
         ts = np.floor(offset).astype(np.int64) + self.start_ms
-        cols = (np.repeat(n, n_sensors), np.tile(np.arange(n_sensors, dtype=np.int32), k),
-                ts.ravel(), v.ravel())
+        cols: tuple[np.ndarray, ...] = (
+            np.repeat(n, n_sensors), np.tile(np.arange(n_sensors, dtype=np.int32), k),
+            ts.ravel(), v.ravel())
         if keep is not None:
             flat = keep.ravel()
             cols = tuple(c[flat] for c in cols)
@@ -319,7 +320,8 @@ class _Machine:
             events.append(self.events.popleft())
         if not pieces:
             return None, events
-        sensor, ts, value = (np.concatenate(p) if len(pieces) > 1 else p[0] for p in zip(*pieces))
+        sensor, ts, value = (np.concatenate(p) if len(pieces) > 1 else p[0]
+                             for p in zip(*pieces, strict=True))
         order = np.argsort(ts, kind="stable")  # nearly sorted already: cheap for timsort
         return ReadingBlock(self.name, self.names, sensor[order], ts[order], value[order]), events
 

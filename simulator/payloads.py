@@ -35,7 +35,7 @@ def reading_messages(blocks: Iterable[ReadingBlock], *, batch: int,
             prefix = f"{topic_root}/{block.machine}/"
             names = block.names.tolist()
             out.extend((prefix + names[s], dumps({"ts": t, "v": v}))
-                       for s, t, v in zip(block.sensor_index.tolist(), ts, values))
+                       for s, t, v in zip(block.sensor_index.tolist(), ts, values, strict=True))
             continue
         topic = f"{topic_root}/{block.machine}"
         sensors = block.sensor.tolist()

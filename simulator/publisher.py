@@ -149,10 +149,11 @@ def run_simulator(*, broker_url: str = "mqtt://127.0.0.1:1883", machines: int = 
         raise ValueError("qos must be 0 or 1")
     if not 1 <= max_inflight <= 65000:
         raise ValueError("max_inflight must be in 1..65000 (MQTT message ids are 16-bit)")
-    rates = {k: v for k, v in (("excursion_rate", excursion_rate), ("fault_rate", fault_rate))
-             if v is not None}
-    config = SimConfig(machines=machines, sensors_per_machine=sensors, rate_hz=rate_hz, seed=seed,
-                       **rates)
+    # None: SimConfig's default
+    config = SimConfig(
+        machines=machines, sensors_per_machine=sensors, rate_hz=rate_hz, seed=seed,
+        excursion_rate=SimConfig.excursion_rate if excursion_rate is None else excursion_rate,
+        fault_rate=SimConfig.fault_rate if fault_rate is None else fault_rate)
     stop = stop or threading.Event()
     throttle = _Throttle(max_inflight)
     client = _connect(broker_url, qos_limit=max_inflight, username=username, password=password,

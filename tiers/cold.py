@@ -212,7 +212,8 @@ class ColdLake:
             hour_files = self.lake_files("raw", prefix)  # one hour's listing, not the whole lake
             part = self._drop_stored(part, hour_files, segment)
             written = self._write_readings(
-                lambda encoding, _i, _n: prefix + layout.sealed_name(self.writer_id, segment, encoding),
+                lambda encoding, _i, _n, prefix=prefix:
+                    prefix + layout.sealed_name(self.writer_id, segment, encoding),
                 part, "raw", source)
             moves.extend(written)
             self._delete_stale(hour_files, segment, {m.target for m in written})

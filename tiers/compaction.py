@@ -58,6 +58,13 @@ def plan(files: list[LakeFile], *, writer: str, hidden_segments: set[int], now_m
             by_hour.setdefault((f.day, f.hour), []).append(f)
     tasks: list[CompactionTask] = []
     garbage: list[LakeFile] = []
+
+    def close_run(day: str, hour: str, run: list[list[LakeFile]]) -> None:
+        if len(run) >= 2:
+            members = tuple(f for unit in run for f in unit)
+            tasks.append(CompactionTask(day, hour, writer, run[0][0].lo, run[-1][0].hi, members))
+        run.clear()
+
     for (day, hour), own in sorted(by_hour.items()):
         seen = {f.key for f in layout.visible(own, writer=writer, hidden_segments=hidden_segments)}
         for f in own:
@@ -72,22 +79,15 @@ def plan(files: list[LakeFile], *, writer: str, hidden_segments: set[int], now_m
                 units.setdefault(f.set_id, []).append(f)
         ordered = sorted(units.values(), key=lambda unit: unit[0].lo)
         run: list[list[LakeFile]] = []
-
-        def close_run() -> None:
-            if len(run) >= 2:
-                members = tuple(f for unit in run for f in unit)
-                tasks.append(CompactionTask(day, hour, writer, run[0][0].lo, run[-1][0].hi, members))
-            run.clear()
-
         for unit in ordered:
             if first_unsealed is not None and unit[0].hi >= first_unsealed:
                 break
             size = sum(f.size for f in unit)
             if size >= target_bytes:
-                close_run()
+                close_run(day, hour, run)
                 continue
             run.append(unit)
             if sum(f.size for u in run for f in u) >= target_bytes:
-                close_run()
-        close_run()
+                close_run(day, hour, run)
+        close_run(day, hour, run)
     return CompactionPlan(tuple(tasks), tuple(garbage))

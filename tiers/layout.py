@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypedDict
 
 from tiers.parquetformat import DOUBLE, ENCODINGS
 
@@ -68,6 +69,19 @@ class LakeFile:
         return (self.partition, self.writer, self.lo, self.hi, self.compacted)
 
 
+class _Where(TypedDict):
+    """The fields of a LakeFile that come from its key's partition and its listing."""
+
+    key: str
+    kind: str
+    day: str
+    hour: str | None
+    size: int
+    last_modified_ms: int
+    archived: bool
+    storage_class: str
+
+
 def sealed_name(writer: str, segment: int, encoding: str | None = None) -> str:
     return f"{writer}-{segment:012d}" + (f".{encoding}" if encoding else "") + ".parquet"
 
@@ -87,8 +101,8 @@ def parse(key: str, *, size: int = 0, last_modified_ms: int = 0, archived: bool 
     if not where:
         return None
     name = where["name"]
-    common = dict(key=key, kind=where["kind"], day=where["day"], hour=where["hour"], size=size,
-                  last_modified_ms=last_modified_ms, archived=archived, storage_class=storage_class)
+    common = _Where(key=key, kind=where["kind"], day=where["day"], hour=where["hour"], size=size,
+                    last_modified_ms=last_modified_ms, archived=archived, storage_class=storage_class)
     sealed = _SEALED.match(name)
     if sealed:
         segment = int(sealed["segment"])

@@ -274,9 +274,11 @@ def checksum(table: pa.Table) -> str:
         kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             lengths, numbers, distinct = _string_runs(column)
-            digest.update(lengths.astype(np.int64, copy=False))
-            digest.update(numbers.astype(np.int32, copy=False))
-            digest.update(np.asarray(distinct.is_null()))
+            # `.data`: the arrays' buffers as memoryviews, the same bytes (numpy's stubs declare
+            # ndarray a buffer only for Python >= 3.12)
+            digest.update(lengths.astype(np.int64, copy=False).data)
+            digest.update(numbers.astype(np.int32, copy=False).data)
+            digest.update(np.asarray(distinct.is_null()).data)
             digest.update("\0".join(v or "" for v in distinct.to_pylist()).encode())
             continue
         column = column.combine_chunks()
@@ -288,7 +290,7 @@ def checksum(table: pa.Table) -> str:
             column = column.cast(pa.int64())
             if column.null_count:
                 column = column.fill_null(0)
-        digest.update(np.ascontiguousarray(column.to_numpy(zero_copy_only=False)))  # no copy if contiguous
+        digest.update(np.ascontiguousarray(column.to_numpy(zero_copy_only=False)).data)  # no copy if contiguous
     return digest.hexdigest()
 
 

@@ -20,7 +20,8 @@ def rows_by_time(batch: ReadingBatch) -> dict[int, list[tuple[str, float]]]:
     """{ts: [(sensor, value), ...]} in ts order; a sensor appears once per ts."""
     rows: dict[int, list[tuple[str, float]]] = defaultdict(list)
     names = batch.sensor_names
-    for code, ts, value in zip(batch.sensor_codes.tolist(), batch.ts.tolist(), batch.value.tolist()):
+    for code, ts, value in zip(batch.sensor_codes.tolist(), batch.ts.tolist(), batch.value.tolist(),
+                               strict=True):
         rows[ts].append((names[code], value))
     return dict(sorted(rows.items()))
 

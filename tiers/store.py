@@ -16,6 +16,7 @@ Two implementations of one `ObjectStore` protocol, held to one contract test sui
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import threading
@@ -127,7 +128,8 @@ class LocalStore:
         """(key, size) of every object under `prefix`, sorted by key; temporaries excluded."""
         return sorted((key, full.stat().st_size) for key, full in self._walk(prefix))
 
-    def objects(self, prefix: str) -> list[ObjectInfo]:
+    # `builtins.list`: in the class body after `def list`, plain `list` names that method.
+    def objects(self, prefix: str) -> builtins.list[ObjectInfo]:
         classes = self._classes()
         found = []
         for key, full in self._walk(prefix):

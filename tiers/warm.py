@@ -193,8 +193,11 @@ class WarmStore:
             return WarmStats(0, size, None, None)
         cursor = self._cursor()
         try:
-            rows, oldest, newest = cursor.execute(
+            found = cursor.execute(
                 "SELECT count(*), epoch_ms(min(minute)), epoch_ms(max(minute)) FROM readings_1m").fetchone()
         finally:
             cursor.close()
+        if found is None:  # cannot happen: an aggregate without GROUP BY gives one row
+            raise RuntimeError("the warm store's statistics query returned no row")
+        rows, oldest, newest = found
         return WarmStats(int(rows), size, oldest, newest)

@@ -28,6 +28,8 @@ import tempfile
 import threading
 import time
 import timeit
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +70,18 @@ def engine_cost(batches: tuple[int, ...] = (100, 1000, 10_000)) -> list[dict]:
         limits = Limits(max_future_ms=10**9, max_late_ms=10**12, max_payload=1 << 30)
         number = max(5, 50_000 // batch)
 
-        def per_reading(fn) -> float:
+        def per_reading(fn: Callable[[], object], number: int = number, batch: int = batch) -> float:
             return min(timeit.repeat(fn, number=number, repeat=5)) / number / batch * 1e9
 
         row = {"batch": batch, "decode_ns": per_reading(
-            lambda: decode_readings("fab/m", payload, root="fab", now_ms=now, limits=limits))}
+            partial(decode_readings, "fab/m", payload, root="fab", now_ms=now, limits=limits))}
         decoded = decode_readings("fab/m", payload, root="fab", now_ms=now, limits=limits)
         for label, rule_set in rules.items():
             keys, lots = SensorKeys(), LotContext()
             lots.add(ContextEvent(now - 10_000, "m", "start", "L1", "W01", "R", "1"))
             engine = AlertEngine(rule_set, keys=keys, lots=lots, book=book)
             key_ids = keys.ids_for("m", decoded.sensor_names, decoded.sensor_codes)
-            row[f"{label}_ns"] = per_reading(lambda: engine.evaluate("m", key_ids, decoded.ts, decoded.value, now))
+            row[f"{label}_ns"] = per_reading(partial(engine.evaluate, "m", key_ids, decoded.ts, decoded.value, now))
         results.append({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
     return results
 
@@ -141,7 +143,7 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
             time.sleep(0.1)
 
         sent: dict[int, float] = {}
-        sent_wall: dict[int, int] = {}
+        sent_wall: dict[int, float] = {}
         decided: dict[int, int] = {}  # the pipeline's raised_at (epoch ms) per probe
         alerts: dict[int, list[float]] = {}
         cleared: dict[int, float] = {}

@@ -23,7 +23,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,8 @@ from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, S
 
 HOUR_MS = 3_600_000
 GORILLA_BYTES_PER_READING = 1.37
+
+_T = TypeVar("_T")
 
 
 class _Counter:
@@ -93,8 +97,8 @@ def _duckdb_profiled(sql: str, repeat: int) -> tuple[float, int, list]:
     return statistics.median(times), read, rows
 
 
-def _timed(fn, repeat: int) -> tuple[float, object]:
-    times, result = [], None
+def _timed(fn: Callable[[], _T], repeat: int) -> tuple[float, _T]:
+    times: list[float] = []
     for _ in range(repeat):
         start = time.perf_counter()
         result = fn()
@@ -108,7 +112,7 @@ def run(*, seconds: float = 7200, machines: int = 3, sensors: int = 4, rate_hz: 
     from simulator import FabModel, SimConfig
 
     own_dir = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="fabtier-bench-cold-")) if own_dir else workdir
+    root = Path(tempfile.mkdtemp(prefix="fabtier-bench-cold-")) if workdir is None else workdir
     try:
         start_ms = 1_764_000_000_000 - 1_764_000_000_000 % HOUR_MS
         end_ms = start_ms + int(seconds * 1000)
@@ -194,16 +198,22 @@ def run(*, seconds: float = 7200, machines: int = 3, sensors: int = 4, rate_hz: 
         # Queries
         machine = model.machines[0]
         q_from = start_ms + HOUR_MS if seconds * 1000 >= 2 * HOUR_MS else start_ms
-        iso = lambda ms: np.datetime64(ms, "ms").astype(str)  # noqa: E731
+
+        def iso(ms: int) -> str:
+            return np.datetime64(ms, "ms").astype(str)
+
         where = f"machine = '{machine}' AND ts >= TIMESTAMP '{iso(q_from)}' AND ts < TIMESTAMP '{iso(q_from + HOUR_MS)}'"
         one_hour = f"SELECT count(*) AS n, avg(value) AS mean FROM readings WHERE {where}"
         full = ("SELECT machine, sensor, count(*) AS n, avg(value) AS mean, min(ts) AS first, max(ts) AS last "
                 "FROM readings GROUP BY ALL ORDER BY ALL")
-        sources = lambda: SqlSources(  # noqa: E731
-            cold_raw=lake.raw_datasets(), cold_quarantine=lake.dataset("quarantine"),
-            cold_context=lake.dataset("context"), hot_fresh=READINGS_SCHEMA.empty_table(),
-            hot_late=READINGS_SCHEMA.empty_table(), hot_quarantine=QUARANTINE_SCHEMA.empty_table(),
-            hot_context=CONTEXT_SCHEMA.empty_table(), audit=AUDIT_SCHEMA.empty_table())
+
+        def sources() -> SqlSources:
+            return SqlSources(
+                cold_raw=lake.raw_datasets(), cold_quarantine=lake.dataset("quarantine"),
+                cold_context=lake.dataset("context"), hot_fresh=READINGS_SCHEMA.empty_table(),
+                hot_late=READINGS_SCHEMA.empty_table(), hot_quarantine=QUARANTINE_SCHEMA.empty_table(),
+                hot_context=CONTEXT_SCHEMA.empty_table(), audit=AUDIT_SCHEMA.empty_table())
+
         view_full_s, _ = _timed(lambda: run_sql(sources(), full), repeat)
         view_hour_s, view_hour = _timed(lambda: run_sql(sources(), one_hour), repeat)
 
@@ -226,7 +236,9 @@ def run(*, seconds: float = 7200, machines: int = 3, sensors: int = 4, rate_hz: 
             "FROM readings", f"FROM (SELECT machine, ts::TIMESTAMP AS ts, value::DOUBLE AS value FROM "
             f"read_parquet('{root}/lake/raw/**/*.parquet', union_by_name = true))"), repeat)
 
-        per = lambda b: round(b / readings, 4) if readings else None  # noqa: E731
+        def per(size: int) -> float | None:
+            return round(size / readings, 4) if readings else None
+
         return {
             "bench": "cold",
             "data": {"readings": readings, "machines": machines, "sensors_per_machine": sensors,

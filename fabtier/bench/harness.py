@@ -62,11 +62,13 @@ class InstanceProcess:
 
     @property
     def pid(self) -> int:
+        if self._process is None:
+            raise FabtierError("fabtier run is not started")
         return self._process.pid
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the instance has used so far (from /proc)."""
-        return process_cpu_seconds(self._process.pid)
+        return process_cpu_seconds(self.pid)
 
     def metrics(self) -> dict:
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:

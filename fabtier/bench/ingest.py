@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from core.errors import FabtierError
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
@@ -60,6 +61,13 @@ def _count(bench: IngestBench, start_ms: int) -> tuple[int, int]:
     return messages, readings
 
 
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A pipe of a child process started with it (stdin or stderr=subprocess.PIPE)."""
+    if stream is None:
+        raise FabtierError("the child process was started without this pipe")
+    return stream
+
+
 def _publish(bench: IngestBench, broker: LocalBroker, start_ms: int, on_first) -> None:
     """Publish the stream as fast as the broker takes it, QoS 1.
 
@@ -76,12 +84,12 @@ def _publish(bench: IngestBench, broker: LocalBroker, start_ms: int, on_first) -
     pubs = [subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
                               "-t", topic, "-l"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             for topic in lines]
-    for pub, payloads in zip(pubs, lines.values()):
-        pub.stdin.write(b"\n".join(payloads) + b"\n")
-        pub.stdin.close()
+    for pub, payloads in zip(pubs, lines.values(), strict=True):
+        _pipe(pub.stdin).write(b"\n".join(payloads) + b"\n")
+        _pipe(pub.stdin).close()
     for pub in pubs:
         if pub.wait(timeout=600) != 0:
-            raise FabtierError(f"mosquitto_pub failed: {pub.stderr.read().decode()}")
+            raise FabtierError(f"mosquitto_pub failed: {_pipe(pub.stderr).read().decode()}")
 
 
 def _baseline(bench: IngestBench, broker: LocalBroker, start_ms: int, messages: int) -> float:
@@ -92,7 +100,7 @@ def _baseline(bench: IngestBench, broker: LocalBroker, start_ms: int, messages: 
     began = []
     _publish(bench, broker, start_ms, on_first=lambda: began.append(time.monotonic()))
     if sub.wait(timeout=600) != 0:
-        raise FabtierError(f"mosquitto_sub failed: {sub.stderr.read().decode()}")
+        raise FabtierError(f"mosquitto_sub failed: {_pipe(sub.stderr).read().decode()}")
     return time.monotonic() - began[0]
 
 
@@ -136,7 +144,10 @@ class _SeriesProbe(threading.Thread):
         gil = sorted(self.gil_wait_us)
         if not took:
             return {}
-        pick = lambda values, q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+
+        def pick(values: list[float], q: float) -> float:
+            return values[min(len(values) - 1, int(q * len(values)))]
+
         return {"series_queries": len(took), "series_query_us_p50": pick(took, 0.5),
                 "series_query_us_p99": pick(took, 0.99), "series_query_us_max": took[-1],
                 "series_lock_wait_us_p50": pick(waited, 0.5), "series_lock_wait_us_p99": pick(waited, 0.99),
@@ -183,7 +194,8 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
     if shutil.which("mosquitto_sub") is None:
         raise FabtierError("mosquitto_sub is needed for the baseline: apt-get install mosquitto-clients")
     own_dir = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="fabtier-bench-")) if own_dir else workdir
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="fabtier-bench-"))
     start_ms = int(time.time() * 1000) - int(bench.seconds * 1000)  # inside max_late/max_future
     messages, readings = _count(bench, start_ms)
     result: dict = {"bench": "ingest", "mode": "live" if bench.live else "max", "seconds_of_data": bench.seconds,

@@ -4,6 +4,8 @@ state machine written from the rules' description."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -261,7 +263,7 @@ def test_vectorised_engine_matches_the_reference(runs, cuts, for_ms, hyst, flap_
     eng = engine(rule, flap_window_ms=window, flap_max=flap_max)
     key = eng.keys.id_of("m", "s")
     bounds = sorted({0, len(values), *[c for c in cuts if c < len(values)]})
-    batches = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+    batches = [list(range(a, b)) for a, b in pairwise(bounds)]
     got = []
     for batch in batches:
         idx = np.array(batch)

@@ -43,7 +43,8 @@ def test_late_rows_already_in_cold_or_hot_appear_once():
 
 def test_views_have_the_contract_types():
     table = run_sql(sources(fresh=[("m", "s", T0, 1.0)]), "DESCRIBE readings")
-    types = dict(zip(table.column("column_name").to_pylist(), table.column("column_type").to_pylist()))
+    types = dict(zip(table.column("column_name").to_pylist(),
+                     table.column("column_type").to_pylist(), strict=True))
     assert types == {"machine": "VARCHAR", "sensor": "VARCHAR", "ts": "TIMESTAMP", "value": "DOUBLE"}
 
 

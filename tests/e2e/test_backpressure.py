@@ -45,7 +45,7 @@ def test_a_failing_store_holds_acknowledgements_back_and_loses_nothing(broker, t
         wait_for(lambda: metrics.acked >= len(batches), timeout=60, what="every message acknowledged")
         assert not metrics.backpressure
         table = query(settings, "SELECT machine, sensor, epoch_ms(ts) AS ms FROM readings")
-        rows = list(zip(*(table.column(c).to_pylist() for c in ("machine", "sensor", "ms"))))
+        rows = list(zip(*(table.column(c).to_pylist() for c in ("machine", "sensor", "ms")), strict=True))
         assert len(rows) == len(set(rows)) == len(expected) and set(rows) == expected
     finally:
         instance.stop()

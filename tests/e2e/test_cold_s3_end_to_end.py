@@ -38,8 +38,8 @@ def test_readings_reach_s3_once_and_sql_reads_them(broker, tmp_path, s3_bucket):
             values = [round(21.5 + 0.01 * i, 2) for i in range(20)] + [0.1 * i for i in range(20)]
             sensors = ["ch1/temp"] * 20 + ["rf/power"] * 20
             mosquitto_pub(broker, "fab/etch-01", json.dumps({"ts": ts, "sensor": sensors, "v": values}))
-            expected.update({("etch-01", s, t): v for s, t, v in zip(sensors, ts, values)})
-            wait_for(lambda: instance.pipeline.metrics.acked >= batch + 1, what="the batch to be durable")
+            expected.update({("etch-01", s, t): v for s, t, v in zip(sensors, ts, values, strict=True)})
+            wait_for(lambda batch=batch: instance.pipeline.metrics.acked >= batch + 1, what="the batch to be durable")
             fabtier_cli("lifecycle", "run", "--config", str(config))  # seal (and compact) each batch
         # Two hours on, the hour has settled: the same run compacts its files.
         later = dt.datetime.fromtimestamp((now + 2 * 3_600_000) / 1000, dt.UTC).isoformat()
@@ -64,7 +64,8 @@ def test_readings_reach_s3_once_and_sql_reads_them(broker, tmp_path, s3_bucket):
         table = pq.read_table(f.path, filesystem=fs, partitioning=None)
         assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
         for m, s, t, v in zip(table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
-                              table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist()):
+                              table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist(),
+                              strict=True):
             assert (m, s, t) not in stored
             stored[(m, s, t)] = float(v)
     assert stored == expected

@@ -35,7 +35,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_pa
         for b in range(400):
             ts = [now - 120_000 + b * 50 + j for j in range(50)]
             sensors = [f"s{j % 5}" for j in range(50)]
-            expected.update(("etch-07", s, t) for s, t in zip(sensors, ts))
+            expected.update(("etch-07", s, t) for s, t in zip(sensors, ts, strict=True))
             batches.append(json.dumps({"ts": ts, "sensor": sensors, "v": [float(j) for j in range(50)]}))
 
         publisher = threading.Thread(target=lambda: [mosquitto_pub(broker, "fab/etch-07", *batches[i:i + 20])
@@ -52,7 +52,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_pa
                  >= len(expected), timeout=60, what="every reading after the restart")
         time.sleep(1.0)  # any duplicate redelivery would arrive now
         table = query(settings, "SELECT machine, sensor, epoch_ms(ts) AS ms FROM readings")
-        rows = list(zip(*(table.column(c).to_pylist() for c in ("machine", "sensor", "ms"))))
+        rows = list(zip(*(table.column(c).to_pylist() for c in ("machine", "sensor", "ms")), strict=True))
         assert len(rows) == len(set(rows)) == len(expected)
         assert set(rows) == expected
     finally:

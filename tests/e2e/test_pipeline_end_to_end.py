@@ -42,21 +42,21 @@ def _expected_and_messages(now: int):
             expected[("cvd-02", sensor, ts)] = value
         batches.append(json.dumps({"ts": ts_list, "sensor": sensors, "v": values}))
     malformed = [
-        ("fab/etch-01/ch2/temp", '{"ts": %d, "v": NaN}' % now, "not valid JSON"),
-        ("fab/etch-01/ch2/temp", '{"ts": %d, "v": "hot"}' % now, "v must be a number"),
-        ("fab/etch-01/ch2/temp", '{"ts": %d, "v": true}' % now, "v must be a number"),
-        ("fab/etch-01/ch2/temp", '{"ts": %d}' % now, "missing field v"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": {now}, "v": NaN}}', "not valid JSON"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": {now}, "v": "hot"}}', "v must be a number"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": {now}, "v": true}}', "v must be a number"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": {now}}}', "missing field v"),
         ("fab/etch-01/ch2/temp", '{"ts": "2026-01-01T00:00:00", "v": 1}', "no UTC offset"),
-        ("fab/etch-01/ch2/temp", '{"ts": %d, "v": 1.0}' % (now + 3_600_000), "max_future"),
-        ("fab/etch-01/ch2/temp", '{"ts": %d, "v": 1.0}' % (now - 30 * 86_400_000), "max_late"),
-        ("fab/etch-01/ch2/temp", '{"ts": [%d], "sensor": ["x"], "v": [1.0]}' % now, "batch on a single-reading topic"),
-        ("fab/cvd-02", '{"ts": %d, "v": 1.0}' % now, "single reading on a machine topic"),
-        ("fab/cvd-02", '{"ts": [%d, %d], "sensor": ["a"], "v": [1.0, 2.0]}' % (now, now), "unequal lengths"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": {now + 3_600_000}, "v": 1.0}}', "max_future"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": {now - 30 * 86_400_000}, "v": 1.0}}', "max_late"),
+        ("fab/etch-01/ch2/temp", f'{{"ts": [{now}], "sensor": ["x"], "v": [1.0]}}', "batch on a single-reading topic"),
+        ("fab/cvd-02", f'{{"ts": {now}, "v": 1.0}}', "single reading on a machine topic"),
+        ("fab/cvd-02", f'{{"ts": [{now}, {now}], "sensor": ["a"], "v": [1.0, 2.0]}}', "unequal lengths"),
         ("fab/cvd-02", '{"ts": [], "sensor": [], "v": []}', "empty batch"),
-        ("fab/cvd-02", '{"ts": [%d], "sensor": ["a"], "v": [1e999]}' % now, "not valid JSON"),
+        ("fab/cvd-02", f'{{"ts": [{now}], "sensor": ["a"], "v": [1e999]}}', "not valid JSON"),
         ("fab/cvd-02", "this is not json", "not valid JSON"),
         ("fab/cvd-02", '[1, 2, 3]', "must be a JSON object"),
-        ("fab//temp", '{"ts": %d, "v": 1.0}' % now, "empty machine"),
+        ("fab//temp", f'{{"ts": {now}, "v": 1.0}}', "empty machine"),
     ]
     return expected, singles, batches, malformed
 
@@ -128,7 +128,7 @@ def test_every_reading_exactly_once_through_sql_and_parquet(broker, tmp_path):
         # float(Decimal) is correctly rounded, so an exact decimal gives back the very double
         stored.update({(m, s, t): float(v) for m, s, t, v in zip(
             table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
-            table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist())})
+            table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist(), strict=True)})
     assert stored == expected and rows == len(expected)
 
     # With the instance stopped, the CLI reads the stores directly and gives the same answer.

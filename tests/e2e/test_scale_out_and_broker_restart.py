@@ -16,14 +16,14 @@ def _batches(machine: str, count: int, now: int, size: int = 100):
     for b in range(count):
         ts = [now - 120_000 + b * size + j for j in range(size)]
         sensors = [f"s{j % 4}" for j in range(size)]
-        expected.update((machine, s, t) for s, t in zip(sensors, ts))
+        expected.update((machine, s, t) for s, t in zip(sensors, ts, strict=True))
         batches.append(json.dumps({"ts": ts, "sensor": sensors, "v": [0.5] * size}))
     return batches, expected
 
 
 def _rows(settings):
     table = query(settings, "SELECT machine, sensor, epoch_ms(ts) AS ms FROM readings")
-    return list(zip(*(table.column(c).to_pylist() for c in ("machine", "sensor", "ms"))))
+    return list(zip(*(table.column(c).to_pylist() for c in ("machine", "sensor", "ms")), strict=True))
 
 
 def test_two_processes_on_a_shared_subscription_store_every_reading_once(broker, tmp_path):

@@ -40,4 +40,4 @@ def test_single_reading_fast_path_keeps_every_check():
     out = run(*[("fab/m/s", payload, 1, i) for i, (payload, _) in enumerate(bad)])
     assert not out.singles
     assert len(out.quarantine) == len(bad)
-    assert all(reason in q.reason for q, (_, reason) in zip(out.quarantine, bad))
+    assert all(reason in q.reason for q, (_, reason) in zip(out.quarantine, bad, strict=True))

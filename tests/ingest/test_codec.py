@@ -15,7 +15,7 @@ def readings(topic: str, payload: str | bytes):
 
 
 def test_single_reading_with_sensor_path():
-    batch = readings("fab/etch-01/ch1/temp", '{"ts": %d, "v": 23.51}' % NOW)
+    batch = readings("fab/etch-01/ch1/temp", f'{{"ts": {NOW}, "v": 23.51}}')
     assert batch.machine == "etch-01" and batch.sensor_names == ["ch1/temp"]
     assert batch.ts.tolist() == [NOW] and batch.value.tolist() == [23.51]
 
@@ -35,28 +35,28 @@ def test_batch_decodes_to_columns_with_sensor_dictionary():
 
 
 @pytest.mark.parametrize("topic, payload, reason", [
-    ("fab/m/s", '{"ts": %d, "v": NaN}' % NOW, "not valid JSON"),
-    ("fab/m/s", '{"ts": %d, "v": Infinity}' % NOW, "not valid JSON"),
-    ("fab/m/s", '{"ts": %d, "v": "1.0"}' % NOW, "v must be a number"),
-    ("fab/m/s", '{"ts": %d, "v": false}' % NOW, "v must be a number"),
-    ("fab/m/s", '{"ts": %d.5, "v": 1}' % NOW, "ts must be epoch milliseconds"),
+    ("fab/m/s", f'{{"ts": {NOW}, "v": NaN}}', "not valid JSON"),
+    ("fab/m/s", f'{{"ts": {NOW}, "v": Infinity}}', "not valid JSON"),
+    ("fab/m/s", f'{{"ts": {NOW}, "v": "1.0"}}', "v must be a number"),
+    ("fab/m/s", f'{{"ts": {NOW}, "v": false}}', "v must be a number"),
+    ("fab/m/s", f'{{"ts": {NOW}.5, "v": 1}}', "ts must be epoch milliseconds"),
     ("fab/m/s", '{"v": 1}', "missing field ts"),
-    ("fab/m/s", '{"ts": %d, "v": 1, "unit": "C"}' % NOW, "unknown field unit"),
+    ("fab/m/s", f'{{"ts": {NOW}, "v": 1, "unit": "C"}}', "unknown field unit"),
     ("fab/m/s", '{"ts": "yesterday", "v": 1}', "not ISO-8601"),
     ("fab/m/s", '{"ts": "2025-11-24T17:00:00", "v": 1}', "no UTC offset"),
-    ("fab/m/s", '{"ts": %d, "v": 1}' % (NOW + 16 * 60_000), "max_future"),
-    ("fab/m/s", '{"ts": %d, "v": 1}' % (NOW - 8 * 86_400_000), "max_late"),
+    ("fab/m/s", f'{{"ts": {NOW + 16 * 60_000}, "v": 1}}', "max_future"),
+    ("fab/m/s", f'{{"ts": {NOW - 8 * 86_400_000}, "v": 1}}', "max_late"),
     ("fab/m/s", '{"ts": [1], "sensor": ["a"], "v": [1]}', "batch on a single-reading topic"),
-    ("fab/m", '{"ts": %d, "v": 1}' % NOW, "single reading on a machine topic"),
-    ("fab/m", '{"ts": [%d], "sensor": ["a", "b"], "v": [1]}' % NOW, "unequal lengths"),
+    ("fab/m", f'{{"ts": {NOW}, "v": 1}}', "single reading on a machine topic"),
+    ("fab/m", f'{{"ts": [{NOW}], "sensor": ["a", "b"], "v": [1]}}', "unequal lengths"),
     ("fab/m", '{"ts": [], "sensor": [], "v": []}', "empty batch"),
-    ("fab/m", '{"ts": [%d], "sensor": [""], "v": [1]}' % NOW, "empty sensor"),
-    ("fab/m", '{"ts": [%d], "sensor": [7], "v": [1]}' % NOW, "sensor must hold strings"),
-    ("fab/m", '{"ts": [%d, %d], "sensor": ["a", "a"], "v": [1, true]}' % (NOW, NOW), "found bool"),
-    ("fab/m", '{"ts": %d, "sensor": "a", "v": 1}' % NOW, "as arrays"),
-    ("fab//s", '{"ts": %d, "v": 1}' % NOW, "empty machine"),
-    ("fab/m/", '{"ts": %d, "v": 1}' % NOW, "empty sensor"),
-    ("fab/m/a//b", '{"ts": %d, "v": 1}' % NOW, "empty level"),
+    ("fab/m", f'{{"ts": [{NOW}], "sensor": [""], "v": [1]}}', "empty sensor"),
+    ("fab/m", f'{{"ts": [{NOW}], "sensor": [7], "v": [1]}}', "sensor must hold strings"),
+    ("fab/m", f'{{"ts": [{NOW}, {NOW}], "sensor": ["a", "a"], "v": [1, true]}}', "found bool"),
+    ("fab/m", f'{{"ts": {NOW}, "sensor": "a", "v": 1}}', "as arrays"),
+    ("fab//s", f'{{"ts": {NOW}, "v": 1}}', "empty machine"),
+    ("fab/m/", f'{{"ts": {NOW}, "v": 1}}', "empty sensor"),
+    ("fab/m/a//b", f'{{"ts": {NOW}, "v": 1}}', "empty level"),
     ("fab/m/s", b"\xff\xfe", "not valid JSON"),
     ("fab/m/s", "x" * 5000, "over the limit"),
 ])

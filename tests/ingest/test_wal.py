@@ -65,6 +65,6 @@ def test_keyed_readings_come_back_as_one_batch_per_machine(tmp_path):
     wal.close()
     batches = read_segment(wal.path(wal.active))
     rows = sorted((b.machine, b.sensor_names[c], int(t), float(v))
-                  for b in batches for c, t, v in zip(b.sensor_codes, b.ts, b.value))
+                  for b in batches for c, t, v in zip(b.sensor_codes, b.ts, b.value, strict=True))
     assert rows == sorted([("m1", "a", int(ts[0]), 0.0), ("m2", "a", int(ts[1]), 1.0), ("m1", "b/c", int(ts[2]), 2.0),
                            ("m1", "a", int(ts[3]), 3.0), ("m1", "b/c", int(ts[4]), 4.0)])

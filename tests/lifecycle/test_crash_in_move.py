@@ -79,14 +79,14 @@ def _ingest(pipeline: Pipeline, segments: int) -> dict:
         pipeline.process([("fab/etch-01", json.dumps({"ts": ts, "sensor": sensors, "v": values}).encode(), 0, 0)])
         pipeline.wal.commit()
         pipeline.seal()
-        expected.update({("etch-01", sn, t): v for sn, t, v in zip(sensors, ts, values)})
+        expected.update({("etch-01", sn, t): v for sn, t, v in zip(sensors, ts, values, strict=True)})
     return expected
 
 
 def _readings(sources) -> dict:
     table = run_sql(sources, "SELECT machine, sensor, epoch_ms(ts) AS ms, value FROM readings")
     rows = list(zip(table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
-                    table.column("ms").to_pylist(), table.column("value").to_pylist()))
+                    table.column("ms").to_pylist(), table.column("value").to_pylist(), strict=True))
     keys = [(m, s, t) for m, s, t, _ in rows]
     assert len(keys) == len(set(keys)), "a reading is seen twice"
     return {(m, s, t): v for m, s, t, v in rows}
@@ -212,7 +212,7 @@ def test_a_crash_at_every_step_of_the_local_lifecycle(tmp_path):
                 assert store.objects("") == []
             moves = run_sql(pipeline.sql_sources(), "SELECT job, count(DISTINCT target) AS n FROM tier_moves "
                                                     "WHERE job <> 'seal' GROUP BY job")
-            audited = dict(zip(moves.column("job").to_pylist(), moves.column("n").to_pylist()))
+            audited = dict(zip(moves.column("job").to_pylist(), moves.column("n").to_pylist(), strict=True))
             if days == 1.5:
                 assert audited == {"transition": len(objects)}  # every move is in the audit trail
             elif days == 3.5:

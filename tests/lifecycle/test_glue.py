@@ -63,7 +63,7 @@ def _athena_read(client, s3, fs, database, table):
                 assert pa.types.is_decimal(value_type) and value_type.scale <= scale, (key, declared)
                 values = [float(decimal.Decimal(v)) for v in data.column("value").to_pylist()]
             for m, s, t, v in zip(data.column("machine").to_pylist(), data.column("sensor").to_pylist(),
-                                  data.column("ts").cast(pa.int64()).to_pylist(), values):
+                                  data.column("ts").cast(pa.int64()).to_pylist(), values, strict=True):
                 assert (m, s, t) not in rows
                 rows[(m, s, t)] = v
         assert partition["Values"] == [location.split("date=")[1][:10], location.split("hour=")[1][:2]]

@@ -80,7 +80,7 @@ ROLLED = 'SELECT machine, sensor, minute, n, "min", "max", "avg", "first", "last
 def _same(rolled: list[dict], direct: list[dict]) -> None:
     assert [(r["machine"], r["sensor"], r["minute"]) for r in rolled] == \
         [(r["machine"], r["sensor"], r["minute"]) for r in direct], "minutes differ"
-    for a, b in zip(rolled, direct):
+    for a, b in zip(rolled, direct, strict=True):
         assert (a["n"], a["min"], a["max"], a["first"], a["last"]) == (b["n"], b["min"], b["max"], b["first"], b["last"])
         assert math.isclose(a["avg"], b["avg"], rel_tol=1e-12, abs_tol=1e-9)
 
@@ -113,7 +113,7 @@ def test_rollups_equal_a_direct_aggregation_of_the_final_raw_data(history):
                 runner_for(pipeline).run(step)
             session = open_session(pipeline.sql_sources())
             raw = session.sql("SELECT machine, sensor, epoch_ms(ts) AS ms, value FROM readings").to_arrow_table()
-            assert {(m, s, t): v for m, s, t, v in zip(*raw.to_pydict().values())} == expected
+            assert {(m, s, t): v for m, s, t, v in zip(*raw.to_pydict().values(), strict=True)} == expected
             assert raw.num_rows == len(expected)
             direct = session.sql(DIRECT).to_arrow_table().to_pylist()
             _same(session.sql(ROLLED).to_arrow_table().to_pylist(), direct)

@@ -30,9 +30,10 @@ def test_batch_payloads_are_columnar_and_carry_every_reading():
         assert all(type(t) is int for t in body["ts"])
         assert all(type(s) is str for s in body["sensor"])
         assert all(type(v) is float for v in body["v"])
-        got[machine] += zip(body["ts"], body["sensor"], body["v"])
+        got[machine] += zip(body["ts"], body["sensor"], body["v"], strict=True)
     for b in blocks:
-        assert got[b.machine] == list(zip(b.ts.tolist(), b.sensor.tolist(), b.value.tolist()))
+        assert got[b.machine] == list(zip(b.ts.tolist(), b.sensor.tolist(), b.value.tolist(),
+                                          strict=True))
         assert sum(1 for t, _ in msgs if t == f"fab/{b.machine}") == -(-len(b) // 64)
 
 
@@ -58,7 +59,7 @@ def test_values_are_written_as_their_short_decimal():
                       np.round(np.array([23.514, 0.1 + 0.2, 0.007]), 2))
     (_, payload), = reading_messages([rounded], batch=10)
     assert payload.endswith(b'"v":[23.51,0.3,0.01]}')
-    for topic, payload in reading_messages(blocks, batch=500):
+    for _, payload in reading_messages(blocks, batch=500):
         text = payload.decode()
         v_text = text[text.index('"v":[') + 5:-2].split(",")
         assert all(re.fullmatch(r"-?\d+\.\d{1,3}", x) for x in v_text), v_text[:5]
@@ -66,7 +67,7 @@ def test_values_are_written_as_their_short_decimal():
         decimals = [model.sensor_kind(b.machine, n).decimals for n in b.names.tolist()]
         decoded = [json.loads(p)["v"] for _, p in reading_messages([b], batch=1)]
         assert decoded == [round(x, decimals[i])
-                           for x, i in zip(b.value.tolist(), b.sensor_index.tolist())]
+                           for x, i in zip(b.value.tolist(), b.sensor_index.tolist(), strict=True)]
 
 
 def test_context_payloads():
@@ -85,7 +86,7 @@ def decode(msgs):
         if topic.startswith("fab-ctx/"):
             out.add((topic, *body.values()))
         else:
-            out.update((topic, *r) for r in zip(body["ts"], body["sensor"], body["v"]))
+            out.update((topic, *r) for r in zip(body["ts"], body["sensor"], body["v"], strict=True))
     return out
 
 

@@ -37,7 +37,8 @@ def tables(*rows):
 def lake_rows(lake, hidden=frozenset()):
     table = lake.read_raw(hidden_segments=hidden)
     return sorted(zip(table.column("machine").to_pylist(), table.column("sensor").to_pylist(),
-                      table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist()))
+                      table.column("ts").cast(pa.int64()).to_pylist(), table.column("value").to_pylist(),
+                      strict=True))
 
 
 def names(store, prefix="raw/"):

@@ -18,7 +18,7 @@ def reference(ts_row, value_row, first, end, since, until, points):
     if points < 1 or m <= points:
         return ts, value
     edges = (m * np.arange(points + 1)) // points
-    return ts[edges[:-1]], np.array([value[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
+    return ts[edges[:-1]], np.array([value[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)])
 
 
 def circular_row(cap, written, rng):
