@@ -31,8 +31,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from fabtier.reader import run_lifecycle
     now_ms = _parse_now(args.now) if args.now else None
-    for report in run_lifecycle(_settings(args), now_ms):
+    reports = run_lifecycle(_settings(args), now_ms)
+    for report in reports:
         print(json.dumps(report))
+    failed = [str(r.get("job")) for r in reports if "error" in r]
+    if failed:
+        print(f"fabtier: {len(failed)} tiering job(s) failed: {', '.join(failed)} (the error is in its "
+              "line above and in the log; the data stays where it was)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -51,23 +57,36 @@ def _parse_now(text: str) -> int:
 
 
 def cmd_tiers(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-
-    from analytics.output import render
     from fabtier.reader import tiers
     result = tiers(_settings(args))
     if args.json:
         print(json.dumps(result))
         return 0
-    rows = result["tiers"]
-    table = pa.Table.from_pylist([{
-        "tier": r["tier"], "class": r["storage_class"], "rows": r["rows"], "bytes": r["bytes"],
-        "oldest": pa.scalar(r["oldest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["oldest_ms"] is not None else None,
-        "newest": pa.scalar(r["newest_ms"], pa.timestamp("ms", tz="UTC")).as_py() if r["newest_ms"] is not None else None,
-        "usd_month": r["usd_per_month"]} for r in rows])
-    print(render(table, "table"))
-    print(f"estimated total: {result['total_usd_per_month']:.4f} USD a month (prices {result['prices_as_of']})")
+    print(tiers_table(result))
     return 0
+
+
+def _usd(amount: float) -> str:
+    if amount == 0:
+        return "0"
+    return "< 0.0001" if amount < 0.0001 else f"{amount:,.4f}"
+
+
+def tiers_table(result: dict) -> str:
+    """`fabtier tiers` for a person: grouped bytes, costs to the hundredth of a cent."""
+    import pyarrow as pa
+
+    from analytics.output import render
+
+    def when(ms: int | None) -> object:
+        return pa.scalar(ms, pa.timestamp("ms", tz="UTC")).as_py() if ms is not None else None
+
+    table = pa.Table.from_pylist([{
+        "tier": r["tier"], "class": r["storage_class"], "rows": f"{r['rows']:,}", "bytes": f"{r['bytes']:,}",
+        "oldest": when(r["oldest_ms"]), "newest": when(r["newest_ms"]), "usd_month": _usd(r["usd_per_month"]),
+    } for r in result["tiers"]])
+    return (render(table, "table") + f"\nestimated total: {_usd(result['total_usd_per_month'])} USD a month; "
+            f"prices: {result['prices_as_of']}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -190,16 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seconds", type=float, default=None, help="stop after this long")
     run.set_defaults(func=cmd_run)
 
-    sim = sub.add_parser("simulate", help="the fab simulator as a load generator")
-    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    sim.add_argument("--machines", type=int, default=4)
+    sim = sub.add_parser("simulate", help="the fab simulator as a load generator",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the broker to publish to")
+    sim.add_argument("--machines", type=int, default=4, help="machines of the fab")
     sim.add_argument("--sensors", type=int, default=5, help="sensors per machine")
-    sim.add_argument("--rate-hz", type=float, default=10.0)
+    sim.add_argument("--rate-hz", type=float, default=10.0, help="readings per second of each sensor")
     sim.add_argument("--batch", type=int, default=100, help="readings per message (1: single-reading topics)")
-    sim.add_argument("--seconds", type=float, default=None)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--topic-root", default="fab")
-    sim.add_argument("--ctx-root", default="fab-ctx")
+    sim.add_argument("--seconds", type=float, default=None, help="stop after this long (None: until Ctrl-C)")
+    sim.add_argument("--seed", type=int, default=0, help="the model's seed: same seed, same readings")
+    sim.add_argument("--topic-root", default="fab", help="readings go to TOPIC_ROOT/machine")
+    sim.add_argument("--ctx-root", default="fab-ctx", help="lot context goes to CTX_ROOT/machine")
     sim.set_defaults(func=cmd_simulate)
 
     sql = sub.add_parser("sql", help="read-only SQL over every tier")

@@ -66,7 +66,8 @@ class Sealer:
         """Move every closed log segment into the lake. Idempotent; never runs twice at once."""
         with self.seal_lock:
             with self._segment_guard, self._lock:
-                self.wal.rotate()
+                if not self.wal.active_empty:  # an idle log has nothing to seal: no empty segments
+                    self.wal.rotate()
                 due = [s for s in self.wal.segments() if s != self.wal.active]
             rows = files = done = 0
             for segment in due:

@@ -48,6 +48,7 @@ class WriteAheadLog:
         self._failed: BaseException | None = None
         self._dirty = False
         self.bytes_appended = 0
+        self._active_bytes = 0  # records written to the active segment since it was opened
 
     def _open(self, number: int):
         path = self.path(number)
@@ -82,6 +83,7 @@ class WriteAheadLog:
             if record:
                 self._file.write(record)
                 self.bytes_appended += len(record)
+                self._active_bytes += len(record)
             if token is not None:
                 self._tokens.append(token)
             self._dirty = True
@@ -96,6 +98,7 @@ class WriteAheadLog:
             if data:
                 self._file.write(data)
                 self.bytes_appended += len(data)
+                self._active_bytes += len(data)
             self._tokens.extend(tokens)
             self._dirty = True
             return self._active
@@ -104,6 +107,11 @@ class WriteAheadLog:
     def segment_of_next_append(self) -> int:
         """The segment the next append goes to (stable while the caller blocks rotation)."""
         return self._active
+
+    @property
+    def active_empty(self) -> bool:
+        """True while the active segment holds no record (rotating it would seal nothing)."""
+        return self._active_bytes == 0
 
     @property
     def dirty(self) -> bool:
@@ -149,6 +157,7 @@ class WriteAheadLog:
                 self._file.close()
                 self._active += 1
                 self._file = self._open(self._active)
+                self._active_bytes = 0
             except OSError as exc:
                 self._fail(exc)
             return closed
@@ -163,7 +172,12 @@ class WriteAheadLog:
             self._leftover.remove(number)
 
     def close(self) -> list[int]:
+        """Commit and close; an active segment that holds no record is removed, so that the
+        next start finds no segment to recover after a clean stop."""
         tokens = self.commit()
         with self._lock:
             self._file.close()
+            if self._active_bytes == 0 and self._failed is None:
+                self.path(self._active).unlink(missing_ok=True)
+                fsync_dir(self.directory)
         return tokens

@@ -136,6 +136,14 @@ def sensor_layout(kind: MachineKind, count: int) -> list[tuple[str, SensorKind]]
     return out
 
 
+def run_tag(start_ms: int) -> str:
+    """Four base-36 characters of the run's start second: two runs started within ~19 days of
+    each other (so within one ISO week of lot numbers) never share a lot id."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    n = (start_ms // 1000) % 36**4
+    return "".join(digits[(n // 36**k) % 36] for k in (3, 2, 1, 0))
+
+
 class _Machine:
     def __init__(self, *, index: int, config: SimConfig, start_ms: int,
                  seeds: np.random.SeedSequence):
@@ -177,7 +185,7 @@ class _Machine:
     def _lot_id(self, number: int) -> str:
         when = datetime.fromtimestamp((self.start_ms + self.horizon) / 1000, tz=UTC)
         year, week, _ = when.isocalendar()
-        return f"L{year % 100:02d}{week:02d}-{number:02d}"
+        return f"L{year % 100:02d}{week:02d}-{run_tag(self.start_ms)}-{number:02d}"
 
     def _program(self) -> Iterator[tuple[float, tuple[np.ndarray, np.ndarray], tuple | None]]:
         """Yields (duration ms, (setpoints, tolerances), context event at its start or None)."""

@@ -68,3 +68,22 @@ def test_keyed_readings_come_back_as_one_batch_per_machine(tmp_path):
                   for b in batches for c, t, v in zip(b.sensor_codes, b.ts, b.value, strict=True))
     assert rows == sorted([("m1", "a", int(ts[0]), 0.0), ("m2", "a", int(ts[1]), 1.0), ("m1", "b/c", int(ts[2]), 2.0),
                            ("m1", "a", int(ts[3]), 3.0), ("m1", "b/c", int(ts[4]), 4.0)])
+
+
+def test_a_clean_close_leaves_no_empty_segment_to_recover(tmp_path):
+    wal = WriteAheadLog(tmp_path)
+    wal.append(encode_readings(batch()))
+    wal.rotate()
+    wal.append(b"", token=5)  # a token alone (a duplicate message) writes no record
+    assert wal.active_empty
+    assert wal.close() == [5]
+    again = WriteAheadLog(tmp_path)
+    assert again.leftover_segments() == [1]  # the segment with a record, not the empty one
+
+
+def test_a_close_keeps_an_active_segment_that_holds_records(tmp_path):
+    wal = WriteAheadLog(tmp_path)
+    wal.append(encode_readings(batch()))
+    assert not wal.active_empty
+    wal.close()
+    assert WriteAheadLog(tmp_path).leftover_segments() == [1]

@@ -223,7 +223,7 @@ def test_wafer_context_events_alternate_per_machine():
             assert (start.lot, start.wafer, start.recipe) == (end.lot, end.wafer, end.recipe)
             assert start.ts < end.ts
         for e in evs:
-            assert re.fullmatch(r"L\d{4}-\d{2,}", e.lot)
+            assert re.fullmatch(r"L\d{4}-[0-9A-Z]{4}-\d{2,}", e.lot)
             assert re.fullmatch(r"W(0[1-9]|1\d|2[0-5])", e.wafer)
             assert e.recipe in {r.name for r in kind.recipes}
             lots[e.lot].add(machine)
@@ -235,6 +235,20 @@ def test_wafer_context_events_alternate_per_machine():
                 assert cur.wafer == "W01"
     assert all(len(ms) == 1 for ms in lots.values())  # lot ids are unique in the fab
     assert len(lots) > len(model.machines)
+
+
+def _lots(start_ms: int) -> set[tuple[str, str]]:
+    model = FabModel(SimConfig(machines=3, sensors_per_machine=1, rate_hz=1, seed=7), start_ms)
+    _, events = model.advance(start_ms + 600_000)
+    return {(e.lot, e.wafer) for e in events if e.event == "start"}
+
+
+def test_runs_started_apart_never_share_a_lot_id():
+    # Every run of the simulator used to start at lot 01 of the week: lot_runs then held the
+    # same (lot, wafer) twice, with different recipes.
+    first, again, later = _lots(START), _lots(START), _lots(START + 60_000)
+    assert first and first == again  # deterministic for one start
+    assert not {lot for lot, _ in first} & {lot for lot, _ in later}
 
 
 def test_machine_and_sensor_names():
