@@ -2,7 +2,8 @@
 
 Standard library only (ThreadingHTTPServer): the API is a thin adapter, and every request
 that does work calls into the pipeline. Every route but /health needs the bearer token when
-one is configured.
+one is configured (401 with `WWW-Authenticate: Bearer`). A parameter that does not fit is a
+400 naming it (fabtier.apiparams), an unknown route 404, a method a route does not take 405.
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ import pyarrow as pa
 from analytics import output
 from analytics.session import run_sql
 from core.errors import SqlError
+from fabtier.apiparams import (
+    MAX_MINUTES,
+    MAX_NOW_MS,
+    MAX_POINTS,
+    MIN_NOW_MS,
+    BadRequest,
+    lifecycle_now,
+    series_query,
+    sql_statement,
+)
 from fabtier.datadir import sql_spill_dir
 from lifecycle import scheduler
+from tiers.inventory import report
 
 if TYPE_CHECKING:
     from fabtier.pipeline import Pipeline
@@ -47,20 +59,38 @@ OPENAPI = {
             "responses": {"200": {"description": "rows"}, "400": {"description": "the database's message"}}}},
         "/series": {"get": {
             "summary": "one sensor's last minutes from the hot ring, averaged into at most `points` points",
-            "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in
-                           (("machine", "string"), ("sensor", "string"), ("minutes", "number"), ("points", "integer"))],
+            "parameters": [
+                {"name": "machine", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
+                {"name": "sensor", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
+                {"name": "minutes", "in": "query", "schema": {"type": "number", "exclusiveMinimum": True,
+                                                               "minimum": 0, "maximum": MAX_MINUTES, "default": 10}},
+                {"name": "points", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                              "maximum": MAX_POINTS, "default": 300}}],
             "responses": {"200": {"description": "{ts: [...], v: [...], query_us, wait_us, fell_back, "
                                                   "gil_wait_us}: the ring's answer time, the part of it spent "
                                                   "waiting for the ingest lock, whether it did, and the wait for "
-                                                  "the interpreter lock before the read"}}}},
+                                                  "the interpreter lock before the read"},
+                          "400": {"description": "a parameter that does not fit, named in `parameter`"},
+                          "404": {"description": "no such sensor in the hot tier"}}}},
         "/tiers": {"get": {"summary": "rows, bytes, oldest, newest and monthly cost per tier",
                            "responses": {"200": {"description": "{tiers: [...], total_usd_per_month}"}}}},
         "/sensors": {"get": {"summary": "every (machine, sensor) seen", "responses": {"200": {"description": "list"}}}},
         "/lifecycle/run": {"post": {"summary": "run every tiering job once, now",
-                                    "parameters": [{"name": "now", "in": "query", "schema": {"type": "integer"},
+                                    "parameters": [{"name": "now", "in": "query",
+                                                    "schema": {"type": "integer", "minimum": MIN_NOW_MS,
+                                                               "maximum": MAX_NOW_MS - 1},
                                                     "description": "epoch ms that ages are measured against"}],
-                                    "responses": {"200": {"description": "job reports"}}}},
+                                    "responses": {"200": {"description": "job reports"},
+                                                  "400": {"description": "now does not fit"},
+                                                  "503": {"description": "the pipeline is not ready"}}}},
     },
+}
+
+
+# Which methods each route takes: any other method gets 405 with an Allow header.
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/health": ("GET",), "/metrics": ("GET",), "/openapi.json": ("GET",), "/tiers": ("GET",),
+    "/sensors": ("GET",), "/series": ("GET",), "/sql": ("POST",), "/lifecycle/run": ("POST",),
 }
 
 
@@ -71,15 +101,18 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt: str, *args: object) -> None:
             log.debug("%s %s", self.address_string(), fmt % args)
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        def _send(self, status: int, body: bytes, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, status: int, value: object) -> None:
-            self._send(status, json.dumps(value, default=str).encode())
+        def _json(self, status: int, value: object, headers: dict[str, str] | None = None) -> None:
+            self._send(status, json.dumps(value, default=str).encode(), headers=headers)
 
         def _authorised(self) -> bool:
             if not token:
@@ -87,76 +120,97 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
             given = self.headers.get("Authorization", "")
             if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return True
-            self._json(401, {"error": "missing or wrong bearer token"})
+            self._json(401, {"error": "missing or wrong bearer token"},
+                       headers={"WWW-Authenticate": 'Bearer realm="fabtier"'})
             return False
 
+        def _route(self, method: str) -> str | None:
+            """The path when `method` may be used on it; else answers 404 or 405 and gives None."""
+            path = urlparse(self.path).path
+            allowed = ROUTES.get(path)
+            if allowed is None:
+                self._json(404, {"error": f"no route {path}"})
+                return None
+            if method not in allowed:
+                self._json(405, {"error": f"{path} takes {', '.join(allowed)}, not {method}"},
+                           headers={"Allow": ", ".join(allowed)})
+                return None
+            if path != "/health" and not self._authorised():
+                return None
+            return path
+
         def do_GET(self) -> None:
-            url = urlparse(self.path)
-            if url.path == "/health":
+            path = self._route("GET")
+            query = parse_qs(urlparse(self.path).query)
+            if path == "/health":
                 ready = pipeline.ready
-                self._json(200 if ready else 503, {"status": pipeline.state.value, "failure": pipeline.failure})
-                return
-            if not self._authorised():
-                return
-            if url.path == "/metrics":
+                self._json(200 if ready else 503, {"status": pipeline.state.value, "failure": pipeline.failure,
+                                                   "data_dir_id": pipeline.identity})
+            elif path == "/metrics":
                 self._json(200, pipeline.metrics_snapshot())
-            elif url.path == "/openapi.json":
+            elif path == "/openapi.json":
                 self._json(200, OPENAPI)
-            elif url.path == "/tiers":
-                from tiers.inventory import report
+            elif path == "/tiers":
                 self._json(200, report(pipeline.tier_rows()))
-            elif url.path == "/sensors":
+            elif path == "/sensors":
                 self._json(200, [{"machine": m, "sensor": s} for m, s in pipeline.sensors()])
-            elif url.path == "/series":
-                self._series(parse_qs(url.query))
-            else:
-                self._json(404, {"error": f"no route {url.path}"})
+            elif path == "/series":
+                self._series(query)
+
+        def _other(self) -> None:
+            self._route(self.command)
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+
+        def _bad(self, exc: BadRequest) -> None:
+            self._json(400, {"error": str(exc), "parameter": exc.param})
 
         def _series(self, query: dict[str, list[str]]) -> None:
             try:
-                machine, sensor = query["machine"][0], query["sensor"][0]
-                minutes = float(query.get("minutes", ["10"])[0])
-                points = int(query.get("points", ["300"])[0])
-            except (KeyError, ValueError):
-                self._json(400, {"error": "give machine, sensor, and optionally minutes (number) and points (integer)"})
+                asked = series_query(query)
+            except BadRequest as exc:
+                self._bad(exc)
                 return
-            since = pipeline.clock.now_ms() - int(minutes * 60_000)
+            if pipeline.keys.lookup(asked.machine, asked.sensor) is None:
+                self._json(404, {"error": f"no sensor {asked.sensor!r} of machine {asked.machine!r} in the "
+                                          "hot tier; GET /sensors lists them"})
+                return
+            since = pipeline.clock.now_ms() - int(asked.minutes * 60_000)
             timings: dict = {}
-            ts, value = pipeline.series(machine, sensor, since_ms=since, points=points, timings=timings)
-            self._json(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(),
-                             **timings})
+            ts, value = pipeline.series(asked.machine, asked.sensor, since_ms=since, points=asked.points,
+                                        timings=timings)
+            self._json(200, {"machine": asked.machine, "sensor": asked.sensor, "ts": ts.tolist(),
+                             "v": value.tolist(), **timings})
 
         def do_POST(self) -> None:
-            url = urlparse(self.path)
-            if not self._authorised():
+            path = self._route("POST")
+            if path is None:
                 return
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            if url.path == "/sql":
-                self._sql(body, parse_qs(url.query).get("format", ["json"])[0])
-            elif url.path == "/lifecycle/run":
+            query = parse_qs(urlparse(self.path).query)
+            if path == "/sql":
+                self._sql(body, query.get("format", ["json"])[0])
+            elif path == "/lifecycle/run":
+                try:
+                    now = lifecycle_now(query)
+                except BadRequest as exc:
+                    self._bad(exc)
+                    return
                 if not pipeline.ready:
                     self._json(503, {"error": f"the pipeline is {pipeline.state.value}"})
                     return
-                now = parse_qs(url.query).get("now", [None])[0]
-                if now is not None and not now.lstrip("-").isdigit():
-                    self._json(400, {"error": "now must be epoch milliseconds"})
-                    return
-                self._json(200, scheduler.runner_for(pipeline).run_all(now_ms=None if now is None else int(now)))
-            else:
-                self._json(404, {"error": f"no route {url.path}"})
+                self._json(200, scheduler.runner_for(pipeline).run_all(now_ms=now))
 
         def _sql(self, body: bytes, fmt: str) -> None:
             if fmt not in ("json", "csv", "arrow"):
-                self._json(400, {"error": "format must be json, csv or arrow"})
+                self._bad(BadRequest("format", "format must be json, csv or arrow"))
                 return
-            sql = body.decode("utf-8", errors="replace")
-            if self.headers.get("Content-Type", "").startswith("application/json"):
-                try:
-                    sql = json.loads(sql)["sql"]
-                except (ValueError, KeyError, TypeError):
-                    self._json(400, {"error": 'send {"sql": "SELECT ..."} or the statement as text/plain'})
-                    return
+            try:
+                sql = sql_statement(body, self.headers.get("Content-Type", ""))
+            except BadRequest as exc:
+                self._bad(exc)
+                return
             try:
                 table = run_sql(pipeline.sql_sources(), sql, memory_limit=pipeline.settings.api.sql_memory_limit,
                                 spill_dir=sql_spill_dir(pipeline.settings.data_dir))

@@ -1,12 +1,14 @@
-"""The data directory's lock: one running pipeline owns it; readers share it."""
+"""The data directory's lock (one running pipeline owns it; readers share it) and its identity."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 from pathlib import Path
 
 from core.errors import UserError
+from core.fsutil import fsync_dir
 
 
 class DataDirBusy(UserError):
@@ -71,3 +73,35 @@ def sql_spill_dir(data_dir: Path) -> str | None:
     except OSError:
         return None
     return str(path)
+
+
+_IDENTITY = ".fabtier-id"
+
+
+def identity(data_dir: Path) -> str | None:
+    """The data directory's identity (a random id written on its first open), or None for a
+    directory no pipeline has opened. A running instance shows it in `/health`, so that the
+    command line knows whether the instance it reaches owns the directory it was given."""
+    try:
+        return (data_dir / _IDENTITY).read_text(encoding="utf-8").strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def ensure_identity(data_dir: Path) -> str:
+    """The identity, made once (atomically) if the directory has none yet."""
+    found = identity(data_dir)
+    if found is not None:
+        return found
+    data_dir.mkdir(parents=True, exist_ok=True)
+    made = uuid.uuid4().hex
+    tmp = data_dir / f"{_IDENTITY}.{made}.tmp"
+    tmp.write_text(made + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, data_dir / _IDENTITY)  # fails if another process made it first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    fsync_dir(data_dir)
+    return identity(data_dir) or made

@@ -27,7 +27,7 @@ from analytics.session import SqlSources
 from core.clock import SystemClock
 from core.protocols import AlertSink, Clock
 from core.settings import Settings
-from fabtier.datadir import DataDirLock
+from fabtier.datadir import DataDirLock, ensure_identity
 from fabtier.ingestion import Ingestor, Message
 from fabtier.reads import Reads
 from fabtier.runstate import Metrics, State, Status
@@ -87,6 +87,7 @@ class Pipeline:
         # sinks (MQTT, webhook, SNS) when given.
         self.alerting = Alerting(settings, self.keys, clock=self.clock, lock=self._lock, sinks=alert_sinks)
         self._dir_lock: DataDirLock | None = None
+        self.identity: str | None = None  # the data directory's (fabtier.datadir), once open
         self.warm: WarmStore | None = None  # the warm tier's DuckDB file, opened with the data dir
         self.wal: WriteAheadLog | None = None
         self.subscriber: Subscriber | None = None
@@ -131,6 +132,7 @@ class Pipeline:
         """Take the data directory, recover what an earlier run left, warm the hot ring."""
         self.status.move(State.RECOVERING)
         self._dir_lock = DataDirLock(self.settings.data_dir, exclusive=True)
+        self.identity = ensure_identity(self.settings.data_dir)
         self.warm = WarmStore(self.settings.data_dir / "warm.duckdb")
         self.wal = WriteAheadLog(self.settings.data_dir / "wal")
         self._ingestor = Ingestor(

@@ -4,6 +4,7 @@ hot tier is included), else straight from the durable stores of the data directo
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 
@@ -14,7 +15,7 @@ from analytics.session import SqlSources, run_sql
 from analytics.sources import tier_sources
 from core.errors import FabtierError, SqlError, UserError
 from core.settings import Settings
-from fabtier.datadir import DataDirLock, is_locked, sql_spill_dir
+from fabtier.datadir import DataDirLock, identity, is_locked, sql_spill_dir
 from fabtier.pipeline import Pipeline
 from ingest.wal import read_segment, segment_numbers
 from lifecycle import scheduler
@@ -41,11 +42,25 @@ def _request(settings: Settings, method: str, path: str, body: bytes | None = No
 
 
 def instance_running(settings: Settings) -> bool:
+    """True when the instance answering at `[api]` host and port owns this data directory.
+
+    One that answers but serves another data directory (a second configuration on the same
+    port) is not ours: reads then go to the data directory itself, with a note on stderr."""
     try:
-        status, _ = _request(settings, "GET", "/health", timeout=2)
+        status, body = _request(settings, "GET", "/health", timeout=2)
     except (urllib.error.URLError, OSError):
         return False
-    return status in (200, 503)
+    if status not in (200, 503):
+        return False
+    try:
+        served = json.loads(body).get("data_dir_id")
+    except (ValueError, AttributeError):
+        served = None
+    if served is not None and served == identity(settings.data_dir):
+        return True
+    print(f"fabtier: the instance at {settings.api_url} serves another data directory than "
+          f"{settings.data_dir}; reading {settings.data_dir} directly", file=sys.stderr)
+    return False
 
 
 def _error_of(body: bytes) -> str:
