@@ -39,20 +39,26 @@ class WriteAheadLog:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         existing = segment_numbers(directory)
+        # The last segment holding no record (a clean stop, or a crash before anything was
+        # written to it) is taken up again as the active one: nothing to recover in it, and
+        # its number is kept, since numbers name lake files and must never be used twice.
+        reuse = existing[-1] if existing and SEGMENT_MAGIC.startswith(self.path(existing[-1]).read_bytes()) else None
+        if reuse is not None:
+            existing = existing[:-1]
         self._leftover = existing
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._tokens: list[int] = []
-        self._active = (existing[-1] + 1) if existing else 1
-        self._file = self._open(self._active)
+        self._active = reuse if reuse is not None else (existing[-1] + 1) if existing else 1
+        self._file = self._open(self._active, again=reuse is not None)
         self._failed: BaseException | None = None
         self._dirty = False
         self.bytes_appended = 0
         self._active_bytes = 0  # records written to the active segment since it was opened
 
-    def _open(self, number: int):
+    def _open(self, number: int, *, again: bool = False):
         path = self.path(number)
-        handle = open(path, "xb", buffering=1 << 20)
+        handle = open(path, "wb" if again else "xb", buffering=1 << 20)
         handle.write(SEGMENT_MAGIC)
         handle.flush()
         os.fsync(handle.fileno())
@@ -172,12 +178,7 @@ class WriteAheadLog:
             self._leftover.remove(number)
 
     def close(self) -> list[int]:
-        """Commit and close; an active segment that holds no record is removed, so that the
-        next start finds no segment to recover after a clean stop."""
         tokens = self.commit()
         with self._lock:
             self._file.close()
-            if self._active_bytes == 0 and self._failed is None:
-                self.path(self._active).unlink(missing_ok=True)
-                fsync_dir(self.directory)
         return tokens

@@ -70,15 +70,25 @@ def test_keyed_readings_come_back_as_one_batch_per_machine(tmp_path):
                            ("m1", "a", int(ts[3]), 3.0), ("m1", "b/c", int(ts[4]), 4.0)])
 
 
-def test_a_clean_close_leaves_no_empty_segment_to_recover(tmp_path):
+def test_an_empty_last_segment_is_taken_up_again_not_recovered_and_numbers_never_go_back(tmp_path):
     wal = WriteAheadLog(tmp_path)
     wal.append(encode_readings(batch()))
-    wal.rotate()
+    first = wal.rotate()
     wal.append(b"", token=5)  # a token alone (a duplicate message) writes no record
     assert wal.active_empty
     assert wal.close() == [5]
     again = WriteAheadLog(tmp_path)
-    assert again.leftover_segments() == [1]  # the segment with a record, not the empty one
+    # Nothing to recover in the empty segment, and its number is used again, never a lower one:
+    # lake files are named by segment numbers.
+    assert again.leftover_segments() == [first]
+    assert again.active == first + 1
+    again.delete(first)
+    again.close()
+    third = WriteAheadLog(tmp_path)
+    assert third.leftover_segments() == [] and third.active == first + 1
+    third.append(encode_readings(batch(4)))
+    third.close()
+    assert [len(r) for r in read_segment(third.path(first + 1))] == [4]
 
 
 def test_a_close_keeps_an_active_segment_that_holds_records(tmp_path):
@@ -86,4 +96,5 @@ def test_a_close_keeps_an_active_segment_that_holds_records(tmp_path):
     wal.append(encode_readings(batch()))
     assert not wal.active_empty
     wal.close()
-    assert WriteAheadLog(tmp_path).leftover_segments() == [1]
+    again = WriteAheadLog(tmp_path)
+    assert again.leftover_segments() == [1] and again.active == 2
