@@ -12,14 +12,37 @@ State per (rule, sensor), each transition one event:
     damped --inside past the hysteresis for a whole flap_window--> normal (one cleared event)
 
 "Out" is strictly beyond a limit (`value > high` or `value < low`). A raised `high` clears
-at `value <= high - hysteresis`, a raised `low` at `value >= low + hysteresis`; for recipe
-rules the hysteresis is a fraction of the step's tolerance. A recipe excursion also clears
-when no limit applies any more (the lot or the step ended), and says so.
+at `value <= high - hysteresis`, a raised `low` at `value >= low + hysteresis`, judged by the
+limit that applies to the clearing reading, which the `cleared` event reports as its
+threshold (so a clear caused by the value coming back never carries a value beyond it). A
+reading beyond the other limit clears and raises the other kind.
+
+Recipe rules: the limits are those of the step the machine's lot run is in at the reading's
+ts; for them the hysteresis is a fraction of the step's tolerance. A raised (or damped)
+recipe excursion lives as long as the machine runs a lot:
+
+    - a reading in a step's settle window (no limit yet; at a step change inside the run, or
+      at the start of a run that directly follows) holds it: no event, it neither clears
+      nor raises (and, damped, it counts neither as inside nor as out);
+    - once the new step's limits apply it is judged by them: still beyond -> it stays raised
+      without an event (the threshold of the `raised` event stays its threshold); back past
+      the hysteresis -> `cleared`; beyond the other limit -> cleared and the other kind raised;
+    - it ends without the value coming back only when no limit can apply: no lot run at the
+      reading's ts ("the lot run ended"), a settled step that sets no limit for the sensor's
+      kind ("step purge sets no limit for temp"), the run gone past the recipe's last step
+      ("recipe ETCH-A v3 ended (no step after main-etch)"), or a run whose recipe version is
+      not in the recipe data. Then one `cleared` with that note and the raise's threshold.
+
+A pending excursion (`for` not reached yet) is broken by any reading that is not out, a
+settle-window reading included, as before. Events carry the lot run at their reading's ts;
+`step` only for recipe rules (the step whose limits judged the reading, else None).
 
 Cost: every batch pays a handful of numpy operations (gather the sensors' tightest limits,
 compare, test for open excursions); only sensors with an out reading or an open excursion
 take the slower path, which walks state transitions with vectorised searches, so its Python
-work grows with the number of transitions, not of readings.
+work grows with the number of transitions, not of readings. Why a recipe limit is missing
+(settling, run ended, ...) is looked up there too, only for open recipe excursions that meet
+a reading without a limit.
 
 Readings of a sensor are judged in timestamp order within a batch. While an excursion is
 pending or open, a reading older than the newest one already judged for it is late: it is
@@ -35,13 +58,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from alerts.lotcontext import LotContext, Run
-from alerts.recipes import EMPTY_BOOK, RecipeBook
+from alerts.recipes import EMPTY_BOOK, RecipeBook, kind_of
 from core.protocols import Keys, Rule
 from core.records import AlertEvent
 
 NORMAL, PENDING, RAISED, DAMPED = 0, 1, 2, 3
 _PHASE_NAMES = {NORMAL: "normal", PENDING: "pending", RAISED: "raised", DAMPED: "damped"}
 _KIND = {1: "high", -1: "low"}
+# Why a recipe rule has no limit for a reading (only asked where its limits are NaN).
+_SETTLING, _NO_KIND, _RECIPE_DONE, _NO_RECIPE, _NO_RUN = 1, 2, 3, 4, 5
 
 
 class _State:
@@ -286,6 +311,26 @@ class AlertEngine:
             events.append(self._event(rule, key, machine, int(rows[j]), int(t[j]), float(x[j]), st.kind,
                                       threshold, state, now_ms, flapping, note, recipe))
 
+        why: np.ndarray | None = None
+
+        def no_limit(start: int, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+            """For readings start.. of a recipe rule without a limit: (settling, ended), or
+            None when every reading has one (always so for fixed rules)."""
+            nonlocal why
+            if not rule.recipe:
+                return None
+            missing = np.isnan(limit)
+            if not np.count_nonzero(missing):
+                return None
+            if why is None:
+                why = self._no_limit(machine, t)
+            settling = missing & (why[start:] == _SETTLING)
+            return settling, missing & ~settling
+
+        def end(j: int) -> None:
+            note = self._end_note(machine, key, int(t[j]), int(why[j]) if why is not None else _NO_RUN)
+            emit(j, "cleared", st.threshold, note=note)
+
         i = 0
         while i < m:
             if st.phase == NORMAL:
@@ -311,32 +356,47 @@ class AlertEngine:
                 else:
                     i = m
             elif st.phase == RAISED:
+                # Back past the hysteresis by the limit that applies (NaN compares False), or
+                # the end of every limit; a reading in a settle window is neither.
+                limits = hi[i:] if st.kind > 0 else lo[i:]
                 if st.kind > 0:
-                    ok = np.isnan(hi[i:]) | (x[i:] <= hi[i:] - h[i:])
+                    stop = x[i:] <= limits - h[i:]
                 else:
-                    ok = np.isnan(lo[i:]) | (x[i:] >= lo[i:] + h[i:])
-                nz = np.flatnonzero(ok)
+                    stop = x[i:] >= limits + h[i:]
+                missing = no_limit(i, limits)
+                if missing is not None:
+                    stop |= missing[1]
+                nz = np.flatnonzero(stop)
                 if not len(nz):
                     break
                 j = i + int(nz[0])
                 limit = hi[j] if st.kind > 0 else lo[j]
                 if np.isnan(limit):
-                    emit(j, "cleared", st.threshold, note="no limit applies any more (the lot or step ended)")
+                    end(j)
                 else:
                     emit(j, "cleared", float(limit))
                 st.phase, i = NORMAL, j  # the clearing reading may be out the other way
             else:  # DAMPED: cleared once the sensor stayed inside for a whole flap window
-                good = ((np.isnan(hi[i:]) | (x[i:] <= hi[i:] - h[i:]))
-                        & (np.isnan(lo[i:]) | (x[i:] >= lo[i:] + h[i:])))
-                last_bad = np.maximum.accumulate(np.where(good, st.last_bad, t[i:]))
-                quiet = np.flatnonzero(good & (t[i:] - last_bad >= self.flap_window_ms))
+                inside = (x[i:] <= hi[i:] - h[i:]) & (x[i:] >= lo[i:] + h[i:])
+                missing = no_limit(i, hi[i:])
+                if missing is None:
+                    bad, ended = ~inside, None
+                else:
+                    bad, ended = ~inside & ~missing[0] & ~missing[1], missing[1]
+                last_bad = np.maximum.accumulate(np.where(bad, t[i:], st.last_bad))
+                stop = inside & (t[i:] - last_bad >= self.flap_window_ms)
+                if ended is not None:
+                    stop |= ended
+                quiet = np.flatnonzero(stop)
                 if not len(quiet):
                     st.last_bad = int(last_bad[-1])
                     break
                 j = i + int(quiet[0])
-                limit = hi[j] if st.kind > 0 else lo[j]
-                emit(j, "cleared", st.threshold if np.isnan(limit) else float(limit),
-                     note=f"stable again: inside for {self.flap_window_ms / 1000:g} s after flapping")
+                if ended is not None and ended[j - i]:
+                    end(j)
+                else:
+                    emit(j, "cleared", float(hi[j] if st.kind > 0 else lo[j]),
+                         note=f"stable again: inside for {self.flap_window_ms / 1000:g} s after flapping")
                 st.phase, i = NORMAL, j + 1
 
         if m:
@@ -371,6 +431,35 @@ class AlertEngine:
             st.phase = RAISED
             emit(j, "raised", st.threshold)
 
+    def _no_limit(self, machine: str, t: np.ndarray) -> np.ndarray:
+        """Per reading, why a recipe limit may be missing (meaningful only where it is)."""
+        index, runs = self.lots.runs_for(machine, t)
+        why = np.full(len(t), _NO_RUN, np.int8)
+        for r in np.unique(index[index >= 0]).tolist():
+            run = runs[r]
+            sel = np.flatnonzero(index == r)
+            rv = self.book.get(run.recipe, run.recipe_version) if run.recipe_version else None
+            if rv is None:
+                why[sel] = _NO_RECIPE
+                continue
+            steps, settling = self.book.steps_at(rv, t[sel] - run.start_ms)
+            why[sel] = np.where(settling, _SETTLING, np.where(steps >= len(rv.steps), _RECIPE_DONE, _NO_KIND))
+        return why
+
+    def _end_note(self, machine: str, key: int, ts: int, why: int) -> str:
+        """What ended a recipe excursion without the value coming back, in words."""
+        run = self.lots.run_at(machine, ts) if why != _NO_RUN else None
+        if run is None:
+            return "the lot run ended"
+        rv = self.book.get(run.recipe, run.recipe_version) if run.recipe_version else None
+        step = rv.step_at(ts - run.start_ms) if rv is not None else None
+        if rv is None or why == _NO_RECIPE:
+            return (f"lot run {run.lot} has no recipe limits "
+                    f"({run.recipe} v{run.recipe_version or '?'} is not in the recipe data)")
+        if step is None:
+            return f"recipe {rv.recipe} v{rv.version} ended (no step after {rv.steps[-1].name})"
+        return f"step {step.name} sets no limit for {kind_of(self.keys.sensors[key])}"
+
     def _event(self, rule: Rule, key: int, machine: str, row: int, ts: int, value: float, kind: int,
                threshold: float, state: str, now_ms: int, flapping: bool, note: str,
                recipe: _RecipeRows | None) -> AlertEvent:
@@ -379,7 +468,7 @@ class AlertEngine:
             run_index, step_index = recipe.at(row)
             if run_index >= 0:
                 run = recipe.runs[run_index]
-                if step_index >= 0 and run.recipe_version:
+                if rule.recipe and step_index >= 0 and run.recipe_version:  # step: recipe rules only
                     rv = self.book.get(run.recipe, run.recipe_version)
                     step = rv.steps[step_index].name if rv else None
         if run is None:

@@ -195,6 +195,17 @@ class RecipeBook:
             step = steps
         return a["lo"].take(flat), a["hi"].take(flat), a["tol"].take(flat), step
 
+    def steps_at(self, rv: RecipeVersion, offset_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per offset into a run: the index of its step (`len(rv.steps)` after the last step)
+        and whether that step is still settling (its limits do not apply yet). For telling
+        why `limits` gave NaN; not on the per-batch path."""
+        a = self._arrays_of(rv)
+        steps = np.searchsorted(a["ends"], offset_ms, side="right")
+        in_step = steps < len(rv.steps)
+        settling = np.zeros(len(steps), bool)
+        settling[in_step] = offset_ms[in_step] < a["applies"][steps[in_step]]
+        return steps, settling
+
     def table(self) -> pa.Table:
         """Every limit of every version, for the `recipe_limits` view."""
         rows = []

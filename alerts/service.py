@@ -56,8 +56,9 @@ def _ms_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
 
 
 def events_from_table(table: pa.Table) -> list[AlertEvent]:
+    """Stored events (no note: NULL, or '' in files written before) as made: note ''."""
     table = _ms_columns(table.select(ALERTS_SCHEMA.names), ("ts", "raised_at"))
-    return [AlertEvent(**row) for row in table.to_pylist()]
+    return [AlertEvent(**{**row, "note": row["note"] or ""}) for row in table.to_pylist()]
 
 
 def context_from_table(table: pa.Table) -> list[ContextEvent]:

@@ -38,7 +38,8 @@ class SinkError(RetryableError):
 
 # ---- format -------------------------------------------------------------------------------
 def alert_payload(e: AlertEvent) -> dict:
-    """The CONTRACT.md section 3 payload, then the extension fields."""
+    """The CONTRACT.md section 3 payload, then the extension fields: no note is null (NULL
+    in the `alerts` view too), `step` is set for recipe rules only."""
     return {
         "machine": e.machine, "sensor": e.sensor, "ts": e.ts, "value": e.value, "kind": e.kind,
         "threshold": e.threshold, "rule": e.rule, "state": e.state, "raised_at": e.raised_at,

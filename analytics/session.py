@@ -48,9 +48,10 @@ CREATE VIEW lot_runs AS
         FROM lot_events)
   WHERE event = 'start';
 CREATE VIEW alerts AS
+  -- No note is NULL, as in the payload; files written before that stored ''.
   SELECT machine, sensor, ts::TIMESTAMP AS ts, value, kind, threshold, rule, state,
-         raised_at::TIMESTAMP AS raised_at, writer || ':' || seq AS id, flapping, note,
-         lot, wafer, recipe, recipe_version, step
+         raised_at::TIMESTAMP AS raised_at, writer || ':' || seq AS id, flapping,
+         nullif(note, '') AS note, lot, wafer, recipe, recipe_version, step, seq::BIGINT AS seq
   FROM (SELECT * FROM cold_alerts UNION ALL SELECT * FROM hot_alerts);
 CREATE VIEW recipe_limits AS
   SELECT recipe, version, effective::TIMESTAMP AS effective, step_no, step, step_start_s,

@@ -127,8 +127,10 @@ def context_table(events: list[ContextEvent]) -> pa.Table:
 
 
 def alerts_table(events: list[AlertEvent]) -> pa.Table:
-    return pa.Table.from_pydict({name: [getattr(e, name) for e in events] for name in ALERTS_SCHEMA.names},
-                                schema=ALERTS_SCHEMA)
+    """Events as rows of the `alerts` files; no note is NULL (as in the payload), not ''."""
+    columns = {name: [getattr(e, name) for e in events] for name in ALERTS_SCHEMA.names}
+    columns["note"] = [e.note or None for e in events]
+    return pa.Table.from_pydict(columns, schema=ALERTS_SCHEMA)
 
 
 def merge_tables(a: SegmentTables, b: SegmentTables) -> SegmentTables:

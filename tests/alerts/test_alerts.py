@@ -177,14 +177,14 @@ def test_a_run_keeps_the_version_it_started_with_and_the_next_run_gets_the_new_o
         ("raised", "L1", "1", 63.0), ("cleared", "L2", "2", 73.0)]
 
 
-def test_an_open_recipe_excursion_clears_when_no_limit_applies():
+def test_an_open_recipe_excursion_clears_when_the_lot_run_ends():
     eng, lots = recipe_engine()
     start(lots, T0)
     key = eng.keys.id_of("etch-01", "ch1/temp")
     eng.evaluate("etch-01", np.array([key], np.int32), np.array([T0 + 5000]), np.array([70.0]), NOW)
     lots.add(ContextEvent(ts=T0 + 6000, machine="etch-01", event="end", lot="L1", wafer="W01", recipe="ETCH-A"))
     [e] = eng.evaluate("etch-01", np.array([key], np.int32), np.array([T0 + 7000]), np.array([70.0]), NOW)
-    assert e.state == "cleared" and "no limit applies" in e.note and e.threshold == 63.0
+    assert (e.state, e.note, e.threshold, e.lot) == ("cleared", "the lot run ended", 63.0, None)
 
 
 def test_recipe_hysteresis_is_a_fraction_of_the_tolerance():

@@ -79,12 +79,16 @@ def test_an_excursion_is_raised_once_and_cleared_once(broker, alert_subscriber, 
             ("raised", "low", 3), ("cleared", "low", 40)]
         assert not _of(alert_subscriber, "etch-01", "rf/forward_power")
 
-        query = ("SELECT machine, sensor, epoch_ms(ts) AS ts, value, kind, threshold, rule, state "
-                 "FROM alerts WHERE machine = 'etch-01' ORDER BY id")
+        # A fixed-threshold rule: no note and no step, null on MQTT and NULL in SQL alike.
+        assert {(p["note"], p["step"]) for p in got} == {(None, None)}
+        query = ("SELECT machine, sensor, epoch_ms(ts) AS ts, value, kind, threshold, rule, state, note, step, seq "
+                 "FROM alerts WHERE machine = 'etch-01' ORDER BY seq")
         rows = _sql(config, query)
-        assert [(r["sensor"], r["state"], r["value"]) for r in rows] == [
-            ("ch1/temp", "raised", 85), ("ch1/temp", "cleared", 77), ("ch2/temp", "raised", 3),
-            ("ch2/temp", "cleared", 40)]
+        assert [(r["sensor"], r["state"], r["value"], r["note"], r["step"]) for r in rows] == [
+            ("ch1/temp", "raised", 85, None, None), ("ch1/temp", "cleared", 77, None, None),
+            ("ch2/temp", "raised", 3, None, None), ("ch2/temp", "cleared", 40, None, None)]
+        assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+        assert [f"w0:{r['seq']}" for r in rows[:2]] == [p["id"] for p in got]
         fabtier_cli("lifecycle", "run", "--config", str(config))  # into the lake: the same rows
         assert _sql(config, query) == rows
     finally:
