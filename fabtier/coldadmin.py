@@ -47,8 +47,8 @@ def _run(settings: Settings, args) -> int:
     prefix = f"{store.prefix}/" if isinstance(store, S3Store) and store.prefix else ""
     rules = policy.policy_from_settings(settings.lifecycle, prefix=prefix)
     if args.action == "lifecycle":
-        out: dict[str, object] = {"store": store.url, "rules": [
-            {"id": r.id, "prefix": r.prefix, "min_size_bytes": r.min_size,
+        out: dict[str, object] = {"store": store.url, "kinds": policy.describe(rules), "rules": [
+            {"id": r.id, "kind": r.kind, "prefix": r.prefix, "min_size_bytes": r.min_size,
              "transitions": [{"after_s": t.after_s, "storage_class": t.storage_class} for t in r.transitions],
              "expire_after_s": r.expire_after_s} for r in rules.rules]}
         if isinstance(store, S3Store):

@@ -2,13 +2,17 @@
 
 Precedence: built-in defaults < the TOML file (`--config`, else ./fabtier.toml) < environment
 variables `FABTIER_<SECTION>_<KEY>` (`FABTIER_DATA_DIR` for the top-level key). Every error
-names the key and says the fix; secrets are `Secret`s and never print.
+names the key and says the fix; secrets are `Secret`s and never print. An environment
+variable that starts with `FABTIER_` but names no setting is ignored with a warning that
+names the closest one (the environment often holds unrelated variables, so it does not stop
+the start the way a misspelt key in the file does).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +39,7 @@ from core.settings import (
 )
 from core.units import parse_duration, parse_size
 
+log = logging.getLogger("fabtier.config")
 _SECTIONS: dict[str, type] = {
     "broker": BrokerSettings,
     "hot": HotSettings,
@@ -136,6 +141,32 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         raise ConfigError(key, str(exc), _FIXES.get(kind, "")) from None
 
 
+class ConfigFileError(ConfigError):
+    """The configuration file itself cannot be read (not a key's fault): says the file and
+    the parser's own message."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, problem)
+        self.args = (f"{path} {problem}",)
+
+
+def _env_names() -> list[str]:
+    """Every environment variable fabtier reads."""
+    names = [f"FABTIER_{key.upper()}" for key in _TOP_LEVEL]
+    for section, cls in _SECTIONS.items():
+        names += [f"FABTIER_{section.upper()}_{f.name.upper()}" for f in dataclasses.fields(cls)]
+    return names
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    known = _env_names()
+    for name in sorted(env):
+        if name.startswith("FABTIER_") and name not in known:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+            log.warning("environment variable %s is not a fabtier setting and is ignored%s", name,
+                        f"; did you mean {closest[0]}?" if closest else "")
+
+
 def _unknown(key: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
@@ -235,6 +266,7 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None
         values[name] = _build_section(cls, name, table, env)
     if "alerts" in data:
         values["alert_rules"] = _build_rules(data["alerts"])
+    _warn_unknown_env(env)
     settings = Settings(**values)
     _check_relations(settings)
     return settings
@@ -251,6 +283,7 @@ def _check_relations(settings: Settings) -> None:
     if not life.glacier_after < life.deep_archive_after < life.expire_after:
         raise ConfigError("[lifecycle] deep_archive_after", "the ages are out of order",
                           "make glacier_after < deep_archive_after < expire_after")
+    _check_archive_after_late_data(settings)
     if settings.lifecycle.run_every <= 0:
         raise ConfigError("[lifecycle] run_every", "must be longer than zero", 'e.g. "10m"')
     if settings.cold.seal_every <= 0:
@@ -260,6 +293,31 @@ def _check_relations(settings: Settings) -> None:
     _check_cold(settings)
     _check_alerts(settings)
     _check_warm_and_sinks(settings)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _check_archive_after_late_data(settings: Settings) -> None:
+    """Raw files must not be archived while readings of their hour can still arrive (max_late)
+    or before the hour is compacted (compact_after after it ended): a minute recomputed then
+    could not read all its readings (the rollup keeps such minutes as they were)."""
+    glacier, max_late = settings.lifecycle.glacier_after, settings.ingest.max_late
+    settled = settings.cold.compact_after + 3600  # an hour is compacted compact_after after it *ended*
+    if glacier <= max_late or glacier <= settled:
+        needed = max(max_late, settled)
+        raise ConfigError(
+            "[lifecycle] glacier_after",
+            f"{_human(glacier)} is not longer than [ingest] max_late ({_human(max_late)}) and [cold] "
+            f"compact_after + 1h ({_human(settled)}): raw files would be archived while late readings of "
+            "their hours can still arrive or before the hours are compacted, and their minutes could no "
+            "longer be rolled up from all their readings",
+            f"make [lifecycle] glacier_after longer than {_human(needed)} (and deep_archive_after, "
+            "expire_after after it), or shorten [ingest] max_late or [cold] compact_after")
 
 
 def _check_cold(settings: Settings) -> None:
@@ -332,7 +390,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError("--config", f"the file {str(path)!r} does not exist",
                               "give the path of a TOML file") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"is not valid TOML ({exc})", "fix the TOML syntax") from None
+            raise ConfigFileError(str(path), f"is not valid TOML: {exc}") from None
     return settings_from_mapping(data, env)
 
 

@@ -37,11 +37,22 @@ class Job:
 
 
 def seal(ctx: JobContext) -> dict:
-    """Close the active log segment and move every closed one into the Parquet lake."""
-    report = ctx.pipeline.seal()
-    if report.segments:
+    """Close the active log segment and move every closed one into the Parquet lake.
+
+    A segment that fails is kept in the log and retried at the next period (the seal goes on
+    with the others); a run that leaves one behind reports an "error", as a failed job does."""
+    p = ctx.pipeline
+    report = p.seal()
+    if report.rows or report.files:
         log.info("sealed %d segment(s): %d readings in %d file(s)", report.segments, report.rows, report.files)
-    return {"job": SEAL, "segments": report.segments, "rows": report.rows, "files": report.files}
+    result: dict = {"job": SEAL, "segments": report.segments, "rows": report.rows, "files": report.files}
+    with p.seal_lock:  # a seal started meanwhile has finished: what is left now was not sealed
+        # Every segment but the newest (the active one, where appends go) is closed.
+        left = sorted(p.hidden_segments())[:-1]
+    if left:
+        result["error"] = (f"{len(left)} log segment(s) could not be sealed ({', '.join(map(str, left))}); "
+                           "they stay in the log and the next run tries again (the cause is in the log)")
+    return result
 
 
 def rollup(ctx: JobContext) -> dict:
@@ -52,7 +63,8 @@ def rollup(ctx: JobContext) -> dict:
     report = warmjobs.rollup(store=p.lake.store, warm=p.warm, audit=p.audit)
     if report.minutes:
         log.info("rolled up %d minute(s) from %d raw file(s)", report.minutes, report.files)
-    return {"job": ROLLUP, "files": report.files, "minutes": report.minutes}
+    return {"job": ROLLUP, "files": report.files, "minutes": report.minutes,
+            "skipped_archived": report.skipped_archived, "archived_files": report.archived_files}
 
 
 def age_out(ctx: JobContext) -> dict:

@@ -1,12 +1,23 @@
 """The lake's lifecycle policy: one document, sent to S3 or evaluated by fabtier. Pure.
 
-`policy_from_settings` turns `[lifecycle]` into a `Policy` (ages in seconds, exact). For an
-S3 store, `s3_document` renders it as a bucket lifecycle configuration: S3 counts whole days,
-so every age is rounded *up* to whole days (a "36h" glacier_after becomes 2 days), and the
-document is checked against S3's rules (`validate_s3_document`) before anything is sent. For
-a local store, `evaluate` applies the very same rules with the exact ages and returns the
-transitions and expiries due; the caller records each object's new storage class, so the
-embedded default behaves like S3.
+`policy_from_settings` turns `[lifecycle]` into a `Policy` (ages in seconds, exact), with
+rules per kind of data, each filtered by its prefix under the store's root; nothing else
+under the root (e.g. a local store's `.storage-classes.json`) matches any rule:
+
+- `raw/` takes the full path: GLACIER after `glacier_after`, DEEP_ARCHIVE after
+  `deep_archive_after`, expiry after `expire_after`;
+- `agg_1m/`, `context/`, `alerts/` and `quarantine/` stay readable: they are small and they
+  are what engineers ask for years later (lot history, alerts). At most STANDARD_IA after
+  `glacier_after`, where S3 allows it (objects of 128 KiB and more, 30 days and more) and
+  where it pays; otherwise they stay STANDARD. They expire after `expire_after` like raw
+  (compliance retention is the same for every kind).
+
+For an S3 store, `s3_document` renders the policy as a bucket lifecycle configuration: S3
+counts whole days, so every age is rounded *up* to whole days (a "36h" glacier_after becomes
+2 days), and the document is checked against S3's rules (`validate_s3_document`) before
+anything is sent. For a local store, `evaluate` applies the very same rules with the exact
+ages and returns the transitions and expiries due; the caller records each object's new
+storage class, so the embedded default behaves like S3.
 
 Small objects are not archived at a loss. An archived object costs, besides its bytes, a
 transition request and 40 KB of overhead (8 KB billed at STANDARD, 32 KB at the archive
@@ -16,7 +27,8 @@ the transition rule only takes objects above the largest of these sizes and of
 `[lifecycle] min_object_size` (default 128 KiB, S3's own default minimum), and a class that
 never pays (ages so close that the minimum duration costs more than the saving) is left
 out. Prices are the us-east-1 list prices (2025); they only set these thresholds.
-`[lifecycle] cost_guard = false` turns the guard off (tests move tiny objects in seconds).
+`[lifecycle] cost_guard = false` turns the guard off (tests move tiny objects in seconds);
+S3's own limits for STANDARD_IA (128 KiB, 30 days) always hold.
 """
 
 from __future__ import annotations
@@ -33,8 +45,9 @@ GIB = float(1 << 30)
 
 GLACIER = "GLACIER"
 DEEP_ARCHIVE = "DEEP_ARCHIVE"
+STANDARD_IA = "STANDARD_IA"
 # colder classes come later
-_ORDER = {STANDARD: 0, "STANDARD_IA": 1, "INTELLIGENT_TIERING": 1, "ONEZONE_IA": 2, "GLACIER_IR": 3,
+_ORDER = {STANDARD: 0, STANDARD_IA: 1, "INTELLIGENT_TIERING": 1, "ONEZONE_IA": 2, "GLACIER_IR": 3,
           GLACIER: 4, DEEP_ARCHIVE: 5}
 
 
@@ -49,9 +62,19 @@ class ClassPrice:
 
 PRICES = {
     STANDARD: ClassPrice(0.023, 0.0, 0.0),
+    STANDARD_IA: ClassPrice(0.0125, 0.01 / 1000, 30.0),
     GLACIER: ClassPrice(0.0036, 0.03 / 1000, 90.0, 32 * 1024, 8 * 1024),
     DEEP_ARCHIVE: ClassPrice(0.00099, 0.05 / 1000, 180.0, 32 * 1024, 8 * 1024),
 }
+
+# The kinds of data in the lake (CONTRACT.md section 7 and the extensions), by prefix.
+RAW = "raw"
+READABLE_KINDS = ("agg_1m", "context", "alerts", "quarantine")  # never archived: at most STANDARD_IA
+KINDS = (RAW, *READABLE_KINDS)
+# S3 does not move objects under 128 KB to STANDARD_IA (and bills them as 128 KB there), nor
+# accepts a transition to it before day 30.
+IA_MIN_SIZE = 128 * 1024
+IA_MIN_AGE_S = 30 * DAY_S
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,7 @@ class Rule:
     min_size: int | None = None  # objects strictly larger only (S3 ObjectSizeGreaterThan)
     transitions: tuple[Transition, ...] = ()
     expire_after_s: float | None = None
+    kind: str = ""  # the kind of data (raw, agg_1m, ...) the rule is for
 
     def matches(self, key: str, size: int) -> bool:
         return key.startswith(self.prefix) and (self.min_size is None or size > self.min_size)
@@ -105,7 +129,16 @@ def break_even_size(from_class: str, to_class: str, months: float) -> float:
 
 
 def policy_from_settings(lifecycle, *, prefix: str = "") -> Policy:
-    """The policy of `[lifecycle]` for the objects under `prefix` (the store's root)."""
+    """The policy of `[lifecycle]` for the objects under `prefix` (the store's root): rules
+    per kind of data, each under `{prefix}{kind}/`."""
+    rules = list(_raw_rules(lifecycle, f"{prefix}{RAW}/"))
+    for kind in READABLE_KINDS:
+        rules += _readable_rules(lifecycle, kind, f"{prefix}{kind}/")
+    return Policy(tuple(rules))
+
+
+def _raw_rules(lifecycle, prefix: str) -> list[Rule]:
+    """Raw readings: GLACIER, then DEEP_ARCHIVE, then expiry."""
     glacier, deep, expire = lifecycle.glacier_after, lifecycle.deep_archive_after, lifecycle.expire_after
     transitions, thresholds = [], [float(lifecycle.min_object_size)]
     if lifecycle.cost_guard:
@@ -121,10 +154,43 @@ def policy_from_settings(lifecycle, *, prefix: str = "") -> Policy:
         thresholds.append(deep_size)
     rules = []
     if transitions:
-        rules.append(Rule("fabtier-archive", prefix, min_size=int(math.ceil(max(thresholds))),
-                          transitions=tuple(transitions)))
-    rules.append(Rule("fabtier-expire", prefix, expire_after_s=expire))
-    return Policy(tuple(rules))
+        rules.append(Rule(f"fabtier-{RAW}-archive", prefix, min_size=int(math.ceil(max(thresholds))),
+                          transitions=tuple(transitions), kind=RAW))
+    rules.append(Rule(f"fabtier-{RAW}-expire", prefix, expire_after_s=expire, kind=RAW))
+    return rules
+
+
+def _readable_rules(lifecycle, kind: str, prefix: str) -> list[Rule]:
+    """Aggregates, context, alerts, quarantine: readable for as long as they are kept, so at
+    most STANDARD_IA (where S3 allows it and, with the cost guard, where it pays), then expiry."""
+    glacier, expire = lifecycle.glacier_after, lifecycle.expire_after
+    thresholds = [float(lifecycle.min_object_size), float(IA_MIN_SIZE)]
+    if lifecycle.cost_guard:
+        thresholds.append(break_even_size(STANDARD, STANDARD_IA, (expire - glacier) / MONTH_S))
+    rules = []
+    if glacier >= IA_MIN_AGE_S and math.isfinite(max(thresholds)):
+        rules.append(Rule(f"fabtier-{kind}-ia", prefix, min_size=int(math.ceil(max(thresholds))),
+                          transitions=(Transition(glacier, STANDARD_IA),), kind=kind))
+    rules.append(Rule(f"fabtier-{kind}-expire", prefix, expire_after_s=expire, kind=kind))
+    return rules
+
+
+def describe(policy: Policy) -> dict[str, dict]:
+    """The policy per kind of data, for people: the classes it passes through, when, for
+    which objects, and when it expires."""
+    kinds: dict[str, dict] = {}
+    for rule in policy.rules:
+        entry = kinds.setdefault(rule.kind or rule.prefix, {
+            "prefix": rule.prefix, "classes": [STANDARD], "transitions": [], "expire_after_s": None})
+        for t in rule.transitions:
+            entry["transitions"].append({"after_s": t.after_s, "storage_class": t.storage_class,
+                                         "objects_larger_than_bytes": rule.min_size})
+            entry["classes"].append(t.storage_class)
+        if rule.expire_after_s is not None:
+            entry["expire_after_s"] = rule.expire_after_s
+    for entry in kinds.values():
+        entry["readable_throughout"] = not any(c in (GLACIER, DEEP_ARCHIVE) for c in entry["classes"])
+    return kinds
 
 
 # ---- S3 -----------------------------------------------------------------------------------

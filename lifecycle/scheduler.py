@@ -7,6 +7,8 @@ processes the data directory's exclusive lock keeps a second pipeline out, and
 `fabtier lifecycle run` goes through the running instance's API.
 Every run is noted in `lifecycle.runs.RunHistory`; its `last_completed` survives restarts,
 which is what the catch-up on start is measured against (APScheduler's memory store forgets).
+A failed run's report always carries an "error" (the job raised, or it went on past a failure
+and said so); `fabtier lifecycle run` exits 1 on one.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class JobRunner:
             try:
                 report = job.run(jobs.JobContext(self.pipeline, now_ms=as_of, at_ms=started))
                 outcome, detail = "ok", orjson.dumps(report).decode()
+                if "error" in report:  # the job went on past a failure and reported it
+                    log.error("tiering job %s failed: %s", job.id, report["error"])
+                    outcome = "failed"
             except Exception as exc:  # a failed job is retried at its next period; the data stays
                 log.exception("tiering job %s failed", job.id)
                 report = {"job": job.id, "error": f"{type(exc).__name__}: {exc}"}

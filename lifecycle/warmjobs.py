@@ -5,6 +5,9 @@ wrote since (sealing, or a later compaction), finds the (machine, sensor, minute
 files touch, recomputes those minutes from *all* raw data of those minutes in the lake, and
 upserts them into the warm store together with the new audit position (one transaction).
 A crash anywhere means the same files are taken again: the job is idempotent.
+A minute is never replaced by one computed from part of its data: when a raw file that may
+hold readings of it (any file of its hour a reader would need) is archived, and so cannot be
+read, the minute is left as it was, counted (`skipped_archived`) and logged at WARNING.
 
 age_out: minutes older than `[warm] retention` are merged into one Parquet file per UTC day
 and writer (`agg_1m/date=D/{writer}.parquet`, replaced atomically, so the lake never holds a
@@ -15,7 +18,7 @@ from the warm store (and only where the warm row is still the one that was copie
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -29,6 +32,7 @@ from lifecycle.audit import AuditLog
 from tiers import layout
 from tiers import parquetformat as fmt
 from tiers.cold import ColdLake, Move
+from tiers.layout import LakeFile
 from tiers.unsealed import READINGS_SCHEMA
 from tiers.warm import MINUTES_SCHEMA, WarmStore
 
@@ -46,6 +50,8 @@ class AggVerifyError(Exception):
 class RollupReport:
     files: int
     minutes: int
+    skipped_archived: int = 0  # minutes left as they were: raw files of their hours are archived
+    archived_files: int = 0  # those archived files (and new ones already archived, unread)
 
 
 @dataclass(frozen=True)
@@ -86,28 +92,84 @@ def _dataset(store: ObjectStore, keys: list[str], schema: pa.Schema) -> ds.Datas
     return ds.dataset([f"{root}/{k}" for k in keys], filesystem=filesystem, format="parquet", schema=schema)
 
 
-def _minutes_to_recompute(store: ObjectStore, keys: list[str]) -> pa.Table:
-    present = [k for k in keys if store.exists(k)]  # a file compacted away since: its rows moved on
+class _Hours:
+    """The raw files of the lake's hours, listed once per rollup step."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._lake = ColdLake(store, writer_id="")
+        self._listed: dict[str, list[LakeFile]] = {}
+
+    def files(self, prefix: str) -> list[LakeFile]:
+        if prefix not in self._listed:
+            self._listed[prefix] = self._lake.lake_files("raw", prefix)
+        return self._listed[prefix]
+
+    def visible(self, prefix: str) -> list[LakeFile]:
+        """The files a reader reads (not those a compacted set replaced, nor archived ones);
+        files of segments still in the log count too, as they hold what sealing will keep."""
+        return layout.visible(self.files(prefix), writer="", hidden_segments=set())
+
+    def archived_needed(self, prefix: str) -> list[LakeFile]:
+        """Archived files that a reader would need if they were readable: the hour's readings
+        are not all readable while there is one."""
+        files = self.files(prefix)
+        if not any(f.archived for f in files):
+            return []
+        needed = {f.key for f in layout.visible([replace(f, archived=False) for f in files], writer="",
+                                                hidden_segments=set())}
+        return [f for f in files if f.archived and f.key in needed]
+
+
+def _minutes_to_recompute(store: ObjectStore, keys: list[str], hours: _Hours) -> tuple[pa.Table, set[str]]:
+    """The minutes the raw files `keys` touch, and those of `keys` that are archived (their
+    minutes cannot be known without reading them)."""
+    present, archived = [], set()
+    for key in keys:
+        found = next((f for f in hours.files(key.rsplit("/", 1)[0] + "/") if f.key == key), None)
+        if found is None:
+            continue  # compacted away since: its rows moved on
+        if found.archived:
+            archived.add(key)
+        else:
+            present.append(key)
     if not present:
-        return ru.touched_minutes(READINGS_SCHEMA.empty_table())
+        return ru.touched_minutes(READINGS_SCHEMA.empty_table()), archived
     return ru.touched_minutes(_dataset(store, present, READINGS_SCHEMA).to_table(
-        columns=["machine", "sensor", "ts"]))
+        columns=["machine", "sensor", "ts"])), archived
 
 
-def _raw_of_minutes(store: ObjectStore, touched: pa.Table) -> pa.Table:
+def _hour_of(minutes: pa.Table) -> pa.Array:
+    return pc.divide(minutes.column("minute").cast(pa.int64()), pa.scalar(3_600_000, pa.int64()))
+
+
+def _without_archived_hours(touched: pa.Table, hours: _Hours) -> tuple[pa.Table, int, set[str]]:
+    """`touched` minus the minutes of hours with archived raw files a reader would need; how
+    many minutes were left out, and those files."""
+    blocked: list[int] = []
+    archived: set[str] = set()
+    for day, hour, start_ms, _ in ru.hours_of(touched):
+        files = hours.archived_needed(layout.hour_prefix(day, hour))
+        if files:
+            blocked.append(start_ms // 3_600_000)
+            archived.update(f.key for f in files)
+    if not blocked:
+        return touched, 0, archived
+    keep = pc.invert(pc.is_in(_hour_of(touched), pa.array(blocked, pa.int64())))
+    kept = touched.filter(keep)
+    return kept, touched.num_rows - kept.num_rows, archived
+
+
+def _raw_of_minutes(store: ObjectStore, touched: pa.Table, hours: _Hours) -> pa.Table:
     """Every raw reading in the lake of the hours the touched minutes fall in, narrowed to the
     touched machines, sensors and time span."""
     parts = []
+    lake = ColdLake(store, writer_id="")
     for day, hour, start_ms, end_ms in ru.hours_of(touched):
         in_hour = touched.filter(pc.and_(
             pc.greater_equal(touched.column("minute").cast(pa.int64()), start_ms),
             pc.less(touched.column("minute").cast(pa.int64()), end_ms)))
-        # The files a reader sees (not those a compacted set replaced, nor archived ones), with
-        # values converted exactly (decimal files: tiers.parquetformat); files of segments still
-        # in the log count too, as they hold what sealing will keep.
-        lake = ColdLake(store, writer_id="")
-        files = layout.visible(lake.lake_files("raw", f"raw/date={day}/hour={hour}/"), writer="",
-                               hidden_segments=set())
+        # Values converted exactly (decimal files: tiers.parquetformat).
+        files = hours.visible(layout.hour_prefix(day, hour))
         if not files:
             continue
         first = pc.min(in_hour.column("minute"))
@@ -121,25 +183,41 @@ def _raw_of_minutes(store: ObjectStore, touched: pa.Table) -> pa.Table:
 
 
 def rollup(*, store: ObjectStore, warm: WarmStore, audit: AuditLog) -> RollupReport:
-    """Recompute every minute touched by raw files written since the last run."""
+    """Recompute every minute touched by raw files written since the last run, except those
+    whose hour has archived raw files (they stay as they were)."""
     offset = warm.state(AUDIT_OFFSET) or 0
     size = audit.path.stat().st_size if audit.path.exists() else 0
     if offset > size:
         log.warning("the audit trail is shorter than the rollup's position; recomputing from its start")
         offset = 0
     targets = _raw_targets(audit.path, offset, store.url)
-    files = minutes = 0
+    files = minutes = skipped = 0
+    archived: set[str] = set()
+    unread_total: set[str] = set()
     for start in range(0, len(targets), FILES_PER_STEP):
         step = targets[start:start + FILES_PER_STEP]
         keys = sorted({k for k, _ in step if k})
         end_offset = step[-1][1]
-        touched = _minutes_to_recompute(store, keys) if keys else ru.touched_minutes(READINGS_SCHEMA.empty_table())
-        computed = ru.only_keys(ru.aggregate_minutes(_raw_of_minutes(store, touched)), touched)
+        hours = _Hours(store)  # listed afresh each step: a step is one warm transaction
+        touched, unread = _minutes_to_recompute(store, keys, hours)
+        touched, left_out, blocking = _without_archived_hours(touched, hours)
+        computed = ru.only_keys(ru.aggregate_minutes(_raw_of_minutes(store, touched, hours)), touched)
         # Not a tier move (nothing is copied away or deleted): its runs are in `job_runs`.
         warm.upsert(computed, state={AUDIT_OFFSET: end_offset})
         files += len(keys)
         minutes += computed.num_rows
-    return RollupReport(files=files, minutes=minutes)
+        skipped += left_out
+        archived |= blocking
+        unread_total |= unread
+    if skipped:
+        log.warning("rollup: %d minute(s) kept as they were, not recomputed: %d archived raw file(s) may hold "
+                    "some of their readings, and a minute is never replaced by one computed from part of its data",
+                    skipped, len(archived))
+    if unread_total:
+        log.warning("rollup: %d raw file(s) were archived before they were rolled up; the minutes they touch "
+                    "stay as they were", len(unread_total))
+    return RollupReport(files=files, minutes=minutes, skipped_archived=skipped,
+                        archived_files=len(archived | unread_total))
 
 
 # ---- age-out ------------------------------------------------------------------------

@@ -4,14 +4,16 @@ statistics), never the data itself. The cost is a pure function of bytes and sto
 
 Prices: USD per GiB-month, AWS us-east-1 list prices as known to the author in 2025 (not
 checked against AWS's price list from this machine, which has no internet): S3 Standard
-0.023, S3 Standard-IA 0.0125, S3 Glacier Flexible Retrieval 0.0036, S3 Glacier Deep
-Archive 0.00099, EBS gp3 0.08 (the data directory's disk: log, warm store, a local lake), and
+0.023, S3 Standard-IA 0.0125 (One Zone-IA 0.01, Glacier Instant Retrieval 0.004,
+Intelligent-Tiering's frequent tier 0.023, for objects someone moved there by hand), S3 Glacier
+Flexible Retrieval 0.0036, S3 Glacier Deep Archive 0.00099, EBS gp3 0.08 (the data directory's disk: log, warm store, a local lake), and
 memory at 4.89 (an r7g.large, 16 GiB for 0.1071 USD an hour, times 730 hours). Request,
 retrieval and transfer charges are not included.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import pyarrow.dataset as ds
@@ -22,6 +24,9 @@ USD_PER_GIB_MONTH = {
     "local-disk": 0.08,
     "STANDARD": 0.023,
     "STANDARD_IA": 0.0125,
+    "ONEZONE_IA": 0.01,
+    "INTELLIGENT_TIERING": 0.023,  # its frequent-access tier
+    "GLACIER_IR": 0.004,
     "GLACIER": 0.0036,
     "DEEP_ARCHIVE": 0.00099,
 }
@@ -138,9 +143,46 @@ def raw_rows(store, store_url: str) -> list[TierRow]:
     return rows
 
 
+# The lake's other kinds of data (lifecycle.policy keeps them readable) and the column that
+# gives each its time range.
+OTHER_KINDS = (("agg_1m", "minute"), ("context", "ts"), ("alerts", "ts"), ("quarantine", "received_at"))
+_DAY = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+
+
+def kind_rows(store, store_url: str, kind: str, column: str) -> list[TierRow]:
+    """One kind of data per storage class: `cold {kind}` (STANDARD, always shown), `cold
+    {kind} (CLASS)` for another readable class (STANDARD_IA), `frozen {kind} (CLASS)` for an
+    archived one, so that a user sees where every kind of history went. Archived objects on
+    S3 cannot be opened: rows 0 (unknown), time range that of their day partitions."""
+    from core.records import ARCHIVED, STANDARD
+    from tiers.parquetformat import hour_bounds_ms
+
+    local = store_url.startswith("file:")
+    objects = [o for o in store.objects(f"{kind}/") if o.key.endswith(".parquet")]
+    by_class: dict[str, list] = {STANDARD: []}
+    for o in objects:
+        by_class.setdefault(o.storage_class, []).append(o)
+    rows = []
+    for cls, members in sorted(by_class.items(), key=lambda item: (item[0] != STANDARD, item[0])):
+        archived = cls in ARCHIVED
+        if cls == STANDARD:
+            name = f"cold {kind}"
+        else:
+            name = f"{'frozen' if archived else 'cold'} {kind} ({cls}{', recorded locally' if local else ''})"
+        price = lake_class(store_url) if cls == STANDARD or local else cls
+        if archived and not local:
+            days = sorted({m.group(1) for o in members if (m := _DAY.search("/" + o.key))})
+            rows.append(row(name, price, 0, sum(o.size for o in members),
+                            hour_bounds_ms(days[0], "00")[0] if days else None,
+                            hour_bounds_ms(days[-1], "23")[1] - 1 if days else None))
+        else:
+            rows.append(parquet_tier(name, price, store, f"{kind}/", column, [(o.key, o.size) for o in members]))
+    return rows
+
+
 def stored_rows(store, store_url: str, warm_stats) -> list[TierRow]:
     """Warm store and lake: the tiers that exist with or without a running pipeline."""
-    cls = lake_class(store_url)
-    return [warm_row(warm_stats),
-            *raw_rows(store, store_url),
-            parquet_tier("cold agg_1m", cls, store, "agg_1m/", "minute")]
+    rows = [warm_row(warm_stats), *raw_rows(store, store_url)]
+    for kind, column in OTHER_KINDS:
+        rows += kind_rows(store, store_url, kind, column)
+    return rows

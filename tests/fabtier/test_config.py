@@ -1,3 +1,6 @@
+import logging
+import tomllib
+
 import pytest
 
 from core.errors import ConfigError
@@ -61,6 +64,52 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("[cold\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad, env={})
+
+
+def test_a_toml_syntax_error_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "fabtier.toml"
+    bad.write_text('[cold]\nseal_every = "1m"\nstore = s3://bucket\n')
+    with pytest.raises(tomllib.TOMLDecodeError) as parsed:
+        tomllib.loads(bad.read_text())
+    with pytest.raises(ConfigError) as caught:
+        load_settings(bad, env={})
+    assert str(caught.value) == f"{bad} is not valid TOML: {parsed.value}"
+    assert "line 3, column" in str(caught.value) and "config key" not in str(caught.value)
+
+
+def test_a_misspelt_environment_variable_is_warned_about(caplog):
+    env = {"FABTIER_COLD_SEAL_EVRY": "5s", "FABTIER_API_TOKN": "x", "FABTIER_BROKER_PASSWORD": "p",
+           "FABTIER_API_TOKEN": "t", "FABTIER_ALERTS_WEBHOOK_TOKEN": "w", "FABTIER_INFLUX_TOKEN": "i",
+           "FABTIER_DATA_DIR": "/tmp/x", "FABTIER_COLD_SEAL_EVERY": "7s", "FABTIERISH": "not ours"}
+    with caplog.at_level(logging.WARNING, logger="fabtier.config"):
+        s = settings_from_mapping({}, env=env)
+    assert s.cold.seal_every == 7
+    warnings = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert len(warnings) == 2, warnings
+    assert "FABTIER_API_TOKN" in warnings[0] and "FABTIER_API_TOKEN" in warnings[0]
+    assert "FABTIER_COLD_SEAL_EVRY" in warnings[1] and "FABTIER_COLD_SEAL_EVERY" in warnings[1]
+    assert all("ignored" in w for w in warnings)
+
+
+@pytest.mark.parametrize("doc, names", [
+    ({"lifecycle": {"glacier_after": "5d", "deep_archive_after": "10d"}}, "[ingest] max_late"),
+    ({"lifecycle": {"glacier_after": "7d", "deep_archive_after": "10d"}}, "[ingest] max_late"),  # not greater
+    ({"cold": {"compact_after": "90d"}}, "[cold] compact_after"),
+    ({"cold": {"compact_after": "2h"}, "ingest": {"max_late": "1h"},
+      "lifecycle": {"glacier_after": "3h", "deep_archive_after": "5d"}}, "[cold] compact_after"),  # plus an hour
+])
+def test_archiving_before_late_data_or_compaction_is_refused(doc, names):
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping(doc, env={})
+    assert caught.value.key == "[lifecycle] glacier_after" and names in str(caught.value)
+    assert "glacier_after" in caught.value.fix
+
+
+def test_short_lifecycle_ages_load_with_a_short_max_late_and_compact_after():
+    s = settings_from_mapping({"cold": {"compact_after": "0s"}, "ingest": {"max_late": "1h"},
+                               "lifecycle": {"glacier_after": "61m", "deep_archive_after": "2h",
+                                             "expire_after": "3h"}}, env={})
+    assert s.lifecycle.glacier_after == 61 * 60
 
 
 def test_alert_rules_are_parsed():

@@ -31,7 +31,9 @@ def test_setup_secures_the_bucket_and_applies_the_lifecycle(tmp_path, moto_serve
     (deny,) = policy["Statement"]
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    assert {r["ID"] for r in rules} == {"fabtier-archive", "fabtier-expire"}
+    assert {r["ID"] for r in rules} == {f"fabtier-{kind}-{action}" for kind in ("raw", "agg_1m", "context", "alerts",
+                                                                            "quarantine")
+                                        for action in (("archive", "expire") if kind == "raw" else ("ia", "expire"))}
     # Again: nothing new is created, the policy statement is not doubled.
     again = json.loads(fabtier_cli("cold", "setup", "--config", config).stdout)["done"]
     assert not any(line.startswith("created") for line in again)
@@ -56,13 +58,30 @@ def test_lifecycle_document_is_printed_and_bad_ages_named(tmp_path):
     assert [t["Days"] for t in out["s3_document"]["Rules"][0]["Transitions"]] == [90, 365]
     local = json.loads(fabtier_cli("cold", "lifecycle", "--config", _config(tmp_path, "")).stdout)
     assert "s3_document" not in local and local["rules"][1]["expire_after_s"] == 2555 * 86400
-    bad = _config(tmp_path, '[cold]\nstore = "s3://plant-lake/fab1"\n[lifecycle]\nglacier_after = "2h"\n'
-                            'deep_archive_after = "5h"\nexpire_after = "400d"\ncost_guard = false\n')
+    # Short ages need a short max_late and compact_after (glacier_after must outlast both)
+    bad = _config(tmp_path, '[cold]\nstore = "s3://plant-lake/fab1"\ncompact_after = "0s"\n[ingest]\nmax_late = "1h"\n'
+                            '[lifecycle]\nglacier_after = "2h"\ndeep_archive_after = "5h"\nexpire_after = "400d"\n'
+                            'cost_guard = false\n')
     result = fabtier_cli("cold", "lifecycle", "--config", bad, check=False)
     assert result.returncode == 2 and "[lifecycle]" in result.stderr and "whole days" in result.stderr
     assert "Traceback" not in result.stderr
     result = fabtier_cli("cold", "setup", "--config", _config(tmp_path, ""), check=False)
     assert result.returncode == 2 and "needs an S3 store" in result.stderr
+
+
+def test_lifecycle_prints_the_policy_of_every_kind_of_data(tmp_path):
+    out = json.loads(fabtier_cli("cold", "lifecycle", "--config",
+                                 _config(tmp_path, '[cold]\nstore = "s3://plant-lake/fab1"\n')).stdout)
+    kinds = out["kinds"]
+    assert set(kinds) == {"raw", "agg_1m", "context", "alerts", "quarantine"}
+    assert kinds["raw"]["prefix"] == "fab1/raw/" and kinds["raw"]["classes"] == ["STANDARD", "GLACIER", "DEEP_ARCHIVE"]
+    assert [t["after_s"] for t in kinds["raw"]["transitions"]] == [90 * 86400, 365 * 86400]
+    for kind in ("agg_1m", "context", "alerts", "quarantine"):
+        assert kinds[kind]["prefix"] == f"fab1/{kind}/" and kinds[kind]["readable_throughout"]
+        assert kinds[kind]["classes"] == ["STANDARD", "STANDARD_IA"]
+        assert kinds[kind]["transitions"] == [{"after_s": 90 * 86400, "storage_class": "STANDARD_IA",
+                                               "objects_larger_than_bytes": 128 * 1024}]
+        assert kinds[kind]["expire_after_s"] == 2555 * 86400
 
 
 def test_bench_cold_prints_figures_and_one_json_object_last():
@@ -84,7 +103,8 @@ def test_lifecycle_run_archives_on_a_local_store_and_tiers_shows_the_frozen_tier
     from fabtier.config import load_settings
     from fabtier.pipeline import Pipeline
 
-    config = _config(tmp_path, '[lifecycle]\nglacier_after = "1d"\ndeep_archive_after = "2d"\n'
+    config = _config(tmp_path, '[ingest]\nmax_late = "12h"\n'
+                               '[lifecycle]\nglacier_after = "1d"\ndeep_archive_after = "2d"\n'
                                'expire_after = "3d"\nmin_object_size = 0\ncost_guard = false\n')
     settings = load_settings(config, env={})
     t0 = 1_800_000_000_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 
 from analytics.session import run_sql
@@ -95,3 +97,51 @@ def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
         assert runner_for(pipeline).catch_up() == []
     finally:
         pipeline.close_offline()
+
+
+def test_a_seal_that_leaves_a_segment_in_the_log_is_a_failed_run(tmp_path, monkeypatch):
+    # The seal job retries a failing segment at its next period instead of raising; the run
+    # that left it must still say it failed (`fabtier lifecycle run` exits 1 on "error").
+    pipeline = Pipeline(make_settings(tmp_path, None, cold={"seal_in_child": False}), clock=ManualClock(T0))
+    pipeline.open(warm=False)
+    try:
+        payload = json.dumps({"ts": [T0 - 1000], "sensor": ["temp"], "v": [20.5]})
+        pipeline.process([("fab/etch-01", payload.encode(), 0, 0)])
+        pipeline.wal.commit()
+
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(pipeline.lake, "write_segment", full)
+        runner = JobRunner(pipeline)
+        report = runner.run("seal")
+        assert "error" in report and "1 log segment(s)" in report["error"], report
+        assert [r["outcome"] for r in runner.history.table().to_pylist()] == ["failed"]
+        assert runner.history.last_completed("seal") is None  # tried again at its next period
+        monkeypatch.undo()
+        assert runner.run("seal") == {"job": "seal", "segments": 1, "rows": 1, "files": 1}
+    finally:
+        pipeline.close_offline()
+
+
+class _IdleHost:
+    """A job host whose seal finds a segment with nothing to write (e.g. only duplicates)."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+        self.seal_lock = threading.Lock()
+
+    def seal(self):
+        return self.report
+
+    def hidden_segments(self) -> set[int]:
+        return {7}  # the active segment only: nothing was left behind
+
+
+def test_the_seal_job_logs_only_when_something_was_sealed(caplog):
+    from tiers.cold import SealReport
+
+    with caplog.at_level(logging.INFO, logger="fabtier.lifecycle"):
+        jobs.seal(jobs.JobContext(_IdleHost(SealReport(segments=1, rows=0, files=0)), now_ms=T0, at_ms=T0))
+        assert [r.getMessage() for r in caplog.records] == []
+        jobs.seal(jobs.JobContext(_IdleHost(SealReport(segments=1, rows=5, files=2)), now_ms=T0, at_ms=T0))
+    assert [r.getMessage() for r in caplog.records] == ["sealed 1 segment(s): 5 readings in 2 file(s)"]

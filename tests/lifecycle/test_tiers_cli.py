@@ -69,3 +69,49 @@ def test_tiers_of_a_running_instance_include_the_hot_ring(broker, tmp_path):
         assert tiers["unsealed (log)"]["rows"] == 2 and tiers["hot ring"]["storage_class"] == "memory"
     finally:
         instance.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_tiers_show_every_kind_of_data_per_storage_class(tmp_path, request, where):
+    settings = make_settings(tmp_path, None, alerts={"rules": [{"name": "hot", "sensor": "*/temp", "high": 80.0}]})
+    cold = ""
+    if where == "s3":
+        endpoint, bucket = request.getfixturevalue("s3_bucket")
+        cold = f'store = "s3://{bucket}/lake"\nendpoint_url = "{endpoint}"\n'
+        settings = make_settings(tmp_path, None, cold={"store": f"s3://{bucket}/lake", "endpoint_url": endpoint},
+                                 alerts={"rules": [{"name": "hot", "sensor": "*/temp", "high": 80.0}]})
+    config = tmp_path / "fabtier.toml"
+    config.write_text(f'data_dir = "{settings.data_dir}"\n[api]\nport = {settings.api.port}\n[cold]\n{cold}',
+                      encoding="utf-8")
+    pipeline = Pipeline(settings, clock=ManualClock(T0 + 5 * MINUTE))
+    pipeline.open(warm=False)
+    readings = {"ts": [T0 + i * 10_000 for i in range(6)], "sensor": ["temp"] * 6, "v": [20.0, 90.0, 20.0] * 2}
+    pipeline.process([("fab/etch-01", json.dumps(readings).encode(), 0, 0),
+                      ("fab-ctx/etch-01", json.dumps({"ts": T0, "event": "start", "lot": "L1", "wafer": "W1",
+                                                      "recipe": "R"}).encode(), 0, 0),
+                      ("fab/etch-01/temp", b"not json", 0, 0)])
+    pipeline.wal.commit()
+    pipeline.seal()
+    store = pipeline.lake.store
+    pipeline.close_offline()
+    # The alerts in STANDARD_IA (readable), the lot context in DEEP_ARCHIVE (as an earlier
+    # version's lifecycle left it)
+    (alerts,) = [o.key for o in store.objects("alerts/")]
+    (context,) = [o.key for o in store.objects("context/")]
+    store.set_storage_class(alerts, "STANDARD_IA")
+    store.set_storage_class(context, "DEEP_ARCHIVE")
+
+    tiers = _tiers(config)
+    local = ", recorded locally" if where == "local" else ""
+    ia, frozen = tiers[f"cold alerts (STANDARD_IA{local})"], tiers[f"frozen context (DEEP_ARCHIVE{local})"]
+    assert (ia["rows"], ia["oldest_ms"], ia["newest_ms"]) == (4, T0 + 10_000, T0 + 50_000)  # 2 raised, 2 cleared
+    assert ia["storage_class"] == ("local-disk" if local else "STANDARD_IA") and ia["bytes"] > 0
+    assert frozen["storage_class"] == ("local-disk" if local else "DEEP_ARCHIVE") and frozen["bytes"] > 0
+    if local:  # a local store can still read what it records as archived
+        assert (frozen["rows"], frozen["oldest_ms"]) == (1, T0)
+    else:  # S3 cannot open an archived object: rows unknown, the time range is its day's
+        day = T0 - T0 % 86_400_000
+        assert (frozen["rows"], frozen["oldest_ms"], frozen["newest_ms"]) == (0, day, day + 86_400_000 - 1)
+    assert tiers["cold alerts"]["rows"] == 0 and tiers["cold context"]["rows"] == 0  # STANDARD: none left
+    assert tiers["cold quarantine"]["rows"] == 1 and tiers["cold raw"]["rows"] == 6
+    assert tiers["cold agg_1m"]["rows"] == 0
