@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
+from analytics.leftout import ArchivedObject
 from core.errors import SqlError
 from tiers.unsealed import ALERTS_SCHEMA
 
@@ -102,6 +103,9 @@ class SqlSources:
     warm_1m: pa.Table | None = None
     cold_agg_1m: ds.Dataset | pa.Table | None = None
     job_history: pa.Table | None = None
+    # Raw lake objects a reader would read but cannot (archived, not restored): what an
+    # answer over `readings` leaves out (analytics.leftout).
+    archived_raw: Sequence[ArchivedObject] = ()
 
 
 def _empty_defaults(sources: SqlSources) -> dict[str, object]:

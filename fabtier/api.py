@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlparse
 import pyarrow as pa
 
 from analytics import output
+from analytics.leftout import left_out
 from analytics.session import run_sql
 from core.errors import SqlError
 from fabtier.apiparams import (
@@ -52,11 +53,19 @@ OPENAPI = {
         "/sql": {"post": {
             "summary": "one read-only SELECT over the views of CONTRACT.md section 4",
             "parameters": [{"name": "format", "in": "query",
-                            "schema": {"type": "string", "enum": ["json", "csv", "arrow"]}}],
+                            "schema": {"type": "string", "enum": ["json", "csv", "arrow"]}},
+                           {"name": "archived", "in": "query",
+                            "schema": {"type": "string", "enum": ["notice", "error"], "default": "notice"},
+                            "description": "when archived objects hold readings the answer cannot read: "
+                                           "answer with X-Fabtier-Left-Out-* headers, or 409"}],
             "requestBody": {"content": {"text/plain": {"schema": {"type": "string"}},
                                         "application/json": {"schema": {"type": "object",
                                                              "properties": {"sql": {"type": "string"}}}}}},
-            "responses": {"200": {"description": "rows"}, "400": {"description": "the database's message"}}}},
+            "responses": {"200": {"description": "rows; X-Fabtier-Left-Out-Objects, -Bytes, -From, -To, "
+                                                 "-Classes and X-Fabtier-Retrieve when archived objects "
+                                                 "were left out"},
+                          "400": {"description": "the database's message, or a parameter that does not fit"},
+                          "409": {"description": "archived=error and archived objects hold readings"}}}},
         "/series": {"get": {
             "summary": "one sensor's last minutes from the hot ring, averaged into at most `points` points",
             "parameters": [
@@ -190,7 +199,7 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             query = parse_qs(urlparse(self.path).query)
             if path == "/sql":
-                self._sql(body, query.get("format", ["json"])[0])
+                self._sql(body, query.get("format", ["json"])[0], query.get("archived", ["notice"])[0])
             elif path == "/lifecycle/run":
                 try:
                     now = lifecycle_now(query)
@@ -202,9 +211,12 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
                     return
                 self._json(200, scheduler.runner_for(pipeline).run_all(now_ms=now))
 
-        def _sql(self, body: bytes, fmt: str) -> None:
+        def _sql(self, body: bytes, fmt: str, archived: str) -> None:
             if fmt not in ("json", "csv", "arrow"):
                 self._bad(BadRequest("format", "format must be json, csv or arrow"))
+                return
+            if archived not in ("notice", "error"):
+                self._bad(BadRequest("archived", "archived must be notice or error"))
                 return
             try:
                 sql = sql_statement(body, self.headers.get("Content-Type", ""))
@@ -212,7 +224,12 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
                 self._bad(exc)
                 return
             try:
-                table = run_sql(pipeline.sql_sources(), sql, memory_limit=pipeline.settings.api.sql_memory_limit,
+                sources = pipeline.sql_sources()
+                missing = left_out(sources.archived_raw, sql)
+                if missing is not None and archived == "error":
+                    self._json(409, {"error": missing.notice()}, headers=missing.headers())
+                    return
+                table = run_sql(sources, sql, memory_limit=pipeline.settings.api.sql_memory_limit,
                                 spill_dir=sql_spill_dir(pipeline.settings.data_dir))
             except SqlError as exc:
                 self._json(400, {"error": str(exc)})
@@ -221,15 +238,16 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
                 log.exception("SQL request failed")
                 self._json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
                 return
+            notice = missing.headers() if missing is not None else None
             if fmt == "arrow":
                 sink = pa.BufferOutputStream()
                 with pa.ipc.new_stream(sink, table.schema) as writer:
                     writer.write_table(table)
-                self._send(200, sink.getvalue().to_pybytes(), ARROW_STREAM)
+                self._send(200, sink.getvalue().to_pybytes(), ARROW_STREAM, notice)
             elif fmt == "csv":
-                self._send(200, output.to_csv(table).encode(), "text/csv")
+                self._send(200, output.to_csv(table).encode(), "text/csv", notice)
             else:
-                self._send(200, output.to_json(table).encode())
+                self._send(200, output.to_json(table).encode(), headers=notice)
 
     return Handler
 

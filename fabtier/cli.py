@@ -22,9 +22,13 @@ def _settings(args: argparse.Namespace):
 
 def cmd_sql(args: argparse.Namespace) -> int:
     from analytics.output import render
-    from fabtier.reader import query
-    table = query(_settings(args), args.statement)
-    print(render(table, args.format))
+    from fabtier.reader import answer
+    result = answer(_settings(args), args.statement)
+    if result.left_out is not None and args.archived == "error":
+        raise FabtierError(f"{result.left_out.notice()}; no answer printed (--archived error)")
+    print(render(result.table, args.format))
+    if result.left_out is not None:
+        print(f"fabtier: note: {result.left_out.notice()}", file=sys.stderr)
     return 0
 
 
@@ -226,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("statement")
     sql.add_argument("--config")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--archived", choices=["notice", "error"], default="notice",
+                     help="when archived objects hold readings the answer cannot read: print the answer "
+                          "and a notice on stderr (default), or no answer and exit 1")
     sql.set_defaults(func=cmd_sql)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")

@@ -7,10 +7,12 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from alerts.service import load_book
+from analytics.leftout import LeftOut, left_out
 from analytics.session import SqlSources, run_sql
 from analytics.sources import tier_sources
 from core.errors import FabtierError, SqlError, UserError
@@ -27,8 +29,8 @@ from tiers.unsealed import tables_from_records
 from tiers.warm import WarmStore
 
 
-def _request(settings: Settings, method: str, path: str, body: bytes | None = None,
-             timeout: float = 300) -> tuple[int, bytes]:
+def _exchange(settings: Settings, method: str, path: str, body: bytes | None = None,
+              timeout: float = 300) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(settings.api_url + path, data=body, method=method)
     if settings.api.token:
         request.add_header("Authorization", f"Bearer {settings.api.token.reveal()}")
@@ -36,9 +38,15 @@ def _request(settings: Settings, method: str, path: str, body: bytes | None = No
         request.add_header("Content-Type", "text/plain; charset=utf-8")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
+            return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _request(settings: Settings, method: str, path: str, body: bytes | None = None,
+             timeout: float = 300) -> tuple[int, bytes]:
+    status, _, answer = _exchange(settings, method, path, body, timeout)
+    return status, answer
 
 
 def instance_running(settings: Settings) -> bool:
@@ -81,12 +89,24 @@ def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSou
                         warm=warm, data_dir=settings.data_dir, recipe_limits=load_book(settings).table())
 
 
+@dataclass(frozen=True)
+class Answer:
+    table: pa.Table
+    left_out: LeftOut | None  # archived raw objects the answer could not read (issue 16)
+
+
 def query(settings: Settings, sql: str) -> pa.Table:
     """Run one read-only statement over every tier; SqlError carries the database's message."""
+    return answer(settings, sql).table
+
+
+def answer(settings: Settings, sql: str) -> Answer:
+    """`query`, and what the answer leaves out: from the running instance's response headers,
+    or from the data directory's lake."""
     if instance_running(settings):
-        status, body = _request(settings, "POST", "/sql?format=arrow", sql.encode())
+        status, headers, body = _exchange(settings, "POST", "/sql?format=arrow", sql.encode())
         if status == 200:
-            return pa.ipc.open_stream(body).read_all()
+            return Answer(pa.ipc.open_stream(body).read_all(), LeftOut.from_headers(headers))
         if status == 400:
             raise SqlError(_error_of(body))
         raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
@@ -96,8 +116,10 @@ def query(settings: Settings, sql: str) -> pa.Table:
     lock = DataDirLock(settings.data_dir, exclusive=False)
     warm = WarmStore.open_read_only(settings.data_dir)
     try:
-        return run_sql(offline_sources(settings, warm), sql, memory_limit=settings.api.sql_memory_limit,
-                       spill_dir=sql_spill_dir(settings.data_dir))
+        sources = offline_sources(settings, warm)
+        table = run_sql(sources, sql, memory_limit=settings.api.sql_memory_limit,
+                        spill_dir=sql_spill_dir(settings.data_dir))
+        return Answer(table, left_out(sources.archived_raw, sql))
     finally:
         warm.close()
         lock.release()
