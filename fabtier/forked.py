@@ -15,6 +15,7 @@ parent (PR_SET_PDEATHSIG), and leaves with os._exit, running no cleanup of the p
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import pickle
 import select
@@ -43,12 +44,19 @@ def available() -> bool:
 def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
+    # The child must not finalise the parent's garbage: a collection in the child would run
+    # destructors of objects it only has a copy of (a DuckDB connection among them crashed
+    # the child). Frozen objects are never collected; the parent unfreezes right after.
+    gc.freeze()
     try:
         pid = os.fork()
     except OSError as exc:  # ENOMEM, EAGAIN (a process limit): the caller does it itself
+        gc.unfreeze()
         os.close(read_fd)
         os.close(write_fd)
         raise ChildLost(f"cannot fork: {exc}") from None
+    if pid != 0:
+        gc.unfreeze()
     if pid == 0:
         _child(fn, read_fd, write_fd, parent)  # never returns
     os.close(write_fd)

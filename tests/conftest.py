@@ -1,4 +1,8 @@
-"""Shared fixtures: a real mosquitto per test on a free port, settings in a temp directory."""
+"""Shared fixtures: a real mosquitto per test on a free port, settings in a temp directory.
+
+Under CI (the environment variable CI set, as `.ci/run` runs with CI=true) a skipped test
+fails the run: a test skipped because a tool is missing would otherwise pass CI silently.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ _ids = itertools.count()
 
 @pytest.fixture
 def broker(tmp_path: Path):
+    """mosquitto on a free port with `persistence true` in its own directory: `stop()` (SIGTERM)
+    saves sessions, in-flight and queued QoS 1 messages to mosquitto.db, and `start()` brings
+    them back on the same port."""
     if find_mosquitto() is None:
         pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
     with LocalBroker(tmp_path / "broker") as running:
@@ -180,3 +187,50 @@ def s3_bucket(moto_server):
     name = f"fabtier-test-{os.getpid()}-{next(_ids)}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
     return moto_server, name
+
+
+# ---- CI: a skipped test fails the run ------------------------------------------------------
+_skipped: list[tuple[str, str]] = []  # (node id, reason) of every test skipped in this session
+
+
+def running_under_ci() -> bool:
+    """CI=true (or any value but empty, 0, false, no) in the environment."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _skipped.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):  # an expected failure is not a skip
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if running_under_ci() and _skipped and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not (running_under_ci() and _skipped):
+        return
+    terminalreporter.section("skipped tests fail the run under CI", sep="=", red=True, bold=True)
+    for nodeid, reason in _skipped:
+        terminalreporter.line(f"SKIPPED {nodeid}: {reason}", red=True)
+    terminalreporter.line(f"{len(_skipped)} test(s) skipped with CI={os.environ.get('CI')}: CI is meant to run "
+                          "every test; install what they need (scripts/setup.sh) or fix why they skip.", red=True)
+
+
+@pytest.fixture
+def restore_proxy(s3_bucket):
+    """moto's S3 behind a proxy that holds restores in progress until the test releases them
+    (`RestoreHoldingS3` in tests/tiers/test_restore_s3.py): (proxy, bucket name)."""
+    from tests.tiers.test_restore_s3 import RestoreHoldingS3
+
+    endpoint, bucket = s3_bucket
+    proxy = RestoreHoldingS3(endpoint)
+    yield proxy, bucket
+    proxy.close()

@@ -119,9 +119,17 @@ def test_files_of_unsealed_segments_are_hidden(store):
     lake = ColdLake(store, writer_id="w0")
     lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
     lake.write_segment(2, tables(("a", "s", T0 + 2, 2.0)), source="test")
-    assert len(lake.files("raw", hidden_segments={2})) == 1
+    def file_names(paths):
+        return sorted(p.rsplit("/", 1)[-1] for p in paths)
+
+    # The writer's own file of segment 2 is hidden: its rows are still read from its log.
+    assert file_names(lake.files("raw", hidden_segments={2})) == ["w0-000000000001.d0.parquet"]
     assert lake_rows(lake, hidden={2}) == [("a", "s", T0 + 1, 1.0)]
-    assert ColdLake(store, writer_id="w1").files("raw", hidden_segments={2}) != []
+    # Another writer's segment 2 is another log: w1's hidden segments never hide w0's files.
+    other = ColdLake(store, writer_id="w1")
+    assert file_names(other.files("raw", hidden_segments={2})) == ["w0-000000000001.d0.parquet",
+                                                                  "w0-000000000002.d0.parquet"]
+    assert lake_rows(other, hidden={2}) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)]
 
 
 def test_archived_files_are_not_read(store):

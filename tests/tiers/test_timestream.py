@@ -1,10 +1,12 @@
 """The Timestream sink against moto's server, over real HTTP.
 
-moto stores what it is sent but neither throttles nor rejects records, so the requests pass
-through a small proxy (`FaultyTimestream`) that answers like Timestream does where moto
-cannot: ThrottlingException for the first N WriteRecords calls, and RejectedRecordsException
-for records more than 15 minutes in the future (Timestream's own rule), after forwarding the
-valid records of the request to moto.
+moto stores what it is sent but neither throttles nor rejects records, and its CreateDatabase
+and CreateTable silently replace an existing database or table (with its records) where
+Timestream answers ConflictException. So the requests pass through a small proxy
+(`FaultyTimestream`) that answers like Timestream does where moto cannot: ConflictException
+for a database or table that exists, ThrottlingException for the first N WriteRecords calls,
+and RejectedRecordsException for records more than 15 minutes in the future (Timestream's
+own rule), after forwarding the valid records of the request to moto.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from fabtier.broker import free_port
@@ -27,7 +30,25 @@ from tiers.sinks import SinkQueue, SinkStats
 from tiers.timestream import TimestreamDestination
 
 T0 = 1_764_000_000_000
-WRITE = "Timestream_20181101.WriteRecords"
+PREFIX = "Timestream_20181101."
+WRITE = PREFIX + "WriteRecords"
+
+
+def _backend():
+    from moto.timestreamwrite.models import timestreamwrite_backends
+    return timestreamwrite_backends["123456789012"]["us-east-1"]
+
+
+def _exists(target: str, request: dict) -> bool:
+    """True when Timestream would refuse this create: the database or table exists (moto's
+    server runs in this process, so its state is read directly)."""
+    databases = _backend().databases
+    if target == PREFIX + "CreateDatabase":
+        return request["DatabaseName"] in databases
+    if target == PREFIX + "CreateTable":
+        database = databases.get(request["DatabaseName"])
+        return database is not None and request["TableName"] in database.tables
+    return False
 
 
 class FaultyTimestream:
@@ -35,6 +56,7 @@ class FaultyTimestream:
         self.upstream = upstream
         self.throttle = 0
         self.writes: list[int] = []  # records per WriteRecords request that reached moto
+        self.calls: list[str] = []  # the operations asked for, in order ("CreateTable", ...)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,7 +66,12 @@ class FaultyTimestream:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 target = self.headers.get("X-Amz-Target", "")
+                outer.calls.append(target.removeprefix(PREFIX))
                 rejected = []
+                if _exists(target, json.loads(body or b"{}")):
+                    return self._answer(400, {"__type": "ConflictException",
+                                              "message": "Timestream was unable to process this request "
+                                                         "because it contains resource that already exists."})
                 if target == WRITE:
                     if outer.throttle > 0:
                         outer.throttle -= 1
@@ -99,6 +126,8 @@ class FaultyTimestream:
 def timestream(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # moto's backends live in this process and outlive a server: start from no database.
+    _backend().reset()
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -121,9 +150,7 @@ def _batch(machine: str, ts: list[int], sensors: list[str] | None = None) -> Rea
 
 
 def _stored(destination) -> list[dict]:
-    from moto.timestreamwrite.models import timestreamwrite_backends
-    backend = timestreamwrite_backends["123456789012"]["us-east-1"]
-    return backend.databases["fab"].tables["readings"].records
+    return _backend().databases["fab"].tables["readings"].records
 
 
 def test_requests_are_multi_measure_with_common_attributes_and_at_most_100_records():
@@ -139,18 +166,39 @@ def test_requests_are_multi_measure_with_common_attributes_and_at_most_100_recor
     assert requests[3][0]["Dimensions"][0]["Value"] == "cvd-02"
 
 
+def test_the_proxy_refuses_to_create_what_exists_as_timestream_does(timestream):
+    """Without this, moto would replace the database (and its tables) on every start, and
+    the update_table branch of prepare() would never run."""
+    destination = TimestreamDestination(_settings(timestream.url))
+    destination.prepare()
+    for create in (lambda: destination.client.create_database(DatabaseName="fab"),
+                   lambda: destination.client.create_table(DatabaseName="fab", TableName="readings")):
+        with pytest.raises(ClientError) as refused:
+            create()
+        assert refused.value.response["Error"]["Code"] == "ConflictException"
+
+
 def test_table_retention_comes_from_the_configuration(timestream):
     destination = TimestreamDestination(_settings(timestream.url))
     destination.prepare()
+    assert timestream.calls == ["CreateDatabase", "CreateTable"]
     table = destination.client.describe_table(DatabaseName="fab", TableName="readings")["Table"]
     assert table["RetentionProperties"] == {"MemoryStoreRetentionPeriodInHours": 24,
                                             "MagneticStoreRetentionPeriodInDays": 90}
-    # A changed configuration updates the existing table on the next start.
+    assert table["MagneticStoreWriteProperties"]["EnableMagneticStoreWrites"] is True
+    destination.write([_batch("etch-01", [T0, T0 + 1])], SinkStats())
+    # A changed configuration updates the existing table on the next start: both creates
+    # are refused (they exist), so prepare() takes its update_table branch.
+    timestream.calls.clear()
     again = TimestreamDestination(_settings(timestream.url, memory_retention="2d", magnetic_retention="365d"))
     again.prepare()
+    assert timestream.calls == ["CreateDatabase", "CreateTable", "UpdateTable"]
     table = again.client.describe_table(DatabaseName="fab", TableName="readings")["Table"]
     assert table["RetentionProperties"] == {"MemoryStoreRetentionPeriodInHours": 48,
                                             "MagneticStoreRetentionPeriodInDays": 365}
+    assert table["MagneticStoreWriteProperties"]["EnableMagneticStoreWrites"] is True
+    # The table was updated, not replaced: what it held before is still there.
+    assert sorted(int(r["Time"]) for r in _stored(again)) == [T0, T0 + 1]
 
 
 def test_batches_of_100_reach_timestream_once(timestream):
@@ -199,6 +247,7 @@ def test_a_rejected_record_is_reported_and_the_rest_is_stored(timestream):
 
 def test_a_full_queue_drops_instead_of_blocking_ingest():
     release = threading.Event()
+    stuck = threading.Event()  # the worker has taken the first batch and waits in write()
     written: list[int] = []
 
     class Stuck:
@@ -208,13 +257,14 @@ def test_a_full_queue_drops_instead_of_blocking_ingest():
             pass
 
         def write(self, batches, stats):
-            release.wait(10)
+            stuck.set()
+            release.wait(30)
             written.extend(len(b) for b in batches)
 
     sink = SinkQueue(Stuck(), max_readings=25).start()
     first = _batch("m", list(range(T0, T0 + 10)))
     assert sink.offer(first)
-    time.sleep(0.2)  # the worker has taken the first batch and is stuck in write()
+    assert stuck.wait(30), "the sink's worker never took the first batch"
     offered = [sink.offer(_batch("m", list(range(T0 + 100 * i, T0 + 100 * i + 10)))) for i in range(1, 5)]
     assert offered == [True, True, False, False]  # 20 queued fit, the next 20 do not
     assert sink.stats.dropped_readings == 20
