@@ -52,10 +52,10 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
 def archived_raw(files: list[layout.LakeFile], *, writer: str, hidden: Set[int]) -> list[ArchivedObject]:
     """The archived raw files a reader would read if they were not archived (not those whose
     readings a compacted set holds too, nor this writer's files of unsealed segments)."""
-    archived = [f for f in files if f.archived and f.hour is not None]
+    archived = [f for f in files if not f.readable and f.hour is not None]  # restored copies are read
     if not archived:
         return []
-    would_read = {f.key for f in layout.visible([dataclasses.replace(f, archived=False) for f in files],
+    would_read = {f.key for f in layout.visible([dataclasses.replace(f, restored=True) for f in files],
                                                 writer=writer, hidden_segments=set(hidden))}
     return [ArchivedObject(f.key, f.size, f.storage_class, *hour_bounds_ms(f.day, f.hour))
             for f in archived if f.key in would_read and f.hour is not None]

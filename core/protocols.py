@@ -12,7 +12,7 @@ from typing import Protocol
 
 import pyarrow.fs as pafs
 
-from core.records import AlertEvent, ObjectInfo
+from core.records import AlertEvent, ObjectInfo, RestoreRequest
 
 
 class Clock(Protocol):
@@ -64,6 +64,12 @@ class ObjectStore(Protocol):
     def objects(self, prefix: str) -> builtins.list[ObjectInfo]: ...
     def set_storage_class(self, key: str, storage_class: str) -> None: ...
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]: ...
+    # Archived objects (GLACIER, DEEP_ARCHIVE): `info` describes one object with its restore
+    # state (raises `ObjectMissing` when it does not exist); `restore` asks for a copy that
+    # can be read for `keep_s` seconds once the restore is done, at `speed` (core.records
+    # SPEEDS). A refusal that only says where the object stands is an answer, not an error.
+    def info(self, key: str) -> ObjectInfo: ...
+    def restore(self, key: str, *, keep_s: float, speed: str) -> RestoreRequest: ...
 
 
 class AlertSink(Protocol):

@@ -7,6 +7,7 @@ an object's description comes from a store (`tiers/`) and drives the lifecycle
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 STANDARD = "STANDARD"
@@ -18,16 +19,44 @@ STORAGE_CLASSES = frozenset({STANDARD, "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT
                              "GLACIER_IR", GLACIER, DEEP_ARCHIVE})
 
 
+# S3's retrieval tiers for restoring an archived object (RestoreObject's GlacierJobParameters
+# Tier: Expedited, Standard, Bulk), as fabtier spells them (`--speed`), fastest first.
+SPEEDS = ("expedited", "standard", "bulk")
+
+
+class RestoreRequest(enum.Enum):
+    """What a store answered to a request to restore an archived object."""
+
+    STARTED = "started"            # a restore began now (S3: 202 Accepted)
+    IN_PROGRESS = "in_progress"    # one was already running (S3: 409 RestoreAlreadyInProgress)
+    RESTORED = "restored"          # a restored copy exists; its expiry was renewed (S3: 200 OK)
+    NOT_ARCHIVED = "not_archived"  # the object is readable as it is (S3: 403 InvalidObjectState)
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     last_modified_ms: int
     storage_class: str = STANDARD
+    # The restore state of an archived object, as the store saw it when it described the
+    # object: a restore is running, or a restored copy can be read until restore_expiry_ms.
+    restore_ongoing: bool = False
+    restore_expiry_ms: int | None = None
 
     @property
     def archived(self) -> bool:
+        """In an archive class (GLACIER, DEEP_ARCHIVE), restored or not."""
         return self.storage_class in ARCHIVED
+
+    @property
+    def restored(self) -> bool:
+        """An archived object whose restored copy can be read now."""
+        return self.archived and not self.restore_ongoing and self.restore_expiry_ms is not None
+
+    @property
+    def readable(self) -> bool:
+        return not self.archived or self.restored
 
 
 @dataclass(frozen=True, slots=True)

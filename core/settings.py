@@ -53,6 +53,8 @@ class BrokerSettings:
     topic_root: str = _kind("topic", "fab")
     ctx_root: str = _kind("topic", "fab-ctx")
     alert_root: str = _kind("topic", "fab-alerts")
+    # Retrieval jobs are announced on {jobs_root}/retrievals/{id} (retained, QoS 1).
+    jobs_root: str = _kind("topic", "fab-jobs")
     # A stable client id is what makes the broker keep our session (and its queued QoS 1
     # messages) while fabtier is down.
     client_id: str = _kind("str", "fabtier-ingest")
@@ -166,6 +168,41 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class RetrievalSettings:
+    """Bringing archived raw objects back on request (`fabtier retrieve`, lifecycle/retrievals.py)."""
+
+    # How often the scheduler follows the open retrieval jobs (the `retrieve` job).
+    poll_every: float = _kind("duration", 30.0)
+    # The speed when a request names none: S3's retrieval tier (expedited, standard, bulk).
+    speed: str = _kind("speed", "standard")
+    # How long a restored copy stays readable once the restore is done. S3 takes whole days
+    # (RestoreObject's Days), so it is rounded up there; a local store keeps it exactly.
+    keep_restored: float = _kind("duration", parse_duration("7d"))
+    # POST every state change of a job as JSON here (besides MQTT {jobs_root}/retrievals/{id}).
+    webhook_url: str = _kind("http_url", "")
+    webhook_token: Secret = _kind("secret", Secret(""), env_only=True)
+    webhook_timeout: float = _kind("duration", 5.0)
+    # A local store has no archive of its own: it makes a restore take this long, per class
+    # and speed. Defaults: S3's typical times, the upper ends (GLACIER expedited 1-5 min,
+    # standard 3-5 h, bulk 5-12 h; DEEP_ARCHIVE standard 12 h, bulk 48 h; it has no expedited).
+    local_glacier_expedited: float = _kind("duration", parse_duration("5m"))
+    local_glacier_standard: float = _kind("duration", parse_duration("5h"))
+    local_glacier_bulk: float = _kind("duration", parse_duration("12h"))
+    local_deep_archive_standard: float = _kind("duration", parse_duration("12h"))
+    local_deep_archive_bulk: float = _kind("duration", parse_duration("48h"))
+
+    def local_restore_seconds(self, storage_class: str, speed: str) -> float | None:
+        """How long a local store takes to restore an object of this class at this speed
+        (None: the class has no such speed, as DEEP_ARCHIVE has no expedited)."""
+        name = f"local_{storage_class.lower()}_{speed}"
+        return getattr(self, name, None) if name in _RESTORE_TIMES else None
+
+
+_RESTORE_TIMES = frozenset({"local_glacier_expedited", "local_glacier_standard", "local_glacier_bulk",
+                            "local_deep_archive_standard", "local_deep_archive_bulk"})
+
+
+@dataclass(frozen=True)
 class GlueSettings:
     """The AWS Glue Data Catalog entry of the lake, for Athena; empty database: none."""
 
@@ -228,6 +265,7 @@ class Settings:
     warm: WarmSettings = field(default_factory=WarmSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     glue: GlueSettings = field(default_factory=GlueSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     timestream: TimestreamSettings = field(default_factory=TimestreamSettings)
     influx: InfluxSettings = field(default_factory=InfluxSettings)

@@ -22,6 +22,7 @@ from analytics import output
 from analytics.leftout import left_out
 from analytics.session import run_sql
 from core.errors import SqlError
+from fabtier import retrieval_api
 from fabtier.apiparams import (
     MAX_MINUTES,
     MAX_NOW_MS,
@@ -92,6 +93,7 @@ OPENAPI = {
                                     "responses": {"200": {"description": "job reports"},
                                                   "400": {"description": "now does not fit"},
                                                   "503": {"description": "the pipeline is not ready"}}}},
+        **retrieval_api.OPENAPI_PATHS,
     },
 }
 
@@ -100,6 +102,7 @@ OPENAPI = {
 ROUTES: dict[str, tuple[str, ...]] = {
     "/health": ("GET",), "/metrics": ("GET",), "/openapi.json": ("GET",), "/tiers": ("GET",),
     "/sensors": ("GET",), "/series": ("GET",), "/sql": ("POST",), "/lifecycle/run": ("POST",),
+    **retrieval_api.ROUTES,
 }
 
 
@@ -136,7 +139,7 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
         def _route(self, method: str) -> str | None:
             """The path when `method` may be used on it; else answers 404 or 405 and gives None."""
             path = urlparse(self.path).path
-            allowed = ROUTES.get(path)
+            allowed = ROUTES.get(retrieval_api.route_of(path))
             if allowed is None:
                 self._json(404, {"error": f"no route {path}"})
                 return None
@@ -165,6 +168,12 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
                 self._json(200, [{"machine": m, "sensor": s} for m, s in pipeline.sensors()])
             elif path == "/series":
                 self._series(query)
+            elif path == retrieval_api.COLLECTION:
+                answer = retrieval_api.list_retrievals(pipeline)
+                self._json(answer.status, answer.body, headers=answer.headers)
+            elif path is not None and retrieval_api.route_of(path) == retrieval_api.ITEM:
+                answer = retrieval_api.get_retrieval(pipeline, path)
+                self._json(answer.status, answer.body, headers=answer.headers)
 
         def _other(self) -> None:
             self._route(self.command)
@@ -210,6 +219,9 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
                     self._json(503, {"error": f"the pipeline is {pipeline.state.value}"})
                     return
                 self._json(200, scheduler.runner_for(pipeline).run_all(now_ms=now))
+            elif path == retrieval_api.COLLECTION:
+                answer = retrieval_api.post_retrievals(pipeline, body)
+                self._json(answer.status, answer.body, headers=answer.headers)
 
         def _sql(self, body: bytes, fmt: str, archived: str) -> None:
             if fmt not in ("json", "csv", "arrow"):

@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "iam-policy":
             action.add_argument("--account", default="*", help="AWS account id for the Glue ARNs")
         action.set_defaults(func=cmd_cold)
+
+    from fabtier.retrieval_cli import add_parser as add_retrieve_parser
+    add_retrieve_parser(sub, parse_time=_parse_now)
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from core.errors import ConfigError
+from core.records import SPEEDS
 from core.settings import (
     AlertRule,
     AlertSettings,
@@ -32,6 +33,7 @@ from core.settings import (
     InfluxSettings,
     IngestSettings,
     LifecycleSettings,
+    RetrievalSettings,
     Secret,
     Settings,
     TimestreamSettings,
@@ -48,6 +50,7 @@ _SECTIONS: dict[str, type] = {
     "warm": WarmSettings,
     "lifecycle": LifecycleSettings,
     "glue": GlueSettings,
+    "retrieval": RetrievalSettings,
     "api": ApiSettings,
     "alerts": AlertSettings,
     "timestream": TimestreamSettings,
@@ -69,6 +72,7 @@ _FIXES = {
     "sse": 'write "AES256" (S3-managed keys) or "aws:kms" (with kms_key_id)',
     "glue_name": "use lower-case letters, digits and '_' only (Glue and Athena names), or leave it empty",
     "whole": "write a whole number, 0 or more",
+    "speed": 'write "expedited", "standard" or "bulk" (S3\'s retrieval tiers)',
 }
 
 
@@ -133,6 +137,9 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         elif kind == "sse":
             if raw not in ("AES256", "aws:kms"):
                 raise ValueError(f"{raw!r} is not a server-side encryption S3 offers")
+        elif kind == "speed":
+            if raw not in SPEEDS:
+                raise ValueError(f"{raw!r} is not a retrieval speed")
         elif kind == "glue_name":
             if raw and not all(c.islower() or c.isdigit() or c == "_" for c in raw):
                 raise ValueError(f"{raw!r} is not a Glue name")
@@ -273,12 +280,13 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None
 
 
 def _check_relations(settings: Settings) -> None:
-    roots = [settings.broker.topic_root, settings.broker.ctx_root, settings.broker.alert_root]
+    roots = [settings.broker.topic_root, settings.broker.ctx_root, settings.broker.alert_root,
+             settings.broker.jobs_root]
     for i, a in enumerate(roots):
         for b in roots[i + 1:]:
             if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
                 raise ConfigError("[broker] topic_root", f"topic roots {a!r} and {b!r} overlap",
-                                  "give topic_root, ctx_root and alert_root distinct first levels")
+                                  "give topic_root, ctx_root, alert_root and jobs_root distinct first levels")
     life = settings.lifecycle
     if not life.glacier_after < life.deep_archive_after < life.expire_after:
         raise ConfigError("[lifecycle] deep_archive_after", "the ages are out of order",
@@ -291,6 +299,7 @@ def _check_relations(settings: Settings) -> None:
     if settings.hot.window <= 0:
         raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
     _check_cold(settings)
+    _check_retrieval(settings)
     _check_alerts(settings)
     _check_warm_and_sinks(settings)
 
@@ -333,6 +342,17 @@ def _check_cold(settings: Settings) -> None:
     if settings.glue.database and not settings.store_url.startswith("s3://"):
         raise ConfigError("[glue] database", "is set but the store is not s3:// (Athena reads S3 only)",
                           "set [cold] store to s3://bucket/prefix, or leave [glue] database empty")
+
+
+def _check_retrieval(settings: Settings) -> None:
+    retrieval = settings.retrieval
+    if retrieval.poll_every <= 0:
+        raise ConfigError("[retrieval] poll_every", "must be longer than zero", 'e.g. "30s"')
+    if retrieval.keep_restored <= 0:
+        raise ConfigError("[retrieval] keep_restored", "must be longer than zero",
+                          'e.g. "7d" (S3 keeps a restored copy for whole days)')
+    if retrieval.webhook_timeout <= 0:
+        raise ConfigError("[retrieval] webhook_timeout", "must be longer than zero", 'e.g. "5s"')
 
 
 def _check_alerts(settings: Settings) -> None:

@@ -77,7 +77,8 @@ class Pipeline:
         self.ring = HotRing(window_ms=window_ms, memory_budget=settings.hot.memory_budget,
                             covered_from=self.clock.now_ms() - window_ms)
         self.unsealed = UnsealedData(self.keys)
-        self._lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
+        # The store takes the pipeline's clock: a local store's simulated restores follow it.
+        self._lake = ColdLake(settings_store(settings, clock=self.clock), writer_id=settings.cold.writer_id)
         self.audit = AuditLog(settings.data_dir / "audit" / "moves.jsonl")
         # Guards the ring, the unsealed buffer, the key table, the alert state and the pairing
         # of a log append with the segment it went to (rotation takes it too).

@@ -8,7 +8,10 @@ Athena coerces a partition's decimal to the table's double. That per-partition t
 partitions are registered rather than projected: partition projection would make every
 hour use the table's type. An hour whose files mix DOUBLE and DECIMAL has no such type and
 is not registered until compaction makes it uniform (fabtier compacts uniformly when Glue
-is configured).
+is configured). The partitions follow what fabtier's SQL can read: an hour whose objects are
+archived is not registered, and is again while restored copies of them last; the table
+property `read_restored_glacier_objects` makes Athena read those copies (it skips archived
+objects otherwise).
 
 Athena reads every file of a partition, so in the seconds between a compacted set being
 written and its sources being deleted (or until the next compaction run, after a crash) an
@@ -57,7 +60,10 @@ def table_input(table: str, raw_location: str) -> dict:
         "Name": table,
         "Description": "fabtier raw sensor readings (CONTRACT.md section 7)",
         "TableType": "EXTERNAL_TABLE",
-        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE", "parquet.compression": "ZSTD"},
+        # Athena skips objects in GLACIER and DEEP_ARCHIVE; with this it reads those restored
+        # (`fabtier retrieve`), as fabtier's own SQL does, while their copies last.
+        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE", "parquet.compression": "ZSTD",
+                       "read_restored_glacier_objects": "true"},
         "StorageDescriptor": storage_descriptor(raw_location),
         "PartitionKeys": PARTITION_KEYS,
     }
@@ -119,7 +125,8 @@ class GlueCatalog:
             current = self.client.get_table(DatabaseName=self.database, Name=self.table)["Table"]
             if (current.get("StorageDescriptor", {}).get("Columns") != wanted["StorageDescriptor"]["Columns"]
                     or current.get("PartitionKeys") != wanted["PartitionKeys"]
-                    or current.get("StorageDescriptor", {}).get("Location") != self.raw_location):
+                    or current.get("StorageDescriptor", {}).get("Location") != self.raw_location
+                    or current.get("Parameters", {}).get("read_restored_glacier_objects") != "true"):
                 self.client.update_table(DatabaseName=self.database, TableInput=wanted)
                 done.append(f"updated Glue table {self.database}.{self.table}")
         except self.client.exceptions.EntityNotFoundException:

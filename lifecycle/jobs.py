@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.settings import Settings
-from lifecycle import coldjobs, warmjobs
+from lifecycle import coldjobs, retrievals, warmjobs
 from lifecycle.host import JobHost
 
 log = logging.getLogger("fabtier.lifecycle")
@@ -95,6 +95,13 @@ def glue_catalog(ctx: JobContext) -> dict:
     return coldjobs.sync_glue(ctx.pipeline)
 
 
+def retrieve(ctx: JobContext) -> dict:
+    """Follow the open retrieval jobs (restores asked, done, expired) and send their notices.
+    Restores are timed by the clock, never by `--now` (which only says how old data is)."""
+    p = ctx.pipeline
+    return retrievals.follow_and_notify(settings=p.settings, store=p.lake.store, now_ms=ctx.at_ms)
+
+
 # Tier order: a manual run and a catch-up on start run them in this order.
 JOBS: tuple[Job, ...] = (
     Job(SEAL, seal, lambda s: s.cold.seal_every),
@@ -103,6 +110,7 @@ JOBS: tuple[Job, ...] = (
     Job(coldjobs.COMPACT, compact, lambda s: s.lifecycle.run_every),
     Job(coldjobs.LIFECYCLE, cold_lifecycle, lambda s: s.lifecycle.run_every),
     Job(coldjobs.GLUE, glue_catalog, lambda s: s.lifecycle.run_every),
+    Job(retrievals.RETRIEVE, retrieve, lambda s: s.retrieval.poll_every),
 )
 
 

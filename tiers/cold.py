@@ -90,11 +90,12 @@ class ColdLake:
     # ---- listing --------------------------------------------------------------------
     def lake_files(self, kind: str, prefix: str | None = None) -> list[LakeFile]:
         """Every lake file of `kind` (under `prefix`, e.g. one hour's) in the store, readable
-        or not, with size, time and class."""
+        or not, with size, time, class and whether an archived one is restored now."""
         found = []
         for info in self.store.objects(prefix or f"{kind}/"):
             parsed = layout.parse(info.key, size=info.size, last_modified_ms=info.last_modified_ms,
-                                  archived=info.archived, storage_class=info.storage_class)
+                                  archived=info.archived, storage_class=info.storage_class,
+                                  restored=info.restored, restoring=info.archived and info.restore_ongoing)
             if parsed is not None:
                 found.append(parsed)
         return found
@@ -105,7 +106,7 @@ class ColdLake:
     def files(self, kind: str, hidden_segments=frozenset()) -> list[str]:
         """Paths (for `arrow_filesystem`) of the `kind` files a reader reads: minus this
         writer's files of segments not sealed yet (their rows are still read from memory),
-        files merged into a complete compacted set, and archived objects."""
+        files merged into a complete compacted set, and archived objects not restored now."""
         return [self._path(f.key) for f in self.visible_files(kind, hidden_segments)]
 
     def _path(self, key: str) -> str:
@@ -177,7 +178,9 @@ class ColdLake:
                 for i, (encoding, part) in enumerate(sorted(groups.items()))]
 
     def _drop_stored(self, part: pa.Table, hour_files: list[LakeFile], segment: int) -> pa.Table:
-        others = [f for f in hour_files if not f.archived
+        # A restored copy holds its readings as long as the archived object does: a reading in
+        # it is stored already.
+        others = [f for f in hour_files if f.readable
                   and not (f.writer == self.writer_id and not f.compacted and f.lo == segment)]
         if not others:
             return part

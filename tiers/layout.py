@@ -24,6 +24,8 @@ a move:
    which is not newer than that set is hidden: the set holds its rows. (The age test keeps a
    file written after the compaction visible even if a log restarted its numbering.)
 4. archived objects (GLACIER, DEEP_ARCHIVE) are left out: they cannot be read until restored.
+   A restored one (its restored copy can be read now) is an ordinary file of its partition,
+   under rules 1-3 like any other, and is left out again when its copy expires.
 """
 
 from __future__ import annotations
@@ -56,8 +58,14 @@ class LakeFile:
     parts: int = 1
     size: int = 0
     last_modified_ms: int = 0
-    archived: bool = False
+    archived: bool = False  # in an archive class, restored or not
     storage_class: str = "STANDARD"
+    restored: bool = False  # archived, and a restored copy can be read now
+    restoring: bool = False  # archived, and a restore is running
+
+    @property
+    def readable(self) -> bool:
+        return not self.archived or self.restored
 
     @property
     def partition(self) -> str:
@@ -80,6 +88,8 @@ class _Where(TypedDict):
     last_modified_ms: int
     archived: bool
     storage_class: str
+    restored: bool
+    restoring: bool
 
 
 def sealed_name(writer: str, segment: int, encoding: str | None = None) -> str:
@@ -95,14 +105,15 @@ def hour_prefix(day: str, hour: str) -> str:
 
 
 def parse(key: str, *, size: int = 0, last_modified_ms: int = 0, archived: bool = False,
-          storage_class: str = "STANDARD") -> LakeFile | None:
+          storage_class: str = "STANDARD", restored: bool = False, restoring: bool = False) -> LakeFile | None:
     """The file's place in the lake, or None for an object that is not a lake file."""
     where = _PARTITION.match(key)
     if not where:
         return None
     name = where["name"]
     common = _Where(key=key, kind=where["kind"], day=where["day"], hour=where["hour"], size=size,
-                    last_modified_ms=last_modified_ms, archived=archived, storage_class=storage_class)
+                    last_modified_ms=last_modified_ms, archived=archived, storage_class=storage_class,
+                    restored=restored, restoring=restoring)
     sealed = _SEALED.match(name)
     if sealed:
         segment = int(sealed["segment"])
@@ -152,7 +163,7 @@ def visible(files: list[LakeFile], *, writer: str, hidden_segments: set[int] | f
             continue
         covered = any(lo <= f.lo and f.hi <= hi and sid != f.set_id and f.last_modified_ms <= started
                       for lo, hi, started, sid in covering.get((f.partition, f.writer), ()))
-        if covered or f.archived:
+        if covered or not f.readable:
             continue
         seen.append(f)
     return seen

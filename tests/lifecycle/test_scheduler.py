@@ -69,12 +69,13 @@ def test_a_failing_job_is_recorded_and_does_not_stop_the_others(tmp_path):
 def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
     settings = make_settings(tmp_path, None, cold={"seal_every": "1m"},
                              warm={"rollup_every": "1m", "age_out_every": "10m"},
-                             lifecycle={"run_every": "10m"})
+                             lifecycle={"run_every": "10m"}, retrieval={"poll_every": "10m"})
     clock = ManualClock(T0)
     pipeline = Pipeline(settings, clock=clock)
     pipeline.open()
     first = runner_for(pipeline).catch_up()
-    assert [r["job"] for r in first] == ["seal", "rollup", "age_out", "compact", "lifecycle", "glue"]  # once each
+    assert [r["job"] for r in first] == ["seal", "rollup", "age_out", "compact", "lifecycle", "glue",
+                                         "retrieve"]  # once each
     pipeline.close_offline()
 
     clock.advance(25 * 60)  # down for 25 minutes
@@ -88,7 +89,8 @@ def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
     finally:
         pipeline.close_offline()
     assert {(r["job"], r["missed"]) for r in rows} == {("seal", 25), ("rollup", 25), ("age_out", 2),
-                                                      ("compact", 2), ("lifecycle", 2), ("glue", 2)}
+                                                      ("compact", 2), ("lifecycle", 2), ("glue", 2),
+                                                      ("retrieve", 2)}
 
     clock.advance(30)  # half a period later nothing is due
     pipeline = Pipeline(settings, clock=clock)

@@ -1,0 +1,130 @@
+"""The HTTP routes of retrieval jobs (CONTRACT.md section 5), as plain functions that the API
+handler (fabtier.api) calls; each returns an `Answer` (status, JSON body, headers) and does no
+HTTP of its own, so that it is tested without a server.
+
+- `POST /retrievals`, body `{"from": T, "to": T, "machine": M, "sensor": S, "speed": SPEED}`
+  (T epoch milliseconds, as the API's other times; `to` exclusive; machine, sensor and speed
+  optional, speed by default `[retrieval] speed`):
+  202 Accepted with the job object and `Location: /retrievals/{id}`; 400 naming the field
+  that does not fit (or saying why the range cannot be restored at that speed).
+- `GET /retrievals/{id}`: 200 with the job object, 404 for an unknown id.
+- `GET /retrievals`: 200 with every job, oldest first.
+
+A new job's notices (MQTT, webhook) go out from a thread of their own, so that the answer
+never waits for a broker; the `retrieve` tiering job sends any that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from core.errors import FabtierError
+from core.records import SPEEDS
+from lifecycle import notify, retrievals
+from lifecycle import retrieval as rt
+from lifecycle.host import JobHost
+
+log = logging.getLogger("fabtier.api")
+
+COLLECTION = "/retrievals"
+ITEM = "/retrievals/{id}"
+# Which methods each route takes (merged into fabtier.api.ROUTES).
+ROUTES: dict[str, tuple[str, ...]] = {COLLECTION: ("GET", "POST"), ITEM: ("GET",)}
+
+_JOB_SCHEMA = {"type": "object", "description": "the retrieval job: id, state (pending, restoring, ready, "
+                                                "failed), objects, bytes, eta_s, cost_usd, from, to, ..."}
+OPENAPI_PATHS = {
+    COLLECTION: {
+        "post": {
+            "summary": "restore the archived raw objects of a time range (asynchronously)",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["from", "to"],
+                "properties": {"from": {"type": "integer", "description": "epoch ms"},
+                               "to": {"type": "integer", "description": "epoch ms (exclusive)"},
+                               "machine": {"type": "string"}, "sensor": {"type": "string"},
+                               "speed": {"type": "string", "enum": list(SPEEDS)}}}}}},
+            "responses": {"202": {"description": "the job; Location: /retrievals/{id}",
+                                  "content": {"application/json": {"schema": _JOB_SCHEMA}}},
+                          "400": {"description": "a field that does not fit, named in `parameter`"}}},
+        "get": {"summary": "every retrieval job, oldest first",
+                "responses": {"200": {"description": "list of jobs"}}},
+    },
+    ITEM: {"get": {"summary": "one retrieval job",
+                   "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                   "responses": {"200": {"description": "the job",
+                                         "content": {"application/json": {"schema": _JOB_SCHEMA}}},
+                                 "404": {"description": "no such job"}}}},
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: object
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def route_of(path: str) -> str:
+    """The ROUTES key a request path falls under: `/retrievals/<id>` is `/retrievals/{id}`."""
+    prefix = COLLECTION + "/"
+    if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
+        return ITEM
+    return path
+
+
+def parse_request(body: bytes, default_speed: str) -> rt.Request:
+    """The request in a POST body; RetrievalError naming the field that does not fit."""
+    example = '{"from": 1772323200000, "to": 1772344800000, "speed": "standard"}'
+    try:
+        document = json.loads(body.decode("utf-8") or "null")
+    except (UnicodeDecodeError, ValueError):
+        raise rt.RetrievalError(f"the body is not JSON; send e.g. {example}", "body") from None
+    if not isinstance(document, dict):
+        raise rt.RetrievalError(f"send a JSON object, e.g. {example}", "body")
+    unknown = sorted(set(document) - {"from", "to", "machine", "sensor", "speed"})
+    if unknown:
+        raise rt.RetrievalError(f"{unknown[0]} is not a field of a retrieval request "
+                                "(from, to, machine, sensor, speed)", unknown[0])
+    for name in ("from", "to"):
+        if name not in document:
+            raise rt.RetrievalError(f"{name} is required (epoch milliseconds)", name)
+    speed = document.get("speed")
+    return rt.check_request(document["from"], document["to"], default_speed if speed is None else speed,
+                            document.get("machine"),
+                            document.get("sensor"))
+
+
+def _announce(host: JobHost) -> None:
+    jobs = retrievals.JobStore(host.settings.data_dir)
+    threading.Thread(target=retrievals.deliver, args=(jobs, notify.build_notifiers(host.settings)),
+                     name="retrieval-notices", daemon=True).start()
+
+
+def post_retrievals(host: JobHost, body: bytes) -> Answer:
+    try:
+        request = parse_request(body, host.settings.retrieval.speed)
+        job = retrievals.create(settings=host.settings, lake=host.lake,
+                                jobs=retrievals.JobStore(host.settings.data_dir), request=request,
+                                now_ms=host.clock.now_ms())
+    except rt.RetrievalError as exc:  # a field that does not fit, or expedited over DEEP_ARCHIVE
+        return Answer(400, {"error": str(exc), "parameter": exc.parameter or "body"})
+    except FabtierError as exc:
+        log.exception("retrieval request failed")
+        return Answer(503, {"error": f"the store could not be asked: {exc}"})
+    _announce(host)
+    return Answer(202, job.public(), {"Location": f"{COLLECTION}/{job.id}"})
+
+
+def get_retrieval(host: JobHost, path: str) -> Answer:
+    job_id = path[len(COLLECTION) + 1:]
+    job = retrievals.JobStore(host.settings.data_dir).load(job_id)
+    if job is None:
+        return Answer(404, {"error": f"no retrieval job {job_id!r}; GET /retrievals lists them"})
+    return Answer(200, job.public())
+
+
+def list_retrievals(host: JobHost) -> Answer:
+    return Answer(200, [job.public() for job in retrievals.JobStore(host.settings.data_dir).jobs()])
