@@ -128,10 +128,16 @@ def raw_rows(store, store_url: str) -> list[TierRow]:
     files = lake.lake_files("raw")
     readable = layout.visible(files, writer="", hidden_segments=set())
     rows = [parquet_tier("cold raw", lake_class(store_url), store, "raw/", "ts",
-                         [(f.key, f.size) for f in readable])]
+                         [(f.key, f.size) for f in readable if not f.archived])]
     local = store_url.startswith("file:")
-    for cls in sorted({f.storage_class for f in files if f.archived}):
-        frozen = [f for f in files if f.archived and f.storage_class == cls]
+    # An archived object with a restored copy is read by SQL: counted once, as restored, at
+    # its class's price (the copy's Standard storage while it lasts is not included).
+    for cls in sorted({f.storage_class for f in readable if f.archived}):
+        restored = [(f.key, f.size) for f in readable if f.archived and f.storage_class == cls]
+        rows.append(parquet_tier(f"restored raw ({cls})", "local-disk" if local else cls, store, "raw/", "ts",
+                                 restored))
+    for cls in sorted({f.storage_class for f in files if f.archived and not f.restored}):
+        frozen = [f for f in files if f.archived and not f.restored and f.storage_class == cls]
         name = f"frozen raw ({cls}{', recorded locally' if local else ''})"
         price = "local-disk" if local else cls
         if local:
