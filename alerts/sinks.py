@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlparse
 
@@ -23,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from core.errors import RetryableError
 from core.records import AlertEvent
+from core.webhook import WebhookError, post_json
 
 log = logging.getLogger("fabtier.alerts")
 
@@ -157,19 +156,11 @@ class WebhookSink:
 
     def send(self, events: list[AlertEvent]) -> int:
         for i, e in enumerate(events):
-            request = urllib.request.Request(self.url, data=orjson.dumps(alert_payload(e)), method="POST")
-            request.add_header("Content-Type", "application/json")
-            request.add_header("Idempotency-Key", e.id)
-            if self._token:
-                request.add_header("Authorization", f"Bearer {self._token}")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    response.read()
-            except urllib.error.HTTPError as exc:
-                raise SinkError(i, f"the webhook answered HTTP {exc.code}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise SinkError(i, f"the webhook cannot be reached: {reason}") from None
+                post_json(self.url, orjson.dumps(alert_payload(e)), idempotency_key=e.id, token=self._token,
+                          timeout=self.timeout)
+            except WebhookError as exc:
+                raise SinkError(i, str(exc)) from None
         return len(events)
 
     def close(self) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import ssl
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from typing import Protocol
 from urllib.parse import urlparse
@@ -29,6 +27,7 @@ import paho.mqtt.client as mqtt
 
 from core.errors import RetryableError
 from core.settings import Settings
+from core.webhook import WebhookError, post_json
 
 MQTT = "mqtt"
 WEBHOOK = "webhook"
@@ -118,18 +117,11 @@ class WebhookJobNotifier:
         self.timeout = timeout
 
     def notify(self, job: dict) -> None:
-        request = urllib.request.Request(self.url, data=_payload(job), method="POST")
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Idempotency-Key", f"{job['id']}:{job['state']}")
-        if self._token:
-            request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            raise NotifyError(f"the retrieval webhook answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise NotifyError(f"the retrieval webhook cannot be reached: {getattr(exc, 'reason', exc)}") from None
+            post_json(self.url, _payload(job), idempotency_key=f"{job['id']}:{job['state']}", token=self._token,
+                      timeout=self.timeout, what="the retrieval webhook")
+        except WebhookError as exc:
+            raise NotifyError(str(exc)) from None
 
 
 def notifier_names(settings: Settings) -> list[str]:
