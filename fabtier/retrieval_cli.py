@@ -2,7 +2,7 @@
 list the jobs.
 
     fabtier retrieve --from T --to T [--machine M] [--sensor S] [--speed expedited|standard|bulk] [--json]
-    fabtier retrieve --status ID [--json]
+    fabtier retrieve --status ID [--json] [--export DEST]
     fabtier retrieve --list [--json]
 
 T is an ISO-8601 time with an offset (`2026-03-01T12:00:00Z`), or a date (UTC midnight), read
@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction, *, parse_time: Callable[[str], i
     retrieve.add_argument("--status", metavar="ID", help="the state of one job")
     retrieve.add_argument("--list", action="store_true", help="every job, oldest first")
     retrieve.add_argument("--json", action="store_true", help="one JSON object (--list: one array)")
+    retrieve.add_argument("--export", metavar="DEST",
+                          help="with --status ID of a ready job: write its range as a Parquet dataset with "
+                               "the lake's layout to DEST (a directory, file:///dir or s3://bucket/prefix)")
     retrieve.add_argument("--config")
     retrieve.set_defaults(func=cmd_retrieve, parse_time=parse_time)
 
@@ -101,6 +104,11 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         answer = _through_api(settings, mode, request, args.status)
     else:
         answer = _offline(settings, mode, request, args.status)
+    if args.export is not None:
+        if mode != "status":
+            raise UserError("--export goes with --status ID (a ready job); e.g. "
+                            "fabtier retrieve --status r-... --export ./training-set")
+        answer = {**answer, "export": _export(settings, answer, args.export)}
     if args.json:
         print(json.dumps(answer))
     elif mode == "list":
@@ -113,6 +121,30 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         if mode == "create" and answer["state"] != "ready":
             print(f"follow it with: fabtier retrieve --status {answer['id']}", file=sys.stderr)
     return 0
+
+
+def _export(settings: Settings, job: dict, destination: str) -> dict:
+    """Copy a ready job's readings to `destination` (lifecycle.export); its figures."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from lifecycle.audit import AuditLog
+    from lifecycle.export import export_job
+    from tiers.cold import ColdLake
+    from tiers.store import open_store, settings_store
+
+    url = destination if "://" in destination else Path(destination).resolve().as_uri()
+    if not url.startswith(("file://", "s3://")):
+        raise UserError(f"--export {destination!r}: give a directory, file:///dir or s3://bucket/prefix")
+    cold = settings.cold
+    target = open_store(url, endpoint_url=cold.endpoint_url if url.startswith("s3://") else "",
+                        region=cold.region, sse=cold.sse, kms_key_id=cold.kms_key_id)
+    lake = ColdLake(settings_store(settings), writer_id=settings.cold.writer_id)
+    report = export_job(job, lake=lake, destination=target, audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl"),
+                        at_ms=SystemClock().now_ms())
+    print(f"exported {report.rows:,} readings in {report.files} file(s), {report.bytes:,} bytes, to "
+          f"{report.destination}", file=sys.stderr)
+    return asdict(report)
 
 
 def _body(request: Request) -> bytes:

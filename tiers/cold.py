@@ -72,6 +72,20 @@ def raw_schema(encoding: str) -> pa.Schema:
                       ("value", fmt.value_type(encoding))])
 
 
+def write_verified(store: ObjectStore, key: str, table: pa.Table, *, what: str, source: str) -> Move:
+    """Copy and verify: `table` as Parquet at `key`, read back and compared (rows and content
+    checksum) before the move it returns can be audited."""
+    data = fmt.to_parquet_bytes(table)
+    store.put(key, data)
+    expected = fmt.checksum(table)
+    back = fmt.from_parquet_bytes(store.get(key), dictionaries=fmt.dictionary_columns(table))
+    back = back.select(table.column_names)
+    if back.num_rows != table.num_rows or fmt.checksum(back) != expected:
+        raise VerifyError(f"{key} read back {back.num_rows} rows, wrote {table.num_rows}")
+    return Move(what=what, source=source, target=f"{store.url}/{key}",
+                rows=table.num_rows, bytes=len(data), checksum=expected)
+
+
 class ColdLake:
     def __init__(self, store: ObjectStore, *, writer_id: str) -> None:
         self.store = store
@@ -156,15 +170,7 @@ class ColdLake:
 
     # ---- writing --------------------------------------------------------------------
     def _write_verified(self, key: str, table: pa.Table, what: str, source: str) -> Move:
-        data = fmt.to_parquet_bytes(table)
-        self.store.put(key, data)
-        expected = fmt.checksum(table)
-        back = fmt.from_parquet_bytes(self.store.get(key), dictionaries=fmt.dictionary_columns(table))
-        back = back.select(table.column_names)
-        if back.num_rows != table.num_rows or fmt.checksum(back) != expected:
-            raise VerifyError(f"{key} read back {back.num_rows} rows, wrote {table.num_rows}")
-        return Move(what=what, source=source, target=f"{self.store.url}/{key}",
-                    rows=table.num_rows, bytes=len(data), checksum=expected)
+        return write_verified(self.store, key, table, what=what, source=source)
 
     def _write_readings(self, key_of, readings: pa.Table, what: str, source: str,
                         uniform: bool = False) -> list[Move]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from analytics.session import run_sql
@@ -17,6 +19,7 @@ from fabtier import retrieval_api
 from fabtier.pipeline import Pipeline
 from lifecycle.scheduler import runner_for
 from tests.conftest import fabtier_cli, make_settings
+from tiers.parquetformat import normalise_readings
 
 HOUR = 3_600_000
 T0 = 1_699_956_000_000  # 2023-11-14T10:00Z
@@ -166,8 +169,32 @@ def test_fabtier_retrieve_on_the_data_directory(tmp_path):
     rows = json.loads(fabtier_cli("sql", COUNT, "--config", str(config), "--format", "json").stdout)
     assert rows == [{"n": 60, "d": 60}]
 
+    # The ready job's range as a Parquet dataset in the lake's layout: every reading once, the
+    # values as published; exported again, the same files are replaced; audited as `export`.
+    target = tmp_path / "training-set"
+    for _ in range(2):
+        done = json.loads(fabtier_cli("retrieve", "--status", made["id"], "--export", str(target), "--json",
+                                      "--config", str(config)).stdout)
+        assert done["export"]["rows"] == 60 and done["export"]["files"] >= 1
+    files = sorted(str(f.relative_to(target)) for f in target.rglob("*.parquet"))
+    assert files and all(f.startswith("raw/date=2023-11-14/hour=10/export-") for f in files)
+    # One file per value encoding, as in the lake (DECIMAL(18, s) or DOUBLE): read each as is.
+    exported = pa.concat_tables(normalise_readings(pq.read_table(target / f)).select(["machine", "sensor", "ts", "value"])
+                                for f in files)
+    published = {("etch-01", s, T0 + i * 60_000): v for s, vs in
+                 (("ch1/temp", [20.0 + i / 4 for i in range(30)]), ("rf/power", [round(100 + i * 0.1, 1)
+                                                                                 for i in range(30)]))
+                 for i, v in enumerate(vs)}
+    got = {(m, s, int(ts.timestamp() * 1000)): float(v) for m, s, ts, v in zip(
+        *(exported.column(c).to_pylist() for c in ("machine", "sensor", "ts", "value")), strict=True)}
+    assert got == published and exported.num_rows == 60
+    audit = json.loads(fabtier_cli("sql", "SELECT count(*) AS n FROM tier_moves WHERE job = 'export'",
+                                   "--config", str(config), "--format", "json").stdout)
+    assert audit == [{"n": 2 * len(files)}]
+
 
 @pytest.mark.parametrize(("args", "says"), [
+    (["--list", "--export", "/tmp/x"], "--export goes with --status ID"),
     (["--from", "yesterday", "--to", "2023-11-14T11:00:00Z"], "--from 'yesterday' is not an ISO-8601 time"),
     (["--from", "2023-11-14T10:00:00", "--to", "2023-11-14T11:00:00Z"], "--from '2023-11-14T10:00:00' has no UTC offset"),
     (["--from", "2023-11-14T11:00:00Z", "--to", "2023-11-14T10:00:00Z"], "the range is empty"),
