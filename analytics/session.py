@@ -8,6 +8,7 @@ query sees one consistent snapshot and can change nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import pyarrow.dataset as ds
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
 from analytics.leftout import ArchivedObject
 from core.errors import SqlError
+from tiers.parquetformat import hour_bounds_ms
 from tiers.unsealed import ALERTS_SCHEMA
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -30,10 +32,11 @@ CREATE VIEW late_new AS
                     WHERE f.machine = l.machine AND f.sensor = l.sensor AND f.ts = l.ts)
     AND NOT EXISTS (SELECT 1 FROM cold_raw c
                     WHERE c.ts BETWEEN {late_from} AND {late_to}
-                      AND c.machine = l.machine AND c.sensor = l.sensor AND c.ts = l.ts)
+                      AND c.machine = l.machine AND c.sensor = l.sensor AND c.ts = l.ts::TIMESTAMP)
   QUALIFY row_number() OVER (PARTITION BY machine, sensor, ts) = 1;
 CREATE VIEW readings AS
-  SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM cold_raw
+  -- cold_raw's ts is a TIMESTAMP already (_NaiveTsDataset): no cast, so filters reach the scan.
+  SELECT machine, sensor, ts, value FROM cold_raw
   UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM hot_fresh
   UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM late_new;
 CREATE VIEW quarantine AS
@@ -122,13 +125,84 @@ def _ts_literal(table: pa.Table, fn: str) -> str:
     if table.num_rows == 0:
         return "NULL"
     value = getattr(pc, fn)(table.column("ts")).cast(pa.int64()).as_py()
-    return f"make_timestamptz({int(value) * 1000})"
+    return f"make_timestamp({int(value) * 1000})"  # cold_raw's ts is a TIMESTAMP (UTC)
+
+
+_NAIVE_TS = pa.timestamp("us")
+_HOUR_KEY = re.compile(r"raw/date=(?P<day>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/[^/]+$")
+
+
+class _NaiveTsDataset(ds.InMemoryDataset):
+    """A lake dataset as DuckDB sees it: `ts` a plain TIMESTAMP (microseconds, UTC wall
+    time), so that the `readings` view needs no cast and DuckDB hands its filters on `ts`,
+    `machine` and `sensor` to `scanner` (a cast column would keep them in DuckDB, and every
+    file of every hour would be read).
+
+    The filter's literals are naive timestamps, which pyarrow cannot compare with the files'
+    UTC-adjusted ones; so the filter is applied here: first to the hour of each file (from
+    its key: a file whose hour cannot match is never opened), then to the rows, read from
+    the chosen files and converted to naive microseconds (exact: milliseconds in UTC).
+    DuckDB only calls `scanner`; the empty table underneath is never read."""
+
+    def __init__(self, source: ds.Dataset) -> None:
+        self.naive_schema = pa.schema([pa.field(f.name, _NAIVE_TS) if f.name == "ts" else f for f in source.schema])
+        super().__init__(self.naive_schema.empty_table())
+        self.source = source
+        self._by_hour: tuple[list[ds.Fragment], dict[tuple[int, int], list[int]], list[int]] | None = None
+
+    def _hours(self) -> tuple[list[ds.Fragment], dict[tuple[int, int], list[int]], list[int]]:
+        """The source's fragments, their indexes by hour [start, end) in epoch ms, and the
+        indexes of those without an hour (read always). Computed once per dataset."""
+        if self._by_hour is None:
+            fragments = list(self.source.get_fragments())
+            by_hour: dict[tuple[int, int], list[int]] = {}
+            hourless: list[int] = []
+            for i, fragment in enumerate(fragments):
+                hour = _HOUR_KEY.search(fragment.path)
+                if hour is None:
+                    hourless.append(i)
+                else:
+                    by_hour.setdefault(hour_bounds_ms(hour["day"], hour["hour"]), []).append(i)
+            self._by_hour = (fragments, by_hour, hourless)
+        return self._by_hour
+
+    def _pruned(self, filter: ds.Expression | None) -> ds.Dataset:
+        source = self.source
+        if filter is None or not isinstance(source, ds.FileSystemDataset):
+            return source
+        fragments, by_hour, hourless = self._hours()
+        if not by_hour:
+            return source
+        hours = list(by_hour)
+        # One stand-in fragment per hour, whose partition expression is that hour: pyarrow
+        # tells which of them the filter can match. Nothing is opened here.
+        shadow = [source.format.make_fragment(
+            str(n), filesystem=source.filesystem,
+            partition_expression=(ds.field("ts") >= pa.scalar(start * 1000, _NAIVE_TS))
+            & (ds.field("ts") < pa.scalar(end * 1000, _NAIVE_TS)))
+            for n, (start, end) in enumerate(hours)]
+        matching = ds.FileSystemDataset(shadow, schema=self.naive_schema, format=source.format,
+                                        filesystem=source.filesystem).get_fragments(filter=filter)
+        kept = sorted(hourless + [i for f in matching for i in by_hour[hours[int(f.path)]]])
+        return ds.FileSystemDataset([fragments[i] for i in kept], schema=source.schema, format=source.format,
+                                    filesystem=source.filesystem)
+
+    def scanner(self, *args, columns=None, filter=None, **kwargs) -> ds.Scanner:
+        source = self._pruned(filter)
+        read = None if filter is not None or columns is None else list(columns)
+        schema = self.naive_schema if read is None else pa.schema([self.naive_schema.field(c) for c in read])
+
+        def batches():
+            for batch in source.to_batches(columns=read):
+                yield batch.cast(schema) if "ts" in schema.names else batch
+
+        return ds.Scanner.from_batches(batches(), schema=schema, columns=columns, filter=filter, **kwargs)
 
 
 def _register_cold_raw(con: duckdb.DuckDBPyConnection, cold_raw) -> None:
     parts = [cold_raw] if isinstance(cold_raw, ds.Dataset) else list(cold_raw)
     for i, part in enumerate(parts):
-        con.register(f"cold_raw_{i}", part)
+        con.register(f"cold_raw_{i}", _NaiveTsDataset(part))
     # DuckDB's DECIMAL -> DOUBLE cast is one correctly rounded division: bit-exact.
     con.execute("CREATE VIEW cold_raw AS " + " UNION ALL ".join(
         f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}" for i in range(len(parts))))

@@ -130,7 +130,8 @@ _BENCH_DEFAULTS: dict[str, dict[str, int | float | str]] = {
     "ingest": {"seconds": 10.0, "machines": 40, "sensors": 50, "rate_hz": 500.0, "batch": 500},
     "alerts": {"seconds": 10.0, "machines": 8, "sensors": 10, "rate_hz": 250.0, "batch": 500,
                "seal_every": "10s"},
-    "cold": {"seconds": 7200.0, "machines": 3, "sensors": 4, "rate_hz": 100.0, "seal_every": "1m"},
+    "cold": {"seconds": 7200.0, "machines": 3, "sensors": 4, "rate_hz": 100.0, "seal_every": "1m", "repeat": 3},
+    "query": {"machines": 3, "sensors": 4, "rate_hz": 0.05, "seal_every": "30m", "repeat": 5},
 }
 
 
@@ -140,6 +141,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     if args.which == "cold":
         return cmd_bench_cold(args)
+    if args.which == "query":
+        return cmd_bench_query(args)
     if args.which == "alerts":
         from fabtier.bench.alerts import run
         return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
@@ -161,7 +164,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result = ingest.run(bench)
             print(ingest.report(result), flush=True)
     else:
-        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts, cold")
+        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts, cold, query")
     if args.json:
         print(json.dumps(result))
     return 0
@@ -186,6 +189,24 @@ def cmd_bench_cold(args: argparse.Namespace) -> int:
         raise UserError("bench cold: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
                         "--jitter in [0, 1), --seal-every > 0, --repeat >= 1")
     return bench_main(args)
+
+
+def cmd_bench_query(args: argparse.Namespace) -> int:
+    from core.units import parse_duration
+    from fabtier.bench.query import main as bench_main
+    try:
+        days = [float(d) for d in str(args.days).split(",") if d.strip()]
+        text = str(args.seal_every).strip()
+        seal_every = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except ValueError:
+        raise UserError(f"bench query: --days {args.days!r} must be numbers separated by commas (e.g. 1,7,30), "
+                        f"--seal-every {args.seal_every!r} a duration (e.g. 30m)") from None
+    if not days or min(days) <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000 \
+            or seal_every <= 0 or args.repeat < 1:
+        raise UserError("bench query: give --days > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
+                        "--seal-every > 0, --repeat >= 1")
+    return bench_main(days=days, repeat=args.repeat, seed=args.seed, as_json=args.json, machines=args.machines,
+                      sensors=args.sensors, rate_hz=args.rate_hz, seal_every_s=seal_every)
 
 
 def cmd_cold(args: argparse.Namespace) -> int:
@@ -252,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="(alerts) [cold] seal_every of the instance under test, default 10s; "
                             "(cold) data per sealed segment, default 1m")
     bench.add_argument("--jitter", type=float, default=0.3, help="(cold) timestamp jitter, fraction of the period")
-    bench.add_argument("--repeat", type=int, default=3, help="(cold) runs per query (the median is printed)")
+    bench.add_argument("--repeat", type=int, default=None,
+                       help="(cold, query) runs per query (the median is printed); default: cold 3, query 5")
+    bench.add_argument("--days", default="1,7,30", help="(query) simulated days of each lake, e.g. 1,7,30")
     bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
     bench.add_argument("--processes", type=int, default=1,
                        help="(ingest) fabtier processes on one MQTT shared subscription, one lake")

@@ -1,0 +1,350 @@
+"""`fabtier bench query`: does the cost of a narrow question grow with the lake or with the answer?
+
+Lakes of 1, 7 and 30 simulated days (by default; many hour partitions at a low rate) are
+written through the cold tier's own writer (`ColdLake.write_segment`, one segment per
+`seal_every`), the last hour ending now. On each lake the same questions:
+
+- one hour of one machine (`ts` between two TIMESTAMP literals, `machine = ...`);
+- the last 5 minutes of one sensor (`ts >= now() - INTERVAL 5 MINUTE`);
+
+each through fabtier's session (the `readings` view over sources gathered as the pipeline
+gathers them: listing, visible files, datasets; median of `repeat` runs) and through DuckDB's
+own Parquet reader given only the files of the hours that hold the answer (the floor). Bytes
+read: for fabtier, counted by a file system wrapper under the lake (files opened, bytes read);
+for the floor, DuckDB's profiler.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from analytics.session import SqlSources, run_sql
+from lifecycle.audit import AUDIT_SCHEMA
+from tiers import layout
+from tiers.cold import ColdLake
+from tiers.parquetformat import hour_bounds_ms
+from tiers.store import LocalStore
+from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
+
+HOUR_MS = 3_600_000
+
+
+class _CountingFile:
+    """A read-only file object that adds what it reads to its handler's count."""
+
+    def __init__(self, path: str, handler: CountingHandler) -> None:
+        self._file = open(path, "rb")
+        self._handler = handler
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(n)
+        self._handler.bytes_read += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        self._file.close()
+
+    def size(self) -> int:
+        here = self._file.tell()
+        end = self._file.seek(0, 2)
+        self._file.seek(here)
+        return end
+
+
+class CountingHandler(pafs.FileSystemHandler):
+    """A local file system that records the files opened for reading and the bytes read."""
+
+    def __init__(self) -> None:
+        self._fs = pafs.LocalFileSystem()
+        self.opened: list[str] = []
+        self.bytes_read = 0
+
+    def reset(self) -> None:
+        self.opened, self.bytes_read = [], 0
+
+    def __eq__(self, other) -> bool:
+        return other is self
+
+    def __ne__(self, other) -> bool:
+        return other is not self
+
+    __hash__ = object.__hash__
+
+    def get_type_name(self) -> str:
+        return "counting-local"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths):
+        return self._fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self._fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self._fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self._fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError
+
+    def delete_file(self, path):
+        self._fs.delete_file(path)
+
+    def move(self, src, dest):
+        self._fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self._fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.open_input_file(path)
+
+    def open_input_file(self, path):
+        self.opened.append(path)
+        return pa.PythonFile(_CountingFile(path, self), mode="r")
+
+    def open_output_stream(self, path, metadata):
+        return self._fs.open_output_stream(path)
+
+    def open_append_stream(self, path, metadata):
+        return self._fs.open_append_stream(path)
+
+
+class CountingStore(LocalStore):
+    """A local store whose Arrow file system (what the lake's datasets read) counts."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.counter = CountingHandler()
+
+    def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
+        return pafs.PyFileSystem(self.counter), str(self.root)
+
+
+def _iso(ms: int) -> str:
+    return str(np.datetime64(ms, "ms").astype(str))
+
+
+def build_lake(root: Path, *, days: float, machines: int, sensors: int, rate_hz: float,
+               seal_every_s: float, end_ms: int, seed: int = 1) -> tuple[ColdLake, int, int]:
+    """A lake of `days` of readings ending at `end_ms`; (lake, start_ms, readings)."""
+    start_ms = int(end_ms - days * 24 * HOUR_MS)
+    start_ms -= start_ms % HOUR_MS
+    rng = np.random.default_rng(seed)
+    lake = ColdLake(LocalStore(root), writer_id="bench")
+    period = int(1000 / rate_hz)
+    names = [(f"m{m + 1:02d}", f"s{s + 1:02d}") for m in range(machines) for s in range(sensors)]
+    step = int(seal_every_s * 1000)
+    total, segment, t = 0, 0, start_ms
+    while t < end_ms:
+        t_next = min(t + step, end_ms)
+        ticks = np.arange(t - t % period + (period if t % period else 0), t_next, period, dtype=np.int64)
+        if len(ticks):
+            n = len(ticks)
+            machine_col = np.repeat([m for m, _ in names], n)
+            sensor_col = np.repeat([s for _, s in names], n)
+            ts = np.tile(ticks, len(names))
+            value = np.round(20 + rng.normal(0, 1, n * len(names)), 2)
+            table = pa.Table.from_arrays(
+                [pa.array(machine_col, pa.string()), pa.array(sensor_col, pa.string()),
+                 pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")), pa.array(value, pa.float64())],
+                schema=READINGS_SCHEMA)
+            segment += 1
+            total += table.num_rows
+            lake.write_segment(segment, SegmentTables(
+                fresh=table, late=READINGS_SCHEMA.empty_table(), quarantine=QUARANTINE_SCHEMA.empty_table(),
+                context=CONTEXT_SCHEMA.empty_table()), source="bench")
+        t = t_next
+    return lake, start_ms, total
+
+
+def _sources(lake: ColdLake) -> SqlSources:
+    """What `analytics.sources.tier_sources` gathers for the lake: one listing, the visible
+    files, their datasets (the other tiers empty)."""
+    raw = lake.lake_files("raw")
+    return SqlSources(
+        cold_raw=lake.raw_datasets(files=layout.visible(raw, writer=lake.writer_id, hidden_segments=set())),
+        cold_quarantine=lake.dataset("quarantine"), cold_context=lake.dataset("context"),
+        hot_fresh=READINGS_SCHEMA.empty_table(), hot_late=READINGS_SCHEMA.empty_table(),
+        hot_quarantine=QUARANTINE_SCHEMA.empty_table(), hot_context=CONTEXT_SCHEMA.empty_table(),
+        audit=AUDIT_SCHEMA.empty_table())
+
+
+def _median_time(fn, repeat: int):
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _floor(files: list[str], where: str, select: str, repeat: int) -> tuple[float, int, list]:
+    """DuckDB's own reader over `files` only: (median seconds, bytes read, rows)."""
+    import duckdb
+
+    listed = ", ".join(f"'{f}'" for f in files)
+    source = (f"(SELECT machine, sensor, ts::TIMESTAMP AS ts, value::DOUBLE AS value "
+              f"FROM read_parquet([{listed}], union_by_name = true))")
+    sql = f"SELECT {select} FROM {source} WHERE {where}"
+    times, read, rows = [], 0, []
+    with tempfile.TemporaryDirectory(prefix="fabtier-bench-query-") as tmp:
+        profile = Path(tmp) / "profile.json"
+        for _ in range(repeat):
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("PRAGMA enable_profiling = 'json'")
+            con.execute(f"PRAGMA profiling_output = '{profile}'")
+            start = time.perf_counter()
+            rows = con.execute(sql).fetchall()
+            times.append(time.perf_counter() - start)
+            con.close()
+            read = int(json.loads(profile.read_text()).get("io", {}).get("total_bytes_read", 0))
+    return statistics.median(times), read, rows
+
+
+def _hour_files(lake: ColdLake, lo_ms: int, hi_ms: int) -> list[str]:
+    """Paths of the visible raw files of the hours overlapping [lo_ms, hi_ms)."""
+    root = str(lake.store.root)  # type: ignore[attr-defined]
+    return [f"{root}/{f.key}" for f in lake.visible_files("raw")
+            if f.hour is not None and hour_bounds_ms(f.day, f.hour)[0] < hi_ms
+            and hour_bounds_ms(f.day, f.hour)[1] > lo_ms]
+
+
+def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict:
+    """Both questions on one lake, through fabtier and through the floor."""
+    lake = ColdLake(LocalStore(lake_root), writer_id="bench")
+    counting_store = CountingStore(lake_root)
+    counted = ColdLake(counting_store, writer_id="bench")
+    hour_from = end_ms - end_ms % HOUR_MS - 2 * HOUR_MS  # a whole hour, the same distance from the end
+    questions = {
+        "one_hour_one_machine": (
+            "count(*) AS n, avg(value) AS mean",
+            f"machine = 'm01' AND ts >= TIMESTAMP '{_iso(hour_from)}' AND ts < TIMESTAMP '{_iso(hour_from + HOUR_MS)}'",
+            (hour_from, hour_from + HOUR_MS)),
+        "last_5_minutes_of_a_sensor": (
+            "count(*) AS n, max(value) AS peak",
+            "machine = 'm01' AND sensor = 's01' AND ts >= now() - INTERVAL 5 MINUTE",
+            None),
+        # now() is a TIMESTAMPTZ: compared with it, DuckDB casts the column and keeps the filter.
+        "last_5_minutes_now_as_timestamp": (
+            "count(*) AS n, max(value) AS peak",
+            "machine = 'm01' AND sensor = 's01' AND ts >= now()::TIMESTAMP - INTERVAL 5 MINUTE",
+            None),
+    }
+    out = {}
+    for name, (select, where, hours) in questions.items():
+        sql = f"SELECT {select} FROM readings WHERE {where}"
+        if hours is None:
+            now_ms = int(time.time() * 1000)
+            hours = (now_ms - 5 * 60_000, now_ms + 1)
+        view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake), sql), repeat)
+        counting_store.counter.reset()
+        run_sql(_sources(counted), sql)
+        files = _hour_files(lake, *hours)
+        floor_s, floor_read, floor_rows = _floor(files, where, select, repeat)
+        n = answer.column("n")[0].as_py()
+        out[name] = {
+            "sql": sql, "rows": n, "same_answer": floor_rows[0][0] == n,
+            "fabtier_s": round(view_s, 4), "fabtier_files_opened": len(set(counting_store.counter.opened)),
+            "fabtier_bytes_read": counting_store.counter.bytes_read,
+            "floor_s": round(floor_s, 4), "floor_files": len(files), "floor_bytes_read": floor_read,
+            "ratio_to_floor": round(view_s / floor_s, 2) if floor_s else None,
+        }
+    return out
+
+
+def run(*, days: list[float], machines: int = 3, sensors: int = 4, rate_hz: float = 0.05,
+        seal_every_s: float = 1800.0, repeat: int = 5, seed: int = 1, workdir: Path | None = None) -> dict:
+    own_dir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="fabtier-bench-query-")) if workdir is None else workdir
+    try:
+        end_ms = int(time.time() * 1000)
+        lakes: list[dict[str, Any]] = []
+        for d in days:
+            lake_root = root / f"lake-{d:g}d"
+            t0 = time.perf_counter()
+            lake, start_ms, readings = build_lake(lake_root, days=d, machines=machines, sensors=sensors,
+                                                  rate_hz=rate_hz, seal_every_s=seal_every_s,
+                                                  end_ms=end_ms, seed=seed)
+            built_s = time.perf_counter() - t0
+            files = lake.lake_files("raw")
+            lakes.append({"days": d, "readings": readings, "files": len(files),
+                          "hours": len({f.partition for f in files}), "bytes": sum(f.size for f in files),
+                          "build_s": round(built_s, 2),
+                          "queries": measure(lake_root, start_ms=start_ms, end_ms=end_ms, repeat=repeat)})
+        summary = {}
+        for q in lakes[0]["queries"] if lakes else ():
+            times = [lk["queries"][q]["fabtier_s"] for lk in lakes]
+            summary[q] = {"largest_over_smallest": round(times[-1] / times[0], 2) if times[0] else None,
+                          "worst_ratio_to_floor": max(lk["queries"][q]["ratio_to_floor"] or 0 for lk in lakes)}
+        return {"bench": "query", "data": {"machines": machines, "sensors_per_machine": sensors,
+                                           "rate_hz": rate_hz, "seal_every_s": seal_every_s, "repeat": repeat},
+                "lakes": lakes, "summary": summary,
+                "targets": {"flat_within": 1.5, "of_floor_within": 3.0}}
+    finally:
+        if own_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def render(result: dict) -> str:
+    d = result["data"]
+    lines = [f"query benchmark: {d['machines']} machines x {d['sensors_per_machine']} sensors at {d['rate_hz']:g} Hz, "
+             f"sealed every {d['seal_every_s']:g} s; median of {d['repeat']} runs",
+             f"{'lake':>6} {'files':>6} {'question':<32} {'rows':>6} {'fabtier s':>10} {'opened':>7} "
+             f"{'bytes':>10} {'floor s':>8} {'files':>6} {'bytes':>10} {'x floor':>8}"]
+    for lk in result["lakes"]:
+        for name, q in lk["queries"].items():
+            lines.append(f"{lk['days']:>5g}d {lk['files']:>6} {name:<32} {q['rows']:>6} {q['fabtier_s']:>10.4f} "
+                         f"{q['fabtier_files_opened']:>7} {q['fabtier_bytes_read']:>10,} {q['floor_s']:>8.4f} "
+                         f"{q['floor_files']:>6} {q['floor_bytes_read']:>10,} {q['ratio_to_floor'] or 0:>8.2f}"
+                         + ("" if q["same_answer"] else "  ANSWERS DIFFER"))
+    for name, s in result["summary"].items():
+        lines.append(f"{name}: largest lake / smallest {s['largest_over_smallest']}x "
+                     f"(target <= {result['targets']['flat_within']}), worst x floor {s['worst_ratio_to_floor']} "
+                     f"(target <= {result['targets']['of_floor_within']})")
+    return "\n".join(lines)
+
+
+def main(*, days: list[float], repeat: int, seed: int, as_json: bool, machines: int = 3, sensors: int = 4,
+         rate_hz: float = 0.05, seal_every_s: float = 1800.0) -> int:
+    result = run(days=days, machines=machines, sensors=sensors, rate_hz=rate_hz, seal_every_s=seal_every_s,
+                 repeat=repeat, seed=seed)
+    print(render(result), flush=True)
+    if as_json:
+        print(json.dumps(result))
+    return 0
