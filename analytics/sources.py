@@ -8,11 +8,13 @@ offline, so that both show the same views over the same parts.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Set
 from pathlib import Path
 
 import pyarrow as pa
 
+from analytics.bounds import TsBounds
 from analytics.leftout import ArchivedObject
 from analytics.session import SqlSources
 from lifecycle.runs import RunHistory
@@ -23,12 +25,51 @@ from tiers.parquetformat import hour_bounds_ms
 from tiers.unsealed import SegmentTables
 from tiers.warm import WarmStore
 
+# A range of more days than this is listed whole: one listing per day would cost more.
+MAX_LISTED_DAYS = 31
+_DAY_MS = 86_400_000
+
+
+def raw_files(lake: ColdLake, ts_bounds: TsBounds | None = None) -> list[layout.LakeFile]:
+    """The lake's raw files whose hours `ts_bounds` ([lo, hi] epoch ms, analytics.bounds) can
+    touch, all of them without bounds. Bounded on both sides to at most `MAX_LISTED_DAYS`
+    days, only those days' prefixes are listed; else the lake is listed and the hours outside
+    the bounds dropped. Whole hour partitions are kept or dropped, so that which files of an
+    hour a reader reads (layout.visible: compacted sets) does not change."""
+    if ts_bounds is None or ts_bounds == (None, None):
+        return lake.lake_files("raw")
+    lo, hi = ts_bounds
+    if lo is not None and hi is not None and hi < lo:
+        return []  # no reading can match: nothing to list
+    days: list[str] | None = None
+    if lo is not None and hi is not None and hi // _DAY_MS - lo // _DAY_MS < MAX_LISTED_DAYS:
+        try:
+            days = [dt.datetime.fromtimestamp(day * _DAY_MS / 1000, dt.UTC).strftime("%Y-%m-%d")
+                    for day in range(lo // _DAY_MS, hi // _DAY_MS + 1)]
+        except (ValueError, OverflowError, OSError):
+            days = None  # beyond what a date names: list it all
+    if days is not None and all(len(d) == 10 for d in days):
+        files = [f for d in days for f in lake.lake_files("raw", f"raw/date={d}/")]
+    else:
+        files = lake.lake_files("raw")
+    return [f for f in files if _touches(f, lo, hi)]
+
+
+def _touches(f: layout.LakeFile, lo: int | None, hi: int | None) -> bool:
+    if f.hour is None:
+        return True  # no hour to judge it by: read it
+    start, end = hour_bounds_ms(f.day, f.hour)
+    return (lo is None or end > lo) and (hi is None or start <= hi)
+
 
 def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, audit: pa.Table,
-                 warm: WarmStore | None, data_dir: Path, recipe_limits: pa.Table) -> SqlSources:
+                 warm: WarmStore | None, data_dir: Path, recipe_limits: pa.Table,
+                 ts_bounds: TsBounds | None = None) -> SqlSources:
     """`hidden`: log segments whose rows come from `unsealed`, so their lake files (written by
-    a seal that has not deleted the segment yet) stay out and no reading shows twice."""
-    raw = lake.lake_files("raw")  # listed once: what is read, and what is left out
+    a seal that has not deleted the segment yet) stay out and no reading shows twice.
+    `ts_bounds` (analytics.bounds.ts_bounds of the statement): the only readings the statement
+    can see, so only the lake's days (and archived objects) in that range are listed."""
+    raw = raw_files(lake, ts_bounds)  # listed once: what is read, and what is left out
     return SqlSources(
         cold_raw=lake.raw_datasets(hidden, files=layout.visible(raw, writer=lake.writer_id,
                                                                   hidden_segments=set(hidden))),

@@ -236,7 +236,7 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
                 self._bad(exc)
                 return
             try:
-                sources = pipeline.sql_sources()
+                sources = pipeline.sql_sources(sql)
                 missing = left_out(sources.archived_raw, sql)
                 if missing is not None and archived == "error":
                     self._json(409, {"error": missing.notice()}, headers=missing.headers())

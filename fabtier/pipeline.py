@@ -285,8 +285,8 @@ class Pipeline:
     def seal(self) -> SealReport:
         return self.sealer.seal()
 
-    def sql_sources(self) -> SqlSources:
-        return self.reads.sql_sources()
+    def sql_sources(self, sql: str | None = None) -> SqlSources:
+        return self.reads.sql_sources(sql)
 
     def tier_rows(self) -> list[TierRow]:
         return self.reads.tier_rows()

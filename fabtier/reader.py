@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from alerts.service import load_book
+from analytics.bounds import ts_bounds
 from analytics.leftout import LeftOut, left_out
 from analytics.session import SqlSources, run_sql
 from analytics.sources import tier_sources
@@ -78,15 +79,17 @@ def _error_of(body: bytes) -> str:
         return body.decode("utf-8", "replace")[:500]
 
 
-def offline_sources(settings: Settings, warm: WarmStore | None = None) -> SqlSources:
-    """Every tier as stored on disk: the lake plus log segments not sealed yet."""
+def offline_sources(settings: Settings, warm: WarmStore | None = None, sql: str | None = None) -> SqlSources:
+    """Every tier as stored on disk: the lake plus log segments not sealed yet; given `sql`,
+    only the lake's days its time range touches (analytics.bounds)."""
     wal_dir = settings.data_dir / "wal"
     segments = segment_numbers(wal_dir)
     tables = tables_from_records([r for s in segments for r in read_segment(wal_dir / f"{s:012d}.wal")])
     return tier_sources(lake=ColdLake(settings_store(settings), writer_id=settings.cold.writer_id),
                         hidden=set(segments), unsealed=tables,
                         audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
-                        warm=warm, data_dir=settings.data_dir, recipe_limits=load_book(settings).table())
+                        warm=warm, data_dir=settings.data_dir, recipe_limits=load_book(settings).table(),
+                        ts_bounds=ts_bounds(sql) if sql is not None else None)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def answer(settings: Settings, sql: str) -> Answer:
     lock = DataDirLock(settings.data_dir, exclusive=False)
     warm = WarmStore.open_read_only(settings.data_dir)
     try:
-        sources = offline_sources(settings, warm)
+        sources = offline_sources(settings, warm, sql)
         table = run_sql(sources, sql, memory_limit=settings.api.sql_memory_limit,
                         spill_dir=sql_spill_dir(settings.data_dir))
         return Answer(table, left_out(sources.archived_raw, sql))

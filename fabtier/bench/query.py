@@ -28,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from analytics.bounds import ts_bounds
 from analytics.session import SqlSources, run_sql
+from analytics.sources import raw_files
 from lifecycle.audit import AUDIT_SCHEMA
 from tiers import layout
 from tiers.cold import ColdLake
@@ -192,10 +194,11 @@ def build_lake(root: Path, *, days: float, machines: int, sensors: int, rate_hz:
     return lake, start_ms, total
 
 
-def _sources(lake: ColdLake) -> SqlSources:
-    """What `analytics.sources.tier_sources` gathers for the lake: one listing, the visible
-    files, their datasets (the other tiers empty)."""
-    raw = lake.lake_files("raw")
+def _sources(lake: ColdLake, sql: str | None = None) -> SqlSources:
+    """What `analytics.sources.tier_sources` gathers for the lake and `sql`: the statement's
+    time bounds, the listing of the days they touch, the visible files, their datasets (the
+    other tiers empty)."""
+    raw = raw_files(lake, ts_bounds(sql) if sql is not None else None)
     return SqlSources(
         cold_raw=lake.raw_datasets(files=layout.visible(raw, writer=lake.writer_id, hidden_segments=set())),
         cold_quarantine=lake.dataset("quarantine"), cold_context=lake.dataset("context"),
@@ -272,9 +275,9 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
         if hours is None:
             now_ms = int(time.time() * 1000)
             hours = (now_ms - 5 * 60_000, now_ms + 1)
-        view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake), sql), repeat)
+        view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake, sql), sql), repeat)
         counting_store.counter.reset()
-        run_sql(_sources(counted), sql)
+        run_sql(_sources(counted, sql), sql)
         files = _hour_files(lake, *hours)
         floor_s, floor_read, floor_rows = _floor(files, where, select, repeat)
         n = answer.column("n")[0].as_py()

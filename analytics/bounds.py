@@ -1,0 +1,204 @@
+"""The time range a statement over `readings` can return, from DuckDB's own parse tree, so
+that the lake is listed (and its archived objects named) only for the days that range
+touches. Pure apart from a throwaway in-memory DuckDB connection.
+
+`ts_bounds` answers only when it is certain: one plain SELECT whose only table (anywhere in
+the statement) is `readings`, with a WHERE clause whose top-level AND holds comparisons of
+`ts` with constant expressions. Every other statement gets None: nothing is pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+from collections.abc import Iterator
+
+import duckdb
+
+HOUR_MS = 3_600_000
+# Widening of the bounds, so that a rounding (epoch_ms truncates, a TIMESTAMP_NS literal) can
+# never drop a reading; and for now()-relative bounds, the query runs a little later.
+MARGIN_MS = HOUR_MS
+NOW_MARGIN_MS = 15 * 60_000
+
+TsBounds = tuple[int | None, int | None]
+
+# Functions whose value changes from one call to the next: a term using one is not constant.
+_VOLATILE = frozenset({"random", "gen_random_uuid", "uuid", "uuidv4", "uuidv7", "setseed", "nextval",
+                       "currval", "getvariable"})
+# Functions of the time the statement runs: the query's own now() is later than ours.
+_CLOCK = frozenset({"now", "current_timestamp", "get_current_timestamp", "transaction_timestamp",
+                    "current_date", "today", "current_time", "get_current_time", "localtimestamp",
+                    "current_localtimestamp", "localtime", "statement_timestamp"})
+# Classes of expression that are never constant (or that could read a table).
+_NOT_CONSTANT = frozenset({"COLUMN_REF", "SUBQUERY", "STAR", "PARAMETER", "LAMBDA", "WINDOW", "LAMBDA_REF",
+                           "POSITIONAL_REFERENCE", "COLLATE"})
+
+_LOWER = {"COMPARE_GREATERTHANOREQUALTO", "COMPARE_GREATERTHAN"}
+_UPPER = {"COMPARE_LESSTHANOREQUALTO", "COMPARE_LESSTHAN"}
+_FLIP = {"COMPARE_GREATERTHANOREQUALTO": "COMPARE_LESSTHANOREQUALTO",
+         "COMPARE_GREATERTHAN": "COMPARE_LESSTHAN",
+         "COMPARE_LESSTHANOREQUALTO": "COMPARE_GREATERTHANOREQUALTO",
+         "COMPARE_LESSTHAN": "COMPARE_GREATERTHAN", "COMPARE_EQUAL": "COMPARE_EQUAL"}
+
+
+def _nodes(tree: object) -> Iterator[dict]:
+    if isinstance(tree, dict):
+        yield tree
+        for value in tree.values():
+            yield from _nodes(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _nodes(value)
+
+
+def _constant(expr: dict) -> bool:
+    for node in _nodes(expr):
+        if node.get("class") in _NOT_CONSTANT or node.get("type") in ("BASE_TABLE", "SUBQUERY"):
+            return False
+        if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in _VOLATILE:
+            return False
+    return True
+
+
+def _uses_clock(expr: dict) -> bool:
+    return any(str(n.get("function_name", "")).lower() in _CLOCK for n in _nodes(expr)
+               if n.get("class") == "FUNCTION")
+
+
+def _is_ts(expr: dict, names: set[str]) -> bool:
+    if expr.get("class") != "COLUMN_REF":
+        return False
+    path = [str(p).lower() for p in expr.get("column_names", [])]
+    return path == ["ts"] or (len(path) == 2 and path[0] in names and path[1] == "ts")
+
+
+class _Evaluator:
+    """Values of constant expressions in epoch ms, as the session compares them with `ts` (a
+    TIMESTAMP of UTC wall time, in a session whose time zone is UTC)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        row = con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()
+        self.template = json.loads(row[0]) if row else {}
+
+    def ms(self, expr: dict) -> int | None:
+        tree = copy.deepcopy(self.template)
+        tree["statements"][0]["node"]["select_list"] = [expr]
+        try:
+            row = self.con.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchone()
+            if not row or not row[0]:
+                return None
+            found = self.con.execute(f"SELECT typeof(x), epoch_ms(CAST(x AS TIMESTAMP)) FROM ({row[0]}) AS t(x)"
+                                     ).fetchone()
+        except duckdb.Error:
+            return None
+        if not found or found[1] is None:
+            return None
+        kind = str(found[0]).upper()
+        # A timestamp or date is compared as a timestamp; a string only as a literal (another
+        # string expression may make DuckDB compare `ts` as a string).
+        literal = expr.get("class") == "CONSTANT"
+        if not (kind.startswith("TIMESTAMP") or kind == "DATE" or (kind == "VARCHAR" and literal)):
+            return None
+        return int(found[1])
+
+
+def _statement(con: duckdb.DuckDBPyConnection, sql: str) -> dict | None:
+    text = sql.strip()
+    for prefix in ("explain analyze", "explain"):
+        if text[: len(prefix)].lower() == prefix:
+            text = text[len(prefix):]
+            break
+    try:
+        row = con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
+    except duckdb.Error:
+        return None
+    tree = json.loads(row[0]) if row and row[0] else {"error": True}
+    statements = tree.get("statements") if isinstance(tree, dict) and not tree.get("error") else None
+    if not isinstance(statements, list) or len(statements) != 1 or not isinstance(statements[0], dict):
+        return None
+    node = statements[0].get("node")
+    return node if isinstance(node, dict) else None
+
+
+def ts_bounds(sql: str) -> TsBounds | None:
+    """[lo, hi] in epoch ms (None: open on that side), widened by `MARGIN_MS`, that contain the
+    `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned)."""
+    return _bounds(_connection(), sql)
+
+
+_LOCAL = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One locked in-memory connection per thread (and process: a forked child makes its
+    own), which holds no table: opening one costs more than a bounded query's listing."""
+    found = getattr(_LOCAL, "con", None)
+    if found is not None and found[0] == os.getpid():
+        return found[1]
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET memory_limit = '256MB'")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    _LOCAL.con = (os.getpid(), con)
+    return con
+
+
+def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
+    node = _statement(con, sql)
+    if node is None or node.get("type") != "SELECT_NODE" or node.get("cte_map", {}).get("map"):
+        return None
+    table = node.get("from_table")
+    if (not isinstance(table, dict) or table.get("type") != "BASE_TABLE"
+            or str(table.get("table_name", "")).lower() != "readings"
+            or table.get("schema_name") or table.get("catalog_name") or table.get("sample")
+            or table.get("at_clause") or table.get("column_name_alias") or node.get("sample")):
+        return None
+    # One table in the whole statement, and no subquery anywhere: nothing else reads readings.
+    everything = list(_nodes(node))
+    if sum(1 for n in everything if n.get("type") == "BASE_TABLE") != 1:
+        return None
+    if any(n.get("class") == "SUBQUERY" or n.get("type") in ("SUBQUERY", "SET_OPERATION_NODE") for n in everything):
+        return None
+    where = node.get("where_clause")
+    if not isinstance(where, dict):
+        return None
+    terms = where.get("children", []) if where.get("type") == "CONJUNCTION_AND" else [where]
+    names = {"readings"} | ({str(table["alias"]).lower()} if table.get("alias") else set())
+    los: list[int] = []
+    his: list[int] = []
+    clock = False
+    evaluate = _Evaluator(con)
+    for term in terms:
+        if not isinstance(term, dict):
+            continue
+        pairs: list[tuple[str, dict]] = []  # (lower / upper / equal, constant side)
+        if term.get("type") == "COMPARE_BETWEEN" and _is_ts(term.get("input", {}), names):
+            pairs = [("lower", term.get("lower", {})), ("upper", term.get("upper", {}))]
+        elif term.get("class") == "COMPARISON" and term.get("type") in _FLIP:
+            kind, left, right = term["type"], term.get("left", {}), term.get("right", {})
+            if not _is_ts(left, names) and _is_ts(right, names):
+                kind, left, right = _FLIP[kind], right, left
+            if _is_ts(left, names):
+                side = "lower" if kind in _LOWER else "upper" if kind in _UPPER else "equal"
+                pairs = [(side, right)]
+        for side, expr in pairs:
+            if not isinstance(expr, dict) or not _constant(expr):
+                continue
+            value = evaluate.ms(expr)
+            if value is None:
+                continue
+            clock = clock or _uses_clock(expr)
+            if side in ("lower", "equal"):
+                los.append(value)
+            if side in ("upper", "equal"):
+                his.append(value)
+    if not los and not his:
+        return None
+    lo = max(los) - MARGIN_MS if los else None
+    hi = min(his) + MARGIN_MS + (NOW_MARGIN_MS if clock else 0) if his else None
+    return lo, hi
