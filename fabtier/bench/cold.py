@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from analytics.session import SqlSources, run_sql
+from fabtier.bench.harness import duckdb_profiled
 from lifecycle.audit import AUDIT_SCHEMA
 from tiers import compaction
 from tiers import parquetformat as fmt
@@ -75,26 +76,6 @@ def _blocks_table(blocks) -> pa.Table:
         [pa.array(machines, pa.string()), pa.array(sensors, pa.string()),
          pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")), pa.array(value, pa.float64())],
         schema=READINGS_SCHEMA)
-
-
-def _duckdb_profiled(sql: str, repeat: int) -> tuple[float, int, list]:
-    """(median seconds, bytes read, rows) of `sql` on DuckDB's own Parquet reader."""
-    import duckdb
-
-    times, read, rows = [], 0, []
-    with tempfile.TemporaryDirectory(prefix="fabtier-bench-prof-") as tmp:
-        profile = Path(tmp) / "profile.json"
-        for _ in range(repeat):
-            con = duckdb.connect()
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute("PRAGMA enable_profiling = 'json'")
-            con.execute(f"PRAGMA profiling_output = '{profile}'")
-            start = time.perf_counter()
-            rows = con.execute(sql).fetchall()
-            times.append(time.perf_counter() - start)
-            con.close()
-            read = int(json.loads(profile.read_text()).get("io", {}).get("total_bytes_read", 0))
-    return statistics.median(times), read, rows
 
 
 def _timed(fn: Callable[[], _T], repeat: int) -> tuple[float, _T]:
@@ -225,14 +206,14 @@ def run(*, seconds: float = 7200, machines: int = 3, sensors: int = 4, rate_hz: 
             sql = sql.replace("FROM readings", f"FROM {source}")
             if partition_filter:
                 sql += f" AND date = '{iso(q_from)[:10]}' AND hour = '{int(q_from // HOUR_MS) % 24:02d}'"
-            return _duckdb_profiled(sql, repeat)
+            return duckdb_profiled(sql, repeat)
 
         native_full_s, native_full_read, _ = native(root / "lake" / "raw", full, False)
         native_hour_s, native_hour_read, native_hour = native(root / "lake" / "raw", one_hour, True)
         base_full_s, base_full_read, _ = native(baseline_dir, full, False)
         base_hour_s, base_hour_read, _ = native(baseline_dir, one_hour, True)
         # ... and with the time filter alone (no partition columns), as Athena-less engines see it
-        ts_only_s, ts_only_read, _ = _duckdb_profiled(one_hour.replace(
+        ts_only_s, ts_only_read, _ = duckdb_profiled(one_hour.replace(
             "FROM readings", f"FROM (SELECT machine, ts::TIMESTAMP AS ts, value::DOUBLE AS value FROM "
             f"read_parquet('{root}/lake/raw/**/*.parquet', union_by_name = true))"), repeat)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -81,3 +83,23 @@ class InstanceProcess:
 
     def stop(self) -> None:
         processes.stop(self._process, timeout=300)  # stopping seals: it may take a while
+
+
+def duckdb_profiled(sql: str, repeat: int) -> tuple[float, int, list]:
+    """(median seconds, bytes read, rows) of `sql` on DuckDB's own Parquet reader."""
+    import duckdb
+
+    times, read, rows = [], 0, []
+    with tempfile.TemporaryDirectory(prefix="fabtier-bench-prof-") as tmp:
+        profile = Path(tmp) / "profile.json"
+        for _ in range(repeat):
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("PRAGMA enable_profiling = 'json'")
+            con.execute(f"PRAGMA profiling_output = '{profile}'")
+            start = time.perf_counter()
+            rows = con.execute(sql).fetchall()
+            times.append(time.perf_counter() - start)
+            con.close()
+            read = int(json.loads(profile.read_text()).get("io", {}).get("total_bytes_read", 0))
+    return statistics.median(times), read, rows

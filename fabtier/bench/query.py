@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 from analytics.bounds import ts_bounds
 from analytics.session import SqlSources, run_sql
 from analytics.sources import raw_files
+from fabtier.bench.harness import duckdb_profiled
 from lifecycle.audit import AUDIT_SCHEMA
 from tiers import layout
 from tiers.cold import ColdLake
@@ -218,26 +219,10 @@ def _median_time(fn, repeat: int):
 
 def _floor(files: list[str], where: str, select: str, repeat: int) -> tuple[float, int, list]:
     """DuckDB's own reader over `files` only: (median seconds, bytes read, rows)."""
-    import duckdb
-
     listed = ", ".join(f"'{f}'" for f in files)
     source = (f"(SELECT machine, sensor, ts::TIMESTAMP AS ts, value::DOUBLE AS value "
               f"FROM read_parquet([{listed}], union_by_name = true))")
-    sql = f"SELECT {select} FROM {source} WHERE {where}"
-    times, read, rows = [], 0, []
-    with tempfile.TemporaryDirectory(prefix="fabtier-bench-query-") as tmp:
-        profile = Path(tmp) / "profile.json"
-        for _ in range(repeat):
-            con = duckdb.connect()
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute("PRAGMA enable_profiling = 'json'")
-            con.execute(f"PRAGMA profiling_output = '{profile}'")
-            start = time.perf_counter()
-            rows = con.execute(sql).fetchall()
-            times.append(time.perf_counter() - start)
-            con.close()
-            read = int(json.loads(profile.read_text()).get("io", {}).get("total_bytes_read", 0))
-    return statistics.median(times), read, rows
+    return duckdb_profiled(f"SELECT {select} FROM {source} WHERE {where}", repeat)
 
 
 def _hour_files(lake: ColdLake, lo_ms: int, hi_ms: int) -> list[str]:
