@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import threading
-from collections.abc import Iterator
 
 import duckdb
+
+from analytics.parsetree import connection, nodes, parse
 
 HOUR_MS = 3_600_000
 # Widening of the bounds, so that a rounding (epoch_ms truncates, a TIMESTAMP_NS literal) can
@@ -44,18 +43,8 @@ _FLIP = {"COMPARE_GREATERTHANOREQUALTO": "COMPARE_LESSTHANOREQUALTO",
          "COMPARE_LESSTHAN": "COMPARE_GREATERTHAN", "COMPARE_EQUAL": "COMPARE_EQUAL"}
 
 
-def _nodes(tree: object) -> Iterator[dict]:
-    if isinstance(tree, dict):
-        yield tree
-        for value in tree.values():
-            yield from _nodes(value)
-    elif isinstance(tree, list):
-        for value in tree:
-            yield from _nodes(value)
-
-
 def _constant(expr: dict) -> bool:
-    for node in _nodes(expr):
+    for node in nodes(expr):
         if node.get("class") in _NOT_CONSTANT or node.get("type") in ("BASE_TABLE", "SUBQUERY"):
             return False
         if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in _VOLATILE:
@@ -64,7 +53,7 @@ def _constant(expr: dict) -> bool:
 
 
 def _uses_clock(expr: dict) -> bool:
-    return any(str(n.get("function_name", "")).lower() in _CLOCK for n in _nodes(expr)
+    return any(str(n.get("function_name", "")).lower() in _CLOCK for n in nodes(expr)
                if n.get("class") == "FUNCTION")
 
 
@@ -106,18 +95,9 @@ class _Evaluator:
         return int(found[1])
 
 
-def _statement(con: duckdb.DuckDBPyConnection, sql: str) -> dict | None:
-    text = sql.strip()
-    for prefix in ("explain analyze", "explain"):
-        if text[: len(prefix)].lower() == prefix:
-            text = text[len(prefix):]
-            break
-    try:
-        row = con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
-    except duckdb.Error:
-        return None
-    tree = json.loads(row[0]) if row and row[0] else {"error": True}
-    statements = tree.get("statements") if isinstance(tree, dict) and not tree.get("error") else None
+def _statement(sql: str) -> dict | None:
+    tree = parse(sql)
+    statements = tree.get("statements") if tree is not None else None
     if not isinstance(statements, list) or len(statements) != 1 or not isinstance(statements[0], dict):
         return None
     node = statements[0].get("node")
@@ -127,29 +107,11 @@ def _statement(con: duckdb.DuckDBPyConnection, sql: str) -> dict | None:
 def ts_bounds(sql: str) -> TsBounds | None:
     """[lo, hi] in epoch ms (None: open on that side), widened by `MARGIN_MS`, that contain the
     `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned)."""
-    return _bounds(_connection(), sql)
-
-
-_LOCAL = threading.local()
-
-
-def _connection() -> duckdb.DuckDBPyConnection:
-    """One locked in-memory connection per thread (and process: a forked child makes its
-    own), which holds no table: opening one costs more than a bounded query's listing."""
-    found = getattr(_LOCAL, "con", None)
-    if found is not None and found[0] == os.getpid():
-        return found[1]
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET memory_limit = '256MB'")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    _LOCAL.con = (os.getpid(), con)
-    return con
+    return _bounds(connection(), sql)
 
 
 def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
-    node = _statement(con, sql)
+    node = _statement(sql)
     if node is None or node.get("type") != "SELECT_NODE" or node.get("cte_map", {}).get("map"):
         return None
     table = node.get("from_table")
@@ -159,7 +121,7 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
             or table.get("at_clause") or table.get("column_name_alias") or node.get("sample")):
         return None
     # One table in the whole statement, and no subquery anywhere: nothing else reads readings.
-    everything = list(_nodes(node))
+    everything = list(nodes(node))
     if sum(1 for n in everything if n.get("type") == "BASE_TABLE") != 1:
         return None
     if any(n.get("class") == "SUBQUERY" or n.get("type") in ("SUBQUERY", "SET_OPERATION_NODE") for n in everything):

@@ -9,12 +9,11 @@ brings them back; the HTTP API carries the same in response headers, so that the
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import duckdb
+from analytics.parsetree import nodes, parse
 
 # Views and sources that read raw readings; a statement naming none of them loses nothing.
 RAW_VIEWS = frozenset({"readings", "cold_raw"})
@@ -80,33 +79,15 @@ class LeftOut:
                    ms(HEADER_TO), {k: int(v) for k, v in classes.items()})
 
 
-def _table_names(tree: object, found: set[str]) -> set[str]:
-    if isinstance(tree, dict):
-        if tree.get("type") == "BASE_TABLE" and isinstance(tree.get("table_name"), str):
-            found.add(tree["table_name"].lower())
-        for value in tree.values():
-            _table_names(value, found)
-    elif isinstance(tree, list):
-        for value in tree:
-            _table_names(value, found)
-    return found
-
-
 def reads_raw(sql: str) -> bool:
     """Whether the statement names a view of raw readings, from DuckDB's own parse tree (its
     `get_table_names` binds, and fails on a view it does not know). A statement it cannot
     parse is refused later with its own message; here it counts as reading them."""
-    text = sql.strip()
-    for prefix in ("explain analyze", "explain"):
-        if text[: len(prefix)].lower() == prefix:
-            text = text[len(prefix):]
-            break
-    with duckdb.connect() as con:
-        row = con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
-    if tree.get("error"):
+    tree = parse(sql)
+    if tree is None:
         return True
-    return bool(_table_names(tree, set()) & RAW_VIEWS)
+    return any(node.get("type") == "BASE_TABLE" and str(node.get("table_name", "")).lower() in RAW_VIEWS
+               for node in nodes(tree))
 
 
 def left_out(archived: Iterable[ArchivedObject], sql: str) -> LeftOut | None:
