@@ -234,3 +234,23 @@ def restore_proxy(s3_bucket):
     proxy = RestoreHoldingS3(endpoint)
     yield proxy, bucket
     proxy.close()
+
+
+def watch_seal_children(patch: pytest.MonkeyPatch) -> list[str]:
+    """Watches `fabtier.forked.call_in_fork` through `patch` (undone with it): the list gets
+    how each forked child ended, "answered" or "lost"."""
+    from fabtier import forked
+
+    ended: list[str] = []
+    call_in_fork = forked.call_in_fork
+
+    def watched(fn, *, timeout):
+        try:
+            result = call_in_fork(fn, timeout=timeout)
+        except forked.ChildLost:
+            ended.append("lost")
+            raise
+        ended.append("answered")
+        return result
+    patch.setattr(forked, "call_in_fork", watched)
+    return ended

@@ -37,6 +37,7 @@ from tests.conftest import (
     start_fabtier_run,
     wait_for,
     wait_ready,
+    watch_seal_children,
     write_config,
 )
 from tiers.cold import ColdLake
@@ -246,23 +247,10 @@ def _seal_one_segment(tmp_path: Path, store_for) -> tuple[Pipeline, dict, list[s
                        0, 0)])
     pipeline.wal.commit()
     pipeline.lake = ColdLake(store_for(pipeline.lake.store), writer_id=pipeline.lake.writer_id)
-    fates: list[str] = []
-    call_in_fork = forked.call_in_fork
-
-    def watched(fn, *, timeout):
-        try:
-            result = call_in_fork(fn, timeout=timeout)
-        except forked.ChildLost:
-            fates.append("lost")
-            raise
-        fates.append("answered")
-        return result
-    forked.call_in_fork = watched
     gc.collect()  # see test_a_seal_child_leaves_the_parents_garbage_alone: not the loss tested here
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        fates = watch_seal_children(patch)
         report = pipeline.seal()
-    finally:
-        forked.call_in_fork = call_in_fork
     assert report.segments == 1 and report.rows == 60
     return pipeline, {("etch-09", "ch1/temp", t): v for t, v in zip(ts, values, strict=True)}, fates
 

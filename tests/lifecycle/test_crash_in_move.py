@@ -23,7 +23,7 @@ from fabtier import forked
 from fabtier.pipeline import Pipeline
 from fabtier.reader import offline_sources
 from lifecycle import coldjobs
-from tests.conftest import make_settings
+from tests.conftest import make_settings, watch_seal_children
 from tiers import layout
 from tiers.cold import ColdLake
 from tiers.store import LocalStore
@@ -249,18 +249,8 @@ def test_a_crash_at_every_step_of_a_seal_in_a_child_process(tmp_path, child_stor
     """The whole process dies before each of the child's writes (the child ends there, the
     parent with it), after the child's last write before the parent's audit record, in the
     middle of that record (a torn line), and between the record and the log's deletion."""
-    children: list[str] = []  # how each child ended: "answered" or "lost"
-    call_in_fork = forked.call_in_fork
-
-    def counted(fn, *, timeout):
-        try:
-            result = call_in_fork(fn, timeout=timeout)
-        except forked.ChildLost:
-            children.append("lost")
-            raise
-        children.append("answered")
-        return result
-    monkeypatch.setattr(forked, "call_in_fork", counted)
+    children = watch_seal_children(monkeypatch)  # how each child ended: "answered" or "lost"
+    watched = forked.call_in_fork
 
     # A clean run, for the number of the child's writes and the files a seal leaves.
     settings = child_store_settings(tmp_path / "count")
@@ -278,7 +268,7 @@ def test_a_crash_at_every_step_of_a_seal_in_a_child_process(tmp_path, child_stor
 
     def crash_when_the_child_ends(fn, *, timeout):
         try:
-            counted(fn, timeout=timeout)
+            watched(fn, timeout=timeout)
         finally:
             raise Crash("the process died when its seal child ended")
 
