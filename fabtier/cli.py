@@ -23,9 +23,7 @@ def _settings(args: argparse.Namespace):
 def cmd_sql(args: argparse.Namespace) -> int:
     from analytics.output import render
     from fabtier.reader import answer
-    result = answer(_settings(args), args.statement)
-    if result.left_out is not None and args.archived == "error":
-        raise FabtierError(f"{result.left_out.notice()}; no answer printed (--archived error)")
+    result = answer(_settings(args), args.statement, archived=args.archived)
     print(render(result.table, args.format))
     if result.left_out is not None:
         print(f"fabtier: note: {result.left_out.notice()}", file=sys.stderr)

@@ -103,15 +103,18 @@ def query(settings: Settings, sql: str) -> pa.Table:
     return answer(settings, sql).table
 
 
-def answer(settings: Settings, sql: str) -> Answer:
+def answer(settings: Settings, sql: str, *, archived: str = "notice") -> Answer:
     """`query`, and what the answer leaves out: from the running instance's response headers,
-    or from the data directory's lake."""
+    or from the data directory's lake. `archived="error"`: a statement that would leave
+    archived objects out is refused (FabtierError with the notice) before it runs."""
     if instance_running(settings):
-        status, headers, body = _exchange(settings, "POST", "/sql?format=arrow", sql.encode())
+        status, headers, body = _exchange(settings, "POST", f"/sql?format=arrow&archived={archived}", sql.encode())
         if status == 200:
             return Answer(pa.ipc.open_stream(body).read_all(), LeftOut.from_headers(headers))
         if status == 400:
             raise SqlError(_error_of(body))
+        if status == 409:
+            raise FabtierError(f"{_error_of(body)}; no answer (--archived error)")
         raise FabtierError(f"the running fabtier at {settings.api_url} answered {status}: {_error_of(body)}")
     if is_locked(settings.data_dir):
         raise UserError(f"a fabtier pipeline holds {settings.data_dir} but its API at {settings.api_url} "
@@ -120,9 +123,12 @@ def answer(settings: Settings, sql: str) -> Answer:
     warm = WarmStore.open_read_only(settings.data_dir)
     try:
         sources = offline_sources(settings, warm, sql)
+        missing = left_out(sources.archived_raw, sql)
+        if missing is not None and archived == "error":
+            raise FabtierError(f"{missing.notice()}; no answer (--archived error)")
         table = run_sql(sources, sql, memory_limit=settings.api.sql_memory_limit,
                         spill_dir=sql_spill_dir(settings.data_dir))
-        return Answer(table, left_out(sources.archived_raw, sql))
+        return Answer(table, missing)
     finally:
         warm.close()
         lock.release()

@@ -76,6 +76,9 @@ def test_the_api_says_it_in_headers_and_keeps_the_body_a_plain_array(broker, tmp
         config = write_config(settings, tmp_path / "fabtier.toml")
         result = fabtier_cli("sql", "--config", str(config), "SELECT count(*) AS n FROM readings", "--format", "json")
         assert json.loads(result.stdout) == [{"n": 2}] and "leaves out 1 archived raw object(s)" in result.stderr
+        refused = fabtier_cli("sql", "--config", str(config), "SELECT count(*) FROM readings", "--archived", "error",
+                              check=False)
+        assert refused.returncode == 1 and refused.stdout == "" and "leaves out 1 archived" in refused.stderr
     finally:
         instance.stop()
 
