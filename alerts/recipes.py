@@ -223,34 +223,65 @@ EMPTY_BOOK = RecipeBook([])
 
 
 # ---- parsing ------------------------------------------------------------------------------
+# Step bounds and settling times go into int64 arrays (`_arrays_of`) and epoch ms into the
+# `recipe_limits` table: a duration of `inf` or 2**62 s, or an effective time past year 9999,
+# must be refused here, not overflow there.
+_MAX_DURATION_MS = 1000 * 86_400_000  # 1000 days
+_MIN_EFFECTIVE_MS, _MAX_EFFECTIVE_MS = -62_135_596_800_000, 253_402_300_799_999  # years 1 to 9999 (UTC)
+
+
 def _duration_ms(raw: Any, where: str) -> int:
     try:
-        return round(parse_duration(raw) * 1000)
-    except (ValueError, TypeError):
-        raise RecipeError(where, f"{raw!r} is not a duration",
+        ms = round(parse_duration(raw) * 1000)
+    except (ValueError, TypeError, OverflowError):  # OverflowError: inf, or digits past a float
+        raise RecipeError(where, f"{_show(raw)} is not a duration",
                           'write a number of seconds or a duration such as "6s" or "1.5m"') from None
+    if ms > _MAX_DURATION_MS:
+        raise RecipeError(where, f"{_show(raw)} is longer than 1000 days", 'write e.g. "30s" or "2h"')
+    return ms
+
+
+def _show(raw: Any) -> str:
+    # A value as an error message shows it: short, and never a repr of a deeply nested list.
+    try:
+        text = repr(raw)
+    except RecursionError:
+        text = f"a nested {type(raw).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _effective_ms(raw: Any, where: str) -> int:
+    ms: int | None = None
     if type(raw) is int:
-        return raw
-    if isinstance(raw, datetime) and raw.tzinfo is not None:  # a TOML offset date-time
-        return round(raw.timestamp() * 1000)
-    if isinstance(raw, str):
+        ms = raw
+    elif isinstance(raw, datetime) and raw.tzinfo is not None:  # a TOML offset date-time
+        ms = round(raw.timestamp() * 1000)
+    elif isinstance(raw, str):
         try:
             moment = datetime.fromisoformat(raw)
         except ValueError:
             moment = None
         if moment is not None and moment.tzinfo is not None:
-            return round(moment.timestamp() * 1000)
-    raise RecipeError(where, f"{raw!r} is not a time with a UTC offset",
-                      'write an ISO-8601 time with an offset, e.g. "2026-01-01T00:00:00Z", or epoch ms')
+            ms = round(moment.timestamp() * 1000)
+    if ms is None:
+        raise RecipeError(where, f"{_show(raw)} is not a time with a UTC offset",
+                          'write an ISO-8601 time with an offset, e.g. "2026-01-01T00:00:00Z", or epoch ms')
+    if not _MIN_EFFECTIVE_MS <= ms <= _MAX_EFFECTIVE_MS:
+        raise RecipeError(where, f"{_show(raw)} is not in the years 1 to 9999 (UTC)",
+                          'write e.g. "2026-01-01T00:00:00Z" or epoch ms such as 1767225600000')
+    return ms
 
 
 def _number(raw: Any, where: str) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise RecipeError(where, f"{raw!r} is not a finite number", "write a number, e.g. 60.0")
-    return float(raw)
+    try:
+        # float(): an integer too large for a double (JSON and TOML allow one) is an
+        # OverflowError, not a number
+        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
+    except OverflowError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise RecipeError(where, f"{_show(raw)} is not a finite number", "write a number, e.g. 60.0")
+    return value
 
 
 def _limit(raw: Any, where: str) -> tuple[float, float]:
@@ -284,7 +315,7 @@ def _parse_version(doc: Any, where: str) -> RecipeVersion:
     if not isinstance(name, str) or not name:
         raise RecipeError(f"{where}.name", "is empty or not text", 'write the recipe name, e.g. "ETCH-A"')
     if isinstance(version, bool) or not isinstance(version, (str, int)) or version == "":
-        raise RecipeError(f"{where}.version", f"{version!r} is not a version", 'write e.g. "3" or 3')
+        raise RecipeError(f"{where}.version", f"{_show(version)} is not a version", 'write e.g. "3" or 3')
     where = f"{where} ({name} v{version})"
     effective = _effective_ms(doc["effective"], f"{where}.effective")
     default_settle = _duration_ms(doc.get("settle", 0), f"{where}.settle")
@@ -355,6 +386,8 @@ def read_book(path: Path) -> RecipeBook:
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise RecipeError(str(path), f"is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({exc})",
                           "fix the syntax") from None
+    except RecursionError:  # both parsers recurse per level of nesting: `a = [[[[...` is enough
+        raise RecipeError(str(path), "is nested too deeply", "write recipes as [[recipes]] tables") from None
     return parse_book(doc, str(path))
 
 

@@ -14,11 +14,11 @@ import logging
 import ssl
 import threading
 import uuid
-from urllib.parse import urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
 
+from core.brokerconn import apply_login, broker_tls, refusal_words
 from core.errors import RetryableError
 from core.records import AlertEvent
 from core.webhook import WebhookError, post_json
@@ -92,37 +92,46 @@ class LogSink:
 
 class MqttAlertSink:
     """Publishes to `{alert_root}/{machine}/{sensor}` with QoS 1 over its own connection,
-    so that alerts never queue behind the ingest client's acknowledgements."""
+    so that alerts never queue behind the ingest client's acknowledgements. Over `mqtts://`
+    with the TLS context it is given (`core.brokerconn`); a refused login is logged once per
+    reason and named in the SinkError, while paho tries again with backoff."""
 
     name = "mqtt"
 
     def __init__(self, *, url: str, alert_root: str, client_id: str, username: str = "",
-                 password: str = "", timeout: float = 5.0) -> None:
-        parsed = urlparse(url)
+                 password: str = "", tls: ssl.SSLContext | None = None, timeout: float = 5.0) -> None:
         self.alert_root = alert_root
         self.timeout = timeout
         self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
-        if parsed.scheme == "mqtts":
-            self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        if username:
-            self._client.username_pw_set(username, password or None)
+        host, port = apply_login(self._client, url=url, username=username, password=password, tls=tls)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._connected = threading.Event()
-        self._client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self._connected.set()
+        self._refused: str | None = None
+        self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda c, u, f, rc, p: self._connected.clear()
-        self._client.connect_async(parsed.hostname or "127.0.0.1",
-                                   parsed.port or (8883 if parsed.scheme == "mqtts" else 1883), keepalive=30)
+        self._client.connect_async(host, port, keepalive=30)
         self._client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            words = refusal_words(reason_code)
+            if words != self._refused:
+                log.error("the MQTT broker refused the alert sink's login: %s; trying again with backoff", words)
+            self._refused = words
+            return
+        self._refused = None
+        self._connected.set()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
     def send(self, events: list[AlertEvent]) -> int:
         if not self._connected.wait(min(self.timeout, 2.0)):
-            raise SinkError(0, "not connected to the MQTT broker")
+            raise SinkError(0, "not connected to the MQTT broker"
+                            + (f" (it refused the login: {self._refused})" if self._refused else ""))
         infos = [self._client.publish(alert_topic(self.alert_root, e), orjson.dumps(alert_payload(e)), qos=1)
                  for e in events]
         for i, info in enumerate(infos):
@@ -217,7 +226,8 @@ def build_sinks(settings) -> list:
     broker, alerts = settings.broker, settings.alerts
     sinks: list = [MqttAlertSink(url=broker.url, alert_root=broker.alert_root,
                                  client_id=f"{broker.client_id}-alerts-{uuid.uuid4().hex[:6]}",
-                                 username=broker.username, password=broker.password.reveal())]
+                                 username=broker.username, password=broker.password.reveal(),
+                                 tls=broker_tls(broker))]
     if alerts.webhook_url:
         sinks.append(WebhookSink(url=alerts.webhook_url, token=alerts.webhook_token.reveal(),
                                  timeout=alerts.webhook_timeout))

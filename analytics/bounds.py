@@ -10,7 +10,9 @@ the statement) is `readings`, with a WHERE clause whose top-level AND holds comp
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+import re
 
 import duckdb
 
@@ -64,16 +66,59 @@ def _is_ts(expr: dict, names: set[str]) -> bool:
     return path == ["ts"] or (len(path) == 2 and path[0] in names and path[1] == "ts")
 
 
+_PLAIN_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?$")
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _literal_ms(expr: dict) -> int | None:
+    """A plain timestamp or date literal (`TIMESTAMP '2026-01-01 10:00'`, `'2026-01-01'::DATE`,
+    `'2026-01-01T10:00:00'`) read here, not by DuckDB (two round trips each); None for
+    anything else, which DuckDB evaluates. Only forms without a zone and from 1970 on, whose
+    meaning is the same in both."""
+    literal = expr
+    if expr.get("class") == "CAST":
+        type_expr = expr.get("type_expr") or {}
+        if (expr.get("try_cast") or type_expr.get("children")
+                or str(type_expr.get("type_name", "")).upper() not in ("TIMESTAMP", "DATE")):
+            return None
+        literal = expr.get("child") or {}
+        if str(type_expr.get("type_name")).upper() == "DATE" and len(str(
+                (literal.get("literal") or {}).get("text", ""))) != 10:
+            return None
+    if literal.get("class") != "CONSTANT" or (literal.get("literal") or {}).get("kind") != "STRING":
+        return None
+    text = str(literal["literal"].get("text", ""))
+    if not _PLAIN_TIMESTAMP.match(text):
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace(" ", "T"))
+    except ValueError:
+        return None
+    if value.year < 1970:
+        return None
+    # to the nearest millisecond, half up, as DuckDB's epoch_ms (the margin covers either way)
+    return ((value - _EPOCH) // dt.timedelta(microseconds=1) + 500) // 1000
+
+
 class _Evaluator:
     """Values of constant expressions in epoch ms, as the session compares them with `ts` (a
     TIMESTAMP of UTC wall time, in a session whose time zone is UTC)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
-        row = con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()
-        self.template = json.loads(row[0]) if row else {}
+        self._template: dict | None = None
+
+    @property
+    def template(self) -> dict:
+        if self._template is None:  # only for what `_literal_ms` does not read
+            row = self.con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()
+            self._template = json.loads(row[0]) if row else {}
+        return self._template
 
     def ms(self, expr: dict) -> int | None:
+        quick = _literal_ms(expr)
+        if quick is not None:
+            return quick
         tree = copy.deepcopy(self.template)
         tree["statements"][0]["node"]["select_list"] = [expr]
         try:

@@ -2,14 +2,17 @@
 
 Every source is handed to DuckDB as an Arrow object before the session is locked: after
 that, no statement can reach the file system, the network or an extension, and only one
-SELECT (or EXPLAIN) per call is accepted. Each query gets a fresh in-memory session, so a
-query sees one consistent snapshot and can change nothing.
+SELECT (or EXPLAIN) per call is accepted. A session is reused from query to query (its
+views cost more to build than a narrow question costs to answer): each query binds its
+sources to one consistent snapshot, and can change nothing that the next one sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -20,6 +23,7 @@ import pyarrow.dataset as ds
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
 from analytics.leftout import ArchivedObject
 from core.errors import SqlError
+from tiers.catalog import FileStats as FileBounds
 from tiers.parquetformat import hour_bounds_ms
 from tiers.unsealed import ALERTS_SCHEMA
 
@@ -31,14 +35,17 @@ CREATE VIEW late_new AS
   WHERE NOT EXISTS (SELECT 1 FROM hot_fresh f
                     WHERE f.machine = l.machine AND f.sensor = l.sensor AND f.ts = l.ts)
     AND NOT EXISTS (SELECT 1 FROM cold_raw c
-                    WHERE c.ts BETWEEN {late_from} AND {late_to}
+                    WHERE c.ts BETWEEN getvariable('late_from') AND getvariable('late_to')
                       AND c.machine = l.machine AND c.sensor = l.sensor AND c.ts = l.ts::TIMESTAMP)
   QUALIFY row_number() OVER (PARTITION BY machine, sensor, ts) = 1;
 CREATE VIEW readings AS
   -- cold_raw's ts is a TIMESTAMP already (_NaiveTsDataset): no cast, so filters reach the scan.
   SELECT machine, sensor, ts, value FROM cold_raw
-  UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM hot_fresh
-  UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM late_new;
+  -- An empty part is left out when the statement is planned (the variables are constants
+  -- then): DuckDB cannot know that a Python object has no rows, and the late part's checks
+  -- against the lake cost more than most answers.
+  UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM hot_fresh WHERE getvariable('has_fresh')
+  UNION ALL SELECT machine, sensor, ts::TIMESTAMP AS ts, value FROM late_new WHERE getvariable('has_late');
 CREATE VIEW quarantine AS
   SELECT received_at::TIMESTAMP AS received_at, topic, reason, payload FROM cold_quarantine
   UNION ALL SELECT received_at::TIMESTAMP, topic, reason, payload FROM hot_quarantine;
@@ -67,10 +74,11 @@ CREATE VIEW readings_1m AS
   FROM warm_1m
   UNION ALL
   -- A minute recomputed after it was aged out (late data) is in both: the warm row is newer.
-  SELECT machine, sensor, minute::TIMESTAMP, n, "min", "max", "avg", "first", "last"
+  -- cold_agg_1m's minute is a TIMESTAMP already (_NaiveTsDataset), and an ANTI JOIN (unlike
+  -- NOT EXISTS) lets DuckDB push the statement's filters into its scan.
+  SELECT a.machine, a.sensor, a.minute, a.n, a."min", a."max", a."avg", a."first", a."last"
   FROM cold_agg_1m a
-  WHERE NOT EXISTS (SELECT 1 FROM warm_1m w
-                    WHERE w.machine = a.machine AND w.sensor = a.sensor AND w.minute = a.minute);
+  ANTI JOIN warm_1m w ON w.machine = a.machine AND w.sensor = a.sensor AND w.minute::TIMESTAMP = a.minute;
 CREATE VIEW readings_1h AS
   SELECT machine, sensor, date_trunc('hour', minute) AS hour, sum(n)::BIGINT AS n,
          min("min") AS "min", max("max") AS "max", sum("avg" * n) / sum(n) AS "avg",
@@ -109,6 +117,10 @@ class SqlSources:
     # Raw lake objects a reader would read but cannot (archived, not restored): what an
     # answer over `readings` leaves out (analytics.leftout).
     archived_raw: Sequence[ArchivedObject] = ()
+    # Per raw file (its path in `cold_raw`'s file system): the catalog's statistics, by which
+    # a file that cannot hold a row the statement asks for is never opened.
+    cold_raw_bounds: Mapping[str, FileBounds] = dataclasses.field(default_factory=dict)
+    cold_agg_1m_bounds: Mapping[str, FileBounds] = dataclasses.field(default_factory=dict)
 
 
 def _empty_defaults(sources: SqlSources) -> dict[str, object]:
@@ -121,15 +133,15 @@ def _empty_defaults(sources: SqlSources) -> dict[str, object]:
     }
 
 
-def _ts_literal(table: pa.Table, fn: str) -> str:
+def _ts_bound(table: pa.Table, fn: str) -> str:
     if table.num_rows == 0:
-        return "NULL"
+        return "NULL::TIMESTAMP"
     value = getattr(pc, fn)(table.column("ts")).cast(pa.int64()).as_py()
     return f"make_timestamp({int(value) * 1000})"  # cold_raw's ts is a TIMESTAMP (UTC)
 
 
 _NAIVE_TS = pa.timestamp("us")
-_HOUR_KEY = re.compile(r"raw/date=(?P<day>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/[^/]+$")
+_HOUR_KEY = re.compile(r"/date=(?P<day>\d{4}-\d{2}-\d{2})/(?:hour=(?P<hour>\d{2})/)?[^/]+$")
 
 
 class _NaiveTsDataset(ds.InMemoryDataset):
@@ -142,111 +154,198 @@ class _NaiveTsDataset(ds.InMemoryDataset):
     UTC-adjusted ones; so the filter is applied here: first to the hour of each file (from
     its key: a file whose hour cannot match is never opened), then to the rows, read from
     the chosen files and converted to naive microseconds (exact: milliseconds in UTC).
-    DuckDB only calls `scanner`; the empty table underneath is never read."""
+    DuckDB only calls `scanner`; the empty table underneath is never read.
 
-    def __init__(self, source: ds.Dataset) -> None:
-        self.naive_schema = pa.schema([pa.field(f.name, _NAIVE_TS) if f.name == "ts" else f for f in source.schema])
+    `time`: the time column (`minute` for the lake's aggregates, whose files are one a day)."""
+
+    def __init__(self, source: ds.Dataset, bounds: Mapping[str, FileBounds] | None = None, *,
+                 time: str = "ts") -> None:
+        self.time = time
+        self.naive_schema = pa.schema([pa.field(f.name, _NAIVE_TS) if f.name == time else f for f in source.schema])
         super().__init__(self.naive_schema.empty_table())
         self.source = source
-        self._by_hour: tuple[list[ds.Fragment], dict[tuple[int, int], list[int]], list[int]] | None = None
+        self.bounds = bounds or {}
+        self._guarantees: tuple[list[ds.Fragment], list[ds.Expression | None]] | None = None
 
-    def _hours(self) -> tuple[list[ds.Fragment], dict[tuple[int, int], list[int]], list[int]]:
-        """The source's fragments, their indexes by hour [start, end) in epoch ms, and the
-        indexes of those without an hour (read always). Computed once per dataset."""
-        if self._by_hour is None:
-            fragments = list(self.source.get_fragments())
-            by_hour: dict[tuple[int, int], list[int]] = {}
-            hourless: list[int] = []
-            for i, fragment in enumerate(fragments):
-                hour = _HOUR_KEY.search(fragment.path)
-                if hour is None:
-                    hourless.append(i)
-                else:
-                    by_hour.setdefault(hour_bounds_ms(hour["day"], hour["hour"]), []).append(i)
-            self._by_hour = (fragments, by_hour, hourless)
-        return self._by_hour
+    def swap(self, source: ds.Dataset | None, bounds: Mapping[str, FileBounds] | None) -> None:
+        """Read `source` from now on (a reused session's next snapshot; None: nothing)."""
+        self.source = source if source is not None else ds.dataset(self.naive_schema.empty_table())
+        self.bounds = bounds or {}
+        self._guarantees = None
+
+    def _guarantee(self, path: str) -> ds.Expression | None:
+        """What every row of the file at `path` satisfies: its time and machine ranges from the
+        catalog's statistics, else its hour from its key (None: nothing known, read it)."""
+        known = self.bounds.get(path)
+        if known is not None and known.t_min_ms is not None and known.t_max_ms is not None:
+            guarantee = ((ds.field(self.time) >= pa.scalar(known.t_min_ms * 1000, _NAIVE_TS))
+                         & (ds.field(self.time) <= pa.scalar(known.t_max_ms * 1000, _NAIVE_TS)))
+            if known.machine_min is not None and known.machine_max is not None:
+                guarantee = guarantee & (ds.field("machine") >= known.machine_min) & (
+                    ds.field("machine") <= known.machine_max)
+            return guarantee
+        hour = _HOUR_KEY.search(path)
+        if hour is None:
+            return None
+        if hour["hour"] is not None:
+            start, end = hour_bounds_ms(hour["day"], hour["hour"])
+        else:  # a day's file
+            start, end = hour_bounds_ms(hour["day"], "00")[0], hour_bounds_ms(hour["day"], "23")[1]
+        return ((ds.field(self.time) >= pa.scalar(start * 1000, _NAIVE_TS))
+                & (ds.field(self.time) < pa.scalar(end * 1000, _NAIVE_TS)))
 
     def _pruned(self, filter: ds.Expression | None) -> ds.Dataset:
         source = self.source
         if filter is None or not isinstance(source, ds.FileSystemDataset):
             return source
-        fragments, by_hour, hourless = self._hours()
-        if not by_hour:
-            return source
-        hours = list(by_hour)
-        # One stand-in fragment per hour, whose partition expression is that hour: pyarrow
-        # tells which of them the filter can match. Nothing is opened here.
-        shadow = [source.format.make_fragment(
-            str(n), filesystem=source.filesystem,
-            partition_expression=(ds.field("ts") >= pa.scalar(start * 1000, _NAIVE_TS))
-            & (ds.field("ts") < pa.scalar(end * 1000, _NAIVE_TS)))
-            for n, (start, end) in enumerate(hours)]
-        matching = ds.FileSystemDataset(shadow, schema=self.naive_schema, format=source.format,
-                                        filesystem=source.filesystem).get_fragments(filter=filter)
-        kept = sorted(hourless + [i for f in matching for i in by_hour[hours[int(f.path)]]])
-        return ds.FileSystemDataset([fragments[i] for i in kept], schema=source.schema, format=source.format,
-                                    filesystem=source.filesystem)
+        if self._guarantees is None:
+            fragments = list(source.get_fragments())
+            self._guarantees = (fragments, [self._guarantee(f.path) for f in fragments])
+        fragments, guarantees = self._guarantees
+        # One stand-in fragment per file, whose partition expression is what the file holds:
+        # pyarrow tells which of them the filter can match. Nothing is opened here.
+        shadow = [source.format.make_fragment(str(n), filesystem=source.filesystem, partition_expression=g)
+                  for n, g in enumerate(guarantees) if g is not None]
+        matching = {int(f.path) for f in ds.FileSystemDataset(
+            shadow, schema=self.naive_schema, format=source.format,
+            filesystem=source.filesystem).get_fragments(filter=filter)}
+        kept = [f for n, (f, g) in enumerate(zip(fragments, guarantees, strict=True)) if g is None or n in matching]
+        return ds.FileSystemDataset(kept, schema=source.schema, format=source.format, filesystem=source.filesystem)
+
+    def _read(self, columns, filter) -> list[str] | None:
+        """The columns to read: those asked for, and those the filter names (found by name
+        in its text: a name too many costs a column read, never a wrong row)."""
+        if columns is None:
+            return None
+        if filter is None:
+            return list(columns)
+        text = str(filter)
+        return [name for name in self.naive_schema.names
+                if name in columns or re.search(rf"\b{re.escape(name)}\b", text)]
 
     def scanner(self, *args, columns=None, filter=None, **kwargs) -> ds.Scanner:
         source = self._pruned(filter)
-        read = None if filter is not None or columns is None else list(columns)
+        read = self._read(columns, filter)
         schema = self.naive_schema if read is None else pa.schema([self.naive_schema.field(c) for c in read])
 
         def batches():
             for batch in source.to_batches(columns=read):
-                yield batch.cast(schema) if "ts" in schema.names else batch
+                yield batch.cast(schema) if self.time in schema.names else batch
 
         return ds.Scanner.from_batches(batches(), schema=schema, columns=columns, filter=filter, **kwargs)
 
 
-def _register_cold_raw(con: duckdb.DuckDBPyConnection, cold_raw) -> None:
-    parts = [cold_raw] if isinstance(cold_raw, ds.Dataset) else list(cold_raw)
-    for i, part in enumerate(parts):
-        con.register(f"cold_raw_{i}", _NaiveTsDataset(part))
-    # DuckDB's DECIMAL -> DOUBLE cast is one correctly rounded division: bit-exact.
-    con.execute("CREATE VIEW cold_raw AS " + " UNION ALL ".join(
-        f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}" for i in range(len(parts))))
+class _Swapped(ds.InMemoryDataset):
+    """A source as a session registers it once: what it reads is swapped per query (a
+    session is reused, and registering an object with DuckDB costs more than most queries).
+    DuckDB hands its projection and filters to `scanner`, as for any Arrow dataset."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        super().__init__(schema.empty_table())
+        self.current: ds.Dataset | pa.Table | None = None
+
+    def scanner(self, *args, columns=None, filter=None, **kwargs) -> ds.Scanner:
+        current = self.current
+        if current is None:
+            current = self.schema.empty_table()
+        if isinstance(current, pa.Table):
+            current = ds.dataset(current)
+        return current.scanner(*args, columns=columns, filter=filter, **kwargs)
 
 
-def open_session(sources: SqlSources, *, memory_limit: int | None = None,
-                 spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
-    """A sandboxed session over `sources`. `memory_limit` (bytes) caps DuckDB, which spills
-    to `spill_dir` beyond it or fails the query with its own message: a big query must not
-    take the memory of the process it runs in (the ingesting instance, for the API)."""
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
-    if spill_dir:
-        con.execute("SET temp_directory = ?", [spill_dir])
-    for name in ("cold_quarantine", "cold_context", "hot_fresh", "hot_late",
-                 "hot_quarantine", "hot_context", "audit"):
-        con.register(name, getattr(sources, name))
-    _register_cold_raw(con, sources.cold_raw)
-    for name, source in _empty_defaults(sources).items():
-        con.register(name, source)
-    for name, schema in (("cold_alerts", ALERTS_SCHEMA), ("hot_alerts", ALERTS_SCHEMA),
-                         ("recipe_limits", RECIPE_LIMITS_SCHEMA)):
-        source = getattr(sources, name)
-        con.register(name if name != "recipe_limits" else "recipe_limits_source",
-                     schema.empty_table() if source is None else source)
-    con.execute(_VIEWS.format(late_from=_ts_literal(sources.hot_late, "min"),
-                              late_to=_ts_literal(sources.hot_late, "max")))
-    con.execute("SET python_enable_replacements = false")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
-    con.execute("SET lock_configuration = true")
-    return con
+_TABLE_SOURCES = ("cold_quarantine", "cold_context", "hot_fresh", "hot_late", "hot_quarantine", "hot_context",
+                  "audit")
 
 
-def run_sql(sources: SqlSources, sql: str, *, memory_limit: int | None = None,
-            spill_dir: str | None = None) -> pa.Table:
-    """Run one read-only statement; a bad one raises SqlError with DuckDB's message."""
-    con = open_session(sources, memory_limit=memory_limit, spill_dir=spill_dir)
-    try:
+class Session:
+    """A sandboxed DuckDB session with the views of CONTRACT.md section 4, reused from query
+    to query (`SessionPool`): `bind` points its sources at a snapshot, `release` lets go of
+    the snapshot. Nothing a statement can run outlives it: only one SELECT or EXPLAIN is
+    accepted, the configuration is locked, and the file system, network and extensions are
+    out of reach."""
+
+    def __init__(self, *, memory_limit: int | None = None, spill_dir: str | None = None) -> None:
+        self.con = duckdb.connect(":memory:")
+        self.con.execute("SET TimeZone = 'UTC'")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+        if spill_dir:
+            self.con.execute("SET temp_directory = ?", [spill_dir])
+        self._sources: dict[str, _Swapped] = {}
+        self._raw_parts: list[_NaiveTsDataset] = []
+        self._agg: _NaiveTsDataset | None = None
+        self._variables: tuple[str, ...] | None = None
+        self._ready = False
+
+    def _source(self, name: str, data: ds.Dataset | pa.Table) -> None:
+        swapped = self._sources.get(name)
+        if swapped is None or not swapped.schema.equals(data.schema):
+            swapped = _Swapped(data.schema)
+            self.con.register(name, swapped)
+            self._sources[name] = swapped
+        swapped.current = data
+
+    def _cold_raw(self, cold_raw, bounds: Mapping[str, FileBounds]) -> None:
+        parts = [_NaiveTsDataset(p, bounds) for p in ([cold_raw] if isinstance(cold_raw, ds.Dataset) else cold_raw)]
+        if [p.naive_schema for p in self._raw_parts] == [p.naive_schema for p in parts]:
+            for registered, part in zip(self._raw_parts, parts, strict=True):
+                registered.swap(part.source, bounds)
+            return
+        for i, part in enumerate(parts):
+            self.con.register(f"cold_raw_{i}", part)
+        # DuckDB's DECIMAL -> DOUBLE cast is one correctly rounded division: bit-exact.
+        self.con.execute("CREATE OR REPLACE VIEW cold_raw AS " + " UNION ALL ".join(
+            f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}" for i in range(len(parts))))
+        self._raw_parts = parts
+
+    def _cold_agg(self, data: ds.Dataset | pa.Table, bounds: Mapping[str, FileBounds]) -> None:
+        part = _NaiveTsDataset(data if isinstance(data, ds.Dataset) else ds.dataset(data), bounds, time="minute")
+        if self._agg is not None and self._agg.naive_schema.equals(part.naive_schema):
+            self._agg.swap(part.source, bounds)
+            return
+        self.con.register("cold_agg_1m", part)
+        self._agg = part
+
+    def bind(self, sources: SqlSources) -> None:
+        for name in _TABLE_SOURCES:
+            self._source(name, getattr(sources, name))
+        for name, default in _empty_defaults(sources).items():
+            if name == "cold_agg_1m":
+                self._cold_agg(default, sources.cold_agg_1m_bounds)
+            else:
+                self._source(name, default)
+        for name, schema in (("cold_alerts", ALERTS_SCHEMA), ("hot_alerts", ALERTS_SCHEMA),
+                             ("recipe_limits", RECIPE_LIMITS_SCHEMA)):
+            source = getattr(sources, name)
+            self._source(name if name != "recipe_limits" else "recipe_limits_source",
+                         schema.empty_table() if source is None else source)
+        self._cold_raw(sources.cold_raw, sources.cold_raw_bounds)
+        variables = (_ts_bound(sources.hot_late, "min"), _ts_bound(sources.hot_late, "max"),
+                     str(sources.hot_late.num_rows > 0).lower(), str(sources.hot_fresh.num_rows > 0).lower())
+        if variables != self._variables:
+            for name, value in zip(("late_from", "late_to", "has_late", "has_fresh"), variables, strict=True):
+                self.con.execute(f"SET VARIABLE {name} = {value}")
+            self._variables = variables
+        if not self._ready:
+            self.con.execute(_VIEWS)
+            self.con.execute("SET python_enable_replacements = false")
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET autoinstall_known_extensions = false")
+            self.con.execute("SET autoload_known_extensions = false")
+            self.con.execute("SET lock_configuration = true")
+            self._ready = True
+
+    def release(self) -> None:
+        """Let go of the snapshot (the hot tier's tables can be large)."""
+        for swapped in self._sources.values():
+            swapped.current = None
+        for part in self._raw_parts + ([self._agg] if self._agg is not None else []):
+            part.swap(None, None)
+
+    def run(self, sql: str) -> pa.Table:
+        """One read-only statement; a bad one raises SqlError with DuckDB's message."""
         try:
-            statements = con.extract_statements(sql)
+            statements = self.con.extract_statements(sql)
         except duckdb.Error as exc:
             raise SqlError(str(exc)) from None
         if len(statements) != 1:
@@ -255,8 +354,63 @@ def run_sql(sources: SqlSources, sql: str, *, memory_limit: int | None = None,
             raise SqlError(f"only SELECT and EXPLAIN are allowed here, not {statements[0].type.name}: "
                            "the SQL surface is read-only")
         try:
-            return con.sql(sql).to_arrow_table()
+            return self.con.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
             raise SqlError(str(exc)) from None
-    finally:
-        con.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class SessionPool:
+    """Idle sessions by their limits, so that a query does not build its session's views
+    (most of the cost of a narrow question). A session serves one query at a time."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._idle: dict[tuple[int | None, str | None], list[Session]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, memory_limit: int | None, spill_dir: str | None) -> Session:
+        with self._lock:
+            idle = self._idle.get((memory_limit, spill_dir))
+            if idle:
+                return idle.pop()
+        return Session(memory_limit=memory_limit, spill_dir=spill_dir)
+
+    def give_back(self, session: Session, memory_limit: int | None, spill_dir: str | None) -> None:
+        session.release()
+        with self._lock:
+            idle = self._idle.setdefault((memory_limit, spill_dir), [])
+            if len(idle) < self.keep:
+                idle.append(session)
+                return
+        session.close()
+
+
+_POOL = SessionPool()
+
+
+def open_session(sources: SqlSources, *, memory_limit: int | None = None,
+                 spill_dir: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A sandboxed session of its own over `sources` (the caller closes it). `memory_limit`
+    (bytes) caps DuckDB, which spills to `spill_dir` beyond it or fails the query with its
+    own message: a big query must not take the memory of the process it runs in."""
+    session = Session(memory_limit=memory_limit, spill_dir=spill_dir)
+    session.bind(sources)
+    return session.con
+
+
+def run_sql(sources: SqlSources, sql: str, *, memory_limit: int | None = None,
+            spill_dir: str | None = None) -> pa.Table:
+    """Run one read-only statement in a pooled session; a bad one raises SqlError with
+    DuckDB's message."""
+    session = _POOL.take(memory_limit, spill_dir)
+    try:
+        session.bind(sources)
+        result = session.run(sql)
+    except BaseException:
+        session.close()  # a session that failed midway is not trusted again
+        raise
+    _POOL.give_back(session, memory_limit, spill_dir)
+    return result

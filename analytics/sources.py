@@ -20,6 +20,7 @@ from analytics.session import SqlSources
 from lifecycle.runs import RunHistory
 from lifecycle.warmjobs import agg_dataset
 from tiers import layout
+from tiers.catalog import FileStats
 from tiers.cold import ColdLake
 from tiers.parquetformat import hour_bounds_ms
 from tiers.unsealed import SegmentTables
@@ -32,27 +33,44 @@ _DAY_MS = 86_400_000
 
 def raw_files(lake: ColdLake, ts_bounds: TsBounds | None = None) -> list[layout.LakeFile]:
     """The lake's raw files whose hours `ts_bounds` ([lo, hi] epoch ms, analytics.bounds) can
-    touch, all of them without bounds. Bounded on both sides to at most `MAX_LISTED_DAYS`
-    days, only those days' prefixes are listed; else the lake is listed and the hours outside
-    the bounds dropped. Whole hour partitions are kept or dropped, so that which files of an
-    hour a reader reads (layout.visible: compacted sets) does not change."""
+    touch, all of them without bounds. With the lake's catalog (tiers.catalog), only the
+    manifests of the days in the bounds are read, bounded on one side or both; without it,
+    bounded on both sides to at most `MAX_LISTED_DAYS` days, only those days' prefixes are
+    listed, else the lake is listed and the hours outside the bounds dropped. Whole hour
+    partitions are kept or dropped, so that which files of an hour a reader reads
+    (layout.visible: compacted sets) does not change."""
     if ts_bounds is None or ts_bounds == (None, None):
         return lake.lake_files("raw")
     lo, hi = ts_bounds
     if lo is not None and hi is not None and hi < lo:
         return []  # no reading can match: nothing to list
-    days: list[str] | None = None
-    if lo is not None and hi is not None and hi // _DAY_MS - lo // _DAY_MS < MAX_LISTED_DAYS:
-        try:
-            days = [dt.datetime.fromtimestamp(day * _DAY_MS / 1000, dt.UTC).strftime("%Y-%m-%d")
-                    for day in range(lo // _DAY_MS, hi // _DAY_MS + 1)]
-        except (ValueError, OverflowError, OSError):
-            days = None  # beyond what a date names: list it all
-    if days is not None and all(len(d) == 10 for d in days):
+    days = _catalog_days(lake, lo, hi)
+    if days is None and lo is not None and hi is not None and hi // _DAY_MS - lo // _DAY_MS < MAX_LISTED_DAYS:
+        days = _day_names(range(lo // _DAY_MS, hi // _DAY_MS + 1))
+    if days is not None:
         files = [f for d in days for f in lake.lake_files("raw", f"raw/date={d}/")]
     else:
         files = lake.lake_files("raw")
     return [f for f in files if _touches(f, lo, hi)]
+
+
+def _day_names(day_numbers) -> list[str] | None:
+    try:
+        days = [dt.datetime.fromtimestamp(day * _DAY_MS / 1000, dt.UTC).strftime("%Y-%m-%d") for day in day_numbers]
+    except (ValueError, OverflowError, OSError):
+        return None  # beyond what a date names: list it all
+    return days if all(len(d) == 10 for d in days) else None
+
+
+def _catalog_days(lake: ColdLake, lo: int | None, hi: int | None) -> list[str] | None:
+    """The days of the catalog within [lo, hi] (None: the store keeps no catalog)."""
+    days_of = getattr(lake.store, "days", None)
+    known = days_of("raw") if days_of is not None else None
+    if known is None:
+        return None
+    first = _day_names([lo // _DAY_MS]) if lo is not None else None
+    last = _day_names([hi // _DAY_MS]) if hi is not None else None
+    return [d for d in known if (first is None or d >= first[0]) and (last is None or d <= last[0])]
 
 
 def _touches(f: layout.LakeFile, lo: int | None, hi: int | None) -> bool:
@@ -70,9 +88,10 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
     `ts_bounds` (analytics.bounds.ts_bounds of the statement): the only readings the statement
     can see, so only the lake's days (and archived objects) in that range are listed."""
     raw = raw_files(lake, ts_bounds)  # listed once: what is read, and what is left out
+    visible = layout.visible(raw, writer=lake.writer_id, hidden_segments=set(hidden))
     return SqlSources(
-        cold_raw=lake.raw_datasets(hidden, files=layout.visible(raw, writer=lake.writer_id,
-                                                                  hidden_segments=set(hidden))),
+        cold_raw=lake.raw_datasets(hidden, files=visible),
+        cold_raw_bounds=raw_bounds(lake, visible),
         cold_quarantine=lake.dataset("quarantine", hidden),
         cold_context=lake.dataset("context", hidden),
         hot_fresh=unsealed.fresh,
@@ -85,9 +104,23 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
         recipe_limits=recipe_limits,
         warm_1m=warm.snapshot() if warm is not None else None,
         cold_agg_1m=agg_dataset(lake.store),
+        cold_agg_1m_bounds=agg_bounds(lake),
         job_history=RunHistory(data_dir / "lifecycle").table(),
         archived_raw=archived_raw(raw, writer=lake.writer_id, hidden=hidden),
     )
+
+
+def agg_bounds(lake: ColdLake) -> dict[str, FileStats]:
+    """The catalog's statistics of the lake's aggregate files, by their paths."""
+    listing = getattr(lake.store, "objects_with_stats", None)
+    if listing is None:
+        return {}
+    return {lake.path(info.key): stats for info, stats in listing("agg_1m/") if stats is not None}
+
+
+def raw_bounds(lake: ColdLake, files: list[layout.LakeFile]) -> dict[str, FileStats]:
+    """The catalog's statistics of `files`, by their paths in the lake's datasets."""
+    return {lake.path(f.key): f.stats for f in files if f.stats is not None}
 
 
 def archived_raw(files: list[layout.LakeFile], *, writer: str, hidden: Set[int]) -> list[ArchivedObject]:

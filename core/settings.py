@@ -49,7 +49,14 @@ def _kind(kind: str, default: Any, env_only: bool = False) -> Any:
 class BrokerSettings:
     url: str = _kind("mqtt_url", "mqtt://127.0.0.1:1883")
     username: str = _kind("str", "")
+    # Never in the file: FABTIER_BROKER_PASSWORD, or read from password_file at load.
     password: Secret = _kind("secret", Secret(""), env_only=True)
+    password_file: str = _kind("file", "")
+    # mqtts:// only: the CA bundle that signed the broker's certificate (empty: the system's
+    # CAs), and the client certificate and its key (PEM) for a broker that requires one.
+    ca_file: str = _kind("file", "")
+    cert_file: str = _kind("file", "")
+    key_file: str = _kind("file", "")
     topic_root: str = _kind("topic", "fab")
     ctx_root: str = _kind("topic", "fab-ctx")
     alert_root: str = _kind("topic", "fab-alerts")

@@ -34,7 +34,7 @@ from fabtier.apiparams import (
     sql_statement,
 )
 from fabtier.datadir import sql_spill_dir
-from lifecycle import scheduler
+from lifecycle import jobs, scheduler
 from tiers.inventory import report
 
 if TYPE_CHECKING:
@@ -48,7 +48,10 @@ OPENAPI = {
     "info": {"title": "fabtier", "version": "0.1.0"},
     "paths": {
         "/health": {"get": {"summary": "200 once the pipeline is subscribed and ready, else 503",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+                            "responses": {"200": {"description": "ready; `status` is `degraded` while a step "
+                                                                 "(seal, a tiering job) fails, and `problems` "
+                                                                 "says which, since when, why and the fix"},
+                                          "503": {"description": "not ready"}}}},
         "/metrics": {"get": {"summary": "ingest and tiering counters",
                              "responses": {"200": {"description": "JSON object of counters"}}}},
         "/sql": {"post": {
@@ -106,6 +109,37 @@ ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _problems(pipeline: Pipeline) -> list[dict]:
+    """The steps failing now: the seal's (with the store's reason), then the tiering jobs'.
+    The seal job's own entry only repeats the seal's, so it shows only when the seal has none
+    (the job failed before any segment was tried)."""
+    problems = pipeline.metrics.faults.problems()
+    runner = scheduler.existing_runner(pipeline)
+    if runner is not None:
+        steps = {p.step for p in problems}
+        problems += [p for p in runner.faults.problems() if p.step not in steps]
+    return [p.public() for p in problems]
+
+
+def health(pipeline: Pipeline) -> tuple[int, dict]:
+    """/health: 200 when ready (the liveness answer), 503 otherwise. `status` is the run state,
+    or `degraded` when ready while steps fail (`problems`); `state` is always the run state."""
+    ready = pipeline.ready
+    problems = _problems(pipeline)
+    status = "degraded" if ready and problems else pipeline.state.value
+    return (200 if ready else 503), {"status": status, "state": pipeline.state.value, "failure": pipeline.failure,
+                                     "data_dir_id": pipeline.identity, "problems": problems}
+
+
+def step_metrics(pipeline: Pipeline) -> dict:
+    """Failures per tiering job (`job_failures`, every job listed) and the steps failing now."""
+    runner = scheduler.existing_runner(pipeline)
+    counts = runner.faults.counts() if runner is not None else {}
+    job_ids = [job.id for job in (runner.jobs if runner is not None else jobs.JOBS)]
+    return {"job_failures": {job_id: counts.get(job_id, 0) for job_id in job_ids},
+            "failing_steps": [p["step"] for p in _problems(pipeline)]}
+
+
 def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "fabtier"
@@ -155,11 +189,10 @@ def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
             path = self._route("GET")
             query = parse_qs(urlparse(self.path).query)
             if path == "/health":
-                ready = pipeline.ready
-                self._json(200 if ready else 503, {"status": pipeline.state.value, "failure": pipeline.failure,
-                                                   "data_dir_id": pipeline.identity})
+                status, body = health(pipeline)
+                self._json(status, body)
             elif path == "/metrics":
-                self._json(200, pipeline.metrics_snapshot())
+                self._json(200, {**pipeline.metrics_snapshot(), **step_metrics(pipeline)})
             elif path == "/openapi.json":
                 self._json(200, OPENAPI)
             elif path == "/tiers":

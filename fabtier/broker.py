@@ -1,4 +1,5 @@
-"""A local mosquitto for `fabtier demo` and the tests: free port, persistence in a directory."""
+"""A local mosquitto for `fabtier demo` and the tests: free port, persistence in a directory;
+optionally TLS only, with client certificates required, and logins from a password file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import FabtierError
@@ -39,12 +41,42 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
     raise FabtierError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
-class LocalBroker:
-    """mosquitto on 127.0.0.1 with its sessions persisted under `directory`."""
+@dataclass(frozen=True)
+class BrokerTlsFiles:
+    """The broker's side of TLS (PEM files): the CA that signs the clients' certificates, the
+    broker's own certificate and key."""
 
-    def __init__(self, directory: Path, *, port: int | None = None) -> None:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = True
+
+
+def write_password_file(path: Path, logins: dict[str, str]) -> Path:
+    """A mosquitto password file (hashed) for these users, made by `mosquitto_passwd -b`."""
+    binary = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    for user, password in logins.items():
+        # -b takes the password as an argument: for test and demo brokers only.
+        done = subprocess.run([binary, "-b", str(path), user, password], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=30)
+        if done.returncode != 0:
+            raise FabtierError(f"mosquitto_passwd failed for user {user!r} (exit {done.returncode})")
+    return path
+
+
+class LocalBroker:
+    """mosquitto on 127.0.0.1 with its sessions persisted under `directory`. With `tls`, its
+    one listener speaks only TLS (`url` is mqtts://); with `password_file`, anonymous clients
+    are refused."""
+
+    def __init__(self, directory: Path, *, port: int | None = None, tls: BrokerTlsFiles | None = None,
+                 password_file: Path | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.tls = tls
+        self.password_file = password_file
         self._process: subprocess.Popen | None = None
 
     @property
@@ -55,7 +87,18 @@ class LocalBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def _security(self) -> str:
+        lines = []
+        if self.tls is not None:
+            lines += [f"cafile {self.tls.ca_file}", f"certfile {self.tls.cert_file}", f"keyfile {self.tls.key_file}",
+                      f"require_certificate {'true' if self.tls.require_certificate else 'false'}"]
+        if self.password_file is not None:
+            lines += [f"password_file {self.password_file}", "allow_anonymous false"]
+        else:
+            lines.append("allow_anonymous true")
+        return "".join(line + "\n" for line in lines)
 
     def start(self) -> LocalBroker:
         binary = find_mosquitto()
@@ -66,7 +109,7 @@ class LocalBroker:
         config = self.directory / "mosquitto.conf"
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + self._security() +
             # Run as whoever started it: mosquitto started as root otherwise switches to the
             # user "mosquitto", which cannot write the persistence directory we created.
             f"user {getpass.getuser()}\n"

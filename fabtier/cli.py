@@ -96,9 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stop = threading.Event()
     install_stop_signals(stop)
-    instance = Instance(settings).start()
-    print(f"fabtier running: API {instance.api_url}, data in {settings.data_dir}, lake {settings.store_url}",
-          flush=True)
+    instance = Instance(settings).start(stop=stop)
+    if instance.pipeline.ready:
+        print(f"fabtier running: API {instance.api_url}, data in {settings.data_dir}, lake {settings.store_url}",
+              flush=True)
     try:
         wait_until_stopped(instance, stop, args.seconds)
     finally:
@@ -301,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--config")
         if name == "iam-policy":
             action.add_argument("--account", default="*", help="AWS account id for the Glue ARNs")
+        if name == "setup":
+            action.add_argument("--require-tls", action="store_true",
+                                help="refuse requests without TLS in the bucket policy even when the endpoint "
+                                     "is plain http:// (which then locks fabtier itself out)")
         action.set_defaults(func=cmd_cold)
 
     from fabtier.retrieval_cli import add_parser as add_retrieve_parser

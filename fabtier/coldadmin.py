@@ -8,16 +8,18 @@ import json
 from core.errors import FabtierError, UserError
 from core.settings import Settings
 from lifecycle import glue, policy
+from tiers import catalog as lake_catalog
 from tiers import s3bucket
 from tiers.store import S3Store, settings_store
 
 
 def _s3(settings: Settings, what: str) -> S3Store:
     store = settings_store(settings)
-    if not isinstance(store, S3Store):
+    s3 = lake_catalog.unwrap(store)
+    if not isinstance(s3, S3Store):
         raise UserError(f"{what} needs an S3 store; set [cold] store = 's3://bucket/prefix' "
                         f"(the local store {store.url} needs no setup)")
-    return store
+    return s3
 
 
 def run_cold_command(settings: Settings, args) -> int:
@@ -44,14 +46,15 @@ def _run(settings: Settings, args) -> int:
             kms_key_arn=settings.cold.kms_key_id if settings.cold.sse == "aws:kms" else ""), indent=2))
         return 0
     store = settings_store(settings)
-    prefix = f"{store.prefix}/" if isinstance(store, S3Store) and store.prefix else ""
+    base = lake_catalog.unwrap(store)
+    prefix = f"{base.prefix}/" if isinstance(base, S3Store) and base.prefix else ""
     rules = policy.policy_from_settings(settings.lifecycle, prefix=prefix)
     if args.action == "lifecycle":
         out: dict[str, object] = {"store": store.url, "kinds": policy.describe(rules), "rules": [
             {"id": r.id, "kind": r.kind, "prefix": r.prefix, "min_size_bytes": r.min_size,
              "transitions": [{"after_s": t.after_s, "storage_class": t.storage_class} for t in r.transitions],
              "expire_after_s": r.expire_after_s} for r in rules.rules]}
-        if isinstance(store, S3Store):
+        if isinstance(lake_catalog.unwrap(store), S3Store):
             out["s3_document"] = policy.s3_document(rules)
         else:
             out["evaluated_by"] = "fabtier (local store: exact ages, storage classes recorded in the store)"
@@ -63,7 +66,8 @@ def _run(settings: Settings, args) -> int:
         done = []
         if s3bucket.ensure_bucket(s3):
             done.append(f"created bucket {s3.bucket}")
-        done += s3bucket.secure_bucket(s3, sse=settings.cold.sse, kms_key_id=settings.cold.kms_key_id)
+        done += s3bucket.secure_bucket(s3, sse=settings.cold.sse, kms_key_id=settings.cold.kms_key_id,
+                                       require_tls=True if getattr(args, "require_tls", False) else None)
         if s3bucket.apply_lifecycle(s3, document):
             done.append("lifecycle configuration applied")
         catalog = glue.catalog_for(settings, s3)

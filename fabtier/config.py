@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from core.brokerconn import broker_address, broker_tls
 from core.errors import ConfigError
 from core.records import SPEEDS
 from core.settings import (
@@ -73,20 +77,41 @@ _FIXES = {
     "glue_name": "use lower-case letters, digits and '_' only (Glue and Athena names), or leave it empty",
     "whole": "write a whole number, 0 or more",
     "speed": 'write "expedited", "standard" or "bulk" (S3\'s retrieval tiers)',
+    "str": 'write a string in quotes, e.g. "fab"',
+    "secret": "write a string in quotes",
+    "path": 'write a path in quotes, e.g. "./fabtier-data"',
+    "file": 'write the path of a file in quotes, e.g. "/etc/fabtier/ca.pem", or leave it empty',
 }
+_USERINFO = re.compile(r"//[^/@]*@")
+
+
+def _shown(raw: str) -> str:
+    """A URL as an error message may show it: a user and password in it become ***."""
+    return repr(_USERINFO.sub("//***@", raw))
 
 
 def _convert(kind: str, key: str, raw: Any) -> Any:
     """Turn a raw TOML or environment value into the setting's type, or say what is wrong."""
     try:
         if kind == "duration":
-            return parse_duration(raw)
+            if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+                raise ValueError(f"{raw!r} is not a duration")
+            seconds = parse_duration(raw)
+            if not math.isfinite(seconds):
+                raise ValueError(f"{raw!r} is not a finite duration")
+            return seconds
         if kind == "size":
+            if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+                raise ValueError(f"{raw!r} is not a size")
             return parse_size(raw)
         if kind == "path":
-            if not isinstance(raw, str) or not raw:
+            if not isinstance(raw, str) or not raw or "\0" in raw:
                 raise ValueError("must be a non-empty path")
             return Path(raw)
+        if kind == "file":
+            if not isinstance(raw, str) or "\0" in raw:
+                raise ValueError("must be the path of a file, or empty")
+            return raw
         if kind == "secret":
             if not isinstance(raw, str):
                 raise ValueError("must be a string")
@@ -116,9 +141,16 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
             raise ValueError(f"{raw!r} is not a string")
         if kind == "mqtt_url":
             url = urlparse(raw)
-            if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-                raise ValueError(f"{raw!r} is not an MQTT URL")
-            _ = url.port  # raises ValueError on a bad port
+            if "@" in url.netloc:
+                raise ConfigError(key, "holds a user name or password",
+                                  "write the user as [broker] username and give the password in the environment "
+                                  "variable FABTIER_BROKER_PASSWORD or in [broker] password_file, never in the URL")
+            try:
+                port = url.port
+            except ValueError:
+                port = -1
+            if url.scheme not in ("mqtt", "mqtts") or not url.hostname or port == -1:
+                raise ValueError(f"{_shown(raw)} is not an MQTT URL")
         elif kind == "store_url":
             url = urlparse(raw)
             if raw and not ((url.scheme == "file" and url.path.startswith("/"))
@@ -127,9 +159,9 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
         elif kind == "http_url":
             url = urlparse(raw)
             if raw and (url.scheme not in ("http", "https") or not url.netloc):
-                raise ValueError(f"{raw!r} is not an HTTP URL")
+                raise ValueError(f"{_shown(raw)} is not an HTTP URL")
         elif kind == "topic":
-            if not raw or any(c in raw for c in "+#") or raw.startswith("/") or raw.endswith("/"):
+            if not raw or any(c in raw for c in "+#\0") or raw.startswith("/") or raw.endswith("/"):
                 raise ValueError(f"{raw!r} is not a topic root")
         elif kind in ("name", "name_or_empty"):
             if (raw or kind == "name") and not all(c.isalnum() or c in "-_" for c in raw or "/"):
@@ -144,6 +176,8 @@ def _convert(kind: str, key: str, raw: Any) -> Any:
             if raw and not all(c.islower() or c.isdigit() or c == "_" for c in raw):
                 raise ValueError(f"{raw!r} is not a Glue name")
         return raw
+    except OverflowError:
+        raise ConfigError(key, "is too large", _FIXES.get(kind, "")) from None
     except ValueError as exc:
         raise ConfigError(key, str(exc), _FIXES.get(kind, "")) from None
 
@@ -174,9 +208,14 @@ def _warn_unknown_env(env: Mapping[str, str]) -> None:
                         f"; did you mean {closest[0]}?" if closest else "")
 
 
+def _bare(key: str) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted (an empty or odd key shows)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def _unknown(key: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-    fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+    fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(set(known)))}"
     return ConfigError(key, "is not a fabtier setting", fix)
 
 
@@ -187,9 +226,11 @@ def _build_section(cls: type, name: str, table: Mapping[str, Any], env: Mapping[
         if key not in fields or fields[key].metadata.get("env_only"):
             if key in fields:
                 env_name = f"FABTIER_{name.upper()}_{key.upper()}"
-                raise ConfigError(f"[{name}] {key}", "must not be written in the file",
-                                  f"set the environment variable {env_name} instead")
-            raise _unknown(f"[{name}] {key}", list(fields))
+                fix = f"set the environment variable {env_name} instead"
+                if f"{key}_file" in fields:
+                    fix += f", or write the path of a file that holds it as [{name}] {key}_file"
+                raise ConfigError(f"[{name}] {key}", "must not be written in the file (it is a secret)", fix)
+            raise _unknown(f"[{name}] {_bare(key)}", list(fields))
         values[key] = _convert(fields[key].metadata["kind"], f"[{name}] {key}", raw)
     for key, fld in fields.items():
         env_name = f"FABTIER_{name.upper()}_{key.upper()}"
@@ -210,7 +251,7 @@ def _build_rules(raw: Any) -> tuple[AlertRule, ...]:
             raise ConfigError(where, "must be a table", "write rules as [[alerts.rules]] tables")
         for key in rule:
             if key not in known:
-                raise _unknown(f"{where} {key}", sorted(known))
+                raise _unknown(f"{where} {_bare(key)}", sorted(known))
         name, sensor = rule.get("name"), rule.get("sensor")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where} name", "is missing", 'give each rule a name, e.g. name = "overtemp"')
@@ -220,9 +261,7 @@ def _build_rules(raw: Any) -> tuple[AlertRule, ...]:
         limits = {}
         for key in ("high", "low", "hysteresis"):
             value = rule.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{where} {key}", f"{value!r} is not a number", "write a number, e.g. 80.0")
-            limits[key] = None if value is None else float(value)
+            limits[key] = None if value is None else _finite(f"{where} {key}", value)
         recipe = rule.get("recipe", False)
         if not isinstance(recipe, bool):
             raise ConfigError(f"{where} recipe", f"{recipe!r} is not true or false",
@@ -249,6 +288,19 @@ def _build_rules(raw: Any) -> tuple[AlertRule, ...]:
     return tuple(result)
 
 
+def _finite(key: str, value: Any) -> float:
+    number = None
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range
+            number = None
+    if number is None or not math.isfinite(number):
+        shown = f"{value!r}" if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ConfigError(key, f"{shown} is not a finite number", "write a number, e.g. 80.0")
+    return number
+
+
 def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
     """Validate a parsed TOML document (plus environment overrides) into Settings."""
     env = os.environ if env is None else env
@@ -259,7 +311,7 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None
             if not isinstance(raw, dict):
                 raise ConfigError(f"[{key}]", "must be a table", f"write it as a [{key}] section")
         elif key not in known:
-            raise _unknown(key, known)
+            raise _unknown(_bare(key), known)
     for key in _TOP_LEVEL:
         if key in data:
             values[key] = _convert(_TOP_LEVEL[key].metadata["kind"], key, data[key])
@@ -273,6 +325,7 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None
         values[name] = _build_section(cls, name, table, env)
     if "alerts" in data:
         values["alert_rules"] = _build_rules(data["alerts"])
+    values["broker"] = _with_password_file(values["broker"], env)
     _warn_unknown_env(env)
     settings = Settings(**values)
     _check_relations(settings)
@@ -298,10 +351,69 @@ def _check_relations(settings: Settings) -> None:
         raise ConfigError("[cold] seal_every", "must be longer than zero", 'e.g. "1m"')
     if settings.hot.window <= 0:
         raise ConfigError("[hot] window", "must be longer than zero", 'e.g. "1h"')
+    _check_broker(settings.broker)
     _check_cold(settings)
     _check_retrieval(settings)
     _check_alerts(settings)
     _check_warm_and_sinks(settings)
+
+
+def _with_password_file(broker: BrokerSettings, env: Mapping[str, str]) -> BrokerSettings:
+    """The broker's password read from `[broker] password_file`: its one line, without the
+    line break. Nothing of the file's content ever goes into a message."""
+    path = broker.password_file
+    if not path:
+        return broker
+    key = "[broker] password_file"
+    if env.get("FABTIER_BROKER_PASSWORD"):
+        raise ConfigError(key, "is set and so is the environment variable FABTIER_BROKER_PASSWORD",
+                          "give the password one way only")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path!r} does not exist", "give the path of a file holding the password") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path!r} is not UTF-8 text", "write the password as one line of text") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path!r} cannot be read ({exc.strerror or exc})",
+                          "check the path and its permissions") from None
+    password = text[:-1] if text.endswith("\n") else text
+    password = password[:-1] if password.endswith("\r") else password
+    if not password or "\n" in password:
+        raise ConfigError(key, f"{path!r} is empty or holds more than one line",
+                          "write the password alone on the file's first and only line")
+    if mode & 0o077:
+        log.warning("%s %s can be read by other users (mode %o); chmod 600 it", key, path, mode & 0o777)
+    return dataclasses.replace(broker, password=Secret(password))
+
+
+_BROKER_FILES = {
+    "ca_file": "the CA certificate (PEM) that signed the broker's certificate",
+    "cert_file": "the client certificate (PEM)",
+    "key_file": "the client certificate's private key (PEM)",
+}
+
+
+def _check_broker(broker: BrokerSettings) -> None:
+    tls = broker_address(broker.url)[2]
+    for key, what in _BROKER_FILES.items():
+        path = getattr(broker, key)
+        if not path:
+            continue
+        if not tls:
+            raise ConfigError(f"[broker] {key}", "is set but [broker] url is mqtt:// (no TLS)",
+                              "write the broker's URL as mqtts://host:port, or leave it empty")
+        if not Path(path).is_file():
+            problem = "is not a file" if Path(path).exists() else "does not exist"
+            raise ConfigError(f"[broker] {key}", f"{path!r} {problem}", f"give the path of {what}")
+    if broker.key_file and not broker.cert_file:
+        raise ConfigError("[broker] key_file", "is set without cert_file",
+                          "give the client certificate as [broker] cert_file too")
+    if broker.password and not broker.username:
+        log.info("a broker password is given but [broker] username is empty: the password is not sent")
+    if tls:
+        broker_tls(broker)  # the files are loadable, and a mismatched key is found now, not at connect
 
 
 def _human(seconds: float) -> str:
@@ -363,6 +475,8 @@ def _check_alerts(settings: Settings) -> None:
                               'set [alerts] recipes = "path/to/recipes.toml"')
     if alerts.recipes:
         from alerts.recipes import RecipeError, read_book
+        if "\0" in alerts.recipes:
+            raise ConfigError("[alerts] recipes", "is not a path", 'give the path of the recipe file, e.g. "recipes.toml"')
         try:
             read_book(Path(alerts.recipes))
         except RecipeError as exc:
@@ -409,6 +523,12 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         except FileNotFoundError:
             raise ConfigError("--config", f"the file {str(path)!r} does not exist",
                               "give the path of a TOML file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigFileError(str(path), f"is not valid TOML: it is not UTF-8 text ({exc.reason} at byte "
+                                  f"{exc.start})") from None
+        except OSError as exc:
+            raise ConfigError("--config", f"the file {str(path)!r} cannot be read ({exc.strerror or exc})",
+                              "give the path of a readable TOML file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigFileError(str(path), f"is not valid TOML: {exc}") from None
     return settings_from_mapping(data, env)

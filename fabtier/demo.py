@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.brokerconn import broker_tls
 from fabtier.broker import LocalBroker, free_port
 from fabtier.config import load_settings
 from fabtier.runner import Instance, install_stop_signals, wait_until_stopped
@@ -45,7 +46,9 @@ def run_demo(*, data_dir: Path, seconds: float | None, port: int, machines: int,
     settings = load_settings(config_path)
     instance = None
     try:
-        instance = Instance(settings).start()
+        instance = Instance(settings).start(stop=stop)
+        if not instance.pipeline.ready:  # stopped (Ctrl-C) before the broker took the subscription
+            return 0
         print(f"fabtier demo: broker {broker.url}, API {instance.api_url}, data in {data_dir}", flush=True)
         print("  health:   curl " + instance.api_url + "/health", flush=True)
         print("  metrics:  curl " + instance.api_url + "/metrics", flush=True)
@@ -56,8 +59,11 @@ def run_demo(*, data_dir: Path, seconds: float | None, port: int, machines: int,
         sim_stop = threading.Event()
 
         def simulate() -> None:
+            # The instance's own broker settings (FABTIER_BROKER_* may point both at another broker).
+            login = settings.broker
             stats_box["stats"] = run_simulator(
-                broker_url=broker.url, machines=machines, sensors=sensors, rate_hz=rate_hz,
+                broker_url=login.url, username=login.username or None, password=login.password.reveal() or None,
+                tls=broker_tls(login), machines=machines, sensors=sensors, rate_hz=rate_hz,
                 batch=max(1, sensors * 2), seed=seed, stop=sim_stop)
 
         sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)

@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 
 from alerts.service import Alerting
 from analytics.session import SqlSources
+from core.brokerconn import broker_tls
 from core.clock import SystemClock
 from core.protocols import AlertSink, Clock
 from core.settings import Settings
@@ -36,6 +37,7 @@ from ingest.subscriber import Subscriber
 from ingest.wal import WriteAheadLog, read_segment
 from lifecycle import scheduler
 from lifecycle.audit import AuditLog
+from tiers import catalog
 from tiers.cold import ColdLake, SealReport
 from tiers.hot import HotRing
 from tiers.influx import InfluxDestination
@@ -149,6 +151,11 @@ class Pipeline:
             settings=self.settings, status=self.status, metrics=self.metrics, keys=self.keys, ring=self.ring,
             unsealed=self.unsealed, wal=self.wal, lake=self.lake, audit=self.audit, warm=self.warm,
             alerting=self.alerting, lock=self._lock, ingest_figures=self._ingest_figures)
+        # The lake's catalog from a listing: what changed while no fabtier ran (or before the
+        # catalog existed) is in it before anything reads it (tiers.catalog).
+        days = catalog.build(self.lake.store)
+        if days:
+            log.info("lake catalog: %d day(s) of data checked against the store", days)
         leftover = self.wal.leftover_segments()
         if leftover:
             log.info("recovering %d log segment(s) left by an earlier run", len(leftover))
@@ -181,8 +188,12 @@ class Pipeline:
                 self.ring.insert(key_ids, ts, recent.column("value").to_numpy())
             log.info("hot ring warmed with %d readings from the lake", recent.num_rows)
 
-    def start(self) -> None:
-        """Open, then subscribe; returns once the broker confirmed the subscription."""
+    def start(self, *, stop: threading.Event | None = None) -> None:
+        """Open, then subscribe; returns once the broker confirmed the subscription.
+
+        With `stop`, a broker that cannot be reached or refuses the login is tried again
+        (with backoff, each failure logged) until it accepts or `stop` is set; the state stays
+        RECOVERING (/health 503) meanwhile. Without it, start gives up after 10 s."""
         if self.wal is None:
             self.open()
         broker = self.settings.broker
@@ -190,12 +201,13 @@ class Pipeline:
             url=broker.url, client_id=broker.client_id,
             topics=subscription_topics(broker.topic_root, broker.ctx_root, broker.share_group),
             on_message=self.ingestor.handle_message, username=broker.username,
-            password=broker.password.reveal(), session_expiry=broker.session_expiry,
+            password=broker.password.reveal(), tls=broker_tls(broker), session_expiry=broker.session_expiry,
             keepalive=broker.keepalive, receive_maximum=broker.receive_maximum,
         )
         self.ingestor.start(open_sinks(self.settings))
         self.alerting.start()
-        self.subscriber.start()
+        if not self.subscriber.start(timeout=None if stop is not None else 10.0, cancel=stop):
+            return
         if self.status.state is State.RECOVERING:
             self.status.move(State.READY)
 

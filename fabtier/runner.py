@@ -25,7 +25,8 @@ class Instance:
         self.api: ApiServer | None = None
         self._scheduler = None
 
-    def start(self) -> Instance:
+    def start(self, *, stop: threading.Event | None = None) -> Instance:
+        """Everything up; with `stop`, waits for the broker (retrying) until `stop` is set."""
         # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
         # lets the API's threads (dashboards, SQL) answer within a millisecond or so.
         sys.setswitchinterval(0.0005)
@@ -40,8 +41,9 @@ class Instance:
         self.api.start()
         warming.join()
         try:
-            self.pipeline.start()
-            self._scheduler = start_scheduler(self.pipeline)
+            self.pipeline.start(stop=stop)
+            if self.pipeline.ready:
+                self._scheduler = start_scheduler(self.pipeline)
         except BaseException:
             self.stop()
             raise

@@ -5,6 +5,10 @@ child (`[cold] seal_in_child`, `fabtier.forked`) so that sorting and encoding mi
 rows does not take the interpreter lock from ingestion; the parent writes the audit record
 and only then deletes the segment. File names come from the segment number, so sealing again
 after a crash replaces instead of adding.
+
+A segment the store refuses stays in the log (and its rows in memory) for the next seal; the
+failure is logged at ERROR with the store's reason and the known fix, counted
+(`seal_failures`), and makes `/health` say degraded until a seal leaves no segment behind.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import os
 import threading
 from contextlib import AbstractContextManager
 
+from core.errors import FabtierError
 from core.protocols import Clock
 from core.settings import Settings
 from fabtier import forked
 from fabtier.datadir import DataDirLock
-from fabtier.runstate import Metrics
+from fabtier.runstate import Metrics, step_failed, step_worked
 from ingest.wal import WriteAheadLog, read_segment
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake, Move, SealReport
@@ -30,8 +35,12 @@ SEAL_CHILD_NICENESS = 10
 SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
 
 
-class SealError(Exception):
-    """Writing a segment into the lake failed (the segment stays and is retried)."""
+SEAL_STEP = "seal"  # its name in /health
+
+
+class SealError(FabtierError):
+    """Writing a segment into the lake failed (the segment stays and is retried). Raised for a
+    forked child's failure: the first line is the child's error, then its traceback."""
 
 
 def _lower_priority() -> None:
@@ -69,16 +78,21 @@ class Sealer:
                 if not self.wal.active_empty:  # an idle log has nothing to seal: no empty segments
                     self.wal.rotate()
                 due = [s for s in self.wal.segments() if s != self.wal.active]
-            rows = files = done = 0
+            rows = files = done = failed = 0
             for segment in due:
                 with self._lock:
                     in_memory = segment in self.unsealed.segments()
                 try:
                     moves = self._write_segment(segment, in_memory)
-                except Exception:
+                except Exception as exc:
                     # The segment stays in the log and in memory; the next run retries it.
+                    failed += 1
                     self.metrics.seal_failures += 1
-                    log.exception("sealing log segment %d failed; it will be retried", segment)
+                    step_failed(self.metrics, SEAL_STEP, exc, settings=self.settings, at_ms=self.clock.now_ms(),
+                                what=f"log segment {segment}",
+                                then="the segment stays in the log and the next seal tries it again")
+                    if isinstance(exc, SealError):
+                        log.debug("sealing log segment %d in a child process: %s", segment, exc)
                     continue
                 self.audit.record("seal", moves, self.clock.now_ms())
                 with self._lock:
@@ -87,6 +101,8 @@ class Sealer:
                 done += 1
                 rows += sum(m.rows for m in moves if m.what == "raw")
                 files += len(moves)
+            if not failed:  # nothing is left behind (segments of earlier failures included)
+                step_worked(self.metrics, SEAL_STEP, at_ms=self.clock.now_ms())
             self.metrics.segments_sealed += done
             self.metrics.rows_sealed += rows
             return SealReport(segments=done, rows=rows, files=files)
@@ -108,7 +124,7 @@ class Sealer:
             try:
                 return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT)
             except forked.ChildFailed as exc:
-                raise SealError(f"sealing segment {segment} failed: {exc}") from None
+                raise SealError(str(exc)) from None
             except forked.ChildLost as exc:
                 log.warning("sealing segment %d in a child process: %s; sealing it in this process", segment, exc)
         # Outside the lock: the segment is closed (rotation waited for the last micro-batch

@@ -46,13 +46,23 @@ def assemble(messages: list[tuple[str, bytes, int, int]], *, readings_root: str,
         if qos:
             out.tokens.append(mid)
         try:
-            if topic.startswith(context_prefix):
+            # `{ctx_root}` itself is matched by `{ctx_root}/#` too: a context message without a
+            # machine, to be refused as such, not read as readings under the readings root.
+            if topic.startswith(context_prefix) or topic == context_root:
                 out.context.append(decode_context(topic, payload, root=context_root, now_ms=now_ms, limits=limits))
                 continue
             decoded = decode_message(topic, payload, root=readings_root, now_ms=now_ms, limits=limits)
         except PayloadError as exc:
             out.quarantine.append(QuarantineRecord(received_at=now_ms, topic=topic, reason=exc.reason,
                                                    payload=payload_text(payload)))
+            continue
+        except Exception as exc:
+            # A bug in the codec must cost this message only: raised from here it would end
+            # the ingest thread (its caller decodes outside its own guard) and hold up every
+            # good message after it.
+            out.quarantine.append(QuarantineRecord(
+                received_at=now_ms, topic=topic, reason=f"internal error: {type(exc).__name__}: {exc}",
+                payload=payload_text(payload)))
             continue
         if isinstance(decoded, SingleReading):
             out.singles.append(decoded)

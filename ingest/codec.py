@@ -137,7 +137,10 @@ def _load_json(payload: bytes, limits: Limits) -> object:
 def _check_time_window(ts: np.ndarray, now_ms: int, limits: Limits) -> None:
     if len(ts) == 0:
         return
-    newest, oldest = int(ts.max()), int(ts.min())
+    _check_window(int(ts.max()), int(ts.min()), now_ms, limits)
+
+
+def _check_window(newest: int, oldest: int, now_ms: int, limits: Limits) -> None:
     if newest > now_ms + limits.max_future_ms:
         raise PayloadError(f"ts {newest} is more than max_future ahead of the pipeline clock")
     if oldest < now_ms - limits.max_late_ms:
@@ -239,10 +242,19 @@ class SingleReading(tuple):
     __slots__ = ()
 
 
+def _below_root(topic: str, root: str) -> str:
+    # `{root}/#` also matches `{root}` itself, and the caller may hand over any topic: cutting
+    # `len(root) + 1` characters blindly made `fab-ctx` (matched by `fab-ctx/#`) a reading of
+    # machine "ctx" under the root `fab`.
+    if not topic.startswith(root + "/"):
+        raise PayloadError(f"topic {topic[:80]!r} has no machine level under {root}/")
+    return topic[len(root) + 1:]
+
+
 def decode_message(topic: str, payload: bytes, *, root: str, now_ms: int,
                    limits: Limits) -> ReadingBatch | SingleReading:
     """Like `decode_readings`, but a single reading comes back as a plain `SingleReading`."""
-    rest = topic[len(root) + 1:]
+    rest = _below_root(topic, root)
     machine, _, sensor = rest.partition("/")
     if not sensor and not rest.endswith("/"):
         return decode_readings(topic, payload, root=root, now_ms=now_ms, limits=limits)
@@ -259,14 +271,16 @@ def decode_message(topic: str, payload: bytes, *, root: str, now_ms: int,
         if not math.isfinite(value):
             raise PayloadError("v is not finite")
     if not now_ms - limits.max_late_ms <= ts <= now_ms + limits.max_future_ms:
-        _check_time_window(np.array([ts], dtype=np.int64), now_ms, limits)
+        # Compared as Python ints: on the fast path `ts` is any integer orjson reads (up to
+        # 2**64 - 1), which an int64 array refuses with an OverflowError.
+        _check_window(ts, ts, now_ms, limits)
         raise PayloadError("ts out of range")
     return SingleReading((machine, sensor, ts, value))
 
 
 def decode_readings(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ReadingBatch:
     """Decode a message on `{root}/{machine}` (a batch) or `{root}/{machine}/{sensor}` (one reading)."""
-    rest = topic[len(root) + 1:]
+    rest = _below_root(topic, root)
     machine, _, sensor = rest.partition("/")
     _check_name("machine", machine)
     doc = _load_json(payload, limits)
@@ -281,7 +295,7 @@ def decode_readings(topic: str, payload: bytes, *, root: str, now_ms: int, limit
 
 def decode_context(topic: str, payload: bytes, *, root: str, now_ms: int, limits: Limits) -> ContextEvent:
     """Decode a lot start or end on `{ctx_root}/{machine}`."""
-    machine = topic[len(root) + 1:]
+    machine = _below_root(topic, root)
     if "/" in machine:
         raise PayloadError("a context topic has exactly one level after the root")
     _check_name("machine", machine)

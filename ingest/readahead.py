@@ -42,7 +42,10 @@ class ReadAheadSocket:
     def recv(self, size: int) -> bytes:
         available = len(self._buffer) - self._pos
         if available == 0:
-            data = self._sock.recv(max(size, self._read_ahead))  # BlockingIOError passes through
+            # Never more than `read_ahead` of the kernel, whatever paho asks: paho asks for a
+            # packet's whole declared remaining length (up to 256 MiB, from the wire), and
+            # `recv(n)` allocates n bytes first. paho reads the rest in further calls.
+            data = self._sock.recv(self._read_ahead)  # BlockingIOError passes through
             if len(data) <= size:
                 return data  # b"" is the peer closing: paho must see it
             self._buffer, self._pos, available = data, 0, len(data)

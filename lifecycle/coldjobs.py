@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from lifecycle import glue, policy
 from lifecycle.host import JobHost
-from tiers import compaction
+from tiers import catalog, compaction
 from tiers.cold import Move
 from tiers.s3bucket import apply_lifecycle, aws_errors
 from tiers.store import S3Store
@@ -63,7 +63,7 @@ def compact(pipeline: JobHost, now_ms: int | None = None, *, at_ms: int | None =
 
 
 def lake_policy(pipeline: JobHost) -> policy.Policy:
-    store = pipeline.lake.store
+    store = catalog.unwrap(pipeline.lake.store)
     prefix = f"{store.prefix}/" if isinstance(store, S3Store) and store.prefix else ""
     return policy.policy_from_settings(pipeline.settings.lifecycle, prefix=prefix)
 
@@ -83,9 +83,10 @@ def apply_lifecycle_policy(pipeline: JobHost, now_ms: int | None = None, *, at_m
     here); on a local store fabtier evaluates the same rules and records the classes."""
     store = pipeline.lake.store
     rules = lake_policy(pipeline)
-    if isinstance(store, S3Store):
+    s3 = catalog.unwrap(store)
+    if isinstance(s3, S3Store):
         with aws_errors("keeping the bucket's lifecycle configuration"):
-            changed = apply_lifecycle(store, policy.s3_document(rules))
+            changed = apply_lifecycle(s3, policy.s3_document(rules))
         return {"job": LIFECYCLE, "store": "s3", "configuration_updated": changed}
     now, at = _now(pipeline, now_ms), _now(pipeline, at_ms)
     transitions = expiries = 0
@@ -108,6 +109,7 @@ def apply_lifecycle_policy(pipeline: JobHost, now_ms: int | None = None, *, at_m
                                                       size, "")], at)
                 store.delete(action.key)
                 expiries += 1
+        catalog.flush(store)
     if transitions or expiries:
         log.info("lifecycle: %d transition(s), %d expiry(ies)", transitions, expiries)
     return {"job": LIFECYCLE, "store": "local", "transitions": transitions, "expiries": expiries}

@@ -51,7 +51,8 @@ def seal(ctx: JobContext) -> dict:
         left = sorted(p.hidden_segments())[:-1]
     if left:
         result["error"] = (f"{len(left)} log segment(s) could not be sealed ({', '.join(map(str, left))}); "
-                           "they stay in the log and the next run tries again (the cause is in the log)")
+                           "they stay in the log and the next run tries again (the store's reason is in the "
+                           "ERROR line of each segment and in /health)")
     return result
 
 

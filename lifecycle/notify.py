@@ -21,10 +21,10 @@ import ssl
 import threading
 import uuid
 from typing import Protocol
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
+from core.brokerconn import apply_login, broker_tls, connection_problem, refusal_words
 from core.errors import RetryableError
 from core.settings import Settings
 from core.webhook import WebhookError, post_json
@@ -57,38 +57,38 @@ class MqttJobNotifier:
     name = MQTT
 
     def __init__(self, *, url: str, jobs_root: str, client_id: str, username: str = "", password: str = "",
-                 timeout: float = 5.0) -> None:
+                 tls: ssl.SSLContext | None = None, timeout: float = 5.0) -> None:
         self.url = url
         self.jobs_root = jobs_root
         self.client_id = client_id
         self._username, self._password = username, password
+        self._tls = tls
         self.timeout = timeout
 
+    def __repr__(self) -> str:
+        return f"MqttJobNotifier(url={self.url!r}, jobs_root={self.jobs_root!r})"
+
     def notify(self, job: dict) -> None:
-        parsed = urlparse(self.url)
         # A fresh client id per notice: two processes (or a notice while the last one is
         # still closing) must not take each other's session over.
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"{self.client_id}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311,
                              clean_session=True)
-        if parsed.scheme == "mqtts":
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        if self._username:
-            client.username_pw_set(self._username, self._password or None)
+        host, port = apply_login(client, url=self.url, username=self._username, password=self._password,
+                                 tls=self._tls)
         connected = threading.Event()
         refused: list[str] = []
 
         def on_connect(c, userdata, flags, reason, properties) -> None:
             if reason.is_failure:
-                refused.append(str(reason))
+                refused.append(f"it refused the login: {refusal_words(reason)}")
             connected.set()
 
         client.on_connect = on_connect
         try:
-            client.connect(parsed.hostname or "127.0.0.1", parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
-                           keepalive=30)
+            client.connect(host, port, keepalive=30)
         except (OSError, ValueError) as exc:
-            raise NotifyError(f"cannot reach the MQTT broker at {self.url}: {exc}") from None
+            raise NotifyError(f"cannot reach the MQTT broker at {self.url}: {connection_problem(exc)}") from None
         client.loop_start()
         try:
             if not connected.wait(self.timeout) or refused:
@@ -133,7 +133,7 @@ def build_notifiers(settings: Settings) -> list[JobNotifier]:
     broker, retrieval = settings.broker, settings.retrieval
     notifiers: list[JobNotifier] = [MqttJobNotifier(
         url=broker.url, jobs_root=broker.jobs_root, client_id=f"{broker.client_id}-jobs",
-        username=broker.username, password=broker.password.reveal())]
+        username=broker.username, password=broker.password.reveal(), tls=broker_tls(broker))]
     if retrieval.webhook_url:
         notifiers.append(WebhookJobNotifier(url=retrieval.webhook_url, token=retrieval.webhook_token.reveal(),
                                             timeout=retrieval.webhook_timeout))

@@ -42,6 +42,7 @@ from core.settings import Settings
 from lifecycle import notify
 from lifecycle import retrieval as rt
 from lifecycle.retrieval import Job, JobObject, Request, State
+from tiers import catalog
 from tiers.cold import ColdLake
 from tiers.store import LocalStore, ObjectMissing, StoreError
 
@@ -139,7 +140,8 @@ class JobStore:
 
 def restore_seconds_of(store: ObjectStore) -> rt.RestoreSeconds:
     """How long this store takes to restore: a local store's configured times, S3's typical ones."""
-    return store.restore_times if isinstance(store, LocalStore) else rt.s3_restore_seconds
+    base = catalog.unwrap(store)
+    return base.restore_times if isinstance(base, LocalStore) else rt.s3_restore_seconds
 
 
 def _advance_object(obj: JobObject, job: Job, store: ObjectStore, now_ms: int,
@@ -215,6 +217,7 @@ def create(*, settings: Settings, lake: ColdLake, jobs: JobStore, request: Reque
         job.seq = max((j.seq for j in jobs.jobs()), default=0) + 1
         jobs.save(job)  # the intent first: a crash from here on is finished by the follower
         asked = advance(job, store, now_ms)
+        catalog.flush(store)  # the restores asked for: their days' manifests
         jobs.save(job)
     log.info("retrieval %s: %d archived object(s), %d byte(s), %d restore(s) asked (%s); %s", job.id,
              len(job.objects), job.bytes, asked, job.speed, job.state.value)
@@ -236,6 +239,8 @@ def follow(*, store: ObjectStore, jobs: JobStore, now_ms: int) -> dict:
                 log.info("retrieval %s: %s -> %s (%s)", job.id, before.value, job.state.value, job.message)
             if not job.state.final:
                 following.append(job.id)
+    catalog.flush(store)
+    catalog.repair(store)  # days a crashed process left marked
     return {"job": RETRIEVE, "changed": len(changed), "restores_requested": asked, "following": following}
 
 

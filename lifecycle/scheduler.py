@@ -8,7 +8,10 @@ processes the data directory's exclusive lock keeps a second pipeline out, and
 Every run is noted in `lifecycle.runs.RunHistory`; its `last_completed` survives restarts,
 which is what the catch-up on start is measured against (APScheduler's memory store forgets).
 A failed run's report always carries an "error" (the job raised, or it went on past a failure
-and said so); `fabtier lifecycle run` exits 1 on one.
+and said so); `fabtier lifecycle run` exits 1 on one. A job whose run fails is logged at ERROR
+with the reason (the store's, for a store's refusal) and the known fix, counted, and open in
+the runner's `faults` (`/health`: degraded) until a later run of that job works: a job that
+finds a failure it can go on past (a retrieval's refused restore, say) reports it in "error".
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from lifecycle import jobs
+from lifecycle.health import Faults, describe, traceback_of, with_fix
 from lifecycle.host import JobHost
 from lifecycle.runs import JobRun, RunHistory
 
@@ -47,6 +51,7 @@ class JobRunner:
         self.jobs = job_list if job_list is not None else jobs.JOBS
         self.history = RunHistory(pipeline.settings.data_dir / "lifecycle")
         self._locks = {job.id: threading.Lock() for job in self.jobs}
+        self.faults = Faults()  # jobs whose last run failed; failures per job
 
     def _job(self, job_id: str) -> jobs.Job:
         for job in self.jobs:
@@ -67,16 +72,26 @@ class JobRunner:
         try:
             started = clock.now_ms()
             as_of = started if now_ms is None else now_ms
+            failure: BaseException | str | None = None
             try:
                 report = job.run(jobs.JobContext(self.pipeline, now_ms=as_of, at_ms=started))
                 outcome, detail = "ok", orjson.dumps(report).decode()
                 if "error" in report:  # the job went on past a failure and reported it
-                    log.error("tiering job %s failed: %s", job.id, report["error"])
+                    failure = str(report["error"])
                     outcome = "failed"
             except Exception as exc:  # a failed job is retried at its next period; the data stays
-                log.exception("tiering job %s failed", job.id)
+                failure = exc
                 report = {"job": job.id, "error": f"{type(exc).__name__}: {exc}"}
                 outcome, detail = "failed", report["error"]
+            if failure is not None:
+                reason, fix = describe(failure, self.pipeline.settings)
+                log.error("tiering job %s failed: %s; it runs again at its next period", job.id,
+                          with_fix(reason, fix), exc_info=traceback_of(failure))
+                self.faults.failed(job.id, reason, at_ms=clock.now_ms(), fix=fix)
+                if fix:
+                    report["fix"] = fix
+            else:
+                self.faults.succeeded(job.id, at_ms=clock.now_ms())
             finished = clock.now_ms()
             keep = outcome != "ok" or trigger != "schedule" or missed > 0 or _did_something(report)
             self.history.record(JobRun(job.id, trigger, outcome, started, finished, as_of, missed, detail),
@@ -115,6 +130,12 @@ def runner_for(pipeline: JobHost) -> JobRunner:
         if runner is None:
             runner = _runners[pipeline] = JobRunner(pipeline)
         return runner
+
+
+def existing_runner(pipeline: JobHost) -> JobRunner | None:
+    """The pipeline's runner if one was made (by the scheduler or a manual run), else None."""
+    with _runners_lock:
+        return _runners.get(pipeline)
 
 
 def run_scheduled(pipeline: JobHost, job_id: str) -> None:

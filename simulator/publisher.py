@@ -11,6 +11,7 @@ only once the broker has acknowledged every one of them: every reading counted i
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+
+from core.brokerconn import connection_problem, refusal_words
 
 from .model import FabModel, SimConfig
 from .payloads import Message, messages
@@ -60,9 +63,14 @@ def parse_broker_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
     """`mqtt://[user[:password]@]host[:port]` or `mqtts://...` -> (host, port, tls, user, pw)."""
     parts = urlsplit(url)
     tls = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}.get(parts.scheme)
+    try:
+        _ = parts.port
+    except ValueError:
+        tls = None
     if tls is None or not parts.hostname:
+        shown = re.sub(r"//[^/@]*@", "//***@", url)  # never a password in a message
         raise ValueError(f"broker URL must look like mqtt://host:port or mqtts://host:port, "
-                         f"got {url!r}")
+                         f"got {shown!r}")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     return parts.hostname, parts.port or (8883 if tls else 1883), tls, user, password
@@ -94,13 +102,14 @@ class _Throttle:
 
 
 def _connect(url: str, *, qos_limit: int, username: str | None, password: str | None,
-             throttle: _Throttle) -> mqtt.Client:
+             throttle: _Throttle, tls_context: ssl.SSLContext | None = None) -> mqtt.Client:
     host, port, tls, url_user, url_password = parse_broker_url(url)
     client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                          client_id=f"fabtier-sim-{uuid.uuid4().hex[:8]}",
                          protocol=mqtt.MQTTv311, clean_session=True)
     if tls:
-        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        # A context from core.brokerconn.tls_context carries the CA and client certificate.
+        client.tls_set_context(tls_context or ssl.create_default_context(ssl.Purpose.SERVER_AUTH))
     user, pw = username or url_user, password or url_password
     if user:
         client.username_pw_set(user, pw)
@@ -112,7 +121,7 @@ def _connect(url: str, *, qos_limit: int, username: str | None, password: str | 
 
     def on_connect(_c, _u, _flags, reason_code, _props):
         if reason_code.is_failure:
-            refused.append(str(reason_code))
+            refused.append(refusal_words(reason_code))
         connected.set()
 
     client.on_connect = on_connect
@@ -120,7 +129,7 @@ def _connect(url: str, *, qos_limit: int, username: str | None, password: str | 
     try:
         client.connect(host, port, keepalive=30)
     except (OSError, ssl.SSLError) as e:
-        raise BrokerError(f"cannot reach MQTT broker at {host}:{port}: {e}") from None
+        raise BrokerError(f"cannot reach MQTT broker at {host}:{port}: {connection_problem(e)}") from None
     client.loop_start()
     if not connected.wait(CONNECT_TIMEOUT_S) or refused:
         client.loop_stop()
@@ -137,6 +146,7 @@ def run_simulator(*, broker_url: str = "mqtt://127.0.0.1:1883", machines: int = 
                   stop: threading.Event | None = None, start_ms: int | None = None,
                   on_progress: Callable[[SimStats], None] | None = None,
                   username: str | None = None, password: str | None = None,
+                  tls: ssl.SSLContext | None = None,
                   excursion_rate: float | None = None,
                   fault_rate: float | None = None) -> SimStats:
     """Publish the simulated fab in real time until `seconds` have passed or `stop` is set.
@@ -157,7 +167,7 @@ def run_simulator(*, broker_url: str = "mqtt://127.0.0.1:1883", machines: int = 
     stop = stop or threading.Event()
     throttle = _Throttle(max_inflight)
     client = _connect(broker_url, qos_limit=max_inflight, username=username, password=password,
-                      throttle=throttle)
+                      throttle=throttle, tls_context=tls)
     began = time.monotonic()
     start = int(time.time() * 1000) if start_ms is None else int(start_ms)
     end = None if seconds is None else start + round(seconds * 1000)
@@ -199,15 +209,17 @@ def run_simulator(*, broker_url: str = "mqtt://127.0.0.1:1883", machines: int = 
 
 
 def publish_stream(stream: Iterator[Message], *, broker_url: str, qos: int = 1,
-                   max_inflight: int = 1000, on_first: Callable[[], None] | None = None) -> tuple[int, float]:
+                   max_inflight: int = 1000, on_first: Callable[[], None] | None = None,
+                   username: str | None = None, password: str | None = None,
+                   tls: ssl.SSLContext | None = None) -> tuple[int, float]:
     """Publish a ready stream as fast as the broker takes it (for benchmarks).
 
     Returns (messages, seconds from the first publish until the broker acknowledged the last).
     `on_first` runs just before the first publish, so a caller can start its own clock there.
     """
     throttle = _Throttle(max_inflight)
-    client = _connect(broker_url, qos_limit=max_inflight, username=None, password=None,
-                      throttle=throttle)
+    client = _connect(broker_url, qos_limit=max_inflight, username=username, password=password,
+                      throttle=throttle, tls_context=tls)
     count = 0
     began = None
     try:

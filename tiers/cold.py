@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from core.protocols import ObjectStore
-from tiers import layout
+from tiers import catalog, layout
 from tiers import parquetformat as fmt
 from tiers.compaction import CompactionTask
 from tiers.layout import LakeFile, segment_of  # noqa: F401 - segment_of is part of this module's API
@@ -106,10 +106,14 @@ class ColdLake:
         """Every lake file of `kind` (under `prefix`, e.g. one hour's) in the store, readable
         or not, with size, time, class and whether an archived one is restored now."""
         found = []
-        for info in self.store.objects(prefix or f"{kind}/"):
+        listing = getattr(self.store, "objects_with_stats", None)  # a catalog: with file statistics
+        listed = (listing(prefix or f"{kind}/") if listing is not None
+                  else [(info, None) for info in self.store.objects(prefix or f"{kind}/")])
+        for info, stats in listed:
             parsed = layout.parse(info.key, size=info.size, last_modified_ms=info.last_modified_ms,
                                   archived=info.archived, storage_class=info.storage_class,
-                                  restored=info.restored, restoring=info.archived and info.restore_ongoing)
+                                  restored=info.restored, restoring=info.archived and info.restore_ongoing,
+                                  stats=stats)
             if parsed is not None:
                 found.append(parsed)
         return found
@@ -125,6 +129,10 @@ class ColdLake:
 
     def _path(self, key: str) -> str:
         return f"{self._root}/{key}"
+
+    def path(self, key: str) -> str:
+        """The path of `key` on `arrow_filesystem` (what a dataset's fragments are named)."""
+        return self._path(key)
 
     # ---- reading --------------------------------------------------------------------
     def _fragment(self, f: LakeFile) -> ds.Fragment:
@@ -232,6 +240,7 @@ class ColdLake:
             for day, part in fmt.split_by_day(table, column).items():
                 key = f"{what}/date={day}/{layout.sealed_name(self.writer_id, segment)}"
                 moves.append(self._write_verified(key, part, what, source))
+        catalog.flush(self.store)  # the catalog's manifests of the days written, then its markers
         return moves
 
     def _delete_stale(self, hour_files: list[LakeFile], segment: int, keep_targets: set[str]) -> None:
@@ -247,11 +256,14 @@ class ColdLake:
         merged = fmt.sort_dedup(self.read_raw(files=list(task.sources)))
         source = (f"{self.store.url}/{task.prefix}{task.writer} segments {task.lo}..{task.hi} "
                   f"({len(task.sources)} files)")
-        return self._write_readings(
+        moves = self._write_readings(
             lambda encoding, i, n: task.prefix + layout.compacted_name(task.writer, task.lo, task.hi, i, n, encoding),
             merged, "compact", source, uniform)
+        catalog.flush(self.store)
+        return moves
 
     def delete_files(self, files: list[LakeFile] | tuple[LakeFile, ...]) -> None:
         """Delete merged sources or leftovers (after the audit trail has the move)."""
         for f in files:
             self.store.delete(f.key)
+        catalog.flush(self.store)

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from tiers.parquetformat import DOUBLE, ENCODINGS
+
+if TYPE_CHECKING:
+    from tiers.catalog import FileStats
 
 _ENC = "|".join(ENCODINGS)
 _SEALED = re.compile(rf"^(?P<writer>[A-Za-z0-9_-]+)-(?P<segment>\d{{12}})(?:\.(?P<enc>{_ENC}))?\.parquet$")
@@ -62,6 +65,7 @@ class LakeFile:
     storage_class: str = "STANDARD"
     restored: bool = False  # archived, and a restored copy can be read now
     restoring: bool = False  # archived, and a restore is running
+    stats: FileStats | None = None  # from the catalog: rows, time and machine ranges
 
     @property
     def readable(self) -> bool:
@@ -90,6 +94,7 @@ class _Where(TypedDict):
     storage_class: str
     restored: bool
     restoring: bool
+    stats: FileStats | None
 
 
 def sealed_name(writer: str, segment: int, encoding: str | None = None) -> str:
@@ -105,7 +110,8 @@ def hour_prefix(day: str, hour: str) -> str:
 
 
 def parse(key: str, *, size: int = 0, last_modified_ms: int = 0, archived: bool = False,
-          storage_class: str = "STANDARD", restored: bool = False, restoring: bool = False) -> LakeFile | None:
+          storage_class: str = "STANDARD", restored: bool = False, restoring: bool = False,
+          stats: FileStats | None = None) -> LakeFile | None:
     """The file's place in the lake, or None for an object that is not a lake file."""
     where = _PARTITION.match(key)
     if not where:
@@ -113,7 +119,7 @@ def parse(key: str, *, size: int = 0, last_modified_ms: int = 0, archived: bool 
     name = where["name"]
     common = _Where(key=key, kind=where["kind"], day=where["day"], hour=where["hour"], size=size,
                     last_modified_ms=last_modified_ms, archived=archived, storage_class=storage_class,
-                    restored=restored, restoring=restoring)
+                    restored=restored, restoring=restoring, stats=stats)
     sealed = _SEALED.match(name)
     if sealed:
         segment = int(sealed["segment"])

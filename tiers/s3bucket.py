@@ -6,14 +6,22 @@ key), every kind of public access blocked, ACLs disabled (bucket owner enforced)
 bucket policy statement that refuses any request not made over TLS. fabtier adds its own
 statement and lifecycle rules next to whatever the bucket already has (rules and statements
 it does not own are kept), so it can share a bucket.
+
+The TLS statement is left out when fabtier itself reaches the store over plain HTTP (moto's
+server, a MinIO without certificates): S3 would then refuse every request of fabtier's, and
+each seal would fail with 403. A statement an earlier setup added over HTTP is removed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 from tiers.store import S3Store, StoreError
+
+log = logging.getLogger("fabtier.cold")
 
 TLS_STATEMENT_ID = "fabtier-deny-insecure-transport"
 RULE_PREFIX = "fabtier-"
@@ -52,8 +60,40 @@ def ensure_bucket(store: S3Store) -> bool:
     return True
 
 
-def secure_bucket(store: S3Store, *, sse: str = "AES256", kms_key_id: str = "") -> list[str]:
-    """Apply the security defaults; returns what was done, one line each."""
+def endpoint_of(store: S3Store) -> str:
+    """The URL boto3 actually sends to (an `endpoint_url`, AWS_ENDPOINT_URL..., else AWS's)."""
+    return str(store.client.meta.endpoint_url or store.endpoint_url or "https://s3.amazonaws.com")
+
+
+def uses_tls(store: S3Store) -> bool:
+    return urlparse(endpoint_of(store)).scheme.lower() == "https"
+
+
+def tls_statement(bucket: str) -> dict:
+    return {
+        "Sid": TLS_STATEMENT_ID, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+
+
+def bucket_policy(store: S3Store) -> dict | None:
+    """The bucket's policy document, None when it has none."""
+    try:
+        return json.loads(store.client.get_bucket_policy(Bucket=store.bucket)["Policy"])
+    except Exception as exc:
+        if _code(exc) not in ("NoSuchBucketPolicy", "404"):
+            raise
+        return None
+
+
+def secure_bucket(store: S3Store, *, sse: str = "AES256", kms_key_id: str = "",
+                  require_tls: bool | None = None) -> list[str]:
+    """Apply the security defaults; returns what was done, one line each.
+
+    `require_tls`: add the statement refusing requests without TLS; None (the default): only
+    when fabtier itself uses TLS to reach the store, since over plain HTTP the statement would
+    refuse fabtier's own requests (True adds it anyway, False leaves it out)."""
     client, bucket = store.client, store.bucket
     rule: dict = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": sse}}
     if sse == "aws:kms":
@@ -65,22 +105,37 @@ def secure_bucket(store: S3Store, *, sse: str = "AES256", kms_key_id: str = "") 
         "RestrictPublicBuckets": True})
     client.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
         "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
-    try:
-        policy = json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"])
-    except Exception as exc:
-        if _code(exc) not in ("NoSuchBucketPolicy", "404"):
-            raise
-        policy = {"Version": "2012-10-17", "Statement": []}
-    statements = [s for s in policy.get("Statement", []) if s.get("Sid") != TLS_STATEMENT_ID]
-    statements.append({
-        "Sid": TLS_STATEMENT_ID, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-    })
-    policy["Statement"] = statements
-    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
-    return [f"default encryption {sse}", "public access blocked", "ACLs disabled (bucket owner enforced)",
-            "requests without TLS refused"]
+    done = [f"default encryption {sse}", "public access blocked", "ACLs disabled (bucket owner enforced)"]
+    endpoint = endpoint_of(store)
+    wanted = uses_tls(store) if require_tls is None else require_tls
+    policy = bucket_policy(store)
+    ours = [s for s in (policy or {}).get("Statement", []) if s.get("Sid") == TLS_STATEMENT_ID]
+    if wanted:
+        policy = policy or {"Version": "2012-10-17", "Statement": []}
+        policy["Statement"] = [s for s in policy.get("Statement", []) if s.get("Sid") != TLS_STATEMENT_ID]
+        policy["Statement"].append(tls_statement(bucket))
+        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        done.append("requests without TLS refused")
+        if not uses_tls(store):
+            log.warning("the bucket policy now refuses requests without TLS, and fabtier reaches %s over plain "
+                        "HTTP: S3 will refuse fabtier's own requests (every seal fails with 403) until the "
+                        "endpoint is https:// or `fabtier cold setup` runs without --require-tls", endpoint)
+        return done
+    log.warning("requests without TLS are NOT refused by the bucket policy of %s: fabtier reaches it over plain "
+                "HTTP (%s), and a statement refusing them would refuse fabtier's own requests; use an https:// "
+                "endpoint to have it (or `fabtier cold setup --require-tls` to add it anyway)", bucket, endpoint)
+    done.append(f"requests without TLS not refused: {endpoint} is plain HTTP (the statement would refuse "
+                "fabtier itself)")
+    if ours and policy is not None:
+        rest = [s for s in policy.get("Statement", []) if s.get("Sid") != TLS_STATEMENT_ID]
+        if rest:
+            client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**policy, "Statement": rest}))
+        else:  # S3 refuses a policy without statements
+            client.delete_bucket_policy(Bucket=bucket)
+        log.warning("removed the bucket policy statement %s of an earlier setup from %s: it refused every "
+                    "request fabtier makes over plain HTTP (%s)", TLS_STATEMENT_ID, bucket, endpoint)
+        done.append(f"removed statement {TLS_STATEMENT_ID}, which refused fabtier's own requests over plain HTTP")
+    return done
 
 
 def lifecycle_rules(store: S3Store) -> list[dict]:

@@ -204,6 +204,19 @@ class LocalStore:
         except FileNotFoundError:
             raise ObjectMissing(f"{self.url}/{key} does not exist") from None
 
+    def recorded_state(self, infos: builtins.list[ObjectInfo]) -> builtins.list[ObjectInfo]:
+        """`infos` with the storage class and restore state this store records now (its
+        records are two small files, read again only when they change): what a catalog's
+        manifest says of a class or a restore is checked here at no cost."""
+        classes, restores, now = self._classes(), self._restores(), self.clock.now_ms()
+        out = []
+        for info in infos:
+            storage_class = classes.get(info.key, STANDARD)
+            ongoing, expiry = (_restore_state(restores.get(info.key), now) if storage_class in ARCHIVED
+                               else (False, None))
+            out.append(ObjectInfo(info.key, info.size, info.last_modified_ms, storage_class, ongoing, expiry))
+        return out
+
     def set_storage_class(self, key: str, storage_class: str) -> None:
         """Record a lifecycle transition (the bytes stay where they are). A restored copy
         lasts its time in another archive class too (as on S3), not back in STANDARD."""
@@ -520,7 +533,10 @@ def open_store(url: str, *, endpoint_url: str = "", region: str = "us-east-1", s
 def settings_store(settings, *, clock: Clock | None = None) -> ObjectStore:
     """The cold store a `core.settings.Settings` names; `clock` times restores (and, on S3,
     the expiry of restored copies)."""
+    from tiers.catalog import CatalogedStore
+
     cold = settings.cold
-    return open_store(settings.store_url, endpoint_url=cold.endpoint_url, region=cold.region,
-                      sse=cold.sse, kms_key_id=cold.kms_key_id, clock=clock,
-                      restore_times=settings.retrieval.local_restore_seconds)
+    store = open_store(settings.store_url, endpoint_url=cold.endpoint_url, region=cold.region,
+                       sse=cold.sse, kms_key_id=cold.kms_key_id, clock=clock,
+                       restore_times=settings.retrieval.local_restore_seconds)
+    return CatalogedStore(store)  # the lake's catalog (tiers.catalog) in front of it

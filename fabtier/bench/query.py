@@ -30,14 +30,17 @@ import pyarrow.fs as pafs
 
 from analytics.bounds import ts_bounds
 from analytics.session import SqlSources, run_sql
-from analytics.sources import raw_files
+from analytics.sources import agg_bounds, raw_bounds, raw_files
 from fabtier.bench.harness import duckdb_profiled
 from lifecycle.audit import AUDIT_SCHEMA
-from tiers import layout
+from lifecycle.warmjobs import agg_dataset, agg_key
+from tiers import catalog, layout
+from tiers.catalog import CatalogedStore
 from tiers.cold import ColdLake
-from tiers.parquetformat import hour_bounds_ms
+from tiers.parquetformat import hour_bounds_ms, split_by_day, to_parquet_bytes
 from tiers.store import LocalStore
 from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
+from tiers.warm import MINUTES_SCHEMA
 
 HOUR_MS = 3_600_000
 
@@ -168,7 +171,9 @@ def build_lake(root: Path, *, days: float, machines: int, sensors: int, rate_hz:
     start_ms = int(end_ms - days * 24 * HOUR_MS)
     start_ms -= start_ms % HOUR_MS
     rng = np.random.default_rng(seed)
-    lake = ColdLake(LocalStore(root), writer_id="bench")
+    store = CatalogedStore(LocalStore(root))
+    store.build()  # an empty catalog, kept from the first seal on as a pipeline keeps it
+    lake = ColdLake(store, writer_id="bench")
     period = int(1000 / rate_hz)
     names = [(f"m{m + 1:02d}", f"s{s + 1:02d}") for m in range(machines) for s in range(sensors)]
     step = int(seal_every_s * 1000)
@@ -192,7 +197,28 @@ def build_lake(root: Path, *, days: float, machines: int, sensors: int, rate_hz:
                 fresh=table, late=READINGS_SCHEMA.empty_table(), quarantine=QUARANTINE_SCHEMA.empty_table(),
                 context=CONTEXT_SCHEMA.empty_table()), source="bench")
         t = t_next
+    _write_minutes(store, root)
     return lake, start_ms, total
+
+
+def _write_minutes(store: CatalogedStore, root: Path) -> None:
+    """The lake's per-minute aggregates (`agg_1m/`, one file a day, as age-out writes them),
+    computed by DuckDB from the raw files just written."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    minutes = con.sql(
+        f"SELECT machine, sensor, date_trunc('minute', ts::TIMESTAMP) AS minute, count(*) AS n, min(value) AS \"min\", "
+        f"max(value) AS \"max\", avg(value) AS \"avg\", arg_min(value, ts) AS \"first\", "
+        f"arg_max(value, ts) AS \"last\" FROM read_parquet('{root}/raw/**/*.parquet', union_by_name = true) "
+        f"GROUP BY ALL ORDER BY machine, sensor, minute").to_arrow_table()
+    con.close()
+    minutes = minutes.set_column(2, "minute", minutes.column("minute").cast(pa.timestamp("ms")).cast(
+        pa.timestamp("ms", tz="UTC"))).cast(MINUTES_SCHEMA)
+    for day, part in split_by_day(minutes, "minute").items():
+        store.put(agg_key(day, "bench"), to_parquet_bytes(part))
+    store.flush()
 
 
 def _sources(lake: ColdLake, sql: str | None = None) -> SqlSources:
@@ -200,8 +226,10 @@ def _sources(lake: ColdLake, sql: str | None = None) -> SqlSources:
     time bounds, the listing of the days they touch, the visible files, their datasets (the
     other tiers empty)."""
     raw = raw_files(lake, ts_bounds(sql) if sql is not None else None)
+    visible = layout.visible(raw, writer=lake.writer_id, hidden_segments=set())
     return SqlSources(
-        cold_raw=lake.raw_datasets(files=layout.visible(raw, writer=lake.writer_id, hidden_segments=set())),
+        cold_raw=lake.raw_datasets(files=visible), cold_raw_bounds=raw_bounds(lake, visible),
+        cold_agg_1m=agg_dataset(lake.store), cold_agg_1m_bounds=agg_bounds(lake),
         cold_quarantine=lake.dataset("quarantine"), cold_context=lake.dataset("context"),
         hot_fresh=READINGS_SCHEMA.empty_table(), hot_late=READINGS_SCHEMA.empty_table(),
         hot_quarantine=QUARANTINE_SCHEMA.empty_table(), hot_context=CONTEXT_SCHEMA.empty_table(),
@@ -227,36 +255,52 @@ def _floor(files: list[str], where: str, select: str, repeat: int) -> tuple[floa
 
 def _hour_files(lake: ColdLake, lo_ms: int, hi_ms: int) -> list[str]:
     """Paths of the visible raw files of the hours overlapping [lo_ms, hi_ms)."""
-    root = str(lake.store.root)  # type: ignore[attr-defined]
+    base = catalog.unwrap(lake.store)
+    assert isinstance(base, LocalStore)
+    root = str(base.root)
     return [f"{root}/{f.key}" for f in lake.visible_files("raw")
             if f.hour is not None and hour_bounds_ms(f.day, f.hour)[0] < hi_ms
             and hour_bounds_ms(f.day, f.hour)[1] > lo_ms]
 
 
+def _day_files(lake: ColdLake, kind: str, lo_ms: int, hi_ms: int) -> list[str]:
+    """Paths of the `kind` files (one a day) of the days overlapping [lo_ms, hi_ms)."""
+    base = catalog.unwrap(lake.store)
+    assert isinstance(base, LocalStore)
+    days = {str(np.datetime64(ms, "ms").astype("datetime64[D]")) for ms in range(lo_ms - lo_ms % (24 * HOUR_MS), hi_ms, 24 * HOUR_MS)}
+    return [f"{base.root}/{k}" for k, _ in base.list(f"{kind}/") if k.split("/")[1][len("date="):] in days]
+
+
 def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict:
     """Both questions on one lake, through fabtier and through the floor."""
-    lake = ColdLake(LocalStore(lake_root), writer_id="bench")
+    lake = ColdLake(CatalogedStore(LocalStore(lake_root)), writer_id="bench")
     counting_store = CountingStore(lake_root)
-    counted = ColdLake(counting_store, writer_id="bench")
+    counted = ColdLake(CatalogedStore(counting_store), writer_id="bench")
     hour_from = end_ms - end_ms % HOUR_MS - 2 * HOUR_MS  # a whole hour, the same distance from the end
+    day_from = end_ms - end_ms % (24 * HOUR_MS) - 24 * HOUR_MS  # yesterday, whole
     questions = {
         "one_hour_one_machine": (
-            "count(*) AS n, avg(value) AS mean",
+            "readings", "count(*) AS n, avg(value) AS mean",
             f"machine = 'm01' AND ts >= TIMESTAMP '{_iso(hour_from)}' AND ts < TIMESTAMP '{_iso(hour_from + HOUR_MS)}'",
             (hour_from, hour_from + HOUR_MS)),
         "last_5_minutes_of_a_sensor": (
-            "count(*) AS n, max(value) AS peak",
+            "readings", "count(*) AS n, max(value) AS peak",
             "machine = 'm01' AND sensor = 's01' AND ts >= now() - INTERVAL 5 MINUTE",
             None),
         # now() is a TIMESTAMPTZ: compared with it, DuckDB casts the column and keeps the filter.
         "last_5_minutes_now_as_timestamp": (
-            "count(*) AS n, max(value) AS peak",
+            "readings", "count(*) AS n, max(value) AS peak",
             "machine = 'm01' AND sensor = 's01' AND ts >= now()::TIMESTAMP - INTERVAL 5 MINUTE",
             None),
+        "a_day_of_a_sensor_per_minute": (
+            "readings_1m", "count(*) AS n, avg(\"avg\") AS mean",
+            f"machine = 'm01' AND sensor = 's01' AND minute >= TIMESTAMP '{_iso(day_from)}' "
+            f"AND minute < TIMESTAMP '{_iso(day_from + 24 * HOUR_MS)}'",
+            (day_from, day_from + 24 * HOUR_MS)),
     }
     out = {}
-    for name, (select, where, hours) in questions.items():
-        sql = f"SELECT {select} FROM readings WHERE {where}"
+    for name, (view, select, where, hours) in questions.items():
+        sql = f"SELECT {select} FROM {view} WHERE {where}"
         moving = hours is None  # relative to now(): the window moves on between the two runs
         if hours is None:
             now_ms = int(time.time() * 1000)
@@ -264,8 +308,14 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
         view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake, sql), sql), repeat)
         counting_store.counter.reset()
         run_sql(_sources(counted, sql), sql)
-        files = _hour_files(lake, *hours)
-        floor_s, floor_read, floor_rows = _floor(files, where, select, repeat)
+        if view == "readings":
+            files = _hour_files(lake, *hours)
+            floor_s, floor_read, floor_rows = _floor(files, where, select, repeat)
+        else:
+            files = _day_files(lake, "agg_1m", *hours)
+            floor_s, floor_read, floor_rows = duckdb_profiled(
+                f"SELECT {select} FROM (SELECT * REPLACE (minute::TIMESTAMP AS minute) FROM read_parquet("
+                f"[{', '.join(repr(f) for f in files)}])) WHERE {where}", repeat)
         n = answer.column("n")[0].as_py()
         if moving:
             # No reading arrives meanwhile, so the count only falls as now() moves on: the

@@ -143,3 +143,30 @@ def test_exact_values():
 ])
 def test_none_when_not_certain(sql):
     assert ts_bounds(sql) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(moment=st.datetimes(min_value=dt.datetime(1960, 1, 1), max_value=dt.datetime(2200, 1, 1)),
+       shape=st.sampled_from(["%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d",
+                              "%Y-%m-%d %H:%M:%S.%f"[:-1] + "03d"]),
+       wrap=st.sampled_from(["TIMESTAMP '{}'", "'{}'::TIMESTAMP", "'{}'", "DATE '{}'", "CAST('{}' AS DATE)"]))
+def test_literals_read_in_python_are_what_duckdb_reads(moment, shape, wrap):
+    """analytics.bounds reads plain timestamp literals itself (no round trip to DuckDB): the
+    value it reads is DuckDB's, to the millisecond, or it leaves the literal to DuckDB."""
+    from analytics.bounds import _literal_ms
+    from analytics.parsetree import connection, parse
+
+    text = moment.strftime(shape) if not shape.endswith("03d") else moment.strftime("%Y-%m-%d %H:%M:%S.") + \
+        f"{moment.microsecond // 1000:03d}"
+    literal = wrap.format(text)
+    tree = parse(f"SELECT 1 FROM readings WHERE ts >= {literal}")
+    assert tree is not None
+    expr = tree["statements"][0]["node"]["where_clause"]["right"]
+    quick = _literal_ms(expr)
+    if quick is None:
+        return  # left to DuckDB
+    try:
+        (expected,) = connection().execute(f"SELECT epoch_ms(CAST({literal} AS TIMESTAMP))").fetchall()[0]
+    except duckdb.Error:
+        pytest.fail(f"{literal} read as {quick} here, refused by DuckDB")
+    assert quick == expected, literal

@@ -24,7 +24,7 @@ from fabtier.pipeline import Pipeline
 from fabtier.reader import offline_sources
 from lifecycle import coldjobs
 from tests.conftest import make_settings, watch_seal_children
-from tiers import layout
+from tiers import catalog, layout
 from tiers.cold import ColdLake
 from tiers.store import LocalStore
 
@@ -327,7 +327,7 @@ def test_a_crash_at_every_step_of_the_local_lifecycle(tmp_path):
     settings = _lifecycle_settings(tmp_path / "count")
     pipeline = _open(settings, ManualClock(NOW))
     _ingest(pipeline, 2)
-    assert isinstance(pipeline.lake.store, LocalStore)
+    assert isinstance(catalog.unwrap(pipeline.lake.store), LocalStore)
     objects = pipeline.lake.store.objects("")
     pipeline.close_offline()
     for days, readable in ((1.5, False), (2.5, False), (3.5, False), (0.5, True)):
