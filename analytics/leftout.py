@@ -23,6 +23,7 @@ HEADER_FROM = "X-Fabtier-Left-Out-From"
 HEADER_TO = "X-Fabtier-Left-Out-To"
 HEADER_CLASSES = "X-Fabtier-Left-Out-Classes"
 HEADER_RETRIEVE = "X-Fabtier-Retrieve"
+HEADER_RETRIEVALS = "X-Fabtier-Retrievals"  # open retrieval jobs that bring some of them back
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ArchivedObject:
     storage_class: str
     start_ms: int  # the hour partition it belongs to: [start_ms, end_ms)
     end_ms: int
+    job: str | None = None  # an open retrieval job that brings it back
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class LeftOut:
     from_ms: int
     to_ms: int
     classes: Mapping[str, int] = field(default_factory=dict)
+    jobs: tuple[str, ...] = ()  # open retrieval jobs that bring some of them back
+    in_jobs: int = 0  # how many of them those jobs bring back
 
     @staticmethod
     def _iso(ms: int) -> str:
@@ -56,13 +60,16 @@ class LeftOut:
         classes = ", ".join(f"{n} {name}" for name, n in sorted(self.classes.items()))
         return (f"this answer leaves out {self.objects} archived raw object(s) ({self.bytes:,} bytes; "
                 f"{classes}) holding readings from {self._iso(self.from_ms)} to {self._iso(self.to_ms)}: "
-                f"they must be restored before SQL can read them ({self.retrieve_command})")
+                f"they must be restored before SQL can read them ({self.retrieve_command})"
+                + (f"; {self.in_jobs} of them are being brought back by retrieval job(s) {', '.join(self.jobs)} "
+                   f"(fabtier retrieve --status {self.jobs[0]})" if self.jobs else ""))
 
     def headers(self) -> dict[str, str]:
         return {HEADER_OBJECTS: str(self.objects), HEADER_BYTES: str(self.bytes),
                 HEADER_FROM: self._iso(self.from_ms), HEADER_TO: self._iso(self.to_ms),
                 HEADER_CLASSES: ",".join(f"{name}={n}" for name, n in sorted(self.classes.items())),
-                HEADER_RETRIEVE: self.retrieve_command}
+                HEADER_RETRIEVE: self.retrieve_command,
+                **({HEADER_RETRIEVALS: ",".join(self.jobs)} if self.jobs else {})}
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> LeftOut | None:
@@ -75,8 +82,9 @@ class LeftOut:
             moment = dt.datetime.strptime(found[name.lower()], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
             return int(moment.timestamp() * 1000)
         classes = dict(part.split("=", 1) for part in found.get(HEADER_CLASSES.lower(), "").split(",") if part)
+        jobs = tuple(j for j in found.get(HEADER_RETRIEVALS.lower(), "").split(",") if j)
         return cls(int(found[HEADER_OBJECTS.lower()]), int(found[HEADER_BYTES.lower()]), ms(HEADER_FROM),
-                   ms(HEADER_TO), {k: int(v) for k, v in classes.items()})
+                   ms(HEADER_TO), {k: int(v) for k, v in classes.items()}, jobs)
 
 
 def reads_raw(sql: str) -> bool:
@@ -97,4 +105,5 @@ def left_out(archived: Iterable[ArchivedObject], sql: str) -> LeftOut | None:
         return None
     return LeftOut(objects=len(found), bytes=sum(o.size for o in found),
                    from_ms=min(o.start_ms for o in found), to_ms=max(o.end_ms for o in found),
-                   classes=dict(Counter(o.storage_class for o in found)))
+                   classes=dict(Counter(o.storage_class for o in found)),
+                   jobs=tuple(sorted({o.job for o in found if o.job})), in_jobs=sum(1 for o in found if o.job))

@@ -17,6 +17,7 @@ import pyarrow as pa
 from analytics.bounds import TsBounds
 from analytics.leftout import ArchivedObject
 from analytics.session import SqlSources
+from lifecycle.retrievals import JobStore
 from lifecycle.runs import RunHistory
 from lifecycle.warmjobs import agg_dataset
 from tiers import layout
@@ -106,7 +107,7 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
         cold_agg_1m=agg_dataset(lake.store),
         cold_agg_1m_bounds=agg_bounds(lake),
         job_history=RunHistory(data_dir / "lifecycle").table(),
-        archived_raw=archived_raw(raw, writer=lake.writer_id, hidden=hidden),
+        archived_raw=with_jobs(archived_raw(raw, writer=lake.writer_id, hidden=hidden), data_dir),
     )
 
 
@@ -121,6 +122,16 @@ def agg_bounds(lake: ColdLake) -> dict[str, FileStats]:
 def raw_bounds(lake: ColdLake, files: list[layout.LakeFile]) -> dict[str, FileStats]:
     """The catalog's statistics of `files`, by their paths in the lake's datasets."""
     return {lake.path(f.key): f.stats for f in files if f.stats is not None}
+
+
+def with_jobs(archived: list[ArchivedObject], data_dir: Path) -> list[ArchivedObject]:
+    """`archived` with the open retrieval job that brings each back, if one does (the jobs
+    are read only when something is left out)."""
+    if not archived:
+        return archived
+    open_jobs = {obj.key: job.id for job in JobStore(data_dir).jobs() if not job.state.final
+                 for obj in job.objects}
+    return [dataclasses.replace(o, job=open_jobs.get(o.key)) for o in archived]
 
 
 def archived_raw(files: list[layout.LakeFile], *, writer: str, hidden: Set[int]) -> list[ArchivedObject]:

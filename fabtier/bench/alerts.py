@@ -137,7 +137,7 @@ def end_to_end(*, seconds: float, machines: int, sensors: int, rate_hz: float, b
         instance = subprocess.Popen([sys.executable, "-m", "fabtier.cli", "run", "--config", str(config)],
                                     stdout=subprocess.DEVNULL, stderr=open(workdir / "fabtier.log", "wb"))
         deadline = time.monotonic() + 60
-        while _api_json(api_port, "/health").get("status") != "ready":
+        while _api_json(api_port, "/health").get("state") != "ready":
             if instance.poll() is not None or time.monotonic() > deadline:
                 raise FabtierError(f"the fabtier instance did not start; see {workdir / 'fabtier.log'}")
             time.sleep(0.1)

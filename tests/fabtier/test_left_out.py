@@ -94,3 +94,20 @@ def test_left_out_is_none_for_statements_that_read_no_raw_readings():
     assert found is not None and found.classes == {"DEEP_ARCHIVE": 1}
     assert LeftOut.from_headers(found.headers()) == found
     assert LeftOut.from_headers({}) is None
+
+
+def test_the_notice_names_the_retrieval_job_that_is_bringing_them_back(tmp_path):
+    """Once someone asked for them, the notice says so (and which job), instead of only
+    suggesting a retrieval that already runs."""
+    settings = make_settings(tmp_path, None)
+    _lake_with_one_archived_hour(settings)
+    config = write_config(settings, tmp_path / "fabtier.toml")
+    before = fabtier_cli("sql", "--config", str(config), "SELECT count(*) AS n FROM readings")
+    assert "being brought back" not in before.stderr
+    made = json.loads(fabtier_cli("retrieve", "--from", "2025-11-24T16:00:00Z", "--to", "2025-11-24T17:00:00Z",
+                                  "--json", "--config", str(config)).stdout)
+    assert made["state"] != "ready"  # a local GLACIER standard restore takes hours by default
+    after = fabtier_cli("sql", "--config", str(config), "SELECT count(*) AS n FROM readings")
+    assert "leaves out 1 archived" in after.stderr
+    assert f"1 of them are being brought back by retrieval job(s) {made['id']}" in after.stderr
+    assert f"fabtier retrieve --status {made['id']}" in after.stderr
