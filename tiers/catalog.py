@@ -50,6 +50,7 @@ import re
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ TIME_COLUMNS = {"raw": "ts", "agg_1m": "minute", "context": "ts", "alerts": "ts"
 _OBJECT = re.compile(r"^(?P<kind>[a-z_0-9]+)/(?:date=(?P<day>\d{4}-\d{2}-\d{2})(?:/|$))?")
 _ENTRY = re.compile(r"^date=(?P<day>\d{4}-\d{2}-\d{2})\.(?:(?P<gen>\d{8})\.json"
                     r"|dirty\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[0-9a-f]+)$")
+_CLOCK_STEP_NS = 50_000_000  # file times move in coarse steps (a kernel tick): this is well above
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
 
 
@@ -194,6 +196,7 @@ class CatalogedStore:
         self._markers: dict[tuple[str, str], str] = {}
         self._stats: dict[str, FileStats] = {}  # written by this process, not in a manifest yet
         self._manifests: dict[str, Manifest] = {}  # manifest key -> parsed (immutable objects)
+        self._views: dict[str, tuple[tuple, _View]] = {}  # kind -> (folder stamp, view)
         self._mutex = threading.RLock()
         digest = hashlib.sha1(inner.url.encode()).hexdigest()[:16]
         self._lock_path = Path(tempfile.gettempdir()) / f"fabtier-catalog-{digest}.lock"
@@ -204,7 +207,7 @@ class CatalogedStore:
 
     def after_fork(self) -> None:
         """In a forked child: the parent's markers are the parent's, and so is its lock."""
-        self._dirty, self._markers, self._stats = set(), {}, {}
+        self._dirty, self._markers, self._stats, self._views = set(), {}, {}, {}
         self._mutex = threading.RLock()
         after_fork = getattr(self.inner, "after_fork", None)
         if after_fork is not None:
@@ -290,6 +293,24 @@ class CatalogedStore:
         return sorted(set(view.manifests) | set(view.markers)) if view.built else None
 
     def _view(self, kind: str) -> _View:
+        """One listing of `_catalog/{kind}/`; on a local store reused while the folder is
+        unchanged (its modification time, taken only when it is older than the listing by
+        more than the file system's clock step, so that a change in the same tick is seen)."""
+        stamp_of = getattr(self.inner, "folder_stamp", None)
+        stamp = stamp_of(f"{PREFIX}{kind}/") if stamp_of is not None else None
+        if stamp is not None:
+            with self._mutex:
+                cached = self._views.get(kind)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        started_ns = time.time_ns()
+        view = self._list_view(kind)
+        if stamp is not None and stamp[0] < started_ns - _CLOCK_STEP_NS:
+            with self._mutex:
+                self._views[kind] = (stamp, view)
+        return view
+
+    def _list_view(self, kind: str) -> _View:
         built = False
         manifests: dict[str, tuple[str, int]] = {}
         stale: dict[str, list[str]] = {}
@@ -334,7 +355,6 @@ class CatalogedStore:
         clock = getattr(self.inner, "clock", None)
         if clock is not None:
             return int(clock.now_ms())
-        import time
         return int(time.time() * 1000)
 
     def _day(self, kind: str, day: str, view: _View) -> builtins.list[tuple[ObjectInfo, FileStats | None]]:

@@ -204,6 +204,15 @@ class LocalStore:
         except FileNotFoundError:
             raise ObjectMissing(f"{self.url}/{key} does not exist") from None
 
+    def folder_stamp(self, prefix: str) -> tuple[int, int] | None:
+        """(modification time in ns, inode) of the folder `prefix` names, None when there is
+        none: it changes whenever an entry is added to it or removed."""
+        try:
+            stat = self._path(prefix.rstrip("/")).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return stat.st_mtime_ns, stat.st_ino
+
     def recorded_state(self, infos: builtins.list[ObjectInfo]) -> builtins.list[ObjectInfo]:
         """`infos` with the storage class and restore state this store records now (its
         records are two small files, read again only when they change): what a catalog's

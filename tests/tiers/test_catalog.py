@@ -203,3 +203,25 @@ def test_every_kind_of_data_is_cataloged(tmp_path, kind):
     assert catalog.days(kind) == ["2025-11-24"]
     assert [(o.key, o.size) for o in catalog.objects(f"{kind}/")] == [(key, 11)]
     assert [k for k, _ in catalog.list("")] == [key]  # the catalog's own objects are not the lake's
+
+
+def test_a_cached_view_of_the_catalog_sees_another_process_change(tmp_path):
+    """A local store's listing of the catalog is reused while its folder is unchanged; a
+    marker or manifest another process writes changes the folder, and the next read lists it."""
+    import time
+
+    reader = CatalogedStore(LocalStore(tmp_path / "lake"))
+    reader.build()
+    writer = CatalogedStore(LocalStore(tmp_path / "lake"))
+    writer.put(_key(0, 1, 1), _parquet("m1", [T0 + 3_600_000]))
+    writer.flush()
+    time.sleep(0.1)  # the folder is older than the clock step: the next view is cached
+    assert [o.key for o in reader.objects("raw/")] == [_key(0, 1, 1)]
+    assert "raw" in reader._views
+    writer.put(_key(1, 2, 2), _parquet("m1", [T0 + 86_400_000 + 7_200_000]))  # a marker, then the file
+    assert [o.key for o in reader.objects("raw/")] == [_key(0, 1, 1), _key(1, 2, 2)]
+    writer.delete(_key(0, 1, 1))
+    writer.flush()
+    time.sleep(0.1)
+    assert [o.key for o in reader.objects("raw/")] == [_key(1, 2, 2)]
+    assert reader.days("raw") == ["2025-11-25"]
