@@ -74,6 +74,13 @@ def _catalog_days(lake: ColdLake, lo: int | None, hi: int | None) -> list[str] |
     return [d for d in known if (first is None or d >= first[0]) and (last is None or d <= last[0])]
 
 
+def _may_hold(f: layout.LakeFile, ts_bounds: TsBounds | None) -> bool:
+    if ts_bounds is None or f.stats is None or f.stats.t_min_ms is None or f.stats.t_max_ms is None:
+        return True
+    lo, hi = ts_bounds
+    return (lo is None or f.stats.t_max_ms >= lo) and (hi is None or f.stats.t_min_ms <= hi)
+
+
 def _touches(f: layout.LakeFile, lo: int | None, hi: int | None) -> bool:
     if f.hour is None:
         return True  # no hour to judge it by: read it
@@ -107,7 +114,8 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
         cold_agg_1m=agg_dataset(lake.store),
         cold_agg_1m_bounds=agg_bounds(lake),
         job_history=RunHistory(data_dir / "lifecycle").table(),
-        archived_raw=with_jobs(archived_raw(raw, writer=lake.writer_id, hidden=hidden), data_dir),
+        archived_raw=with_jobs(archived_raw(raw, writer=lake.writer_id, hidden=hidden, ts_bounds=ts_bounds),
+                               data_dir),
     )
 
 
@@ -134,10 +142,14 @@ def with_jobs(archived: list[ArchivedObject], data_dir: Path) -> list[ArchivedOb
     return [dataclasses.replace(o, job=open_jobs.get(o.key)) for o in archived]
 
 
-def archived_raw(files: list[layout.LakeFile], *, writer: str, hidden: Set[int]) -> list[ArchivedObject]:
+def archived_raw(files: list[layout.LakeFile], *, writer: str, hidden: Set[int],
+                 ts_bounds: TsBounds | None = None) -> list[ArchivedObject]:
     """The archived raw files a reader would read if they were not archived (not those whose
-    readings a compacted set holds too, nor this writer's files of unsealed segments)."""
-    archived = [f for f in files if not f.readable and f.hour is not None]  # restored copies are read
+    readings a compacted set holds too, nor this writer's files of unsealed segments), and
+    whose time range (the catalog's statistics, kept from before they were archived) can
+    hold a reading within `ts_bounds`: one that cannot is not left out of the answer."""
+    archived = [f for f in files if not f.readable and f.hour is not None  # restored copies are read
+                and _may_hold(f, ts_bounds)]
     if not archived:
         return []
     would_read = {f.key for f in layout.visible([dataclasses.replace(f, restored=True) for f in files],
