@@ -208,6 +208,51 @@ def cmd_bench_query(args: argparse.Namespace) -> int:
                       sensors=args.sensors, rate_hz=args.rate_hz, seal_every_s=seal_every)
 
 
+def cmd_lake_verify(args: argparse.Namespace) -> int:
+    """`fabtier lake verify`: on the data directory, with no instance running (a running one
+    verifies on its own schedule, the `verify` job). Exit 1 while damaged files are set aside.
+
+    It opens no pipeline: a damaged context or alerts file stops a pipeline's start (its state
+    is recovered from them), and this is the command that sets such a file aside. Files of log
+    segments left by a crash are not read (their rows are still in the log)."""
+    from core.clock import SystemClock
+    from fabtier.datadir import DataDirLock, is_locked
+    from fabtier.reader import instance_running
+    from ingest.wal import segment_numbers
+    from lifecycle import verify
+    from lifecycle.audit import AuditLog
+    from tiers.store import settings_store
+    settings = _settings(args)
+    if instance_running(settings) or is_locked(settings.data_dir):
+        raise UserError(f"a fabtier instance holds {settings.data_dir}: it verifies the lake itself every "
+                        "[lifecycle] run_every (the `verify` job; its last report is in /health and in "
+                        "`fabtier sql \"SELECT * FROM job_runs WHERE job = 'verify'\"`); stop it to run "
+                        "`fabtier lake verify` by hand")
+    lock = DataDirLock(settings.data_dir, exclusive=True)  # no pipeline starts meanwhile
+    try:
+        wal_dir = settings.data_dir / "wal"
+        report = verify.verify_lake(
+            store=settings_store(settings), audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl"),
+            state_dir=settings.data_dir / "lifecycle", writer_id=settings.cold.writer_id,
+            hidden_segments=lambda: set(segment_numbers(wal_dir)), lock=threading.Lock(),
+            at_ms=SystemClock().now_ms(), full=args.full).public()
+    finally:
+        lock.release()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"verified {report['checked']} file(s), {report['bytes_read']:,} bytes "
+              f"({report['without_record']} without an audit record: parsing and columns only); "
+              f"{report['unchanged']} unchanged since they were verified")
+        for damaged in report["damaged_files"]:
+            print(f"DAMAGED {damaged['key']}: {damaged['problem']}; moved to {damaged['moved_to']}; lost: "
+                  f"{damaged['lost']}; {damaged['origin']}")
+    if "error" in report:
+        print(f"fabtier: {report['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_cold(args: argparse.Namespace) -> int:
     from fabtier.coldadmin import run_cold_command
     return run_cold_command(_settings(args), args)
@@ -292,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_run.add_argument("--config")
     lifecycle_run.add_argument("--now", help="evaluate ages as of this ISO time")
     lifecycle_run.set_defaults(func=cmd_lifecycle)
+
+    lake = sub.add_parser("lake", help="the Parquet lake: verify its files against the audit trail")
+    lake_sub = lake.add_subparsers(dest="action", required=True)
+    lake_verify = lake_sub.add_parser(
+        "verify", help="read back lake files new or changed since the last verify and judge them against the "
+                       "audit trail; set damaged ones aside under damaged/ (exit 1 while any are there)")
+    lake_verify.add_argument("--config")
+    lake_verify.add_argument("--full", action="store_true", help="read every file, not only new or changed ones")
+    lake_verify.add_argument("--json", action="store_true", help="one JSON object")
+    lake_verify.set_defaults(func=cmd_lake_verify)
 
     cold = sub.add_parser("cold", help="the cold store: S3 bucket setup, IAM policy, lifecycle document")
     cold_sub = cold.add_subparsers(dest="action", required=True)

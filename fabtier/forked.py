@@ -10,6 +10,12 @@ Fork is safe here because the child only computes and writes files: the forking 
 holds the interpreter lock, so Python objects are consistent; the child does not log, does
 not take the parent's locks, builds its own network clients (`after_fork`), dies with its
 parent (PR_SET_PDEATHSIG), and leaves with os._exit, running no cleanup of the parent's.
+
+A child that hangs is found by its progress, not only by the overall timeout: while it
+works, its CPU time or the bytes it reads and writes (files and sockets alike) grow. The
+parent reads them from /proc (Linux) and kills a child in which none of them moved for
+`stall` seconds: stopped (SIGSTOP), deadlocked, or waiting on a connection that carries
+nothing. Elsewhere only the timeout applies.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ from typing import TypeVar
 T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
 
+# s; a child that shows no progress this long is killed. At full ingest rate `[ingest]
+# max_unsealed` fills in minutes, so a stalled seal must be replaced well before then; a
+# child that is working moves its counters many times a second. Read at each call (tests
+# lower it).
+STALL_LIMIT = 60.0
+
 
 class ChildFailed(Exception):
     """The function raised in the child; the message carries its traceback."""
@@ -37,11 +49,20 @@ class ChildLost(Exception):
     """The child died or hung without an answer (nothing is known of what it did)."""
 
 
+class ChildStalled(ChildLost):
+    """The child made no progress (CPU time, bytes read or written) for the stall limit and
+    was killed."""
+
+
 def available() -> bool:
     return hasattr(os, "fork")
 
 
-def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
+def call_in_fork(fn: Callable[[], T], *, timeout: float, stall: float | None = None) -> T:
+    """`fn()` in a forked child; ChildFailed if it raised, ChildLost if the child died, gave
+    no answer within `timeout` or (ChildStalled) made no progress for `stall` seconds
+    (default STALL_LIMIT); a child given up is killed."""
+    stall = STALL_LIMIT if stall is None else stall
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     # The child must not finalise the parent's garbage: a collection in the child would run
@@ -61,7 +82,7 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
         _child(fn, read_fd, write_fd, parent)  # never returns
     os.close(write_fd)
     try:
-        payload = _read_all(read_fd, timeout)
+        payload = _read_all(read_fd, timeout, _Progress(pid, stall))
     except ChildLost:
         os.kill(pid, signal.SIGKILL)
         raise
@@ -79,19 +100,61 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float) -> T:
     return result
 
 
-def _read_all(fd: int, timeout: float) -> bytes:
+class _Progress:
+    """Whether a child still moves: its CPU time and the bytes it read and wrote, from /proc."""
+
+    def __init__(self, pid: int, stall: float) -> None:
+        self.stall = stall
+        self._stat, self._io = f"/proc/{pid}/stat", f"/proc/{pid}/io"
+        self._last = self._sample()
+        self._since = time.monotonic()
+        # Often enough that a stall is seen soon after the limit, rarely enough to cost nothing.
+        self.interval = min(1.0, max(0.01, stall / 5))
+
+    def _sample(self) -> tuple[int, ...] | None:
+        try:
+            with open(self._stat, "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+            counters = [int(fields[11]), int(fields[12])]  # utime, stime (proc(5): fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            return None  # no /proc (not Linux), or the child is gone: the pipe says what happened
+        try:
+            with open(self._io, "rb") as io:
+                counters += [int(line.split()[1]) for line in io.read().splitlines()[:2]]  # rchar, wchar
+        except (OSError, IndexError, ValueError):
+            pass  # /proc/PID/io is optional in the kernel; CPU time alone then
+        return tuple(counters)
+
+    def moved(self) -> None:
+        self._since = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds since the child last moved (0 when it cannot be told)."""
+        now, sample = time.monotonic(), self._sample()
+        if sample is None or sample != self._last:
+            self._last, self._since = sample, now
+        return now - self._since
+
+
+def _read_all(fd: int, timeout: float, progress: _Progress) -> bytes:
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     poller = select.poll()  # not select(): it refuses descriptors of 1024 and above
     poller.register(fd, select.POLLIN | select.POLLHUP)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
+        if left <= 0:
             raise ChildLost(f"the child process gave no answer within {timeout:.0f} s")
+        if not poller.poll(min(left, progress.interval) * 1000):
+            if (still := progress.stalled_for()) >= progress.stall:
+                raise ChildStalled(f"the child process made no progress for {still:.1f} s "
+                                   "(no CPU time, no bytes read or written)")
+            continue
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        progress.moved()
 
 
 def _child(fn: Callable[[], object], read_fd: int, write_fd: int, parent: int) -> None:

@@ -4,7 +4,9 @@ Order of a reading's life here: decode -> (under the ingest lock) duplicate chec
 ring -> alert rules -> append to the write-ahead log -> visible in SQL; then the committer
 thread fsyncs the log and acknowledges the messages that fsync covered to the broker. A
 failure to make the log durable stops ingestion for good (fail-stop): acknowledging anything
-after such a failure could lose data, and a restart recovers from the log.
+after such a failure could lose data, and a restart recovers from the log. A full disk is not
+such a failure (ingest.wal.LogFull): acknowledgements wait, `/health` says degraded, and the
+committer tries again until there is room.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from core.errors import DurabilityError
 from core.protocols import Clock
 from core.records import AlertEvent
 from core.settings import Settings
-from fabtier.runstate import Metrics, Status
+from fabtier.runstate import Metrics, Status, step_worked
 from ingest.assemble import Assembled, assemble, payload_text
 from ingest.codec import Limits, ReadingBatch, SingleReading, batches_by_machine
-from ingest.wal import WriteAheadLog
+from ingest.wal import LogFull, WriteAheadLog
 from ingest.walformat import (
     QuarantineRecord,
     encode_alerts,
@@ -41,6 +43,8 @@ from tiers.sinks import SinkQueue
 from tiers.unsealed import UnsealedData
 
 log = logging.getLogger("fabtier.pipeline")
+
+LOG_STEP = "write-ahead log"  # its name in /health while its disk is full
 
 # Messages decoded and stored together at most. Small enough that the log is committed
 # (and messages acknowledged, alerts delivered) every few milliseconds under full load.
@@ -94,6 +98,8 @@ class Ingestor:
         self._commit_guard = threading.Lock()  # the committer, and stop(), commit
         self._commit_wanted = threading.Event()
         self._last_commit = 0.0
+        self._log_full = False  # the last commit found the log's disk full
+        self._alerts_uncommitted: list[AlertEvent] = []  # taken for a commit that found no room
 
     # ---- threads ---------------------------------------------------------------------
     def start(self, sinks: list[SinkQueue]) -> None:
@@ -302,6 +308,8 @@ class Ingestor:
                 time.sleep(pause)
             if self.wal.dirty or self._withheld:
                 self.commit_and_ack()
+            if self._log_full:
+                self._stop.wait(LogFull.retry_after)  # not one failing write per millisecond
 
     def _pressure(self) -> int:
         """0: none; 1: seal early; 2: hold acknowledgements back."""
@@ -316,14 +324,25 @@ class Ingestor:
             self._commit_and_ack_locked()
 
     def _commit_and_ack_locked(self) -> None:
-        alerts = self.alerting.take_appended()  # appended before this commit, so covered by it
+        # Appended before this commit, so covered by it (with those of a commit that found no room).
+        alerts = self._alerts_uncommitted + self.alerting.take_appended()
+        self._alerts_uncommitted = []
         # Batches appended before the commit are durable after it: only those go to the sinks.
         to_sinks = len(self._sink_pending)
         try:
             tokens = self.wal.commit()
+        except LogFull as exc:
+            # Not fail-stop: nothing reached the log's file (it was cut back), everything waits
+            # in memory unacknowledged, and the broker holds back more than receive_maximum.
+            self._alerts_uncommitted = alerts
+            self._note_log_full(exc)
+            return
         except DurabilityError as exc:
             self._fail(str(exc))
             return
+        if self._log_full:
+            self._log_full = False
+            step_worked(self.metrics, LOG_STEP, at_ms=self.clock.now_ms())
         for _ in range(to_sinks):
             batch = self._sink_pending.popleft()
             for sink in self.sinks:
@@ -345,6 +364,15 @@ class Ingestor:
         tokens, self._withheld = self._withheld, []
         self._acknowledge(tokens)
         self.metrics.acked += len(tokens)
+
+    def _note_log_full(self, exc: LogFull) -> None:
+        """/health degraded with why and the fix; one ERROR line per spell of a full disk."""
+        fix = (f"free space on the file system of {self.wal.directory}; ingestion acknowledges again by "
+               "itself once the log fits")
+        self.metrics.faults.failed(LOG_STEP, str(exc), at_ms=self.clock.now_ms(), fix=fix)
+        if not self._log_full:
+            log.error("%s: holding acknowledgements back. Fix: %s", exc, fix)
+        self._log_full = True
 
     def _fail(self, reason: str) -> None:
         if self.status.fail(reason):

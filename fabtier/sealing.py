@@ -33,6 +33,10 @@ log = logging.getLogger("fabtier.pipeline")
 
 SEAL_CHILD_NICENESS = 10
 SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
+# A child that stalls (stopped, deadlocked, a connection that carries nothing) is found much
+# sooner, by its progress: `fabtier.forked.STALL_LIMIT` (60 s) without CPU time or bytes read or
+# written. At full ingest rate `[ingest] max_unsealed` fills in minutes; 30 minutes of a hung
+# child would stop ingestion by backpressure long before.
 
 
 SEAL_STEP = "seal"  # its name in /health
@@ -125,6 +129,9 @@ class Sealer:
                 return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT)
             except forked.ChildFailed as exc:
                 raise SealError(str(exc)) from None
+            except forked.ChildStalled as exc:
+                log.error("sealing segment %d in a child process: the child stalled and was killed: %s; "
+                          "sealing it in this process", segment, exc)
             except forked.ChildLost as exc:
                 log.warning("sealing segment %d in a child process: %s; sealing it in this process", segment, exc)
         # Outside the lock: the segment is closed (rotation waited for the last micro-batch

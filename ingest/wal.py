@@ -1,23 +1,41 @@
 """The write-ahead log: append, group commit, rotate into segments, replay.
 
-Every accepted message is appended here before it is acknowledged. Appends are buffered;
-`commit()` flushes and fsyncs once for everything appended so far and hands back the tokens
-(MQTT message ids) that are now durable, so that one fsync acknowledges many messages.
+Every accepted message is appended here before it is acknowledged. Appends are buffered in
+memory; `commit()` writes and fsyncs once for everything appended so far and hands back the
+tokens (MQTT message ids) that are now durable, so that one fsync acknowledges many messages.
 A segment is closed by `rotate()`; the seal job turns a closed segment into Parquet and then
 deletes it, so a segment file that still exists is, by definition, not yet sealed.
+
+A full disk (ENOSPC, EDQUOT) is not a failure of the log: the segment is cut back to its last
+durable length, the records stay in memory with their tokens, and `commit()` raises `LogFull`
+until they fit; nothing is acknowledged meanwhile. Any other write or fsync error is final.
+A segment found at start with bytes after its last whole record (a write torn by a crash) is
+logged; replay ends at the last whole record.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import threading
 from pathlib import Path
 
-from core.errors import DurabilityError
+from core.errors import DurabilityError, RetryableError
 from core.fsutil import fsync_dir
-from ingest.walformat import SEGMENT_MAGIC, Record, decode_records
+from ingest.walformat import SEGMENT_MAGIC, Record, decode_records, intact_length
+
+log = logging.getLogger("fabtier.ingest")
 
 _SUFFIX = ".wal"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class LogFull(RetryableError):
+    """The log's file system has no room for what was appended; nothing of it is durable or
+    acknowledged yet, and it is all still in memory for the next try."""
+
+    retry_after = 0.2
 
 
 def segment_numbers(directory: Path) -> list[int]:
@@ -30,6 +48,23 @@ def segment_numbers(directory: Path) -> list[int]:
 def read_segment(path: Path) -> list[Record]:
     records, _ = decode_records(path.read_bytes())
     return records
+
+
+def _note_torn_tail(path: Path) -> None:
+    """Say so when a segment ends in bytes that are no whole record: replay drops them."""
+    data = path.read_bytes()
+    whole = intact_length(data)
+    if whole < len(data):
+        log.warning("log segment %s: %d byte(s) after the last whole record (at byte %d) are dropped: a write "
+                    "torn by a crash; nothing in them was acknowledged, so the broker delivers it again",
+                    path.name, len(data) - whole, whole)
+
+
+def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 class WriteAheadLog:
@@ -45,24 +80,35 @@ class WriteAheadLog:
         reuse = existing[-1] if existing and SEGMENT_MAGIC.startswith(self.path(existing[-1]).read_bytes()) else None
         if reuse is not None:
             existing = existing[:-1]
+        for number in existing:
+            _note_torn_tail(self.path(number))
         self._leftover = existing
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._tokens: list[int] = []
+        # Appended, not yet written. Kept in memory (not in a file object's buffer) so that a
+        # write the disk has no room for can be cut off the file and tried again whole.
+        self._buffer = bytearray()
         self._active = reuse if reuse is not None else (existing[-1] + 1) if existing else 1
         self._file = self._open(self._active, again=reuse is not None)
+        self._size = len(SEGMENT_MAGIC)  # durable length of the active segment
         self._failed: BaseException | None = None
         self._dirty = False
         self.bytes_appended = 0
-        self._active_bytes = 0  # records written to the active segment since it was opened
+        self._active_bytes = 0  # records appended to the active segment since it was opened
 
     def _open(self, number: int, *, again: bool = False):
         path = self.path(number)
-        handle = open(path, "wb" if again else "xb", buffering=1 << 20)
-        handle.write(SEGMENT_MAGIC)
-        handle.flush()
-        os.fsync(handle.fileno())
-        fsync_dir(self.directory)
+        handle = open(path, "wb" if again else "xb", buffering=0)
+        try:
+            _write_all(handle.fileno(), SEGMENT_MAGIC, 0)
+            os.fsync(handle.fileno())
+            fsync_dir(self.directory)
+        except OSError:
+            # A segment without its magic would read as garbage: none rather than that.
+            handle.close()
+            path.unlink(missing_ok=True)
+            raise
         return handle
 
     def path(self, number: int) -> Path:
@@ -87,7 +133,7 @@ class WriteAheadLog:
             if self._failed is not None:
                 raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
             if record:
-                self._file.write(record)
+                self._buffer += record
                 self.bytes_appended += len(record)
                 self._active_bytes += len(record)
             if token is not None:
@@ -100,11 +146,12 @@ class WriteAheadLog:
         with self._lock:
             if self._failed is not None:
                 raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
-            data = b"".join(records)
+            for record in records:
+                self._buffer += record
+            data = sum(len(r) for r in records)
             if data:
-                self._file.write(data)
-                self.bytes_appended += len(data)
-                self._active_bytes += len(data)
+                self.bytes_appended += data
+                self._active_bytes += data
             self._tokens.extend(tokens)
             self._dirty = True
             return self._active
@@ -125,22 +172,48 @@ class WriteAheadLog:
         return self._dirty
 
     def commit(self) -> list[int]:
-        """Make every appended record durable; return the tokens of those records."""
+        """Make every appended record durable; return the tokens of those records.
+
+        Raises `LogFull` (everything kept for the next call) when the disk has no room."""
         with self._commit_lock:
             with self._lock:
+                if self._failed is not None:
+                    raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
                 tokens, self._tokens = self._tokens, []
+                data, self._buffer = self._buffer, bytearray()
                 self._dirty = False
-                try:
-                    self._file.flush()
-                    fd = self._file.fileno()
-                except OSError as exc:
-                    self._fail(exc)
+            # Written outside the append lock: the ingest thread goes on appending meanwhile.
             try:
-                os.fsync(fd)
+                self._write_durably(data)
+            except LogFull:
+                with self._lock:
+                    self._buffer[:0] = data
+                    self._tokens[:0] = tokens
+                    self._dirty = True
+                raise
             except OSError as exc:
                 with self._lock:
                     self._fail(exc)
             return tokens
+
+    def _write_durably(self, data: bytes | bytearray) -> None:
+        """Write `data` after the durable part of the active segment and fsync; with the commit
+        lock held. A full disk cuts the segment back and raises LogFull; any other OSError
+        (the truncation's too) is the caller's to make final."""
+        fd = self._file.fileno()
+        try:
+            _write_all(fd, data, self._size)
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            # Nothing past the last good commit may stay: a partial record there would end
+            # every later replay before the records written after it once there is room.
+            # Pages a failed fsync left behind go with it; the next try writes them anew.
+            os.ftruncate(fd, self._size)
+            raise LogFull(f"the write-ahead log's disk is full: {exc}; {len(data)} bytes wait in memory, "
+                          "unacknowledged, until there is room") from exc
+        self._size += len(data)
 
     def _fail(self, exc: OSError) -> None:
         # After a failed fsync the kernel may have dropped the dirty pages: nothing written
@@ -151,21 +224,31 @@ class WriteAheadLog:
     def rotate(self) -> int:
         """Close the active segment durably and start the next; returns the closed number.
 
-        Tokens of records in the closed segment stay queued for the next `commit()`.
+        Tokens of records in the closed segment stay queued for the next `commit()`. On a
+        full disk nothing changes (LogFull): the active segment stays active.
         """
         with self._commit_lock, self._lock:
             if self._failed is not None:
                 raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
             closed = self._active
             try:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._active += 1
-                self._file = self._open(self._active)
-                self._active_bytes = 0
+                self._write_durably(bytes(self._buffer))
+            except LogFull:
+                raise  # the buffer is kept as it is
             except OSError as exc:
                 self._fail(exc)
+            self._buffer.clear()
+            try:
+                handle = self._open(closed + 1)
+            except OSError as exc:
+                if exc.errno in _NO_SPACE:
+                    raise LogFull(f"no room for a new log segment: {exc}") from exc
+                self._fail(exc)
+            self._file.close()
+            self._file = handle
+            self._active = closed + 1
+            self._size = len(SEGMENT_MAGIC)
+            self._active_bytes = 0
             return closed
 
     def delete(self, number: int) -> None:
@@ -178,7 +261,12 @@ class WriteAheadLog:
             self._leftover.remove(number)
 
     def close(self) -> list[int]:
-        tokens = self.commit()
+        try:
+            tokens = self.commit()
+        except LogFull as exc:
+            # Unacknowledged, so not lost: the broker delivers it again on the next start.
+            log.warning("closing the write-ahead log: %s; left to the broker to deliver again", exc)
+            tokens = []
         with self._lock:
             self._file.close()
         return tokens

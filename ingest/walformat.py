@@ -23,6 +23,7 @@ QUARANTINE = 2
 CONTEXT = 3
 KEYED_READINGS = 4  # readings of many machines, with a (machine, sensor) table
 ALERTS = 5  # the alert events one batch caused, written just before that batch
+_KINDS = frozenset((READINGS, QUARANTINE, CONTEXT, KEYED_READINGS, ALERTS))
 
 _HEADER = struct.Struct("<BII")
 _U16 = struct.Struct("<H")
@@ -128,19 +129,36 @@ def _decode_readings(body: memoryview) -> ReadingBatch:
 Record = ReadingBatch | QuarantineRecord | ContextEvent | AlertEvent
 
 
-def decode_records(data: bytes) -> tuple[list[Record], int]:
-    """Every intact record in `data` and the length of the intact prefix."""
-    view = memoryview(data)
-    records: list[Record] = []
-    pos = len(SEGMENT_MAGIC) if data.startswith(SEGMENT_MAGIC) else 0
-    if pos == 0 and data:
-        return records, 0
-    while pos + _HEADER.size <= len(data):
+def _frames(view: memoryview) -> Iterator[tuple[int, memoryview, int]]:
+    """(kind, body, end) of every whole record of known kind, in order; stops at the first
+    that is not (torn, corrupt, or of a kind this version does not know)."""
+    pos = len(SEGMENT_MAGIC) if view[:len(SEGMENT_MAGIC)] == SEGMENT_MAGIC else 0
+    if pos == 0:
+        return
+    while pos + _HEADER.size <= len(view):
         kind, length, crc = _HEADER.unpack_from(view, pos)
         start = pos + _HEADER.size
         body = view[start:start + length]
-        if len(body) != length or zlib.crc32(body, kind) != crc:
-            break
+        if len(body) != length or zlib.crc32(body, kind) != crc or kind not in _KINDS:
+            return
+        pos = start + length
+        yield kind, body, pos
+
+
+def intact_length(data: bytes) -> int:
+    """The length of the prefix of a segment that replay reads: the magic and whole records."""
+    end = len(SEGMENT_MAGIC) if data.startswith(SEGMENT_MAGIC) else 0
+    for frame in _frames(memoryview(data)):
+        end = frame[2]
+    return end
+
+
+def decode_records(data: bytes) -> tuple[list[Record], int]:
+    """Every intact record in `data` and the length of the intact prefix."""
+    records: list[Record] = []
+    pos = len(SEGMENT_MAGIC) if data.startswith(SEGMENT_MAGIC) else 0
+    for kind, body, end in _frames(memoryview(data)):
+        pos = end
         if kind == READINGS:
             records.append(_decode_readings(body))
         elif kind == KEYED_READINGS:
@@ -149,11 +167,8 @@ def decode_records(data: bytes) -> tuple[list[Record], int]:
             records.append(QuarantineRecord(*orjson.loads(body)))
         elif kind == CONTEXT:
             records.append(ContextEvent(*orjson.loads(body)))
-        elif kind == ALERTS:
+        else:  # ALERTS
             records.extend(AlertEvent(*fields) for fields in orjson.loads(body))
-        else:
-            break
-        pos = start + length
     return records, pos
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.settings import Settings
-from lifecycle import coldjobs, retrievals, warmjobs
+from lifecycle import coldjobs, retrievals, verify, warmjobs
 from lifecycle.host import JobHost
 
 log = logging.getLogger("fabtier.lifecycle")
@@ -20,6 +20,10 @@ log = logging.getLogger("fabtier.lifecycle")
 SEAL = "seal"
 ROLLUP = "rollup"
 AGE_OUT = "age_out"
+VERIFY = verify.JOB
+# A scheduled verify reads at most this much a run (a first run over a large lake, or over S3,
+# is spread over several periods); `fabtier lake verify` reads everything that is due.
+VERIFY_MAX_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,27 @@ def retrieve(ctx: JobContext) -> dict:
     return retrievals.follow_and_notify(settings=p.settings, store=p.lake.store, now_ms=ctx.at_ms)
 
 
+def verify_lake(host: JobHost, *, at_ms: int, full: bool = False,
+                max_bytes: int | None = None) -> verify.VerifyReport:
+    """Verify the lake's files against the audit trail and set damaged ones aside
+    (lifecycle.verify); incremental unless `full`."""
+    return verify.verify_lake(store=host.lake.store, audit=host.audit,
+                              state_dir=host.settings.data_dir / "lifecycle", writer_id=host.settings.cold.writer_id,
+                              hidden_segments=host.hidden_segments, lock=host.seal_lock, at_ms=at_ms, full=full,
+                              max_bytes=max_bytes)
+
+
+def verify_files(ctx: JobContext) -> dict:
+    """Read back the lake files new or changed since the last run and judge them against the
+    audit trail; a damaged one is set aside under damaged/. The run reports a failure (so
+    /health says degraded) while damaged/ holds a file nobody has dealt with."""
+    report = verify_lake(ctx.pipeline, at_ms=ctx.at_ms, max_bytes=VERIFY_MAX_BYTES)
+    if report.checked:
+        log.info("verified %d lake file(s) (%d bytes), %d damaged%s", report.checked, report.bytes_read,
+                 len(report.damaged), f", {report.left} left for the next run" if report.left else "")
+    return report.public(with_unchanged=False)
+
+
 # Tier order: a manual run and a catch-up on start run them in this order.
 JOBS: tuple[Job, ...] = (
     Job(SEAL, seal, lambda s: s.cold.seal_every),
@@ -112,6 +137,7 @@ JOBS: tuple[Job, ...] = (
     Job(coldjobs.LIFECYCLE, cold_lifecycle, lambda s: s.lifecycle.run_every),
     Job(coldjobs.GLUE, glue_catalog, lambda s: s.lifecycle.run_every),
     Job(retrievals.RETRIEVE, retrieve, lambda s: s.retrieval.poll_every),
+    Job(VERIFY, verify_files, lambda s: s.lifecycle.run_every),
 )
 
 

@@ -197,6 +197,7 @@ class CatalogedStore:
         self._stats: dict[str, FileStats] = {}  # written by this process, not in a manifest yet
         self._manifests: dict[str, Manifest] = {}  # manifest key -> parsed (immutable objects)
         self._views: dict[str, tuple[tuple, _View]] = {}  # kind -> (folder stamp, view)
+        self._forked = False
         self._mutex = threading.RLock()
         digest = hashlib.sha1(inner.url.encode()).hexdigest()[:16]
         self._lock_path = Path(tempfile.gettempdir()) / f"fabtier-catalog-{digest}.lock"
@@ -208,6 +209,7 @@ class CatalogedStore:
     def after_fork(self) -> None:
         """In a forked child: the parent's markers are the parent's, and so is its lock."""
         self._dirty, self._markers, self._stats, self._views = set(), {}, {}, {}
+        self._forked = True
         self._mutex = threading.RLock()
         after_fork = getattr(self.inner, "after_fork", None)
         if after_fork is not None:
@@ -412,6 +414,10 @@ class CatalogedStore:
 
     def _footer(self, kind: str, info: ObjectInfo) -> FileStats | None:
         if not info.key.endswith(".parquet") or not info.readable:
+            return None
+        if self._forked and getattr(self.inner, "recorded_state", None) is None:
+            # No Arrow S3 file system in a forked child (tiers.cold.ColdLake.after_fork): the
+            # file goes without statistics until a rebuild in a process that can read it.
             return None
         try:
             filesystem, root = self.inner.arrow_filesystem()

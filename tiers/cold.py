@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from core.protocols import ObjectStore
 from tiers import catalog, layout
@@ -92,14 +94,22 @@ class ColdLake:
         self.writer_id = writer_id
         self._fs, self._root = store.arrow_filesystem()
         self._format = ds.ParquetFileFormat()
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        self._forked = False
 
     def after_fork(self) -> None:
-        """In a forked child: the store's clients and the Arrow file system of its own (the
-        parent's pooled connections and I/O threads are the parent's)."""
+        """In a forked child: the store's clients of its own (the parent's pooled connections
+        and I/O threads are the parent's). No Arrow S3 file system is built in the child:
+        Arrow's S3 client lock may have been held by another thread of the parent at the fork,
+        and the child's copy of it is never released (building one there deadlocked, seen
+        with gdb in `ClientBuilder::BuildClient`). What the child reads (`_drop_stored`) it
+        reads through the store's own client."""
         after_fork = getattr(self.store, "after_fork", None)
         if after_fork is not None:
             after_fork()
-        self._fs, self._root = self.store.arrow_filesystem()
+        self._forked = True
+        if self._local:
+            self._fs, self._root = self.store.arrow_filesystem()
 
     # ---- listing --------------------------------------------------------------------
     def lake_files(self, kind: str, prefix: str | None = None) -> list[LakeFile]:
@@ -202,11 +212,16 @@ class ColdLake:
         machines = pc.unique(part.column("machine"))
         if pa.types.is_dictionary(machines.type):
             machines = machines.cast(machines.type.value_type)
-        stored = pa.concat_tables([
-            d.to_table(columns=["machine", "sensor", "ts"],
-                       filter=(ds.field("ts") >= pc.min(ts)) & (ds.field("ts") <= pc.max(ts))
-                       & ds.field("machine").isin(machines))
-            for d in self.raw_datasets(files=others)])
+        wanted = ((ds.field("ts") >= pc.min(ts)) & (ds.field("ts") <= pc.max(ts))
+                  & ds.field("machine").isin(machines))
+        if self._forked and not self._local:  # no Arrow S3 file system in a child (after_fork)
+            stored = pa.concat_tables([
+                ds.dataset(pq.read_table(pa.BufferReader(self.store.get(f.key)), columns=["machine", "sensor", "ts"])
+                           .cast(pa.schema([("machine", pa.string()), ("sensor", pa.string()), ("ts", _TS)])))
+                .to_table(filter=wanted) for f in others])
+        else:
+            stored = pa.concat_tables([d.to_table(columns=["machine", "sensor", "ts"], filter=wanted)
+                                       for d in self.raw_datasets(files=others)])
         if stored.num_rows == 0:
             return part
         part = part.cast(READINGS_SCHEMA)  # names as plain strings, as the stored files have them

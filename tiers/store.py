@@ -32,6 +32,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -326,17 +327,48 @@ def _restore_state(entry: dict | None, now_ms: int) -> tuple[bool, int | None]:
 _S3_TIERS = {"expedited": "Expedited", "standard": "Standard", "bulk": "Bulk"}
 
 
+@dataclass(frozen=True)
+class S3Limits:
+    """How long the S3 clients wait for an answer and how often they try a request.
+
+    botocore's defaults wait 60 s to connect and 60 s for each read: with the 6 attempts this
+    store asked for before (botocore's `max_attempts` counts retries only), a store that takes
+    the connection and never answers held a seal (and its lock, so every later seal and
+    compaction) for over 6 minutes per request. Bounded here: 5 s to connect, 30 s without a
+    byte of answer (S3 answers within seconds; 30 s of nothing is a dead connection), 5
+    attempts in all in botocore's standard retry mode, which retries 500 InternalError,
+    503 SlowDown (as throttling, with backoff and its retry quota), connection errors and
+    timeouts: a request to a store that never answers fails after at most 5 x 30 s and the
+    backoff between. 30 s is below `fabtier.forked.STALL_LIMIT` too, so a seal child waiting
+    on a dead connection tries again (and so moves) before it would be taken for stalled.
+
+    pyarrow's S3FileSystem (the lake's reads: queries, and a seal's look at an hour's other
+    files) gets the same connect timeout and attempts, in the AWS SDK's standard retry
+    strategy (which retries the same errors). Its read timeout stays the SDK's: on Linux,
+    3 s without a byte (checked: through a proxy that never answers, 3 attempts gave up after
+    ~10 s), which bounds a hang already and is what every query has waited so far."""
+
+    connect_timeout: float = 5.0  # s
+    read_timeout: float = 30.0  # s without a byte of answer
+    max_attempts: int = 5  # in all, the first included
+
+
+# What an S3Store gets when it is not given limits; read when the store is made (tests lower it).
+DEFAULT_S3_LIMITS = S3Limits()
+
+
 class S3Store:
     """A prefix of an S3 bucket (AWS, MinIO, moto's server)."""
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str = "", region: str = "us-east-1",
                  sse: str = "AES256", kms_key_id: str = "", clock: Clock | None = None,
-                 restore_status_listed: bool | None = None) -> None:
+                 restore_status_listed: bool | None = None, limits: S3Limits | None = None) -> None:
         """`restore_status_listed`: whether ListObjectsV2 answers the restore status of
         archived objects (OptionalObjectAttributes=RestoreStatus). AWS does (the default
         without an endpoint_url); moto's server (5.2) ignores the attribute, and MinIO has no
         archive classes, so against an endpoint_url each archived object is asked with
-        head_object instead (the listing's other objects need no request)."""
+        head_object instead (the listing's other objects need no request). `limits`: the
+        clients' timeouts and attempts (default `DEFAULT_S3_LIMITS`)."""
         import boto3
         from botocore.config import Config
 
@@ -350,7 +382,9 @@ class S3Store:
         self._sse = {"ServerSideEncryption": sse}
         if sse == "aws:kms" and kms_key_id:
             self._sse["SSEKMSKeyId"] = kms_key_id
-        config = Config(region_name=region, retries={"mode": "standard", "max_attempts": 5},
+        self.limits = limits if limits is not None else DEFAULT_S3_LIMITS
+        config = Config(region_name=region, retries={"mode": "standard", "total_max_attempts": self.limits.max_attempts},
+                        connect_timeout=self.limits.connect_timeout, read_timeout=self.limits.read_timeout,
                         # MinIO and moto's server answer on one host: path-style addressing.
                         s3={"addressing_style": "path" if endpoint_url else "auto"})
         self.client = boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
@@ -510,7 +544,8 @@ class S3Store:
 
     def arrow_filesystem(self) -> tuple[pafs.FileSystem, str]:
         if self._fs is None:
-            options: dict = {"region": self.region}
+            options: dict = {"region": self.region, "connect_timeout": self.limits.connect_timeout,
+                             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.limits.max_attempts)}
             if self.endpoint_url:
                 parsed = urlparse(self.endpoint_url)
                 options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")

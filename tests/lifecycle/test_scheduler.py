@@ -75,7 +75,7 @@ def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
     pipeline.open()
     first = runner_for(pipeline).catch_up()
     assert [r["job"] for r in first] == ["seal", "rollup", "age_out", "compact", "lifecycle", "glue",
-                                         "retrieve"]  # once each
+                                         "retrieve", "verify"]  # once each
     pipeline.close_offline()
 
     clock.advance(25 * 60)  # down for 25 minutes
@@ -90,7 +90,7 @@ def test_missed_runs_are_caught_up_on_start_and_recorded(tmp_path):
         pipeline.close_offline()
     assert {(r["job"], r["missed"]) for r in rows} == {("seal", 25), ("rollup", 25), ("age_out", 2),
                                                       ("compact", 2), ("lifecycle", 2), ("glue", 2),
-                                                      ("retrieve", 2)}
+                                                      ("retrieve", 2), ("verify", 2)}
 
     clock.advance(30)  # half a period later nothing is due
     pipeline = Pipeline(settings, clock=clock)
