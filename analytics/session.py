@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from alerts.acks import ACKS_SCHEMA
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
 from analytics.leftout import ArchivedObject
 from core.errors import SqlError
@@ -64,6 +65,8 @@ CREATE VIEW alerts AS
          raised_at::TIMESTAMP AS raised_at, writer || ':' || seq AS id, flapping,
          nullif(note, '') AS note, lot, wafer, recipe, recipe_version, step, seq::BIGINT AS seq
   FROM (SELECT * FROM cold_alerts UNION ALL SELECT * FROM hot_alerts);
+CREATE VIEW alert_acks AS
+  SELECT alert_id, who, "at"::TIMESTAMP AS "at", note FROM acks;
 CREATE VIEW recipe_limits AS
   SELECT recipe, version, effective::TIMESTAMP AS effective, step_no, step, step_start_s,
          step_end_s, settle_s, kind, setpoint, tolerance, low, high FROM recipe_limits_source;
@@ -109,6 +112,7 @@ class SqlSources:
     cold_alerts: ds.Dataset | None = None
     hot_alerts: pa.Table | None = None
     recipe_limits: pa.Table | None = None
+    acks: pa.Table | None = None  # alert acknowledgements (alerts.acks); None: none
     # The warm tier (issue 5): minutes in the warm store, minutes aged out to the lake, and
     # the history of tiering job runs. None: empty.
     warm_1m: pa.Table | None = None
@@ -315,7 +319,7 @@ class Session:
             else:
                 self._source(name, default)
         for name, schema in (("cold_alerts", ALERTS_SCHEMA), ("hot_alerts", ALERTS_SCHEMA),
-                             ("recipe_limits", RECIPE_LIMITS_SCHEMA)):
+                             ("recipe_limits", RECIPE_LIMITS_SCHEMA), ("acks", ACKS_SCHEMA)):
             source = getattr(sources, name)
             self._source(name if name != "recipe_limits" else "recipe_limits_source",
                          schema.empty_table() if source is None else source)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from alerts.acks import AckLog
 from analytics.bounds import TsBounds
 from analytics.leftout import ArchivedObject
 from analytics.session import SqlSources
@@ -110,6 +111,7 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
         cold_alerts=lake.dataset("alerts", hidden),
         hot_alerts=unsealed.alerts,
         recipe_limits=recipe_limits,
+        acks=AckLog.of(data_dir).table(),
         warm_1m=warm.snapshot() if warm is not None else None,
         cold_agg_1m=agg_dataset(lake.store),
         cold_agg_1m_bounds=agg_bounds(lake),

@@ -1,115 +1,76 @@
-"""The HTTP API of a running pipeline: health, metrics, read-only SQL, hot series, jobs.
+"""The HTTP API of a running pipeline: health, metrics (JSON and Prometheus), read-only SQL,
+hot series, tiers, jobs, retrievals (fabtier.retrieval_api) and alerts (fabtier.alerts_api).
 
-Standard library only (ThreadingHTTPServer): the API is a thin adapter, and every request
-that does work calls into the pipeline. Every route but /health needs the bearer token when
-one is configured (401 with `WWW-Authenticate: Bearer`). A parameter that does not fit is a
-400 naming it (fabtier.apiparams), an unknown route 404, a method a route does not take 405.
+FastAPI routes, served by uvicorn from a thread of the instance (`ApiServer`); a route that
+does work runs in a worker thread and calls into the pipeline. The OpenAPI schema at
+`/openapi.json` is generated from the routes and the models of fabtier.apimodels. Every route
+but /health needs the bearer token when one is configured (401 with `WWW-Authenticate:
+Bearer`). A parameter that does not fit is a 400 naming it (fabtier.apiparams), an unknown
+route 404, a method a route does not take 405 with `Allow`: all with a JSON `error`.
 """
 
-from __future__ import annotations
-
 import hmac
-import json
 import logging
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlparse
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
 from analytics import output
 from analytics.leftout import left_out
 from analytics.session import run_sql
 from core.errors import SqlError
-from fabtier import retrieval_api
+from fabtier import alerts_api, apimodels, promexport, retrieval_api
 from fabtier.apiparams import (
     MAX_MINUTES,
     MAX_NOW_MS,
     MAX_POINTS,
     MIN_NOW_MS,
+    Answer,
     BadRequest,
-    lifecycle_now,
-    series_query,
+    from_validation,
+    given_once,
+    in_thread,
+    request_body,
+    respond,
     sql_statement,
 )
 from fabtier.datadir import sql_spill_dir
 from lifecycle import jobs, scheduler
+from lifecycle.health import Problem
 from tiers.inventory import report
+from tiers.store import StoreError
 
 if TYPE_CHECKING:
     from fabtier.pipeline import Pipeline
 
 log = logging.getLogger("fabtier.api")
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-OPENAPI = {
-    "openapi": "3.0.3",
-    "info": {"title": "fabtier", "version": "0.1.0"},
-    "paths": {
-        "/health": {"get": {"summary": "200 once the pipeline is subscribed and ready, else 503",
-                            "responses": {"200": {"description": "ready; `status` is `degraded` while a step "
-                                                                 "(seal, a tiering job) fails, and `problems` "
-                                                                 "says which, since when, why and the fix"},
-                                          "503": {"description": "not ready"}}}},
-        "/metrics": {"get": {"summary": "ingest and tiering counters",
-                             "responses": {"200": {"description": "JSON object of counters"}}}},
-        "/sql": {"post": {
-            "summary": "one read-only SELECT over the views of CONTRACT.md section 4",
-            "parameters": [{"name": "format", "in": "query",
-                            "schema": {"type": "string", "enum": ["json", "csv", "arrow"]}},
-                           {"name": "archived", "in": "query",
-                            "schema": {"type": "string", "enum": ["notice", "error"], "default": "notice"},
-                            "description": "when archived objects hold readings the answer cannot read: "
-                                           "answer with X-Fabtier-Left-Out-* headers, or 409"}],
-            "requestBody": {"content": {"text/plain": {"schema": {"type": "string"}},
-                                        "application/json": {"schema": {"type": "object",
-                                                             "properties": {"sql": {"type": "string"}}}}}},
-            "responses": {"200": {"description": "rows; X-Fabtier-Left-Out-Objects, -Bytes, -From, -To, "
-                                                 "-Classes and X-Fabtier-Retrieve when archived objects "
-                                                 "were left out"},
-                          "400": {"description": "the database's message, or a parameter that does not fit"},
-                          "409": {"description": "archived=error and archived objects hold readings"}}}},
-        "/series": {"get": {
-            "summary": "one sensor's last minutes from the hot ring, averaged into at most `points` points",
-            "parameters": [
-                {"name": "machine", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
-                {"name": "sensor", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
-                {"name": "minutes", "in": "query", "schema": {"type": "number", "exclusiveMinimum": True,
-                                                               "minimum": 0, "maximum": MAX_MINUTES, "default": 10}},
-                {"name": "points", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                              "maximum": MAX_POINTS, "default": 300}}],
-            "responses": {"200": {"description": "{ts: [...], v: [...], query_us, wait_us, fell_back, "
-                                                  "gil_wait_us}: the ring's answer time, the part of it spent "
-                                                  "waiting for the ingest lock, whether it did, and the wait for "
-                                                  "the interpreter lock before the read"},
-                          "400": {"description": "a parameter that does not fit, named in `parameter`"},
-                          "404": {"description": "no such sensor in the hot tier"}}}},
-        "/tiers": {"get": {"summary": "rows, bytes, oldest, newest and monthly cost per tier",
-                           "responses": {"200": {"description": "{tiers: [...], total_usd_per_month}"}}}},
-        "/sensors": {"get": {"summary": "every (machine, sensor) seen", "responses": {"200": {"description": "list"}}}},
-        "/lifecycle/run": {"post": {"summary": "run every tiering job once, now",
-                                    "parameters": [{"name": "now", "in": "query",
-                                                    "schema": {"type": "integer", "minimum": MIN_NOW_MS,
-                                                               "maximum": MAX_NOW_MS - 1},
-                                                    "description": "epoch ms that ages are measured against"}],
-                                    "responses": {"200": {"description": "job reports"},
-                                                  "400": {"description": "now does not fit"},
-                                                  "503": {"description": "the pipeline is not ready"}}}},
-        **retrieval_api.OPENAPI_PATHS,
-    },
-}
+TITLE, VERSION = "fabtier", "0.1.0"
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+_ERROR = {"model": apimodels.ErrorBody}
+_LEFT_OUT_HEADERS = {
+    name: {"description": text, "schema": {"type": "string"}} for name, text in (
+        ("X-Fabtier-Left-Out-Objects", "archived raw objects the answer could not read"),
+        ("X-Fabtier-Left-Out-Bytes", "their bytes"),
+        ("X-Fabtier-Left-Out-From", "the first hour they hold (ISO-8601 UTC)"),
+        ("X-Fabtier-Left-Out-To", "the end of the last hour they hold (ISO-8601 UTC)"),
+        ("X-Fabtier-Left-Out-Classes", "their storage classes"),
+        ("X-Fabtier-Retrieve", "the `fabtier retrieve` command that brings them back"),
+        ("X-Fabtier-Retrievals", "the open retrieval jobs that bring them back"))}
 
 
-# Which methods each route takes: any other method gets 405 with an Allow header.
-ROUTES: dict[str, tuple[str, ...]] = {
-    "/health": ("GET",), "/metrics": ("GET",), "/openapi.json": ("GET",), "/tiers": ("GET",),
-    "/sensors": ("GET",), "/series": ("GET",), "/sql": ("POST",), "/lifecycle/run": ("POST",),
-    **retrieval_api.ROUTES,
-}
-
-
-def _problems(pipeline: Pipeline) -> list[dict]:
+def _problems(pipeline: "Pipeline") -> list[dict]:
     """The steps failing now: the seal's (with the store's reason), then the tiering jobs'.
     The seal job's own entry only repeats the seal's, so it shows only when the seal has none
     (the job failed before any segment was tried)."""
@@ -118,10 +79,21 @@ def _problems(pipeline: Pipeline) -> list[dict]:
     if runner is not None:
         steps = {p.step for p in problems}
         problems += [p for p in runner.faults.problems() if p.step not in steps]
-    return [p.public() for p in problems]
+    found = [p.public() for p in problems]
+    subscriber = pipeline.subscriber
+    if subscriber is not None and subscriber.ready.is_set() and not subscriber.connected.is_set():
+        # Lost after it was up (a broker restart, a network cut, a login refused since):
+        # paho reconnects with backoff; nothing is taken meanwhile.
+        now = int(time.time() * 1000)
+        found.append(Problem(
+            "broker", subscriber.problem or "disconnected from the broker; reconnecting",
+            "check that the broker runs and is reachable, and [broker] username, password and TLS files if "
+            "it refuses the login", since_ms=subscriber.disconnected_ms or now, last_ms=now,
+            failures=max(1, subscriber.failures)).public())
+    return found
 
 
-def health(pipeline: Pipeline) -> tuple[int, dict]:
+def health(pipeline: "Pipeline") -> tuple[int, dict]:
     """/health: 200 when ready (the liveness answer), 503 otherwise. `status` is the run state,
     or `degraded` when ready while steps fail (`problems`); `state` is always the run state."""
     ready = pipeline.ready
@@ -131,7 +103,7 @@ def health(pipeline: Pipeline) -> tuple[int, dict]:
                                      "data_dir_id": pipeline.identity, "problems": problems}
 
 
-def step_metrics(pipeline: Pipeline) -> dict:
+def step_metrics(pipeline: "Pipeline") -> dict:
     """Failures per tiering job (`job_failures`, every job listed) and the steps failing now."""
     runner = scheduler.existing_runner(pipeline)
     counts = runner.faults.counts() if runner is not None else {}
@@ -140,176 +112,262 @@ def step_metrics(pipeline: Pipeline) -> dict:
             "failing_steps": [p["step"] for p in _problems(pipeline)]}
 
 
-def _handler(pipeline: Pipeline, token: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fabtier"
+def metrics(pipeline: "Pipeline") -> dict:
+    """GET /metrics: the pipeline's counters, the unsealed readings' memory against its limit
+    (backpressure starts there), and the failing steps. /metrics/prometheus shows the same."""
+    return {**pipeline.metrics_snapshot(), "unsealed_bytes": pipeline.unsealed.bytes,
+            "max_unsealed_bytes": pipeline.settings.ingest.max_unsealed, **step_metrics(pipeline)}
 
-        def log_message(self, fmt: str, *args: object) -> None:
-            log.debug("%s %s", self.address_string(), fmt % args)
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json",
-                  headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
+def series(pipeline: "Pipeline", machine: str, sensor: str, minutes: float, points: int) -> Answer:
+    """GET /series: one sensor's recent readings from the hot ring, with the read's timings."""
+    if pipeline.keys.lookup(machine, sensor) is None:
+        return Answer(404, {"error": f"no sensor {sensor!r} of machine {machine!r} in the hot tier; "
+                                     "GET /sensors lists them"})
+    since = pipeline.clock.now_ms() - int(minutes * 60_000)
+    timings: dict = {}
+    ts, value = pipeline.series(machine, sensor, since_ms=since, points=points, timings=timings)
+    return Answer(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(), **timings})
 
-        def _json(self, status: int, value: object, headers: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(value, default=str).encode(), headers=headers)
 
-        def _authorised(self) -> bool:
-            if not token:
-                return True
-            given = self.headers.get("Authorization", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return True
-            self._json(401, {"error": "missing or wrong bearer token"},
-                       headers={"WWW-Authenticate": 'Bearer realm="fabtier"'})
-            return False
+# How DuckDB reports a registered Arrow source (a lake file) that failed while it was read.
+_STORE_FAILED = "reading the stream registered as"
 
-        def _route(self, method: str) -> str | None:
-            """The path when `method` may be used on it; else answers 404 or 405 and gives None."""
-            path = urlparse(self.path).path
-            allowed = ROUTES.get(retrieval_api.route_of(path))
-            if allowed is None:
-                self._json(404, {"error": f"no route {path}"})
-                return None
-            if method not in allowed:
-                self._json(405, {"error": f"{path} takes {', '.join(allowed)}, not {method}"},
-                           headers={"Allow": ", ".join(allowed)})
-                return None
-            if path != "/health" and not self._authorised():
-                return None
-            return path
 
-        def do_GET(self) -> None:
-            path = self._route("GET")
-            query = parse_qs(urlparse(self.path).query)
-            if path == "/health":
-                status, body = health(pipeline)
-                self._json(status, body)
-            elif path == "/metrics":
-                self._json(200, {**pipeline.metrics_snapshot(), **step_metrics(pipeline)})
-            elif path == "/openapi.json":
-                self._json(200, OPENAPI)
-            elif path == "/tiers":
-                self._json(200, report(pipeline.tier_rows()))
-            elif path == "/sensors":
-                self._json(200, [{"machine": m, "sensor": s} for m, s in pipeline.sensors()])
-            elif path == "/series":
-                self._series(query)
-            elif path == retrieval_api.COLLECTION:
-                answer = retrieval_api.list_retrievals(pipeline)
-                self._json(answer.status, answer.body, headers=answer.headers)
-            elif path is not None and retrieval_api.route_of(path) == retrieval_api.ITEM:
-                answer = retrieval_api.get_retrieval(pipeline, path)
-                self._json(answer.status, answer.body, headers=answer.headers)
+def sql_answer(pipeline: "Pipeline", body: bytes, content_type: str, fmt: str, archived: str) -> Response:
+    """POST /sql: the rows as JSON (a plain array of row objects), CSV or an Arrow stream;
+    what the answer leaves out (archived objects) in headers, or 409 with archived=error."""
+    try:
+        sql = sql_statement(body, content_type)
+    except BadRequest as exc:
+        return Answer(400, exc.body()).response()
+    try:
+        sources = pipeline.sql_sources(sql)
+        missing = left_out(sources.archived_raw, sql)
+        if missing is not None and archived == "error":
+            return Answer(409, {"error": missing.notice()}, missing.headers()).response()
+        table = run_sql(sources, sql, memory_limit=pipeline.settings.api.sql_memory_limit,
+                        spill_dir=sql_spill_dir(pipeline.settings.data_dir))
+    except StoreError as exc:  # the lake cannot be listed or read now: not the statement's fault
+        log.warning("SQL request: the store failed: %s", exc)
+        return Answer(503, {"error": f"the lake cannot be read now: {exc}"}).response()
+    except SqlError as exc:
+        if _STORE_FAILED in str(exc):  # a file of the lake failed while DuckDB read it
+            log.warning("SQL request: the store failed: %s", exc)
+            return Answer(503, {"error": f"the lake cannot be read now: {exc}"}).response()
+        return Answer(400, {"error": str(exc)}).response()
+    except Exception as exc:  # the caller gets one line; the log keeps the details
+        log.exception("SQL request failed")
+        return Answer(500, {"error": f"internal error: {type(exc).__name__}: {exc}"}).response()
+    notice = missing.headers() if missing is not None else {}
+    if fmt == "arrow":
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return respond(sink.getvalue().to_pybytes(), ARROW_STREAM, notice)
+    if fmt == "csv":
+        return respond(output.to_csv(table).encode(), "text/csv", notice)
+    return respond(output.to_json(table).encode(), "application/json", notice)
 
-        def _other(self) -> None:
-            self._route(self.command)
 
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the routes matching `path` take (empty: no route), found by asking each
+    route whether it takes the path with each method."""
+    allowed = []
+    for method in _METHODS:
+        scope = {"type": "http", "path": path, "root_path": "", "method": method, "path_params": {}}
+        if any(route.matches(scope)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
 
-        def _bad(self, exc: BadRequest) -> None:
-            self._json(400, {"error": str(exc), "parameter": exc.param})
 
-        def _series(self, query: dict[str, list[str]]) -> None:
-            try:
-                asked = series_query(query)
-            except BadRequest as exc:
-                self._bad(exc)
-                return
-            if pipeline.keys.lookup(asked.machine, asked.sensor) is None:
-                self._json(404, {"error": f"no sensor {asked.sensor!r} of machine {asked.machine!r} in the "
-                                          "hot tier; GET /sensors lists them"})
-                return
-            since = pipeline.clock.now_ms() - int(asked.minutes * 60_000)
-            timings: dict = {}
-            ts, value = pipeline.series(asked.machine, asked.sensor, since_ms=since, points=asked.points,
-                                        timings=timings)
-            self._json(200, {"machine": asked.machine, "sensor": asked.sensor, "ts": ts.tolist(),
-                             "v": value.tolist(), **timings})
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The schema generated from the routes, once. Parameters that do not fit are a 400 here
+    (not the framework's 422), so its 422 answers are left out."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=TITLE, version=VERSION, routes=app.routes,
+                             description="fabtier's HTTP API: health, metrics, SQL over every tier, hot series, "
+                                         "tiers, tiering jobs, retrievals and alerts. Every route but /health "
+                                         "needs `Authorization: Bearer <token>` when `[api] token` is set.")
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
-        def do_POST(self) -> None:
-            path = self._route("POST")
-            if path is None:
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            query = parse_qs(urlparse(self.path).query)
-            if path == "/sql":
-                self._sql(body, query.get("format", ["json"])[0], query.get("archived", ["notice"])[0])
-            elif path == "/lifecycle/run":
-                try:
-                    now = lifecycle_now(query)
-                except BadRequest as exc:
-                    self._bad(exc)
-                    return
-                if not pipeline.ready:
-                    self._json(503, {"error": f"the pipeline is {pipeline.state.value}"})
-                    return
-                self._json(200, scheduler.runner_for(pipeline).run_all(now_ms=now))
-            elif path == retrieval_api.COLLECTION:
-                answer = retrieval_api.post_retrievals(pipeline, body)
-                self._json(answer.status, answer.body, headers=answer.headers)
 
-        def _sql(self, body: bytes, fmt: str, archived: str) -> None:
-            if fmt not in ("json", "csv", "arrow"):
-                self._bad(BadRequest("format", "format must be json, csv or arrow"))
-                return
-            if archived not in ("notice", "error"):
-                self._bad(BadRequest("archived", "archived must be notice or error"))
-                return
-            try:
-                sql = sql_statement(body, self.headers.get("Content-Type", ""))
-            except BadRequest as exc:
-                self._bad(exc)
-                return
-            try:
-                sources = pipeline.sql_sources(sql)
-                missing = left_out(sources.archived_raw, sql)
-                if missing is not None and archived == "error":
-                    self._json(409, {"error": missing.notice()}, headers=missing.headers())
-                    return
-                table = run_sql(sources, sql, memory_limit=pipeline.settings.api.sql_memory_limit,
-                                spill_dir=sql_spill_dir(pipeline.settings.data_dir))
-            except SqlError as exc:
-                self._json(400, {"error": str(exc)})
-                return
-            except Exception as exc:  # the caller gets one line; the log keeps the details
-                log.exception("SQL request failed")
-                self._json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
-                return
-            notice = missing.headers() if missing is not None else None
-            if fmt == "arrow":
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, table.schema) as writer:
-                    writer.write_table(table)
-                self._send(200, sink.getvalue().to_pybytes(), ARROW_STREAM, notice)
-            elif fmt == "csv":
-                self._send(200, output.to_csv(table).encode(), "text/csv", notice)
-            else:
-                self._send(200, output.to_json(table).encode(), headers=notice)
+def build_app(pipeline: "Pipeline", *, token: str = "") -> FastAPI:
+    """The API of `pipeline`; with `token`, every route but /health needs it."""
+    app = FastAPI(title=TITLE, version=VERSION, openapi_url=None, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
+    bearer = HTTPBearer(auto_error=False, description="`[api] token` (or FABTIER_API_TOKEN), when set")
+    expected = f"Bearer {token}".encode()
 
-    return Handler
+    async def authorised(request: Request,
+                         _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": 'Bearer realm="fabtier"'})
+
+    guarded = {"dependencies": [Depends(authorised)],
+               "responses": {401: {"model": apimodels.ErrorBody, "description": "missing or wrong bearer token"}}}
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        return Answer(400, from_validation(list(exc.errors())).body()).response()
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        # The caller gets one line; uvicorn's log keeps the traceback.
+        return Answer(500, {"error": f"internal error: {type(exc).__name__}: {exc}"}).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        path = request.url.path
+        if exc.status_code in (404, 405):
+            allowed = allowed_methods(app, path)
+            if not allowed:
+                return Answer(404, {"error": f"no route {path}"}).response()
+            return Answer(405, {"error": f"{path} takes {', '.join(allowed)}, not {request.method}"},
+                          {"Allow": ", ".join(allowed)}).response()
+        return Answer(exc.status_code, {"error": str(exc.detail)}, dict(exc.headers or {})).response()
+
+    @app.get("/health", summary="readiness and what fails", response_model=apimodels.Health, tags=["instance"],
+             responses={503: {"model": apimodels.Health, "description": "not ready (the run state says why)"}},
+             description="200 once the pipeline is subscribed and ready, else 503 (no token needed). "
+                         "`status` is `degraded` while a step (seal, a tiering job) fails, and `problems` "
+                         "says which, since when, why and the fix.")
+    async def get_health() -> Response:
+        status, body = health(pipeline)
+        return Answer(status, body).response()
+
+    router = APIRouter(**guarded)  # type: ignore[arg-type]
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def get_openapi_json() -> Response:
+        return Answer(200, openapi_schema(app)).response()
+
+    @router.get("/metrics", summary="counters (JSON)", response_model=dict[str, Any], tags=["instance"],
+                description="ingest, tiering, sink and alert counters (JSON); the same figures for "
+                            "Prometheus at /metrics/prometheus")
+    async def get_metrics() -> Response:
+        return Answer(200, await in_thread(metrics, pipeline)).response()
+
+    @router.get("/metrics/prometheus", summary="counters for Prometheus", tags=["instance"], response_class=Response,
+                responses={200: {"description": "the figures of /metrics in Prometheus' text format",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def get_prometheus() -> Response:
+        return respond(promexport.exposition(await in_thread(metrics, pipeline)), promexport.CONTENT_TYPE, {})
+
+    @router.get("/tiers", summary="rows, bytes and cost per tier", response_model=apimodels.Tiers, tags=["tiers"],
+                description="rows, bytes, oldest, newest and monthly cost per tier")
+    async def get_tiers() -> Response:
+        return Answer(200, report(await in_thread(pipeline.tier_rows))).response()
+
+    @router.get("/sensors", summary="every sensor seen", response_model=list[apimodels.Sensor], tags=["tiers"],
+                description="every (machine, sensor) seen")
+    async def get_sensors() -> Response:
+        return Answer(200, [{"machine": m, "sensor": s} for m, s in await in_thread(pipeline.sensors)]).response()
+
+    @router.get("/series", summary="one sensor's recent readings (hot ring)", dependencies=[Depends(given_once)],
+                response_model=apimodels.Series, tags=["tiers"],
+                responses={400: _ERROR, 404: {**_ERROR, "description": "no such sensor in the hot tier"}},
+                description="one sensor's last minutes from the hot ring, averaged into at most `points` "
+                            "points, read without the ingest lock")
+    async def get_series(machine: Annotated[str, Query(min_length=1)],
+                         sensor: Annotated[str, Query(min_length=1)],
+                         minutes: Annotated[float, Query(gt=0, le=MAX_MINUTES, allow_inf_nan=False)] = 10,
+                         points: Annotated[int, Query(ge=1, le=MAX_POINTS)] = 300) -> Response:
+        return (await in_thread(series, pipeline, machine, sensor, minutes, points)).response()
+
+    @router.post("/sql", summary="one read-only SELECT over every tier", dependencies=[Depends(given_once)],
+                 tags=["sql"], response_model=None,
+                 openapi_extra=request_body(apimodels.SqlRequest, text="the statement itself"),
+                 responses={200: {"description": "the rows: json a plain array of row objects (timestamps as "
+                                                 "ISO-8601), csv, or an Arrow IPC stream; headers say what "
+                                                 "archived objects the answer left out",
+                                  "headers": _LEFT_OUT_HEADERS,
+                                  "content": {"application/json": {"schema": {"type": "array", "items": {
+                                                  "type": "object", "additionalProperties": True}}},
+                                              "text/csv": {"schema": {"type": "string"}},
+                                              ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}}},
+                            400: {**_ERROR, "description": "the database's message, or a parameter that does "
+                                                           "not fit"},
+                            409: {**_ERROR, "description": "archived=error and archived objects hold readings "
+                                                           "the answer would leave out",
+                                  "headers": _LEFT_OUT_HEADERS},
+                            503: {**_ERROR, "description": "the lake's store failed (its reason); try again"}},
+                 description="one read-only SELECT over the views of CONTRACT.md section 4")
+    async def post_sql(request: Request,
+                       fmt: Annotated[Literal["json", "csv", "arrow"], Query(alias="format")] = "json",
+                       archived: Annotated[Literal["notice", "error"], Query(
+                           description="when archived objects hold readings the answer cannot read: answer "
+                                       "with X-Fabtier-Left-Out-* headers, or 409")] = "notice") -> Response:
+        body = await request.body()
+        return await in_thread(sql_answer, pipeline, body, request.headers.get("Content-Type", ""), fmt, archived)
+
+    @router.post("/lifecycle/run", summary="run every tiering job now", dependencies=[Depends(given_once)],
+                 response_model=list[dict[str, Any]], tags=["jobs"],
+                 responses={400: _ERROR, 503: {**_ERROR, "description": "the pipeline is not ready"}},
+                 description="run every tiering job once, now; the job reports")
+    async def post_lifecycle_run(now: Annotated[int | None, Query(
+                                     ge=MIN_NOW_MS, lt=MAX_NOW_MS,
+                                     description="epoch ms that ages are measured against")] = None) -> Response:
+        if not pipeline.ready:
+            return Answer(503, {"error": f"the pipeline is {pipeline.state.value}"}).response()
+        return Answer(200, await in_thread(lambda: scheduler.runner_for(pipeline).run_all(now_ms=now))).response()
+
+    app.include_router(router)
+    app.include_router(retrieval_api.router(pipeline), **guarded)  # type: ignore[arg-type]
+    app.include_router(alerts_api.router(pipeline), **guarded)  # type: ignore[arg-type]
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: the port is known (0: any free one) and a port in use
+    fails here, as the instance starts."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class ApiServer:
-    def __init__(self, pipeline: Pipeline, *, host: str, port: int, token: str = "") -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(pipeline, token))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
+    """The API served by uvicorn in a thread of its own. The socket listens from construction
+    on (requests wait in its backlog until `start`); `stop` lets requests in flight finish
+    for a few seconds, then closes."""
+
+    def __init__(self, pipeline: "Pipeline", *, host: str, port: int, token: str = "") -> None:
+        self.app = build_app(pipeline, token=token)
+        self._socket = _listen(host, port)
+        self._port = int(self._socket.getsockname()[1])
+        config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False,
+                                lifespan="off", server_header=False, timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="api", daemon=True)
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._port
 
     def start(self) -> None:
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()

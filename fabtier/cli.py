@@ -142,6 +142,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_cold(args)
     if args.which == "query":
         return cmd_bench_query(args)
+    if args.which == "dashboard":
+        from dashboard.bench import run as run_dashboard_bench
+        return run_dashboard_bench(seconds=args.seconds, machines=args.machines, sensors=args.sensors,
+                                   rate_hz=args.rate_hz, clients=args.clients, as_json=args.json)
     if args.which == "alerts":
         from fabtier.bench.alerts import run
         return run(seconds=args.seconds, machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
@@ -301,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
-    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold"])
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard"])
     # None: the benchmark's own default (_BENCH_DEFAULTS).
     bench.add_argument("--seconds", type=float, default=None,
                        help="seconds of simulated data (ingest: 10, cold: 7200); of injected excursions (alerts: 10)")
@@ -324,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--processes", type=int, default=1,
                        help="(ingest) fabtier processes on one MQTT shared subscription, one lake")
     bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--clients", type=int, default=5, help="(dashboard) clients streaming one machine's page")
     bench.set_defaults(func=cmd_bench)
 
     tiers = sub.add_parser("tiers", help="rows, bytes, oldest, newest and monthly cost per tier")
@@ -365,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fabtier.retrieval_cli import add_parser as add_retrieve_parser
     add_retrieve_parser(sub, parse_time=_parse_now)
+    from dashboard.cli import add_parser as add_dashboard_parser
+    add_dashboard_parser(sub, settings_of=_settings)
     return parser
 
 

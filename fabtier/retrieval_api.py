@@ -1,6 +1,6 @@
-"""The HTTP routes of retrieval jobs (CONTRACT.md section 5), as plain functions that the API
-handler (fabtier.api) calls; each returns an `Answer` (status, JSON body, headers) and does no
-HTTP of its own, so that it is tested without a server.
+"""The HTTP routes of retrieval jobs (CONTRACT.md section 5). The work is done by plain
+functions that return an `Answer` (status, JSON body, headers) and do no HTTP of their own,
+so that they are tested without a server; `router` puts them on the API (fabtier.api).
 
 - `POST /retrievals`, body `{"from": T, "to": T, "machine": M, "sensor": S, "speed": SPEED}`
   (T epoch milliseconds, as the API's other times; `to` exclusive; machine, sensor and speed
@@ -14,15 +14,16 @@ A new job's notices (MQTT, webhook) go out from a thread of their own, so that t
 never waits for a broker; the `retrieve` tiering job sends any that failed.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from core.errors import FabtierError
-from core.records import SPEEDS
+from fabtier import apimodels
+from fabtier.apiparams import Answer, in_thread, request_body
 from lifecycle import notify, retrievals
 from lifecycle import retrieval as rt
 from lifecycle.host import JobHost
@@ -31,48 +32,7 @@ log = logging.getLogger("fabtier.api")
 
 COLLECTION = "/retrievals"
 ITEM = "/retrievals/{id}"
-# Which methods each route takes (merged into fabtier.api.ROUTES).
-ROUTES: dict[str, tuple[str, ...]] = {COLLECTION: ("GET", "POST"), ITEM: ("GET",)}
-
-_JOB_SCHEMA = {"type": "object", "description": "the retrieval job: id, state (pending, restoring, ready, "
-                                                "failed), objects, bytes, eta_s, cost_usd, from, to, ..."}
-OPENAPI_PATHS = {
-    COLLECTION: {
-        "post": {
-            "summary": "restore the archived raw objects of a time range (asynchronously)",
-            "requestBody": {"content": {"application/json": {"schema": {
-                "type": "object", "required": ["from", "to"],
-                "properties": {"from": {"type": "integer", "description": "epoch ms"},
-                               "to": {"type": "integer", "description": "epoch ms (exclusive)"},
-                               "machine": {"type": "string"}, "sensor": {"type": "string"},
-                               "speed": {"type": "string", "enum": list(SPEEDS)}}}}}},
-            "responses": {"202": {"description": "the job; Location: /retrievals/{id}",
-                                  "content": {"application/json": {"schema": _JOB_SCHEMA}}},
-                          "400": {"description": "a field that does not fit, named in `parameter`"}}},
-        "get": {"summary": "every retrieval job, oldest first",
-                "responses": {"200": {"description": "list of jobs"}}},
-    },
-    ITEM: {"get": {"summary": "one retrieval job",
-                   "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                   "responses": {"200": {"description": "the job",
-                                         "content": {"application/json": {"schema": _JOB_SCHEMA}}},
-                                 "404": {"description": "no such job"}}}},
-}
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: object
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def route_of(path: str) -> str:
-    """The ROUTES key a request path falls under: `/retrievals/<id>` is `/retrievals/{id}`."""
-    prefix = COLLECTION + "/"
-    if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
-        return ITEM
-    return path
+__all__ = ["Answer", "get_retrieval", "list_retrievals", "parse_request", "post_retrievals", "router"]
 
 
 def parse_request(body: bytes, default_speed: str) -> rt.Request:
@@ -128,3 +88,33 @@ def get_retrieval(host: JobHost, path: str) -> Answer:
 
 def list_retrievals(host: JobHost) -> Answer:
     return Answer(200, [job.public() for job in retrievals.JobStore(host.settings.data_dir).jobs()])
+
+
+def router(host: JobHost) -> APIRouter:
+    """The retrieval routes of `host`'s API."""
+    routes = APIRouter(tags=["retrievals"])
+    error = {"model": apimodels.ErrorBody}
+
+    @routes.post(COLLECTION, summary="restore archived readings", status_code=202,
+                 response_model=apimodels.RetrievalJob,
+                 openapi_extra=request_body(apimodels.RetrievalRequest),
+                 responses={202: {"description": "the job, accepted", "headers": {"Location": {
+                                  "description": "/retrievals/{id}", "schema": {"type": "string"}}}},
+                            400: {**error, "description": "a field that does not fit, named in `parameter`"},
+                            503: {**error, "description": "the store could not be asked"}},
+                 description="restore the archived raw objects of a time range (asynchronously)")
+    async def post(request: Request) -> Response:
+        body = await request.body()
+        return (await in_thread(post_retrievals, host, body)).response()
+
+    @routes.get(COLLECTION, summary="every retrieval job", response_model=list[apimodels.RetrievalJob],
+                description="every retrieval job, oldest first")
+    async def get_all() -> Response:
+        return (await in_thread(list_retrievals, host)).response()
+
+    @routes.get(ITEM, summary="one retrieval job", response_model=apimodels.RetrievalJob,
+                responses={404: {**error, "description": "no such job"}}, description="one retrieval job")
+    async def get_one(id: str) -> Response:
+        return (await in_thread(get_retrieval, host, f"{COLLECTION}/{id}")).response()
+
+    return routes

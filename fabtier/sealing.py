@@ -24,7 +24,7 @@ from core.settings import Settings
 from fabtier import forked
 from fabtier.datadir import DataDirLock
 from fabtier.runstate import Metrics, step_failed, step_worked
-from ingest.wal import WriteAheadLog, read_segment
+from ingest.wal import LogFull, WriteAheadLog, read_segment
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake, Move, SealReport
 from tiers.unsealed import UnsealedData, tables_from_records
@@ -80,7 +80,12 @@ class Sealer:
         with self.seal_lock:
             with self._segment_guard, self._lock:
                 if not self.wal.active_empty:  # an idle log has nothing to seal: no empty segments
-                    self.wal.rotate()
+                    try:
+                        self.wal.rotate()
+                    except LogFull:
+                        # The log's disk is full: the active segment stays as it is, and the
+                        # closed ones are still sealed (deleting them frees room on that disk).
+                        log.warning("the log's disk is full: the active segment is sealed once there is room")
                 due = [s for s in self.wal.segments() if s != self.wal.active]
             rows = files = done = failed = 0
             for segment in due:

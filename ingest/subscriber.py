@@ -69,6 +69,7 @@ class Subscriber:
         self.connected = threading.Event()
         self.problem: str | None = None  # why the last attempt failed; None once subscribed
         self._failures = 0  # connection attempts failed in a row
+        self.disconnected_ms: int | None = None  # when a connection that was up was lost
         self._client = _Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -123,6 +124,11 @@ class Subscriber:
                 "(up to %d s)", self._host, self._port, self._failures, problem, RECONNECT_MAX_S)
         self.problem = problem
 
+    @property
+    def failures(self) -> int:
+        """Connection attempts failed in a row (0 once connected)."""
+        return self._failures
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._on_problem(f"the broker refused the login: {refusal_words(reason_code)}")
@@ -144,6 +150,8 @@ class Subscriber:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        if was_connected:
+            self.disconnected_ms = int(time.time() * 1000)
         if reason_code != 0 and was_connected:  # a failed attempt was logged as such (_on_problem)
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 

@@ -99,6 +99,9 @@ _CREDENTIALS = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToke
 _UNREACHABLE = re.compile(r"Could not connect|Connection refused|EndpointConnectionError|"
                           r"Connect timeout|Name or service not known|Couldn't connect")
 _NO_BUCKET = re.compile(r"NoSuchBucket|specified bucket does not exist")
+_THROTTLED = re.compile(r"SlowDown|Throttl|RequestLimitExceeded|TooManyRequests|\b503\b")
+_TIMED_OUT = re.compile(r"ReadTimeout|Read timeout|Timeout was reached|timed out", re.IGNORECASE)
+_SERVER_ERROR = re.compile(r"InternalError|\b500\b|ServiceUnavailable|InternalServerError")
 _DISK_FULL = re.compile(r"No space left|Errno 28|ENOSPC|Disk quota exceeded")
 _NOT_ALLOWED = re.compile(r"Permission denied|Errno 13|Read-only file system|Errno 30")
 
@@ -125,6 +128,17 @@ def known_fix(reason: str, settings: Settings) -> str | None:
     if s3 and _UNREACHABLE.search(reason):
         where = endpoint or "AWS"
         return f"the store's endpoint ({where}) cannot be reached: check that it runs and [cold] endpoint_url"
+    if s3 and _THROTTLED.search(reason):
+        return ("S3 asks fabtier to slow down (SlowDown/503): each request was retried with backoff; the log "
+                "keeps the data and the next run tries again. If it persists, lengthen [cold] seal_every (fewer, "
+                "larger objects) or spread the lake over more prefixes")
+    if s3 and _TIMED_OUT.search(reason):
+        where = endpoint or "AWS"
+        return (f"the store's endpoint ({where}) takes connections but did not answer in time (30 s): check "
+                "the endpoint and the network between; the log keeps the data and the next run tries again")
+    if s3 and _SERVER_ERROR.search(reason):
+        return ("S3 answered with a server error (500 InternalError): transient on S3's side; it was retried, "
+                "the log keeps the data and the next run tries again")
     if _DISK_FULL.search(reason):
         return f"the disk is full: free space under {url if not s3 else settings.data_dir}"
     if not s3 and _NOT_ALLOWED.search(reason):

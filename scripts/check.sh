@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "ruff:"
-.venv/bin/ruff check core ingest alerts tiers lifecycle analytics fabtier simulator tests scripts
+.venv/bin/ruff check core ingest alerts tiers lifecycle analytics fabtier dashboard simulator tests scripts
 echo "mypy:"
 .venv/bin/mypy
 echo "layering:"

@@ -14,7 +14,8 @@ import its own package and the layers below it, never a layer above:
     alerts               rules, recipes, lot context, engine, outbox, alert sinks
     lifecycle            tiering jobs, scheduler, audit trail, policy, Glue
     analytics            the SQL session and its sources
-    fabtier              configuration loading, the pipeline's roles, API, CLI, benchmarks
+    fabtier, dashboard   configuration loading, the pipeline's roles, API, CLI, benchmarks;
+                         the operators' dashboard (a process of its own)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("alerts",),
     ("lifecycle",),
     ("analytics",),
-    ("fabtier",),
+    ("fabtier", "dashboard"),
 )
 LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in packages}
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what fabtier needs on a machine that has only Python, pip and Debian's packages:
-# mosquitto and its clients and influxdb (Debian), then fabtier with its test tools in ./.venv.
+# mosquitto and its clients, influxdb and chromium (Debian), then fabtier with its test tools in
+# ./.venv, and uPlot (the dashboard's charts) from the npm registry into ./.dashboard-vendor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 # A real InfluxDB (1.x) for the tests of the line-protocol sink.
 command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
+# Debian's chromium for the dashboard's browser tests (Playwright drives it; it never downloads one).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
@@ -27,3 +30,14 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   exit 1
 fi
 rm -f "$log"
+
+# uPlot for the dashboard's charts: served by the dashboard itself, so a browser loads nothing
+# from another host. Installed, never committed (.gitignore).
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f .dashboard-vendor/node_modules/uplot/dist/uPlot.iife.min.js ]; then
+    echo "installing uPlot (npm) into .dashboard-vendor"
+    npm install --prefix .dashboard-vendor --no-audit --no-fund --silent uplot@1 >/dev/null
+  fi
+else
+  echo "npm is not installed: the dashboard's charts (uPlot) will be missing; install Node.js and npm" >&2
+fi

@@ -171,3 +171,27 @@ def test_a_compaction_the_store_refuses_degrades_health_until_it_works(running, 
     status, health = _get(instance, "/health")
     assert (status, health["status"], health["problems"]) == (200, "ready", [])
     _assert_all_once(instance, 60)
+
+
+def test_a_broker_lost_after_the_start_is_a_problem_until_it_is_back(tmp_path, broker):
+    """A broker that goes away after fabtier subscribed (a restart, a network cut, a login
+    refused since) makes /health degraded with a `broker` problem while paho reconnects; once
+    it is back, /health is ready again and what was published meanwhile is stored."""
+    settings = make_settings(tmp_path, broker)
+    instance = Instance(settings).start()
+    try:
+        status, body = _get(instance, "/health")
+        assert status == 200 and body["status"] == "ready"
+        broker.stop()
+        wait_for(lambda: _get(instance, "/health")[1]["status"] == "degraded", timeout=30,
+                 what="/health degraded without the broker")
+        status, body = _get(instance, "/health")
+        (problem,) = [p for p in body["problems"] if p["step"] == "broker"]
+        assert status == 200 and body["state"] == "ready" and problem["message"] and problem["fix"]
+        broker.start()
+        wait_for(lambda: _get(instance, "/health")[1]["status"] == "ready", timeout=60,
+                 what="/health ready once the broker is back")
+        _publish(broker, instance.pipeline.clock.now_ms() - 10_000, 5)
+        wait_for(lambda: _stored(instance) == 5, timeout=30, what="readings stored after the reconnect")
+    finally:
+        instance.stop()
