@@ -149,10 +149,33 @@ def _statement(sql: str) -> dict | None:
     return node if isinstance(node, dict) else None
 
 
+# The views through which a statement can see the lake's raw readings.
+_RAW_SOURCES = ("readings", "cold_raw", "late_new")
+NOTHING: TsBounds = (1, 0)  # an empty range: the statement sees no raw reading
+
+
 def ts_bounds(sql: str) -> TsBounds | None:
     """[lo, hi] in epoch ms (None: open on that side), widened by `MARGIN_MS`, that contain the
-    `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned)."""
+    `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned);
+    `NOTHING` for a statement that names no view of raw readings (and calls no table function,
+    which could name one in a string), so that no raw file of the lake is even listed."""
+    if not _may_read_raw(sql):
+        return NOTHING
     return _bounds(connection(), sql)
+
+
+def _may_read_raw(sql: str) -> bool:
+    tree = parse(sql)
+    if tree is None:
+        return True
+    for node in nodes(tree):
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            return True
+        name = str(node.get("table_name", "")).lower()
+        if kind == "BASE_TABLE" and (name in _RAW_SOURCES or name.startswith("cold_raw_")):
+            return True
+    return False
 
 
 def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
