@@ -138,6 +138,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in _BENCH_DEFAULTS.get(args.which, {}).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.which == "soak":
+        from fabtier.bench.soak import main as soak_main
+        return soak_main(minutes=args.minutes, rate=args.rate, feeders=args.feeders, sensors=args.sensors or 250,
+                         hot_budget=0 if args.default_budgets else 512 << 20,
+                         max_unsealed=0 if args.default_budgets else 512 << 20, as_json=args.json)
     if args.which == "cold":
         return cmd_bench_cold(args)
     if args.which == "query":
@@ -305,7 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
-    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard"])
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard", "soak"])
+    bench.add_argument("--minutes", type=float, default=3.0, help="(soak) minutes of load")
+    bench.add_argument("--rate", type=float, default=500_000.0, help="(soak) readings/s offered")
+    bench.add_argument("--feeders", type=int, default=8, help="(soak) mosquitto_pub feeders, one machine each")
+    bench.add_argument("--default-budgets", action="store_true",
+                       help="(soak) the default [hot] memory_budget and [ingest] max_unsealed, not 512 MiB each")
     # None: the benchmark's own default (_BENCH_DEFAULTS).
     bench.add_argument("--seconds", type=float, default=None,
                        help="seconds of simulated data (ingest: 10, cold: 7200); of injected excursions (alerts: 10)")

@@ -52,6 +52,11 @@ MICRO_BATCH = 128
 
 Message = tuple[str, bytes, int, int]  # topic, payload, qos, token for the acknowledgement
 
+# Payload bytes the inbox holds at most (besides `[broker] receive_maximum` messages): a
+# thousand messages of up to `[ingest] max_payload` (1 MiB) would otherwise be a GiB that no
+# budget counts. Past it paho's thread stops reading the socket, as when the count is full.
+INBOX_BYTES = 64 << 20
+
 
 class Ingestor:
     """The inbox, the ingest thread and the committer thread of one pipeline.
@@ -85,6 +90,9 @@ class Ingestor:
         self._context_prefix = settings.broker.ctx_root + "/"
         self._stop = threading.Event()
         self._inbox: collections.deque[Message] = collections.deque()
+        # Payload bytes put into and taken out of the inbox, each counted by one thread only
+        # (paho's, the ingest thread), so neither needs a lock: held = in - out.
+        self._inbox_in = self._inbox_out = 0
         self._wake = threading.Event()
         self._room = threading.Event()  # the inbox has room again
         self._ingester: threading.Thread | None = None
@@ -128,6 +136,10 @@ class Ingestor:
         return len(self._inbox)
 
     @property
+    def inbox_bytes(self) -> int:
+        return self._inbox_in - self._inbox_out
+
+    @property
     def acks_withheld(self) -> int:
         return len(self._withheld)
 
@@ -144,9 +156,11 @@ class Ingestor:
             return  # left unacknowledged: the broker delivers it again on the next start
         # A broker that ignores our receive maximum is held off by TCP instead: this thread
         # stops reading the socket while the queue is full.
-        while len(self._inbox) >= self.settings.broker.receive_maximum and not self.closing:
+        while ((len(self._inbox) >= self.settings.broker.receive_maximum or self.inbox_bytes >= INBOX_BYTES)
+               and not self.closing):
             self._room.wait(0.05)
             self._room.clear()
+        self._inbox_in += len(payload)
         self._inbox.append((topic, payload, qos, mid))
         self._wake.set()
 
@@ -161,6 +175,7 @@ class Ingestor:
                     self._stop.wait(0.05)
                     continue
                 taken = [self._inbox.popleft() for _ in range(min(len(self._inbox), MICRO_BATCH))]
+                self._inbox_out += sum(len(m[1]) for m in taken)
                 self._room.set()
                 self.process(taken)
                 self._commit_wanted.set()  # the committer fsyncs while this thread goes on

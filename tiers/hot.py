@@ -55,6 +55,20 @@ def _reserve(rows: int, columns: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype, count=rows * columns).reshape(rows, columns)
 
 
+def _give_back_row(store: np.ndarray, row: int) -> None:
+    """Free the memory behind one row of a reserved store that is being replaced, so that a
+    re-layout copying every row into new arrays holds about one ring, not two, at its peak
+    (the budget covers one). The row's address space stays mapped: a reader still holding a
+    view of it reads zeros, and the layout number tells it to try again."""
+    buffer = store.base
+    while buffer is not None and not isinstance(buffer, mmap.mmap):
+        buffer = buffer.obj if isinstance(buffer, memoryview) else getattr(buffer, "base", None)
+    row_bytes = store.shape[1] * store.itemsize
+    if buffer is None or row_bytes % mmap.PAGESIZE or not hasattr(mmap, "MADV_REMOVE"):
+        return  # np.empty fallback, or rows smaller than a page: freed with the whole array
+    buffer.madvise(mmap.MADV_REMOVE, row * row_bytes, row_bytes)  # shared anonymous: REMOVE, not DONTNEED
+
+
 class HotRing:
     """Per-sensor recent readings with duplicate detection within a memory budget."""
 
@@ -123,6 +137,7 @@ class HotRing:
             self._view(capacity)  # nothing wrapped: every row's readings stay where they are
             return
         old_ts, old_value = self._ts, self._value
+        old_stores = self._ts_store, self._value_store
         self._allocate(rows, capacity)
         new_ts, new_value = self._ts, self._value
         self._ts, self._value = old_ts, old_value
@@ -145,6 +160,8 @@ class HotRing:
             if keep < count:
                 self._covered[row] = max(self._covered[row], int(new_ts[row, 0]))
             self._written[row] = self._pending[row] = keep
+            for store in old_stores:
+                _give_back_row(store, row)
         self._ts, self._value = new_ts, new_value
 
     def _ensure_keys(self, rows_needed: int) -> None:

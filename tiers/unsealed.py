@@ -172,6 +172,13 @@ def _columns(parts: list[_Segment], name: str, dtype) -> np.ndarray:
     return np.concatenate([a for p in parts for a in getattr(p, name)] or [np.empty(0, dtype)])
 
 
+# Bytes a reading holds here: key id (4), ts (8), value (8), verified flag (1).
+BYTES_PER_READING = 21
+# And each appended batch: four numpy array objects, their allocations' headers and list slots
+# (~1 byte a reading more at 500-reading batches; ~500 bytes a reading for single readings).
+BYTES_PER_CHUNK = 4 * (112 + 16 + 8)
+
+
 class UnsealedData:
     """Rows per log segment, from append until the segment is sealed."""
 
@@ -179,6 +186,7 @@ class UnsealedData:
         self._keys = keys
         self._segments: dict[int, _Segment] = {}
         self._rows = 0
+        self._chunks = 0
 
     def _segment(self, number: int) -> _Segment:
         found = self._segments.get(number)
@@ -195,6 +203,7 @@ class UnsealedData:
         target.verified.append(verified)
         target.rows += len(ts)
         self._rows += len(ts)
+        self._chunks += 1
 
     def add_quarantine(self, segment: int, record: QuarantineRecord) -> None:
         self._segment(segment).quarantine.append(record)
@@ -215,13 +224,15 @@ class UnsealedData:
 
     @property
     def bytes(self) -> int:
-        """Memory held by readings: key id, ts, value and flag, 21 bytes each."""
-        return 21 * self.rows
+        """Memory held by readings (what `[ingest] max_unsealed` limits): their columns and,
+        per appended batch, the arrays' own overhead; plain counters, as `rows`."""
+        return BYTES_PER_READING * self._rows + BYTES_PER_CHUNK * self._chunks
 
     def drop(self, segment: int) -> None:
         dropped = self._segments.pop(segment, None)
         if dropped is not None:
             self._rows -= dropped.rows
+            self._chunks -= len(dropped.ts)
 
     def sealable(self, segments: list[int]) -> SegmentTables:
         """The segments' rows for sealing: sorted by (machine, sensor, ts), first arrival of
