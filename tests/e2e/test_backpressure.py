@@ -18,10 +18,11 @@ from fabtier.pipeline import Pipeline
 from fabtier.reader import query
 from fabtier.runner import Instance
 from tests.conftest import make_settings, mosquitto_pub, wait_for
+from tiers.unsealed import BYTES_PER_CHUNK, BYTES_PER_READING
 
 BATCH = 200
 MESSAGES = 300
-LIMIT = 100 * 1024  # [ingest] max_unsealed, in the unsealed buffer's count (21 bytes a reading)
+LIMIT = 100 * 1024  # [ingest] max_unsealed, in the unsealed buffer's count (tiers.unsealed.UnsealedData.bytes)
 RECEIVE_MAXIMUM = 10
 
 
@@ -65,7 +66,8 @@ def test_past_max_unsealed_acks_are_withheld_until_a_seal_succeeds_and_nothing_i
         assert 0 < withheld == taken - acked and acked < taken < MESSAGES
         # The ingest thread stopped at the limit: over it by at most one micro-batch (which
         # is at most receive_maximum messages).
-        assert LIMIT < held <= LIMIT + 21 * BATCH * RECEIVE_MAXIMUM
+        # (its readings and, per appended batch, the arrays' own overhead: tiers.unsealed)
+        assert LIMIT < held <= LIMIT + (BYTES_PER_READING * BATCH + BYTES_PER_CHUNK) * RECEIVE_MAXIMUM
         # ... and it stays stalled while the seal is retried and keeps failing, over many
         # group commits that each withheld the acknowledgements again.
         failures, commits = metrics.seal_failures, metrics.backpressure_commits
