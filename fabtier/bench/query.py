@@ -278,6 +278,8 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
     counted = ColdLake(CatalogedStore(counting_store), writer_id="bench")
     hour_from = end_ms - end_ms % HOUR_MS - 2 * HOUR_MS  # a whole hour, the same distance from the end
     day_from = end_ms - end_ms % (24 * HOUR_MS) - 24 * HOUR_MS  # yesterday, whole
+    if day_from < start_ms:  # a lake younger than that: its own first day
+        day_from = start_ms - start_ms % (24 * HOUR_MS)
     questions = {
         "one_hour_one_machine": (
             "readings", "count(*) AS n, avg(value) AS mean",
@@ -313,6 +315,9 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
             floor_s, floor_read, floor_rows = _floor(files, where, select, repeat)
         else:
             files = _day_files(lake, "agg_1m", *hours)
+        if view != "readings" and not files:  # a lake younger than a day has no yesterday: nothing to read
+            floor_s, floor_read, floor_rows = 0.0, 0, [(0, None)]
+        elif view != "readings":
             floor_s, floor_read, floor_rows = duckdb_profiled(
                 f"SELECT {select} FROM (SELECT * REPLACE (minute::TIMESTAMP AS minute) FROM read_parquet("
                 f"[{', '.join(repr(f) for f in files)}])) WHERE {where}", repeat)
