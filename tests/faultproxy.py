@@ -19,8 +19,9 @@ as a brief throttling does) and to some HTTP methods (`methods`, e.g. only write
 every request it saw and every one it failed, per mode, method and path (`failed`).
 The failures never reach moto, so a request failed here changed nothing in the bucket.
 
-Built like `RestoreHoldingS3` (tests/tiers/test_restore_s3.py): a `ThreadingHTTPServer` on
-a free port of 127.0.0.1 that forwards each request over a new connection to moto.
+Both proxies of the tests (this one and `RestoreHoldingS3` in tests/tiers/test_restore_s3.py) are
+`ForwardingHandler`s served by `serve`: a `ThreadingHTTPServer` on a free port of 127.0.0.1
+that forwards each request over a new connection to moto.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 PASS = "pass"
 INTERNAL_ERROR = "500 InternalError"
@@ -60,6 +61,66 @@ _ANSWERS = {
 }
 
 
+class ForwardingHandler(BaseHTTPRequestHandler):
+    """A request handler that reads a request whole and forwards it to `upstream` (moto's
+    server) over a new connection; the proxies here decide per request what to answer."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: ParseResult  # set by each proxy's subclass
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in _HOP:
+                self.send_header(name, value)
+        if self.command == "HEAD":
+            self.send_header("Content-Length", headers.get("Content-Length", headers.get("content-length", "0")))
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection(self.upstream.hostname or "127.0.0.1", self.upstream.port,
+                                                timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+            if body or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(len(body))
+            connection.request(self.command, self.path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            return response.status, dict(response.getheaders()), data
+        finally:
+            connection.close()
+
+
+def serve(handler: type[BaseHTTPRequestHandler], name: str) -> tuple[ThreadingHTTPServer, str]:
+    """`handler` on a free port of 127.0.0.1, served by a daemon thread: (server, its URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class FaultyS3:
     """A proxy in front of moto's S3 that fails requests as the current mode says (see the
     module doc). `url` is its endpoint; `close()` stops it (and lets go of hung requests)."""
@@ -77,53 +138,8 @@ class FaultyS3:
         self.failed: Counter[tuple[str, str, str]] = Counter()  # (mode, method, path) -> requests failed
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return data
-                        data += self.rfile.read(size)
-                        self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
-
-            def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name.lower() not in _HOP:
-                        self.send_header(name, value)
-                if self.command == "HEAD":
-                    self.send_header("Content-Length", headers.get("Content-Length", headers.get(
-                        "content-length", "0")))
-                else:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
-                connection = http.client.HTTPConnection(outer.upstream.hostname or "127.0.0.1", outer.upstream.port,
-                                                    timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                    if body or self.command in ("PUT", "POST"):
-                        headers["Content-Length"] = str(len(body))
-                    connection.request(self.command, self.path, body=body or None, headers=headers)
-                    response = connection.getresponse()
-                    data = response.read()
-                    return response.status, dict(response.getheaders()), data
-                finally:
-                    connection.close()
+        class Handler(ForwardingHandler):
+            upstream = self.upstream
 
             def _handle(self) -> None:
                 body = self._body()  # read whole first: a client that sent it waits for an answer
@@ -141,10 +157,7 @@ class FaultyS3:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="faulty-s3", daemon=True).start()
+        self.server, self.url = serve(Handler, "faulty-s3")
 
     # ---- switching ----------------------------------------------------------------------
     def set(self, mode: str, *, times: int | None = None, methods: Iterable[str] | None = None) -> None:

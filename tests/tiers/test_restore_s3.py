@@ -13,12 +13,10 @@ RestoreObject calls per key (and the Days each asked for). Everything else goes 
 
 from __future__ import annotations
 
-import http.client
 import re
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 import boto3
@@ -26,9 +24,8 @@ import pytest
 
 from core.clock import ManualClock
 from core.records import RestoreRequest
+from tests.faultproxy import ForwardingHandler, serve
 from tiers.store import ObjectArchived, ObjectMissing, S3Store, parse_restore_header
-
-_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "proxy-connection"}
 
 
 def _error(code: str, message: str) -> bytes:
@@ -49,52 +46,8 @@ class RestoreHoldingS3:
         self._lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return data
-                        data += self.rfile.read(size)
-                        self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
-
-            def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name.lower() not in _HOP:
-                        self.send_header(name, value)
-                if self.command == "HEAD":
-                    self.send_header("Content-Length", headers.get("Content-Length", headers.get(
-                        "content-length", "0")))
-                else:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
-                connection = http.client.HTTPConnection(outer.upstream.hostname, outer.upstream.port, timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                    if body or self.command in ("PUT", "POST"):
-                        headers["Content-Length"] = str(len(body))
-                    connection.request(self.command, self.path, body=body or None, headers=headers)
-                    response = connection.getresponse()
-                    data = response.read()
-                    return response.status, dict(response.getheaders()), data
-                finally:
-                    connection.close()
+        class Handler(ForwardingHandler):
+            upstream = self.upstream
 
             def _handle(self) -> None:
                 body = self._body()
@@ -132,10 +85,7 @@ class RestoreHoldingS3:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler, "restore-holding-s3")
 
     def _matching(self, names: set[str], suffix: str | None) -> set[str]:
         return {n for n in names if suffix is None or n.endswith(suffix)}
