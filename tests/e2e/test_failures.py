@@ -206,8 +206,9 @@ def test_a_second_run_on_the_same_data_directory_is_refused(broker, tmp_path):
 # ---- a lost seal child ----------------------------------------------------------------------
 class DyingChildStore:
     """Passes everything to `inner`; a forked child ends itself (`how` = "dies": os._exit, as
-    if killed) or hangs (`how` = "hangs") before its `at`-th write. The count of writes is a
-    file, shared by the child and its parent."""
+    if killed), hangs (`how` = "hangs") or stops itself (`how` = "stops": SIGSTOP, until the
+    parent kills it) before its `at`-th write or delete. The count of writes is a file, shared
+    by the child and its parent."""
 
     def __init__(self, inner, *, at: int, how: str, ledger: Path) -> None:
         self.inner, self.at, self.how, self.ledger, self.owner = inner, at, how, ledger, os.getpid()
@@ -218,6 +219,8 @@ class DyingChildStore:
         if os.getpid() != self.owner and self.ledger.stat().st_size == self.at:
             if self.how == "dies":
                 os._exit(1)
+            if self.how == "stops":
+                os.kill(os.getpid(), signal.SIGSTOP)  # stays stopped until the parent kills it
             time.sleep(600)  # killed by the parent long before
         with open(self.ledger, "ab") as ledger:
             ledger.write(b"w")

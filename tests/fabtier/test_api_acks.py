@@ -5,8 +5,6 @@ and offline."""
 
 import dataclasses
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -14,6 +12,7 @@ from alerts import acks
 from core.settings import Secret
 from fabtier.runner import Instance
 from tests.conftest import fabtier_cli, make_settings, write_config
+from tests.fabtier.test_api_requests import call as api_call
 
 TOKEN = "ack-token"
 RULE = {"name": "chamber-overtemp", "sensor": "*/ch*/temp", "high": 80.0, "low": 10.0, "hysteresis": 2.0}
@@ -21,17 +20,9 @@ RULE = {"name": "chamber-overtemp", "sensor": "*/ch*/temp", "high": 80.0, "low":
 
 def call(url: str, method: str = "GET", body: object = None, token: str | None = TOKEN,
          raw: bytes | None = None, content_type: str = "application/json") -> tuple[int, dict, object]:
+    """tests.fabtier.test_api_requests.call with a JSON body (or `raw` bytes)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+    return api_call(url, method, data, token, content_type)
 
 
 def _publish(instance: Instance, machine: str, values: list[float], ts0: int) -> None:

@@ -12,12 +12,11 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from fabtier import forked, sealing
-from tests.e2e.test_failures import _lake_state, _seal_one_segment
+from tests.e2e.test_failures import DyingChildStore, _lake_state, _seal_one_segment
 
 pytestmark = pytest.mark.skipif(not forked.available() or not os.path.exists("/proc/self/stat"),
                                 reason="needs os.fork and /proc (Linux)")
@@ -61,33 +60,6 @@ def test_the_default_stall_limit_is_read_at_each_call(monkeypatch):
         forked.call_in_fork(lambda: os.kill(os.getpid(), signal.SIGSTOP), timeout=600)
 
 
-class StoppingStore:
-    """Passes everything to `inner`; a forked child stops itself (SIGSTOP) before its `at`-th
-    write or delete. The count of writes is a file, shared by the child and its parent."""
-
-    def __init__(self, inner, *, at: int, ledger: Path) -> None:
-        self.inner, self.at, self.ledger, self.owner = inner, at, ledger, os.getpid()
-        self.url = inner.url
-        ledger.write_bytes(b"")
-
-    def _step(self) -> None:
-        if os.getpid() != self.owner and self.ledger.stat().st_size == self.at:
-            os.kill(os.getpid(), signal.SIGSTOP)  # stays stopped until the parent kills it
-        with open(self.ledger, "ab") as ledger:
-            ledger.write(b"w")
-
-    def put(self, key, data):
-        self._step()
-        self.inner.put(key, data)
-
-    def delete(self, key):
-        self._step()
-        self.inner.delete(key)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_a_seal_child_stopped_mid_seal_is_killed_and_the_segment_sealed_here_once(tmp_path, monkeypatch, caplog):
     # Not reached: should the stall go unseen, the test fails at this timeout instead of
     # waiting 30 minutes; the log says which of the two ended the child.
@@ -103,7 +75,7 @@ def test_a_seal_child_stopped_mid_seal_is_killed_and_the_segment_sealed_here_onc
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="fabtier.pipeline"):
             pipeline, expected, fates = _seal_one_segment(
-                run, lambda inner, at=at, run=run: StoppingStore(inner, at=at, ledger=run / "ledger"))
+                run, lambda inner, at=at, run=run: DyingChildStore(inner, at=at, how="stops", ledger=run / "ledger"))
         assert fates == ["lost"], at
         stalled = [r for r in caplog.records if "the child stalled and was killed" in r.getMessage()]
         assert [r.levelno for r in stalled] == [logging.ERROR], caplog.text
