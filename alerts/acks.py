@@ -10,7 +10,6 @@ apart from `AckLog`, the few lines that touch the file.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
+
+from core.fsutil import append_lines
 
 ACKS_SCHEMA = pa.schema([
     ("alert_id", pa.string()),
@@ -137,25 +138,9 @@ class AckLog:
 
     def append(self, ack: Ack) -> None:
         """Durable when it returns: written and fsynced (a new file's directory too)."""
-        line = encode(ack)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            created = not self.path.exists()
-            with open(self.path, "ab+") as handle:
-                # A line torn by a crash must not swallow this one: start on a new line.
-                if handle.tell() > 0:
-                    handle.seek(-1, os.SEEK_END)
-                    if handle.read(1) != b"\n":
-                        line = b"\n" + line
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if created:
-                directory = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
+            append_lines(self.path, encode(ack))
 
     def acks(self) -> list[Ack]:
         """Every acknowledgement, oldest first."""

@@ -3,13 +3,13 @@ is deleted, so that every deletion of data has a record of where its copy went."
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 
+from core.fsutil import append_lines
 from tiers.cold import Move
 
 AUDIT_SCHEMA = pa.schema([
@@ -37,15 +37,8 @@ class AuditLog:
             "at": at_ms, "job": job, "what": m.what, "source": m.source, "target": m.target,
             "rows": m.rows, "bytes": m.bytes, "checksum": m.checksum,
         }) + b"\n" for m in moves)
-        with self._lock, open(self.path, "ab+") as handle:
-            # A line torn by a crash must not swallow the next record: start on a new line.
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    lines = b"\n" + lines
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with self._lock:
+            append_lines(self.path, lines)
 
     def table(self) -> pa.Table:
         rows = []
