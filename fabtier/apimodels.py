@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alerts import acks
 from core.records import SPEEDS
 from lifecycle.retrieval import MAX_MS, MIN_MS
+from tiers.inventory import TierRow
 
 Speed = Literal["expedited", "standard", "bulk"]
 assert set(get_args(Speed)) == set(SPEEDS), "fabtier.apimodels.Speed must list core.records.SPEEDS"
@@ -61,18 +62,8 @@ class Series(_Open):
     gil_wait_us: float = Field(description="the wait for the interpreter lock before the read")
 
 
-class TierRow(_Open):
-    tier: str
-    storage_class: str
-    rows: int
-    bytes: int
-    oldest_ms: int | None
-    newest_ms: int | None
-    usd_per_month: float
-
-
 class Tiers(_Open):
-    tiers: list[TierRow]
+    tiers: list[TierRow]  # tiers.inventory's own record: one list of the fields
     total_usd_per_month: float
 
 

@@ -32,6 +32,7 @@ import pytest
 
 from fabtier.runner import Instance
 from tests.conftest import make_settings, mosquitto_pub, wait_for
+from tests.fabtier.test_unhealthy import _get
 from tests.faultproxy import HANG, INTERNAL_ERROR, SLOW_DOWN, FaultyS3
 from tiers import store as store_module
 from tiers.store import S3Limits, S3Store
@@ -40,14 +41,6 @@ MACHINE, SENSOR = "etch-07", "ch1/temp"
 BATCH = 20
 # The test's S3 clients: short waits, still retrying (a hang costs ~3 x 1 s plus backoff).
 TEST_LIMITS = S3Limits(connect_timeout=1.0, read_timeout=1.0, max_attempts=3)
-
-
-def _get(instance: Instance, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(instance.api_url + path, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _sql(instance: Instance, statement: str) -> tuple[int, object]:
