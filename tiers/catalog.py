@@ -284,6 +284,11 @@ class CatalogedStore:
         if not view.built:
             return [(o, self._stats.get(o.key)) for o in self.inner.objects(prefix)]
         days = [day] if day is not None else sorted(set(view.manifests) | set(view.markers))
+        if self._recorded_state is None:
+            # S3: listed as asked, in one paginated listing (not one a day), with the
+            # statistics of the manifests of the days it covers.
+            manifests = [self._manifest(view.manifests[d][0]) for d in days if d in view.manifests]
+            return self._live(prefix, manifests)
         found = []
         for d in days:
             found += [(o, s) for o, s in self._day(kind, d, view) if o.key.startswith(prefix)]
@@ -363,12 +368,14 @@ class CatalogedStore:
         entry = view.manifests.get(day)
         manifest = self._manifest(entry[0]) if entry is not None else None
         if day in view.markers or manifest is None or self._recorded_state is None:
-            return self._live(f"{kind}/date={day}/", manifest)
+            return self._live(f"{kind}/date={day}/", [manifest] if manifest is not None else [])
         infos = self._recorded_state([info for info, _ in manifest.objects])
         return [(info, stats) for info, (_, stats) in zip(infos, manifest.objects, strict=True)]
 
-    def _live(self, prefix: str, manifest: Manifest | None) -> builtins.list[tuple[ObjectInfo, FileStats | None]]:
-        known = {info.key: (info, stats) for info, stats in manifest.objects} if manifest else {}
+    def _live(self, prefix: str, manifests: builtins.list[Manifest]) -> builtins.list[tuple[ObjectInfo, FileStats | None]]:
+        """A listing of the store, each object with the statistics a manifest keeps for the
+        same key, size and time (or that this process noted when it wrote it)."""
+        known = {info.key: (info, stats) for manifest in manifests for info, stats in manifest.objects}
         out = []
         for info in self.inner.objects(prefix):
             stats = self._stats.get(info.key)
@@ -396,7 +403,7 @@ class CatalogedStore:
         removable = [m for m in view.markers.get(day, []) if m == own_marker or self._gone(kind, m)]
         entry = view.manifests.get(day)
         old = self._manifest(entry[0]) if entry is not None else None
-        objects = self._live(f"{kind}/date={day}/", old)
+        objects = self._live(f"{kind}/date={day}/", [old] if old is not None else [])
         objects = [(info, stats if stats is not None else self._footer(kind, info)) for info, stats in objects]
         gen = entry[1] + 1 if entry is not None else 1
         if old is not None and old.objects == tuple(objects) and not view.stale.get(day):
