@@ -161,7 +161,8 @@ def ts_bounds(sql: str) -> TsBounds | None:
     which could name one in a string), so that no raw file of the lake is even listed."""
     if not _may_read_raw(sql):
         return NOTHING
-    return _bounds(connection(), sql)
+    with connection() as con:
+        return _bounds(con, sql)
 
 
 def _may_read_raw(sql: str) -> bool:

@@ -1,6 +1,6 @@
 """A statement's parse tree as DuckDB itself builds it (`json_serialize_sql`), for questions
 asked before the statement runs: which views it names (analytics.leftout), which time range it
-can return (analytics.bounds). Pure apart from one small in-memory connection per thread."""
+can return (analytics.bounds). Pure apart from a few small in-memory connections, reused."""
 
 from __future__ import annotations
 
@@ -8,26 +8,49 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import duckdb
 
-_LOCAL = threading.local()
+# Idle connections by process. Not a threading.local: in a child forked while another thread
+# holds one, CPython clears that thread's locals, the connection's destructor joins DuckDB
+# threads that do not exist in the child, and the child segfaults inside os.fork. A module
+# global outlives the fork untouched, and a parent's connections are never closed in a child.
+_IDLE: dict[int, list[duckdb.DuckDBPyConnection]] = {}
+_IDLE_LOCK = threading.Lock()
+_KEEP_IDLE = 8  # more than the threads that parse at once in practice
 
 
-def connection() -> duckdb.DuckDBPyConnection:
-    """One locked in-memory connection per thread (and process: a forked child makes its
-    own), which holds no table: opening one per statement would cost more (~13 ms) than a
-    bounded query's listing."""
-    found = getattr(_LOCAL, "con", None)
-    if found is not None and found[0] == os.getpid():
-        return found[1]
+def _open() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET memory_limit = '256MB'")
     con.execute("SET enable_external_access = false")
+    con.execute("SET threads = 1")
     con.execute("SET lock_configuration = true")
-    _LOCAL.con = (os.getpid(), con)
     return con
+
+
+@contextmanager
+def connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A locked in-memory connection that holds no table, for this thread alone while the
+    block runs; reused afterwards (opening one per statement would cost more, ~13 ms, than a
+    bounded query's listing)."""
+    with _IDLE_LOCK:
+        idle = _IDLE.setdefault(os.getpid(), [])
+        con = idle.pop() if idle else None
+    if con is None:
+        con = _open()
+    try:
+        yield con
+    finally:
+        with _IDLE_LOCK:
+            idle = _IDLE.setdefault(os.getpid(), [])
+            if len(idle) < _KEEP_IDLE:
+                idle.append(con)
+                con = None
+        if con is not None:
+            con.close()
 
 
 def parse(sql: str) -> dict | None:
@@ -39,7 +62,8 @@ def parse(sql: str) -> dict | None:
             text = text[len(prefix):]
             break
     try:
-        row = connection().execute("SELECT json_serialize_sql(?)", [text]).fetchone()
+        with connection() as con:
+            row = con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
     except duckdb.Error:
         return None
     tree = json.loads(row[0]) if row and row[0] else None

@@ -83,8 +83,9 @@ T = TypeVar("T")
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a thread of its own, which ends with it (as the API's threads always
-    did). Not a pool's thread: a thread that outlives its request keeps what DuckDB and
-    Arrow left in it, and a seal forked meanwhile (fabtier.forked) crashes in the child."""
+    did): nothing a request leaves in thread-local state outlives it. (A DuckDB connection
+    kept in a thread's locals once crashed every seal child forked beside that thread:
+    analytics.parsetree.)"""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 

@@ -162,7 +162,8 @@ def test_literals_read_in_python_are_what_duckdb_reads(moment, shape, wrap):
     if quick is None:
         return  # left to DuckDB
     try:
-        (expected,) = connection().execute(f"SELECT epoch_ms(CAST({literal} AS TIMESTAMP))").fetchall()[0]
+        with connection() as con:
+            (expected,) = con.execute(f"SELECT epoch_ms(CAST({literal} AS TIMESTAMP))").fetchall()[0]
     except duckdb.Error:
         pytest.fail(f"{literal} read as {quick} here, refused by DuckDB")
     assert quick == expected, literal
