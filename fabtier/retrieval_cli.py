@@ -198,7 +198,7 @@ def _offline(settings: Settings, mode: str, request: Request | None, job_id: str
         with jobs.locked():
             job = jobs.get(job_id)
             if not job.state.final:  # no instance follows it: look at the store now
-                retrievals.advance(job, store, clock.now_ms())
+                retrievals.advance(job, store, clock.now_ms(), before_asking=jobs.save)
                 jobs.save(job)
         return job.public()
     finally:

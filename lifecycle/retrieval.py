@@ -220,6 +220,9 @@ class JobObject:
     readable_until: int | None = None  # when the restored copy goes (None: not archived any more, or unknown)
     cost_usd: float = 0.0
     error: str | None = None  # the last refusal or failure; a pending object is asked again
+    # Set (and made durable) just before this job asks for the restore, cleared once the answer
+    # is recorded: a restore found running after a crash in between is this job's (its cost).
+    asking_at: int | None = None
 
     def as_dict(self) -> dict:
         found = asdict(self)
@@ -270,7 +273,8 @@ class Job:
         """The job's JSON object (CONTRACT.md section 5): `fabtier retrieve --json`, the HTTP
         API, the MQTT notice and the webhook all carry this."""
         return {
-            "id": self.id, "state": self.state.value, "objects": [o.as_dict() for o in self.objects],
+            "id": self.id, "state": self.state.value,
+            "objects": [{k: v for k, v in o.as_dict().items() if k != "asking_at"} for o in self.objects],
             "bytes": self.bytes, "eta_s": self.eta_s, "cost_usd": self.cost_usd,
             "from": self.from_ms, "to": self.to_ms, "from_iso": iso(self.from_ms), "to_iso": iso(self.to_ms),
             "machine": self.machine, "sensor": self.sensor, "speed": self.speed,
@@ -282,8 +286,9 @@ class Job:
         }
 
     def as_dict(self) -> dict:
-        """What the job store keeps: the public object plus the notifiers' positions."""
-        return {**self.public(), "notified": dict(self.notified)}
+        """What the job store keeps: the public object plus the notifiers' positions and the
+        objects' `asking_at`."""
+        return {**self.public(), "objects": [o.as_dict() for o in self.objects], "notified": dict(self.notified)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Job:

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -144,19 +144,26 @@ def restore_seconds_of(store: ObjectStore) -> rt.RestoreSeconds:
     return base.restore_times if isinstance(base, LocalStore) else rt.s3_restore_seconds
 
 
-def _advance_object(obj: JobObject, job: Job, store: ObjectStore, now_ms: int,
-                    restore_seconds: rt.RestoreSeconds) -> bool:
-    """One look at one object; True when a restore was asked for."""
+def _look(obj: JobObject, store: ObjectStore, now_ms: int, job: Job,
+          restore_seconds: rt.RestoreSeconds) -> bool:
+    """One look at one object, recording what it shows; True when a restore must be asked for
+    (archived, none running, no readable copy)."""
     try:
         info = store.info(obj.key)
     except ObjectMissing:
         obj.state = rt.move_object(obj.state, State.FAILED)
         obj.error = ("the object no longer exists (expired by the lifecycle, or deleted): it cannot be "
                      "restored")
+        obj.asking_at = None
         return False
     except StoreError as exc:
         obj.error = str(exc)
         return False
+    if obj.asking_at is not None and (info.readable or info.restore_ongoing):
+        # This job was asking when its process stopped, and the store took the request: the
+        # restore is this job's (under the job lock nobody else asked since the look before).
+        _asked(obj, job, now_ms=obj.asking_at, restore_seconds=restore_seconds)
+    obj.asking_at = None
     if info.readable:
         obj.state = rt.move_object(obj.state, State.READY)
         obj.readable_until = info.restore_expiry_ms
@@ -166,6 +173,21 @@ def _advance_object(obj: JobObject, job: Job, store: ObjectStore, now_ms: int,
         obj.state = rt.move_object(obj.state, State.RESTORING)
         obj.error = None
         return False
+    return True
+
+
+def _asked(obj: JobObject, job: Job, *, now_ms: int, restore_seconds: rt.RestoreSeconds) -> None:
+    """Record a restore that this job started at `now_ms`: its state, its expected end and its cost."""
+    obj.state = rt.move_object(obj.state, State.RESTORING)
+    seconds = restore_seconds(obj.storage_class, job.speed)
+    cost = rt.restore_cost(obj.storage_class, job.speed, obj.bytes)
+    obj.cost_usd = round((obj.cost_usd if obj.requested else 0.0) + cost, 6)
+    obj.requested, obj.requested_at = True, now_ms
+    obj.expected_at = now_ms + int((seconds or 0) * 1000)
+
+
+def _ask(obj: JobObject, job: Job, store: ObjectStore, now_ms: int, restore_seconds: rt.RestoreSeconds) -> bool:
+    """Ask for the restore of an archived object; True when one was started."""
     try:
         answer = store.restore(obj.key, keep_s=job.keep_s, speed=job.speed)
     except ObjectMissing:
@@ -176,14 +198,11 @@ def _advance_object(obj: JobObject, job: Job, store: ObjectStore, now_ms: int,
         obj.error = f"restore refused: {exc}"
         log.warning("retrieval %s: restore of %s refused (%s); asked again at the next run", job.id, obj.key, exc)
         return False
+    finally:
+        obj.asking_at = None
     obj.error = None
     if answer is RestoreRequest.STARTED:
-        obj.state = rt.move_object(obj.state, State.RESTORING)
-        seconds = restore_seconds(obj.storage_class, job.speed)
-        cost = rt.restore_cost(obj.storage_class, job.speed, obj.bytes)
-        obj.cost_usd = round((obj.cost_usd if obj.requested else 0.0) + cost, 6)
-        obj.requested, obj.requested_at = True, now_ms
-        obj.expected_at = now_ms + int((seconds or 0) * 1000)
+        _asked(obj, job, now_ms=now_ms, restore_seconds=restore_seconds)
         return True
     if answer is RestoreRequest.IN_PROGRESS:
         obj.state = rt.move_object(obj.state, State.RESTORING)
@@ -192,16 +211,22 @@ def _advance_object(obj: JobObject, job: Job, store: ObjectStore, now_ms: int,
     return False
 
 
-def advance(job: Job, store: ObjectStore, now_ms: int) -> int:
+def advance(job: Job, store: ObjectStore, now_ms: int, *, before_asking: Callable[[Job], None] | None = None) -> int:
     """Look at every unsettled object of an open job once, asking for restores where none
-    runs; settle the job's state. Returns how many restores were asked for."""
+    runs; settle the job's state. `before_asking` makes the job durable once the objects to
+    ask for are marked (`asking_at`), before any request goes out. Returns how many restores
+    were asked for."""
     if job.state.final:
         return 0
     restore_seconds = restore_seconds_of(store)
-    asked = 0
-    for obj in job.objects:
-        if obj.state is not State.FAILED:
-            asked += _advance_object(obj, job, store, now_ms, restore_seconds)
+    to_ask = [obj for obj in job.objects
+              if obj.state is not State.FAILED and _look(obj, store, now_ms, job, restore_seconds)]
+    if to_ask:
+        for obj in to_ask:
+            obj.asking_at = now_ms
+        if before_asking is not None:
+            before_asking(job)
+    asked = sum(_ask(obj, job, store, now_ms, restore_seconds) for obj in to_ask)
     rt.settle(job, now_ms)
     return asked
 
@@ -216,7 +241,7 @@ def create(*, settings: Settings, lake: ColdLake, jobs: JobStore, request: Reque
         job.notified = dict.fromkeys(notify.notifier_names(settings), "")
         job.seq = max((j.seq for j in jobs.jobs()), default=0) + 1
         jobs.save(job)  # the intent first: a crash from here on is finished by the follower
-        asked = advance(job, store, now_ms)
+        asked = advance(job, store, now_ms, before_asking=jobs.save)
         catalog.flush(store)  # the restores asked for: their days' manifests
         jobs.save(job)
     log.info("retrieval %s: %d archived object(s), %d byte(s), %d restore(s) asked (%s); %s", job.id,
@@ -232,7 +257,7 @@ def follow(*, store: ObjectStore, jobs: JobStore, now_ms: int) -> dict:
             if job.state.final:
                 continue
             before = job.state
-            asked += advance(job, store, now_ms)
+            asked += advance(job, store, now_ms, before_asking=jobs.save)
             jobs.save(job)
             if job.state is not before:
                 changed.append(job.id)

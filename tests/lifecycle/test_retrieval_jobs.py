@@ -64,10 +64,10 @@ def _settings(tmp_path, **retrieval):
     return settings_from_mapping({"data_dir": str(tmp_path / "data"), "retrieval": values}, env={})
 
 
-def _lake(tmp_path, settings, clock, **kwargs):
+def _lake(tmp_path, settings, clock, store_class=None, **kwargs):
     """Three hours of readings; the first two archived (hour 0 GLACIER, hour 1 DEEP_ARCHIVE)."""
-    store = CountingStore(tmp_path / "lake", clock=clock, restore_times=settings.retrieval.local_restore_seconds,
-                          **kwargs)
+    store = (store_class or CountingStore)(tmp_path / "lake", clock=clock,
+                                           restore_times=settings.retrieval.local_restore_seconds, **kwargs)
     lake = ColdLake(store, writer_id="w0")
     rows = [(m, "s", T0 + h * HOUR + i, float(i)) for h in range(3) for m in ("a", "b") for i in range(3)]
     batches = [ReadingBatch(m, [s], np.zeros(1, np.uint32), np.array([t], np.int64), np.array([v]))
