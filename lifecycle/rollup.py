@@ -18,6 +18,8 @@ from tiers.warm import MINUTES_SCHEMA
 MINUTE_MS = 60_000
 KEY = ["machine", "sensor", "minute"]
 _MINUTE_TYPE = pa.timestamp("ms", tz="UTC")
+_COUNTS_SCHEMA = pa.schema([("machine", pa.string()), ("sensor", pa.string()), ("minute", _MINUTE_TYPE),
+                            ("n", pa.int64())])
 
 
 def minute_column(ts: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -28,16 +30,72 @@ def minute_column(ts: pa.ChunkedArray | pa.Array) -> pa.Array:
     return floored.cast(_MINUTE_TYPE)
 
 
-def touched_minutes(readings: pa.Table) -> pa.Table:
-    """The distinct (machine, sensor, minute) keys that these readings fall in."""
+def touched_counts(readings: pa.Table) -> pa.Table:
+    """The distinct (machine, sensor, minute) keys that these readings fall in, with `n`, how
+    many of these readings each has (repeats counted): what recomputing it reads, at least."""
     keys = pa.table({
         "machine": readings.column("machine"),
         "sensor": readings.column("sensor"),
         "minute": minute_column(readings.column("ts")),
     })
     if keys.num_rows == 0:
-        return keys
-    return keys.group_by(KEY).aggregate([])
+        return _COUNTS_SCHEMA.empty_table()
+    grouped = keys.group_by(KEY).aggregate([("minute", "count")])
+    return grouped.rename_columns([*KEY, "n"]).select([*KEY, "n"]).cast(_COUNTS_SCHEMA)
+
+
+def merge_counts(parts: list[pa.Table]) -> pa.Table:
+    """The `touched_counts` of several parts of the same readings, as one."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return _COUNTS_SCHEMA.empty_table()
+    grouped = pa.concat_tables(parts).group_by(KEY).aggregate([("n", "sum")])
+    return grouped.rename_columns([*KEY, "n"]).select([*KEY, "n"]).cast(_COUNTS_SCHEMA)
+
+
+def read_chunks(touched: pa.Table, limit: int) -> list[pa.Table]:
+    """`touched` (with `n`) cut into parts that can each be recomputed from about `limit` raw
+    readings or fewer, by the counts in `n`: whole machines packed together, and a machine
+    whose readings alone are more than `limit` cut by sensor. A part's keys are those of whole
+    (machine, sensor) pairs, so a part reads every reading of its keys' minutes, and each
+    minute is computed from all its readings, as in one pass over everything.
+
+    A part's machines and sensors are the filter of its read; packing whole machines keeps
+    that filter from taking in other parts' readings (sensor names repeat across machines).
+    A single pair of more than `limit` readings is a part of its own."""
+    if touched.num_rows == 0:
+        return []
+    pairs = touched.group_by(["machine", "sensor"]).aggregate([("n", "sum")])
+    pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[("machine", "ascending"), ("sensor", "ascending")]))
+    machines = pairs.column("machine").to_pylist()
+    counts = pairs.column("n_sum").to_pylist()
+    chunk_of = [0] * len(machines)  # the part each (machine, sensor) pair goes to
+    chunk, chunk_n, start = -1, limit + 1, 0  # limit + 1: the first pair opens a part
+    while start < len(machines):
+        end = start
+        while end < len(machines) and machines[end] == machines[start]:
+            end += 1
+        machine_n = sum(counts[start:end])
+        if machine_n > limit:  # this machine alone is too big: by sensor, in parts of its own
+            chunk_n = limit + 1
+            for i in range(start, end):
+                if chunk_n + counts[i] > limit and chunk_n > 0:
+                    chunk, chunk_n = chunk + 1, 0
+                chunk_of[i] = chunk
+                chunk_n += counts[i]
+            chunk_n = limit + 1  # nothing joins a part of a split machine
+        else:
+            if chunk_n + machine_n > limit:
+                chunk, chunk_n = chunk + 1, 0
+            chunk_of[start:end] = [chunk] * (end - start)
+            chunk_n += machine_n
+        start = end
+    numbered = pa.table({"machine": pairs.column("machine"), "sensor": pairs.column("sensor"),
+                         "part": pa.array(chunk_of, pa.int64())})
+    keys = touched.select(KEY).join(numbered, keys=["machine", "sensor"], join_type="inner")
+    part = keys.column("part")
+    parts = (keys.filter(pc.equal(part, c)).select(KEY) for c in range(chunk + 1))
+    return [p for p in parts if p.num_rows]
 
 
 def aggregate_minutes(readings: pa.Table) -> pa.Table:

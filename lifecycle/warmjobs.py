@@ -31,7 +31,7 @@ from lifecycle import rollup as ru
 from lifecycle.audit import AuditLog
 from tiers import layout
 from tiers import parquetformat as fmt
-from tiers.cold import ColdLake, Move
+from tiers.cold import LEAN_SCAN, ColdLake, Move
 from tiers.layout import LakeFile
 from tiers.unsealed import READINGS_SCHEMA
 from tiers.warm import MINUTES_SCHEMA, WarmStore
@@ -39,7 +39,10 @@ from tiers.warm import MINUTES_SCHEMA, WarmStore
 log = logging.getLogger("fabtier.lifecycle")
 
 AUDIT_OFFSET = "rollup.audit_offset"
-FILES_PER_STEP = 256  # raw files per warm transaction: bounds memory on a first run over a big lake
+FILES_PER_STEP = 256  # raw files per warm transaction: bounds the work lost to a crash on a first run over a big lake
+# Raw readings read at once to recompute minutes (~45 B each as Arrow rows, about three times
+# that while sorted and grouped): the rollup's memory, whatever the rate.
+READ_READINGS = 1 << 20
 
 
 class AggVerifyError(Exception):
@@ -121,8 +124,8 @@ class _Hours:
 
 
 def _minutes_to_recompute(store: ObjectStore, keys: list[str], hours: _Hours) -> tuple[pa.Table, set[str]]:
-    """The minutes the raw files `keys` touch, and those of `keys` that are archived (their
-    minutes cannot be known without reading them)."""
+    """The minutes the raw files `keys` touch, with how many of their readings each holds, and
+    those of `keys` that are archived (their minutes cannot be known without reading them)."""
     present, archived = [], set()
     for key in keys:
         found = next((f for f in hours.files(key.rsplit("/", 1)[0] + "/") if f.key == key), None)
@@ -133,9 +136,11 @@ def _minutes_to_recompute(store: ObjectStore, keys: list[str], hours: _Hours) ->
         else:
             present.append(key)
     if not present:
-        return ru.touched_minutes(READINGS_SCHEMA.empty_table()), archived
-    return ru.touched_minutes(_dataset(store, present, READINGS_SCHEMA).to_table(
-        columns=["machine", "sensor", "ts"])), archived
+        return ru.merge_counts([]), archived
+    # Batch by batch: a minute's worth of seals at full rate is tens of millions of readings.
+    batches = _dataset(store, present, READINGS_SCHEMA).to_batches(
+        columns=["machine", "sensor", "ts"], **LEAN_SCAN)
+    return ru.merge_counts([ru.touched_counts(pa.Table.from_batches([b])) for b in batches]), archived
 
 
 def _hour_of(minutes: pa.Table) -> pa.Array:
@@ -159,27 +164,30 @@ def _without_archived_hours(touched: pa.Table, hours: _Hours) -> tuple[pa.Table,
     return kept, touched.num_rows - kept.num_rows, archived
 
 
-def _raw_of_minutes(store: ObjectStore, touched: pa.Table, hours: _Hours) -> pa.Table:
-    """Every raw reading in the lake of the hours the touched minutes fall in, narrowed to the
-    touched machines, sensors and time span."""
-    parts = []
+def _recompute(store: ObjectStore, touched: pa.Table, hours: _Hours) -> pa.Table:
+    """The aggregates of the touched minutes from every raw reading of them in the lake, read
+    part by part (`READ_READINGS` readings or so at a time, `rollup.read_chunks`) so that
+    memory does not grow with the rate or with how much a run has to catch up."""
+    results = []
     lake = ColdLake(store, writer_id="")
     for day, hour, start_ms, end_ms in ru.hours_of(touched):
-        in_hour = touched.filter(pc.and_(
-            pc.greater_equal(touched.column("minute").cast(pa.int64()), start_ms),
-            pc.less(touched.column("minute").cast(pa.int64()), end_ms)))
-        # Values converted exactly (decimal files: tiers.parquetformat).
         files = hours.visible(layout.hour_prefix(day, hour))
         if not files:
             continue
-        first = pc.min(in_hour.column("minute"))
-        last = pa.scalar(pc.max(in_hour.column("minute")).cast(pa.int64()).as_py() + ru.MINUTE_MS,
-                         pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        parts.append(lake.read_raw(files=files, filter=(
-            (ds.field("ts") >= first) & (ds.field("ts") < last)
-            & ds.field("machine").isin(pc.unique(in_hour.column("machine")))
-            & ds.field("sensor").isin(pc.unique(in_hour.column("sensor"))))))
-    return pa.concat_tables(parts) if parts else READINGS_SCHEMA.empty_table()
+        minute_ms = touched.column("minute").cast(pa.int64())
+        in_hour = touched.filter(pc.and_(pc.greater_equal(minute_ms, start_ms), pc.less(minute_ms, end_ms)))
+        for part in ru.read_chunks(in_hour, READ_READINGS):
+            first = pc.min(part.column("minute"))
+            last = pa.scalar(pc.max(part.column("minute")).cast(pa.int64()).as_py() + ru.MINUTE_MS,
+                             pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+            # Values converted exactly (decimal files: tiers.parquetformat).
+            raw = lake.read_raw(files=files, lean=True, filter=(
+                (ds.field("ts") >= first) & (ds.field("ts") < last)
+                & ds.field("machine").isin(pc.unique(part.column("machine")))
+                & ds.field("sensor").isin(pc.unique(part.column("sensor")))))
+            results.append(ru.only_keys(ru.aggregate_minutes(raw), part))
+            del raw
+    return ru.sort_minutes(pa.concat_tables(results)) if results else MINUTES_SCHEMA.empty_table()
 
 
 def rollup(*, store: ObjectStore, warm: WarmStore, audit: AuditLog) -> RollupReport:
@@ -201,7 +209,7 @@ def rollup(*, store: ObjectStore, warm: WarmStore, audit: AuditLog) -> RollupRep
         hours = _Hours(store)  # listed afresh each step: a step is one warm transaction
         touched, unread = _minutes_to_recompute(store, keys, hours)
         touched, left_out, blocking = _without_archived_hours(touched, hours)
-        computed = ru.only_keys(ru.aggregate_minutes(_raw_of_minutes(store, touched, hours)), touched)
+        computed = _recompute(store, touched, hours)
         # Not a tier move (nothing is copied away or deleted): its runs are in `job_runs`.
         warm.upsert(computed, state={AUDIT_OFFSET: end_offset})
         files += len(keys)

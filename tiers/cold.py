@@ -40,6 +40,9 @@ from tiers.unsealed import (
 )
 
 _TS = pa.timestamp("ms", tz="UTC")
+# Scanner options for reads that bound their memory: one file and two batches ahead, not
+# Arrow's default of several files and sixteen batches each (hundreds of MB in flight).
+LEAN_SCAN = {"fragment_readahead": 1, "batch_readahead": 2}
 _SCHEMAS = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,
             "alerts": ALERTS_SCHEMA}
 
@@ -176,9 +179,12 @@ class ColdLake:
                           format="parquet", schema=_SCHEMAS[kind])
 
     def read_raw(self, filter: ds.Expression | None = None, hidden_segments=frozenset(),
-                 files: list[LakeFile] | None = None) -> pa.Table:
-        """Visible raw readings (or those of `files`) with value as float64, exactly."""
-        parts = [fmt.normalise_readings(d.to_table(filter=filter)).cast(READINGS_SCHEMA)
+                 files: list[LakeFile] | None = None, lean: bool = False) -> pa.Table:
+        """Visible raw readings (or those of `files`) with value as float64, exactly; `lean`
+        reads one file and a few batches at a time (`LEAN_SCAN`), for a filter that keeps
+        little of much."""
+        scan = LEAN_SCAN if lean else {}
+        parts = [fmt.normalise_readings(d.to_table(filter=filter, **scan)).cast(READINGS_SCHEMA)
                  for d in self.raw_datasets(hidden_segments, files)]
         return pa.concat_tables(parts) if parts else READINGS_SCHEMA.empty_table()
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from analytics.session import open_session, run_sql
 from core.clock import ManualClock
 from fabtier.pipeline import Pipeline
+from lifecycle import warmjobs
 from lifecycle.scheduler import runner_for
 from tests.conftest import make_settings
 
@@ -50,7 +51,9 @@ def histories(draw):
         steps.append(("publish", arrivals[position:position + size]))
         position += size
         steps.extend(draw(st.lists(st.sampled_from(["seal", "rollup", "age_out", "restart", "all"]), max_size=3)))
-    return arrivals, steps
+    # How many raw readings the rollup reads at a time: 1 cuts every (machine, sensor) pair
+    # into a part of its own, 3 packs some, the default reads everything at once.
+    return arrivals, steps, draw(st.sampled_from([1, 3, warmjobs.READ_READINGS]))
 
 
 def _publish(pipeline: Pipeline, chunk) -> None:
@@ -88,7 +91,7 @@ def _same(rolled: list[dict], direct: list[dict]) -> None:
 @hsettings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_rollups_equal_a_direct_aggregation_of_the_final_raw_data(history):
-    arrivals, steps = history
+    arrivals, steps, read_readings = history
     expected: dict = {}
     for key, value in arrivals:
         expected.setdefault(key, value)  # the first arrival of a reading is the one stored
@@ -98,6 +101,7 @@ def test_rollups_equal_a_direct_aggregation_of_the_final_raw_data(history):
         settings = make_settings(Path(tmp), None, hot={"window": "5m"}, warm={"retention": "6m"})
         clock = ManualClock(NOW)
         pipeline = _open(settings, clock)
+        default_read, warmjobs.READ_READINGS = warmjobs.READ_READINGS, read_readings
         try:
             for step in steps:
                 if step == "restart":  # stop without sealing: the log is sealed on the next open
@@ -122,4 +126,5 @@ def test_rollups_equal_a_direct_aggregation_of_the_final_raw_data(history):
             runner_for(pipeline).run("age_out")
             _same(run_sql(pipeline.sql_sources(), ROLLED).to_pylist(), direct)
         finally:
+            warmjobs.READ_READINGS = default_read
             pipeline.close_offline()
