@@ -98,6 +98,82 @@ def read_chunks(touched: pa.Table, limit: int) -> list[pa.Table]:
     return [p for p in parts if p.num_rows]
 
 
+# Partial aggregates of a run of readings with no key twice (a batch of one lake file: files
+# are sorted by (machine, sensor, ts) and deduplicated). They merge exactly into a minute's
+# aggregates when the runs of a minute do not overlap in time; when two do, the minute may hold
+# a reading twice (late data, two writers) and is recomputed from its raw rows instead.
+PARTIAL_SCHEMA = pa.schema([
+    ("machine", pa.string()), ("sensor", pa.string()), ("minute", _MINUTE_TYPE), ("n", pa.int64()),
+    ("sum", pa.float64()), ("min", pa.float64()), ("max", pa.float64()),
+    ("ts_min", _MINUTE_TYPE), ("ts_max", _MINUTE_TYPE), ("first", pa.float64()), ("last", pa.float64()),
+])
+
+
+def partial_minutes(run: pa.Table) -> pa.Table:
+    """n, sum, min, max, time range, and first and last value of every minute of `run`, a run
+    of readings in (machine, sensor, ts) order with no key twice (a batch of a lake file)."""
+    if run.num_rows == 0:
+        return PARTIAL_SCHEMA.empty_table()
+    keyed = pa.table({"machine": run.column("machine"), "sensor": run.column("sensor"),
+                      "minute": minute_column(run.column("ts")), "ts": run.column("ts"),
+                      "value": run.column("value")})
+    # use_threads=False: first and last in row order, i.e. of the earliest and latest reading.
+    grouped = keyed.group_by(KEY, use_threads=False).aggregate([
+        ("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max"), ("ts", "min"), ("ts", "max"),
+        ("value", "first"), ("value", "last")])
+    return pa.table({
+        "machine": grouped.column("machine"), "sensor": grouped.column("sensor"), "minute": grouped.column("minute"),
+        "n": grouped.column("value_count"), "sum": grouped.column("value_sum"),
+        "min": grouped.column("value_min"), "max": grouped.column("value_max"),
+        "ts_min": grouped.column("ts_min"), "ts_max": grouped.column("ts_max"),
+        "first": grouped.column("value_first"), "last": grouped.column("value_last"),
+    }).cast(PARTIAL_SCHEMA)
+
+
+def merge_partials(partials: list[pa.Table]) -> tuple[pa.Table, pa.Table]:
+    """The minutes of these partial aggregates (of runs that together are every raw reading
+    of those minutes), and the keys (with `n`) of minutes whose runs overlap in time: those
+    may hold a reading twice and must be computed from their raw rows (`aggregate_minutes`).
+
+    n, min, max, first and last are exact; avg is the sum of the runs' sums over n, which can
+    differ from a single pass over the rows in the last bits (floating-point addition is not
+    associative), well within 1e-12 relative."""
+    parts = [p for p in partials if p.num_rows]
+    if not parts:
+        return MINUTES_SCHEMA.empty_table(), _COUNTS_SCHEMA.empty_table()
+    runs = pa.concat_tables(parts)
+    runs = runs.take(pc.sort_indices(runs, sort_keys=[*((k, "ascending") for k in KEY), ("ts_min", "ascending")]))
+    # Sorted by start, runs of a key overlap if and only if some run starts before the one
+    # before it ends.
+    same_key = None
+    for name in KEY:
+        column = runs.column(name)
+        equal = pc.equal(column.slice(1), column.slice(0, runs.num_rows - 1))
+        same_key = equal if same_key is None else pc.and_(same_key, equal)
+    assert same_key is not None
+    starts_early = pc.less_equal(runs.column("ts_min").slice(1), runs.column("ts_max").slice(0, runs.num_rows - 1))
+    overlapping = pc.and_(same_key, starts_early)
+    if pc.any(overlapping).as_py():
+        flagged = runs.slice(1).filter(overlapping).select(KEY)
+        overlap_keys = flagged.group_by(KEY).aggregate([])
+        counts = runs.group_by(KEY).aggregate([("n", "sum")]).rename_columns([*KEY, "n"])
+        overlap = counts.join(overlap_keys, keys=KEY, join_type="left semi").select([*KEY, "n"]).cast(_COUNTS_SCHEMA)
+        runs = runs.join(overlap_keys, keys=KEY, join_type="left anti")
+        runs = runs.take(pc.sort_indices(runs, sort_keys=[*((k, "ascending") for k in KEY), ("ts_min", "ascending")]))
+    else:
+        overlap = _COUNTS_SCHEMA.empty_table()
+    grouped = runs.group_by(KEY, use_threads=False).aggregate([
+        ("n", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max"), ("first", "first"), ("last", "last")])
+    n = grouped.column("n_sum")
+    minutes = pa.table({
+        "machine": grouped.column("machine"), "sensor": grouped.column("sensor"), "minute": grouped.column("minute"),
+        "n": n, "min": grouped.column("min_min"), "max": grouped.column("max_max"),
+        "avg": pc.divide(grouped.column("sum_sum"), pc.cast(n, pa.float64())),
+        "first": grouped.column("first_first"), "last": grouped.column("last_last"),
+    }).cast(MINUTES_SCHEMA)
+    return sort_minutes(minutes), overlap
+
+
 def aggregate_minutes(readings: pa.Table) -> pa.Table:
     """n, min, max, avg, first and last (by ts) of every minute of these readings.
 

@@ -40,8 +40,8 @@ log = logging.getLogger("fabtier.lifecycle")
 
 AUDIT_OFFSET = "rollup.audit_offset"
 FILES_PER_STEP = 256  # raw files per warm transaction: bounds the work lost to a crash on a first run over a big lake
-# Raw readings read at once to recompute minutes (~45 B each as Arrow rows, about three times
-# that while sorted and grouped): the rollup's memory, whatever the rate.
+# Raw readings read at once to recompute minutes whose runs overlap (~45 B each as Arrow rows,
+# about three times that while sorted and grouped): bounds that path's memory.
 READ_READINGS = 1 << 20
 
 
@@ -165,29 +165,55 @@ def _without_archived_hours(touched: pa.Table, hours: _Hours) -> tuple[pa.Table,
 
 
 def _recompute(store: ObjectStore, touched: pa.Table, hours: _Hours) -> pa.Table:
-    """The aggregates of the touched minutes from every raw reading of them in the lake, read
-    part by part (`READ_READINGS` readings or so at a time, `rollup.read_chunks`) so that
-    memory does not grow with the rate or with how much a run has to catch up."""
+    """The aggregates of the touched minutes from every raw reading of them in the lake.
+
+    Each file of their hours is read once, a batch at a time, into partial aggregates
+    (`rollup.partial_minutes`), merged per minute (`rollup.merge_partials`): memory holds a
+    few batches and the partials, whatever the rate, and nothing is sorted but the partials.
+    A minute whose runs overlap in time (late readings, two writers: it may hold a reading
+    twice) is computed from its raw rows instead, deduplicated (`_from_rows`)."""
     results = []
     lake = ColdLake(store, writer_id="")
     for day, hour, start_ms, end_ms in ru.hours_of(touched):
         files = hours.visible(layout.hour_prefix(day, hour))
         if not files:
             continue
-        minute_ms = touched.column("minute").cast(pa.int64())
-        in_hour = touched.filter(pc.and_(pc.greater_equal(minute_ms, start_ms), pc.less(minute_ms, end_ms)))
-        for part in ru.read_chunks(in_hour, READ_READINGS):
-            first = pc.min(part.column("minute"))
-            last = pa.scalar(pc.max(part.column("minute")).cast(pa.int64()).as_py() + ru.MINUTE_MS,
-                             pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-            # Values converted exactly (decimal files: tiers.parquetformat).
-            raw = lake.read_raw(files=files, lean=True, filter=(
-                (ds.field("ts") >= first) & (ds.field("ts") < last)
-                & ds.field("machine").isin(pc.unique(part.column("machine")))
-                & ds.field("sensor").isin(pc.unique(part.column("sensor")))))
-            results.append(ru.only_keys(ru.aggregate_minutes(raw), part))
-            del raw
+        in_hour = _in_range(touched, start_ms, end_ms)
+        wanted = _minutes_filter(in_hour, machines=pc.unique(in_hour.column("machine")))
+        merged, overlapping = ru.merge_partials([ru.partial_minutes(batch) for f in files
+                                                 for batch in lake.raw_batches(f, wanted)])
+        results.append(ru.only_keys(merged, in_hour))
+        overlapping = overlapping.join(in_hour.select(ru.KEY), keys=ru.KEY, join_type="left semi")
+        if overlapping.num_rows:
+            results.append(_from_rows(lake, files, overlapping))
     return ru.sort_minutes(pa.concat_tables(results)) if results else MINUTES_SCHEMA.empty_table()
+
+
+def _in_range(touched: pa.Table, start_ms: int, end_ms: int) -> pa.Table:
+    minute_ms = touched.column("minute").cast(pa.int64())
+    return touched.filter(pc.and_(pc.greater_equal(minute_ms, start_ms), pc.less(minute_ms, end_ms)))
+
+
+def _minutes_filter(keys: pa.Table, machines: pa.Array, sensors: pa.Array | None = None) -> ds.Expression:
+    """Readings of the span of `keys`' minutes, of these machines (and sensors)."""
+    first = pc.min(keys.column("minute"))
+    last = pa.scalar(pc.max(keys.column("minute")).cast(pa.int64()).as_py() + ru.MINUTE_MS,
+                     pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    wanted = (ds.field("ts") >= first) & (ds.field("ts") < last) & ds.field("machine").isin(machines)
+    return wanted if sensors is None else wanted & ds.field("sensor").isin(sensors)
+
+
+def _from_rows(lake: ColdLake, files: list[LakeFile], keys: pa.Table) -> pa.Table:
+    """The minutes of `keys` (with `n`) from their raw rows, deduplicated as the lake's rule
+    says, read part by part (`READ_READINGS` readings or so at a time, `rollup.read_chunks`)."""
+    results = []
+    for part in ru.read_chunks(keys, READ_READINGS):
+        # Values converted exactly (decimal files: tiers.parquetformat).
+        raw = lake.read_raw(files=files, lean=True, filter=_minutes_filter(
+            part, machines=pc.unique(part.column("machine")), sensors=pc.unique(part.column("sensor"))))
+        results.append(ru.only_keys(ru.aggregate_minutes(raw), part))
+        del raw
+    return pa.concat_tables(results) if results else MINUTES_SCHEMA.empty_table()
 
 
 def rollup(*, store: ObjectStore, warm: WarmStore, audit: AuditLog) -> RollupReport:

@@ -18,6 +18,7 @@ without opening them. `read_raw` gives exact float64 values to Python callers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -187,6 +188,15 @@ class ColdLake:
         parts = [fmt.normalise_readings(d.to_table(filter=filter, **scan)).cast(READINGS_SCHEMA)
                  for d in self.raw_datasets(hidden_segments, files)]
         return pa.concat_tables(parts) if parts else READINGS_SCHEMA.empty_table()
+
+    def raw_batches(self, f: LakeFile, filter: ds.Expression | None = None) -> Iterator[pa.Table]:
+        """The readings of one raw file that `filter` keeps, a batch at a time in the file's
+        order (machine, sensor, ts), with value as float64, exactly; memory for a few batches."""
+        dataset = ds.FileSystemDataset([self._fragment(f)], schema=raw_schema(f.encoding), format=self._format,
+                                       filesystem=self._fs)
+        for batch in dataset.to_batches(filter=filter, **LEAN_SCAN):
+            if batch.num_rows:
+                yield fmt.normalise_readings(pa.Table.from_batches([batch])).cast(READINGS_SCHEMA)
 
     def readings_since(self, since_ms: int) -> pa.Table:
         """Raw readings with ts >= since_ms (to warm the hot ring on start)."""

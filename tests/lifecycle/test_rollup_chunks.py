@@ -1,7 +1,8 @@
-"""The rollup reads the raw data of the minutes it recomputes part by part
-(`rollup.read_chunks`): every touched minute in exactly one part, whole (machine, sensor)
-pairs, whole machines unless one alone is over the limit, and no part over the limit unless
-it is a single pair."""
+"""How the rollup reads the minutes it recomputes. Each file's batches become partial
+aggregates (`rollup.partial_minutes`), merged exactly unless two runs of a minute overlap in
+time (`rollup.merge_partials`); those minutes are read again part by part
+(`rollup.read_chunks`): every minute in exactly one part, whole (machine, sensor) pairs, whole
+machines unless one alone is over the limit, no part over the limit unless a single pair."""
 
 from __future__ import annotations
 
@@ -85,3 +86,55 @@ def test_counts_of_parts_of_the_same_readings_add_up():
     again = ru.touched_counts(pa.table({"machine": ["a"], "sensor": ["t"], "ts": ts.slice(0, 1)}))
     merged = ru.sort_minutes(ru.merge_counts([first, again]))
     assert [(r["sensor"], r["n"]) for r in merged.to_pylist()] == [("p", 1), ("t", 3), ("t", 1)]
+
+
+# ---- partial aggregates of runs (a lake file's batches), merged --------------------------------
+def _run(rows: list[tuple[str, str, int, float]]) -> pa.Table:
+    """A run as a lake file holds it: sorted by (machine, sensor, ts), no key twice."""
+    unique = sorted({(m, s, t): v for m, s, t, v in rows}.items())
+    return pa.table({"machine": [k[0] for k, _ in unique], "sensor": [k[1] for k, _ in unique],
+                     "ts": pa.array([k[2] for k, _ in unique], pa.timestamp("ms", tz="UTC")),
+                     "value": pa.array([v for _, v in unique], pa.float64())})
+
+
+readings = st.tuples(st.sampled_from("ab"), st.sampled_from(["t", "p"]), st.integers(0, 3 * MINUTE),
+                     st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
+
+
+@given(st.lists(st.lists(readings, min_size=1, max_size=30), min_size=1, max_size=5))
+def test_merged_runs_are_the_minutes_of_all_their_rows_unless_runs_overlap(runs_rows):
+    runs = [_run(rows) for rows in runs_rows]
+    merged, overlapping = ru.merge_partials([ru.partial_minutes(r) for r in runs])
+    everything = pa.concat_tables(runs)
+    direct = {(r["machine"], r["sensor"], r["minute"]): r for r in ru.aggregate_minutes(everything).to_pylist()}
+    flagged = {(r["machine"], r["sensor"], r["minute"]) for r in overlapping.to_pylist()}
+    spans: dict = {}
+    for i, run in enumerate(runs):
+        for row in ru.partial_minutes(run).to_pylist():
+            spans.setdefault((row["machine"], row["sensor"], row["minute"]), []).append((row["ts_min"], row["ts_max"], i))
+    for key, found in spans.items():
+        found.sort()
+        overlaps = any(b[0] <= a[1] for a, b in zip(found, found[1:], strict=False))
+        assert (key in flagged) == overlaps, key  # flagged exactly when two runs overlap in time
+    merged_keys = {(r["machine"], r["sensor"], r["minute"]) for r in merged.to_pylist()}
+    assert merged_keys | flagged == set(direct) and not merged_keys & flagged
+    for row in merged.to_pylist():
+        want = direct[(row["machine"], row["sensor"], row["minute"])]
+        assert (row["n"], row["min"], row["max"], row["first"], row["last"]) == \
+            (want["n"], want["min"], want["max"], want["first"], want["last"])
+        assert row["avg"] == pytest.approx(want["avg"], rel=1e-12, abs=1e-9)
+    rows_of: dict = {}
+    for run in runs:
+        for row in ru.partial_minutes(run).to_pylist():
+            key = (row["machine"], row["sensor"], row["minute"])
+            rows_of[key] = rows_of.get(key, 0) + row["n"]
+    for row in overlapping.to_pylist():  # n: the rows the runs hold (repeats counted), what a re-read reads
+        assert row["n"] == rows_of[(row["machine"], row["sensor"], row["minute"])]
+
+
+def test_a_reading_in_two_runs_flags_its_minute():
+    first = _run([("a", "t", 1_000, 1.0), ("a", "t", 2_000, 2.0)])
+    again = _run([("a", "t", 2_000, 9.0), ("a", "t", 3_000, 3.0), ("b", "t", 3_000, 3.0)])
+    merged, overlapping = ru.merge_partials([ru.partial_minutes(first), ru.partial_minutes(again)])
+    assert [(r["machine"], r["n"]) for r in overlapping.to_pylist()] == [("a", 4)]
+    assert [(r["machine"], r["n"], r["first"]) for r in merged.to_pylist()] == [("b", 1, 3.0)]
