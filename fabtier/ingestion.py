@@ -58,6 +58,13 @@ Message = tuple[str, bytes, int, int]  # topic, payload, qos, token for the ackn
 INBOX_BYTES = 64 << 20
 
 
+# The log's active segment is closed once it holds this many readings, whatever `seal_every`
+# says: a seal (in its forked child) needs ~160 bytes a reading of the segment it seals, so
+# this bounds the child at ~330 MiB when the sealer falls behind and segments would otherwise
+# grow to `[ingest] max_unsealed` (24 M readings at 512 MiB: ~3.7 GiB in the child).
+SEGMENT_READINGS = 2_000_000
+
+
 class Ingestor:
     """The inbox, the ingest thread and the committer thread of one pipeline.
 
@@ -108,6 +115,7 @@ class Ingestor:
         self._last_commit = 0.0
         self._log_full = False  # the last commit found the log's disk full
         self._alerts_uncommitted: list[AlertEvent] = []  # taken for a commit that found no room
+        self.segment_readings = SEGMENT_READINGS
 
     # ---- threads ---------------------------------------------------------------------
     def start(self, sinks: list[SinkQueue]) -> None:
@@ -245,11 +253,26 @@ class Ingestor:
                     # After the append, so that the committer hands them over only once durable.
                     self._sink_pending.extend(self._sink_batches)
                     self._sink_batches.clear()
+        self._close_full_segment(segment)
         self.metrics.alert_events += len(alerts)
         self.metrics.readings_stored += stored
         self.metrics.duplicates_dropped += dropped
         self.metrics.quarantined += len(assembled.quarantine)
         self.metrics.context_events += len(assembled.context)
+
+    def _close_full_segment(self, segment: int) -> None:
+        """Rotate the log once the active segment holds `segment_readings` (between
+        micro-batches, so a segment's rows are those noted for it); the next seal takes it,
+        one segment per child as always."""
+        if self.unsealed.rows_of(segment) < self.segment_readings:
+            return
+        with self._segment_guard:
+            if self.wal.segment_of_next_append != segment:
+                return  # the seal job rotated meanwhile
+            try:
+                self.wal.rotate()
+            except LogFull:
+                pass  # stays active; the seal job and the commits deal with the full disk
 
     @staticmethod
     def _with_alerts(events: list[AlertEvent], record: bytes, alerts: list[AlertEvent]) -> bytes:

@@ -217,6 +217,11 @@ class UnsealedData:
     def segments(self) -> list[int]:
         return sorted(self._segments)
 
+    def rows_of(self, segment: int) -> int:
+        """Readings held for one segment."""
+        found = self._segments.get(segment)
+        return found.rows if found is not None else 0
+
     @property
     def rows(self) -> int:
         """Readings held; a plain counter, so other threads may read it without the lock."""
