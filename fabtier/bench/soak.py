@@ -38,10 +38,13 @@ from fabtier.broker import LocalBroker
 SAMPLE_EVERY = 10.0
 BATCH = 500
 MIB = 1 << 20
-# Beyond the budgets and the idle instance: the inbox (receive_maximum messages of ~15 KB),
-# the micro-batch being decoded, the log's write buffer, one sealed segment's hand-back,
-# allocator slack. Measured, see README "Measured".
-OVERHEAD = 256 * MIB
+# Beyond the budgets and the idle instance: the per-minute rollup's partial aggregates and
+# batches (~150 MiB measured alone by scripts/memory_of_jobs.py, up to ~300 MiB in a running
+# instance), the inbox (at most 64 MiB of payloads), the micro-batch being decoded, the log's
+# write buffer, a sealed segment's hand-back, allocator slack. Measured, see README "Measured":
+# peaks of budgets + idle + 337 MiB at 500,000 readings/s, + 484 MiB before the log closed
+# segments at 2 M readings.
+OVERHEAD = 512 * MIB
 
 
 @dataclass(frozen=True)
