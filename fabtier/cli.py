@@ -142,7 +142,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from fabtier.bench.soak import main as soak_main
         return soak_main(minutes=args.minutes, rate=args.rate, feeders=args.feeders, sensors=args.sensors or 250,
                          hot_budget=0 if args.default_budgets else 512 << 20,
-                         max_unsealed=0 if args.default_budgets else 512 << 20, as_json=args.json)
+                         max_unsealed=0 if args.default_budgets else 512 << 20, busy=args.busy,
+                         as_json=args.json)
     if args.which == "cold":
         return cmd_bench_cold(args)
     if args.which == "query":
@@ -314,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--minutes", type=float, default=3.0, help="(soak) minutes of load")
     bench.add_argument("--rate", type=float, default=500_000.0, help="(soak) readings/s offered")
     bench.add_argument("--feeders", type=int, default=8, help="(soak) mosquitto_pub feeders, one machine each")
+    bench.add_argument("--busy", type=int, default=0,
+                       help="(soak) processes of other work beside the instance, each keeping a core busy")
     bench.add_argument("--default-budgets", action="store_true",
                        help="(soak) the default [hot] memory_budget and [ingest] max_unsealed, not 512 MiB each")
     # None: the benchmark's own default (_BENCH_DEFAULTS).

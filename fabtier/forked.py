@@ -16,6 +16,13 @@ works, its CPU time or the bytes it reads and writes (files and sockets alike) g
 parent reads them from /proc (Linux) and kills a child in which none of them moved for
 `stall` seconds: stopped (SIGSTOP), deadlocked, or waiting on a connection that carries
 nothing. Elsewhere only the timeout applies.
+
+A child may run at idle CPU priority (`idle_unless`): only on a core nothing else wants, so
+that on a busy machine the work waits rather than what the parent serves. But work that is
+needed soon must not starve behind unrelated processes: once `idle_unless()` turns true the
+parent raises the child to normal priority, or, where the system refuses that (raising a
+priority needs CAP_SYS_NICE or an RLIMIT_NICE allowance), kills it and runs `fn` again in a
+child at normal priority.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ _PR_SET_PDEATHSIG = 1
 # child that is working moves its counters many times a second. Read at each call (tests
 # lower it).
 STALL_LIMIT = 60.0
+IDLE_NICENESS = 10  # where SCHED_IDLE does not exist
 
 
 class ChildFailed(Exception):
@@ -58,11 +66,26 @@ def available() -> bool:
     return hasattr(os, "fork")
 
 
-def call_in_fork(fn: Callable[[], T], *, timeout: float, stall: float | None = None) -> T:
+def call_in_fork(fn: Callable[[], T], *, timeout: float, stall: float | None = None,
+                 idle_unless: Callable[[], bool] | None = None) -> T:
     """`fn()` in a forked child; ChildFailed if it raised, ChildLost if the child died, gave
     no answer within `timeout` or (ChildStalled) made no progress for `stall` seconds
-    (default STALL_LIMIT); a child given up is killed."""
+    (default STALL_LIMIT); a child given up is killed. With `idle_unless`, the child runs at
+    idle CPU priority until `idle_unless()` is true (checked before the fork and while
+    waiting), then at normal priority (see the module's docstring)."""
     stall = STALL_LIMIT if stall is None else stall
+    idle = idle_unless is not None and not idle_unless()
+    try:
+        return _call_once(fn, timeout, stall, idle_unless if idle else None)
+    except _Replaced:
+        return _call_once(fn, timeout, stall, None)
+
+
+class _Replaced(Exception):
+    """The idle child was killed because it could not be raised to normal priority."""
+
+
+def _call_once(fn: Callable[[], T], timeout: float, stall: float, idle_unless: Callable[[], bool] | None) -> T:
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     # The child must not finalise the parent's garbage: a collection in the child would run
@@ -79,11 +102,11 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float, stall: float | None = N
     if pid != 0:
         gc.unfreeze()
     if pid == 0:
-        _child(fn, read_fd, write_fd, parent)  # never returns
+        _child(fn, read_fd, write_fd, parent, idle=idle_unless is not None)  # never returns
     os.close(write_fd)
     try:
-        payload = _read_all(read_fd, timeout, _Progress(pid, stall))
-    except ChildLost:
+        payload = _read_all(read_fd, timeout, _Progress(pid, stall), _Priority(pid, idle_unless))
+    except (ChildLost, _Replaced):
         os.kill(pid, signal.SIGKILL)
         raise
     finally:
@@ -136,7 +159,41 @@ class _Progress:
         return now - self._since
 
 
-def _read_all(fd: int, timeout: float, progress: _Progress) -> bytes:
+class _Priority:
+    """The parent's side of an idle child: raises it once `idle_unless()` is true."""
+
+    def __init__(self, pid: int, idle_unless: Callable[[], bool] | None) -> None:
+        self.pid, self.idle_unless = pid, idle_unless
+
+    def check(self) -> None:
+        if self.idle_unless is None or not self.idle_unless():
+            return
+        self.idle_unless = None  # raised once
+        try:
+            raise_priority(self.pid)
+        except PermissionError:
+            raise _Replaced from None
+
+
+def lower_priority() -> None:
+    """This process to idle CPU priority: SCHED_IDLE (Linux), else a higher niceness."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(IDLE_NICENESS)
+
+
+def raise_priority(pid: int) -> None:
+    """Process `pid` (lowered by `lower_priority`) back to this process's priority;
+    PermissionError where the system does not let an unprivileged process do it."""
+    if hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(pid) == os.SCHED_IDLE:
+        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    if os.getpriority(os.PRIO_PROCESS, pid) != ours:
+        os.setpriority(os.PRIO_PROCESS, pid, ours)
+
+
+def _read_all(fd: int, timeout: float, progress: _Progress, priority: _Priority) -> bytes:
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     poller = select.poll()  # not select(): it refuses descriptors of 1024 and above
@@ -146,6 +203,7 @@ def _read_all(fd: int, timeout: float, progress: _Progress) -> bytes:
         if left <= 0:
             raise ChildLost(f"the child process gave no answer within {timeout:.0f} s")
         if not poller.poll(min(left, progress.interval) * 1000):
+            priority.check()
             if (still := progress.stalled_for()) >= progress.stall:
                 raise ChildStalled(f"the child process made no progress for {still:.1f} s "
                                    "(no CPU time, no bytes read or written)")
@@ -157,13 +215,15 @@ def _read_all(fd: int, timeout: float, progress: _Progress) -> bytes:
         progress.moved()
 
 
-def _child(fn: Callable[[], object], read_fd: int, write_fd: int, parent: int) -> None:
+def _child(fn: Callable[[], object], read_fd: int, write_fd: int, parent: int, *, idle: bool) -> None:
     status = 0
     try:
         os.close(read_fd)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         _die_with(parent)
+        if idle:
+            lower_priority()
         try:
             payload = pickle.dumps((True, fn()))
         except BaseException as exc:

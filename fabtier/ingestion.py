@@ -350,10 +350,9 @@ class Ingestor:
                 self._stop.wait(LogFull.retry_after)  # not one failing write per millisecond
 
     def _pressure(self) -> int:
-        """0: none; 1: seal early; 2: hold acknowledgements back."""
-        used = self.unsealed.bytes  # a counter: no lock, so the committer never waits here
-        limit = self.settings.ingest.max_unsealed
-        return 2 if used > limit else 1 if used > limit // 2 else 0
+        """0: none; 1: seal early; 2: hold acknowledgements back (`UnsealedData.pressure`:
+        counters, no lock, so the committer never waits here)."""
+        return self.unsealed.pressure(self.settings.ingest.max_unsealed)
 
     def commit_and_ack(self) -> None:
         """Make everything appended durable, then acknowledge it (unless backpressure holds it)."""

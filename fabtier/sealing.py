@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
 import threading
 from contextlib import AbstractContextManager
 
@@ -33,7 +32,6 @@ from tiers.unsealed import UnsealedData, tables_from_records
 
 log = logging.getLogger("fabtier.pipeline")
 
-SEAL_CHILD_NICENESS = 10
 SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the seal redone here
 # A child that stalls (stopped, deadlocked, a connection that carries nothing) is found much
 # sooner, by its progress: `fabtier.forked.STALL_LIMIT` (60 s) without CPU time or bytes read or
@@ -88,13 +86,6 @@ def release_freed_memory() -> None:
 class SealError(FabtierError):
     """Writing a segment into the lake failed (the segment stays and is retried). Raised for a
     forked child's failure: the first line is the child's error, then its traceback."""
-
-
-def _lower_priority() -> None:
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(SEAL_CHILD_NICENESS)
 
 
 class Sealer:
@@ -167,17 +158,20 @@ class Sealer:
         source = self.wal.path(segment).as_uri()
         if in_memory and self.settings.cold.seal_in_child and forked.available():
             def in_child() -> list[Move]:
-                # Below ingestion in the CPU's queue: on a busy machine the seal takes longer,
-                # not the alerts. SCHED_IDLE (Linux) runs it only on otherwise idle CPU; if
-                # the machine never idles, unsealed rows reach [ingest] max_unsealed and
-                # backpressure slows ingestion until the seal gets its turn.
-                _lower_priority()
                 if self._dir_lock is not None:
                     self._dir_lock.close_inherited()
                 self.lake.after_fork()
                 return self.lake.write_segment(segment, self.unsealed.sealable([segment]), source=source)
             try:
-                return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT)
+                # Below ingestion in the CPU's queue (idle priority: only on a core nothing
+                # else wants) while the seal keeps up, so that on a busy machine it is the seal
+                # that waits, not the alerts; at ingestion's priority once unsealed data passes
+                # half of [ingest] max_unsealed, so that other processes on the machine cannot
+                # starve it into backpressure (they did: a 500,000 readings/s soak beside one
+                # busy process reached backpressure in 110 s with the seal idle throughout).
+                limit = self.settings.ingest.max_unsealed
+                return forked.call_in_fork(in_child, timeout=SEAL_CHILD_TIMEOUT,
+                                           idle_unless=lambda: self.unsealed.pressure(limit) > 0)
             except forked.ChildFailed as exc:
                 raise SealError(str(exc)) from None
             except forked.ChildStalled as exc:

@@ -244,9 +244,9 @@ def watch_seal_children(patch: pytest.MonkeyPatch) -> list[str]:
     ended: list[str] = []
     call_in_fork = forked.call_in_fork
 
-    def watched(fn, *, timeout):
+    def watched(fn, **options):
         try:
-            result = call_in_fork(fn, timeout=timeout)
+            result = call_in_fork(fn, **options)
         except forked.ChildLost:
             ended.append("lost")
             raise

@@ -233,6 +233,13 @@ class UnsealedData:
         per appended batch, the arrays' own overhead; plain counters, as `rows`."""
         return BYTES_PER_READING * self._rows + BYTES_PER_CHUNK * self._chunks
 
+    def pressure(self, limit: int) -> int:
+        """How full, against `[ingest] max_unsealed` (`limit`): 0 not much; 1 over half of it,
+        the seal is falling behind (seal early, and with the CPU priority of ingestion); 2 over
+        it (hold acknowledgements back). A counter: no lock needed."""
+        used = self.bytes
+        return 2 if used > limit else 1 if used > limit // 2 else 0
+
     def drop(self, segment: int) -> None:
         dropped = self._segments.pop(segment, None)
         if dropped is not None:

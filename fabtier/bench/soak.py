@@ -59,6 +59,7 @@ class SoakBench:
     window: str = "2m"
     sample_every: float = SAMPLE_EVERY
     extra_toml: str = ""  # appended to the instance's configuration (e.g. to single out a job)
+    busy: int = 0  # processes of other work beside the instance, each keeping one core busy
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -208,6 +209,15 @@ _LOG_LINES = {"seals": "sealed ", "seals_in_process": "sealing it in this proces
               "rollups": "rolled up", "verifies": "verified ", "backpressure_spells": "backpressure:"}
 
 
+# Other work on the same machine, at normal priority (a build, a backup, another service):
+# what an instance shares its cores with in a plant, and what can starve a low-priority seal.
+_BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def _start_busy(count: int, seconds: float) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", _BUSY.format(seconds=seconds)]) for _ in range(count)]
+
+
 def _config(bench: SoakBench) -> str:
     hot = f'memory_budget = {bench.hot_budget}\n' if bench.hot_budget else ""
     ingest = f'max_unsealed = {bench.max_unsealed}\n' if bench.max_unsealed else ""
@@ -237,6 +247,7 @@ def run(bench: SoakBench, *, echo=None) -> dict:
     broker = LocalBroker(workdir / "broker").start()
     instance = InstanceProcess(workdir, broker_url=broker.url, name="soak", extra_toml=_config(bench))
     feeders: list[_Feeder] = []
+    busy: list[subprocess.Popen] = []
     stop = threading.Event()
     keep = False
     samples: list[dict] = []
@@ -248,6 +259,7 @@ def run(bench: SoakBench, *, echo=None) -> dict:
         start_ms = int(time.time() * 1000)
         feeders = [_Feeder(broker.port, m, bench.sensors, period_ms, start_ms, stop) for m in machines]
         began = time.monotonic()
+        busy = _start_busy(bench.busy, bench.minutes * 60)
         for feeder in feeders:
             feeder.start()
         last = _sample(instance, began, None)
@@ -303,6 +315,9 @@ def run(bench: SoakBench, *, echo=None) -> dict:
         raise
     finally:
         stop.set()
+        for process in busy:
+            process.kill()
+            process.wait()
         for feeder in feeders:
             if feeder.pub.poll() is None:
                 feeder.pub.kill()
@@ -327,7 +342,8 @@ def row_text(s: dict) -> str:
 def report(result: dict) -> str:
     lines = [f"fabtier bench soak: {result['minutes']:g} min, {result['feeders']} feeders x {result['sensors']} sensors, "
              f"offered {result['offered_readings_per_s']:,} readings/s; [hot] memory_budget "
-             f"{result['hot_budget'] // MIB} MiB, [ingest] max_unsealed {result['max_unsealed'] // MIB} MiB",
+             f"{result['hot_budget'] // MIB} MiB, [ingest] max_unsealed {result['max_unsealed'] // MIB} MiB"
+             + (f"; beside {result['busy']} busy process(es) at normal priority" if result["busy"] else ""),
              HEADER]
     lines += [row_text(s) for s in result["samples"]]
     lines += [
@@ -346,9 +362,9 @@ def report(result: dict) -> str:
 
 
 def main(*, minutes: float, rate: float, feeders: int, sensors: int, hot_budget: int, max_unsealed: int,
-         as_json: bool) -> int:
+         busy: int, as_json: bool) -> int:
     bench = SoakBench(minutes=minutes, rate=rate, feeders=feeders, sensors=sensors, hot_budget=hot_budget,
-                      max_unsealed=max_unsealed)
+                      max_unsealed=max_unsealed, busy=busy)
     print(HEADER, flush=True)  # the rows as they come: a soak is long
     result = run(bench, echo=lambda s: print(row_text(s), flush=True))
     print(report(result), flush=True)
