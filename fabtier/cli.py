@@ -160,7 +160,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "ingest":
         from fabtier.bench import ingest
         bench = ingest.IngestBench(seconds=args.seconds, machines=args.machines, sensors=args.sensors,
-                                   rate_hz=args.rate_hz, batch=args.batch, live=args.live, seed=args.seed)
+                                   rate_hz=args.rate_hz, batch=args.batch, live=args.live, seed=args.seed,
+                                   queries_per_s=args.queries_per_s)
+        if args.queries_per_s < 0:
+            raise UserError("--queries-per-s must be 0 (no queries) or more")
         if args.processes < 1:
             raise UserError("--processes must be 1 or more")
         if args.processes > 1:
@@ -341,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--processes", type=int, default=1,
                        help="(ingest) fabtier processes on one MQTT shared subscription, one lake")
     bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--queries-per-s", type=float, default=0.0,
+                       help="(ingest) SQL statements a second through the API while ingesting "
+                            "(SELECT count(*) FROM readings); their latency is reported")
     bench.add_argument("--clients", type=int, default=5, help="(dashboard) clients streaming one machine's page")
     bench.set_defaults(func=cmd_bench)
 

@@ -21,6 +21,7 @@ class SensorKeys:
         self.machines: list[str] = []
         self.sensors: list[str] = []
         self._dictionaries: tuple | None = None  # (keys covered, codes and names per column)
+        self._names_by_key = (0, pa.array([], pa.string()), pa.array([], pa.string()))
 
     def __len__(self) -> int:
         return len(self.machines)
@@ -52,6 +53,19 @@ class SensorKeys:
         ranks = np.empty(len(order), dtype=np.int64)
         ranks[order] = np.arange(len(order))
         return ranks
+
+    def names_by_key(self) -> tuple[pa.Array, pa.Array]:
+        """The machine and the sensor name of every key id given so far, as Arrow strings
+        (index: key id), extended by the keys added since the last call. With key ids as
+        indices they are dictionaries: a column of names without a string per row, or a
+        copy of the ids. Safe beside `id_of` in another thread, as `name_dictionaries`."""
+        known = len(self.sensors)
+        covered, machines, sensors = self._names_by_key
+        if covered < known:
+            machines = pa.concat_arrays([machines, pa.array(self.machines[covered:known], pa.string())])
+            sensors = pa.concat_arrays([sensors, pa.array(self.sensors[covered:known], pa.string())])
+            self._names_by_key = (known, machines, sensors)
+        return machines, sensors
 
     def name_dictionaries(self, key_ids: np.ndarray) -> tuple[pa.DictionaryArray, pa.DictionaryArray]:
         """Machine and sensor columns for an array of key ids, dictionary-encoded: int32 codes

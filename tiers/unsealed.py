@@ -76,6 +76,10 @@ class _Segment:
     context: list[ContextEvent] = field(default_factory=list)
     alerts: list[AlertEvent] = field(default_factory=list)
     rows: int = 0
+    # SQL's view of the first `viewed` chunks (see UnsealedData.tables): built once, shared.
+    viewed: int = 0
+    fresh_batches: list[pa.RecordBatch] = field(default_factory=list)
+    late_batches: list[pa.RecordBatch] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,37 @@ def tables_from_records(records: list) -> SegmentTables:
 
 
 def _columns(parts: list[_Segment], name: str, dtype) -> np.ndarray:
-    """One column of several segments' chunks, as one array."""
-    return np.concatenate([a for p in parts for a in getattr(p, name)] or [np.empty(0, dtype)])
+    """One column of several segments' chunks, as one array. Each list is copied in one step
+    (`tuple`) before it is read: `UnsealedData.tables` may merge a closed segment's chunks in
+    another thread while a seal reads them here."""
+    return np.concatenate([a for p in parts for a in tuple(getattr(p, name))] or [np.empty(0, dtype)])
+
+
+_CHUNK_COLUMNS = ("key_ids", "ts", "value", "verified")
+
+
+def _merge_chunks(part: _Segment, start: int) -> int:
+    """Chunks `start:` of each column merged into one array (the same rows, in the same
+    order), each list changed in one step; the number of chunks that went away."""
+    count = len(part.ts) - start
+    if count > 1:
+        for name in _CHUNK_COLUMNS:
+            chunks = getattr(part, name)
+            chunks[start:] = [np.concatenate(chunks[start:])]
+    return max(0, count - 1)
+
+
+def _sql_batch(part: _Segment, index: int, machines: pa.Array, sensors: pa.Array) -> pa.RecordBatch:
+    """Chunk `index` of a segment as Arrow, without copying a row: the key ids are the indices
+    of dictionaries that hold every key's machine and sensor name (SQL reads them as VARCHAR
+    all the same), ts and value are the chunk's own buffers."""
+    key_ids = pa.array(part.key_ids[index], type=pa.int32())
+    return pa.RecordBatch.from_arrays([
+        pa.DictionaryArray.from_arrays(key_ids, machines),
+        pa.DictionaryArray.from_arrays(key_ids, sensors),
+        pa.array(part.ts[index], type=pa.int64()).view(SEALING_SCHEMA.field("ts").type),
+        pa.array(part.value[index], type=pa.float64()),
+    ], schema=SEALING_SCHEMA)
 
 
 # Bytes a reading holds here: key id (4), ts (8), value (8), verified flag (1).
@@ -277,19 +310,31 @@ class UnsealedData:
         )
 
     def tables(self, segments: list[int]) -> SegmentTables:
-        """The given segments' rows; arrays are shared, not copied, so this is cheap."""
+        """The given segments' rows for SQL, at a cost that does not grow with what is
+        unsealed: each segment keeps its view (Arrow batches over its own arrays, no row
+        copied) and extends it by the chunks appended since the last call, merged into one
+        (so that a segment's view has a few batches, not one per micro-batch). Rows are split
+        into fresh and late per batch; only a batch that holds both is copied. To be called
+        with the ingest lock held (chunks are appended under it)."""
         parts = [self._segments[s] for s in segments if s in self._segments]
-        key_ids, ts, value = _columns(parts, "key_ids", np.int32), _columns(parts, "ts", np.int64), \
-            _columns(parts, "value", np.float64)
-        verified = _columns(parts, "verified", bool)
-        # Names as dictionary codes: SQL reads them as VARCHAR all the same, and tens of
-        # millions of unsealed rows need no string each (nor the memory of one).
-        machines, sensors = self._keys.name_dictionaries(key_ids)
-        table = readings_table(machines, sensors, ts, value, schema=SEALING_SCHEMA)
-        mask = pa.array(verified, type=pa.bool_())
+        machines, sensors = self._keys.names_by_key()
+        for part in parts:
+            if part.viewed < len(part.ts):
+                self._chunks -= _merge_chunks(part, part.viewed)
+                batch = _sql_batch(part, part.viewed, machines, sensors)
+                verified = part.verified[part.viewed]
+                if verified.all():
+                    part.fresh_batches.append(batch)
+                elif not verified.any():
+                    part.late_batches.append(batch)
+                else:
+                    mask = pa.array(verified, type=pa.bool_())
+                    part.fresh_batches.append(batch.filter(mask))
+                    part.late_batches.append(batch.filter(pc.invert(mask)))
+                part.viewed = len(part.ts)
         return SegmentTables(
-            fresh=table.filter(mask),
-            late=table.filter(pc.invert(mask)),
+            fresh=pa.Table.from_batches([b for p in parts for b in p.fresh_batches], schema=SEALING_SCHEMA),
+            late=pa.Table.from_batches([b for p in parts for b in p.late_batches], schema=SEALING_SCHEMA),
             quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
             context=context_table([c for p in parts for c in p.context]),
             alerts=alerts_table([a for p in parts for a in p.alerts]),

@@ -46,6 +46,7 @@ class IngestBench:
     batch: int = 500
     live: bool = False
     seed: int = 1
+    queries_per_s: float = 0.0  # SQL statements a second through the API while ingesting
 
 
 def _stream(bench: IngestBench, start_ms: int):
@@ -105,6 +106,10 @@ def _baseline(bench: IngestBench, broker: LocalBroker, start_ms: int, messages: 
     return time.monotonic() - began[0]
 
 
+def _pick(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
 class _SeriesProbe(threading.Thread):
     """While ingestion runs: "the last 10 minutes of sensor X in 300 points" from the hot
     ring, for random sensors. Timed inside the instance (the ring's answer, any wait for the
@@ -154,26 +159,76 @@ class _SeriesProbe(threading.Thread):
         if not took:
             return {}
 
-        def pick(values: list[float], q: float) -> float:
-            return values[min(len(values) - 1, int(q * len(values)))]
-
-        return {"series_queries": len(took), "series_query_us_p50": pick(took, 0.5),
-                "series_query_us_p99": pick(took, 0.99), "series_query_us_max": took[-1],
-                "series_lock_wait_us_p50": pick(waited, 0.5), "series_lock_wait_us_p99": pick(waited, 0.99),
+        return {"series_queries": len(took), "series_query_us_p50": _pick(took, 0.5),
+                "series_query_us_p99": _pick(took, 0.99), "series_query_us_max": took[-1],
+                "series_lock_wait_us_p50": _pick(waited, 0.5), "series_lock_wait_us_p99": _pick(waited, 0.99),
                 "series_fell_back_to_lock": self.fell_back,
-                "series_gil_wait_us_p50": pick(gil, 0.5), "series_gil_wait_us_p99": pick(gil, 0.99),
-                "series_round_trip_us_p50": round(pick(trips, 0.5), 1),
-                "series_round_trip_us_p99": round(pick(trips, 0.99), 1),
+                "series_gil_wait_us_p50": _pick(gil, 0.5), "series_gil_wait_us_p99": _pick(gil, 0.99),
+                "series_round_trip_us_p50": round(_pick(trips, 0.5), 1),
+                "series_round_trip_us_p99": round(_pick(trips, 0.99), 1),
                 "series_points_max": max(self.points)}
 
 
+# What an engineer or a dashboard asks of the whole table while the fab ingests: it reads
+# every tier (the lake's file statistics, every unsealed row), so it shows what a query costs
+# the ingesting process beside what it answers.
+PROBE_SQL = "SELECT count(*) AS n FROM readings"
+
+
+class _SqlProbe(threading.Thread):
+    """While ingestion runs: PROBE_SQL through `POST /sql`, `per_s` statements a second (one at
+    a time: a slow answer delays the next, never piles them up), timed as the HTTP round trip."""
+
+    def __init__(self, instance: InstanceProcess, per_s: float) -> None:
+        super().__init__(daemon=True)
+        self.instance, self.period = instance, 1 / per_s
+        self.took_ms: list[float] = []
+        self.error = ""
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        due = time.monotonic()
+        while not self.done.wait(max(0.0, due - time.monotonic())):
+            sent = time.perf_counter()
+            try:
+                self.instance.sql(PROBE_SQL)
+            except OSError as exc:
+                self.error = str(exc)
+                return
+            self.took_ms.append((time.perf_counter() - sent) * 1000)
+            due = max(due + self.period, time.monotonic())
+
+    def summary(self) -> dict:
+        took = sorted(self.took_ms)
+        out: dict = {"sql_queries": len(took), "sql_statement": PROBE_SQL}
+        if took:
+            out.update(sql_ms_p50=round(_pick(took, 0.5), 1), sql_ms_p99=round(_pick(took, 0.99), 1),
+                       sql_ms_max=round(took[-1], 1))
+        if self.error:
+            out["sql_error"] = self.error
+        return out
+
+
+def resident_mib(pid: int) -> int:
+    """VmRSS of a process, MiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _wait_acked(instances: list[InstanceProcess], messages: int, began: float, samples: list) -> float:
-    """Seconds from `began` until the instances together have acknowledged `messages`."""
+    """Seconds from `began` until the instances together have acknowledged `messages`;
+    `samples` gets (seconds, messages, readings stored, resident MiB of all instances)."""
     while True:
         metrics = [instance.metrics() for instance in instances]
         now = time.monotonic()
         samples.append((now - began, sum(m["messages"] for m in metrics),
-                        sum(m["readings_stored"] for m in metrics)))
+                        sum(m["readings_stored"] for m in metrics),
+                        sum(resident_mib(instance.pid) for instance in instances)))
         if sum(m["acked"] for m in metrics) >= messages:
             return now - began
         if now - began > 3600:
@@ -209,7 +264,8 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
     messages, readings = _count(bench, start_ms)
     result: dict = {"bench": "ingest", "mode": "live" if bench.live else "max", "seconds_of_data": bench.seconds,
                     "machines": bench.machines, "sensors_per_machine": bench.sensors, "rate_hz": bench.rate_hz,
-                    "batch": bench.batch, "messages": messages, "readings": readings}
+                    "batch": bench.batch, "messages": messages, "readings": readings,
+                    "queries_per_s": bench.queries_per_s}
     broker = LocalBroker(workdir / "broker").start()
     instance = None
     try:
@@ -223,6 +279,9 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         samples: list = []
         probe = _SeriesProbe(instance, bench)
         probe.start()
+        sql_probe = _SqlProbe(instance, bench.queries_per_s) if bench.queries_per_s > 0 else None
+        if sql_probe is not None:
+            sql_probe.start()
         began = time.monotonic()
         if bench.live:
             publisher = threading.Thread(target=lambda: result.update(live=run_simulator(
@@ -231,7 +290,8 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             publisher.start()
             while publisher.is_alive():
                 metrics = instance.metrics()
-                samples.append((time.monotonic() - began, metrics["messages"], metrics["readings_stored"]))
+                samples.append((time.monotonic() - began, metrics["messages"], metrics["readings_stored"],
+                                resident_mib(instance.pid)))
                 time.sleep(0.25)
             publisher.join()
             messages, readings = result["live"]["messages"], result["live"]["readings"]
@@ -252,6 +312,11 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         probe.done.set()
         probe.join()
         result.update(probe.summary())
+        if sql_probe is not None:
+            sql_probe.done.set()
+            sql_probe.join()
+            result.update(sql_probe.summary())
+        result["peak_rss_mib"] = max((s[3] for s in samples), default=0)
         cpu = instance.cpu_seconds() - cpu_before
         result["fabtier_cpu_seconds"] = round(cpu, 2)
         result["fabtier_cpu_us_per_reading"] = round(cpu / readings * 1e6, 3)
@@ -261,7 +326,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         result["fabtier_messages_per_s"] = round(messages / elapsed)
         if "baseline_readings_per_s" in result:
             result["ratio_to_baseline"] = round(result["fabtier_readings_per_s"] / result["baseline_readings_per_s"], 3)
-        backlog = [m for _, m, _ in samples]
+        backlog = [s[1] for s in samples]
         stored, distinct = _count_stored(instance, bench)
         metrics = instance.metrics()
         result.update(stored=stored, distinct=distinct, lost=readings - distinct,
@@ -307,5 +372,11 @@ def report(result: dict) -> str:
                      f"HTTP round trip from the bench: "
                      f"p50 {result['series_round_trip_us_p50'] / 1000:.1f} ms, "
                      f"p99 {result['series_round_trip_us_p99'] / 1000:.1f} ms")
+    if "sql_queries" in result:
+        lines.append(f"  SQL while ingesting ({result['queries_per_s']:g}/s, `{result['sql_statement']}` over "
+                     f"HTTP): {result['sql_queries']} statements, p50 {result.get('sql_ms_p50', 0):.1f} ms, "
+                     f"p99 {result.get('sql_ms_p99', 0):.1f} ms, max {result.get('sql_ms_max', 0):.1f} ms"
+                     + (f"; stopped by an error: {result['sql_error']}" if "sql_error" in result else ""))
+    lines.append(f"  peak resident memory of fabtier: {result['peak_rss_mib']:,} MiB")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")
     return "\n".join(lines)

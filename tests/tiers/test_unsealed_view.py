@@ -1,0 +1,122 @@
+"""SQL's view of the unsealed rows: every row once, fresh and late apart, and built once.
+
+Each query used to copy every unsealed row and name (tens of millions at full rate, in the
+ingesting process); the view now extends itself by what was appended since the last query."""
+
+import random
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from tiers.keys import SensorKeys
+from tiers.unsealed import UnsealedData
+
+
+def _append(unsealed: UnsealedData, keys: SensorKeys, rng: random.Random, segment: int, rows: list,
+            mode: str | None = None) -> None:
+    """One chunk of random rows, some fresh and some late, of machines and sensors that
+    appear over time (so the name dictionaries grow between queries)."""
+    n = rng.randint(1, 40)
+    machine_count = 1 + len(rows) // 50
+    names = [(f"m{rng.randrange(machine_count)}", f"s{rng.randrange(7)}") for _ in range(n)]
+    key_ids = np.array([keys.id_of(m, s) for m, s in names], dtype=np.int32)
+    ts = np.array([rng.randrange(1_000_000) for _ in range(n)], dtype=np.int64)
+    value = np.array([rng.random() for _ in range(n)])
+    mode = mode or rng.choice(["fresh", "late", "mixed"])
+    verified = np.array([mode == "fresh" or (mode == "mixed" and rng.random() < 0.5) for _ in range(n)])
+    unsealed.add_readings(segment, key_ids, ts, value, verified)
+    rows += [(m, s, int(t), float(v), bool(f)) for (m, s), t, v, f in zip(names, ts, value, verified, strict=True)]
+
+
+def _sql(statement: str, **tables: pa.Table) -> list[tuple]:
+    con = duckdb.connect()
+    for name, table in tables.items():
+        con.register(name, table)
+    return [tuple(r) for r in con.execute(statement).fetchall()]
+
+
+def _rows(table: pa.Table) -> list[tuple]:
+    return _sql("SELECT machine, sensor, epoch_ms(ts), value FROM t ORDER BY ALL", t=table)
+
+
+def _expected(rows: list, fresh: bool) -> list[tuple]:
+    return sorted((m, s, t, v) for m, s, t, v, f in rows if f == fresh)
+
+
+def test_the_view_holds_every_appended_row_once_between_any_appends():
+    for seed in range(8):
+        rng = random.Random(seed)
+        keys = SensorKeys()
+        unsealed = UnsealedData(keys)
+        rows: dict[int, list] = {1: [], 2: []}
+        for _ in range(60):
+            segment = rng.choice([1, 2])
+            _append(unsealed, keys, rng, segment, rows[segment])
+            if rng.random() < 0.3:
+                chosen = sorted(rng.sample([1, 2], rng.randint(1, 2)))
+                both = [r for s in chosen for r in rows[s]]
+                view = unsealed.tables(chosen)
+                assert _rows(view.fresh) == _expected(both, True), seed
+                assert _rows(view.late) == _expected(both, False), seed
+        assert unsealed.rows == len(rows[1]) + len(rows[2])
+
+
+def test_a_seal_reads_the_same_rows_before_and_after_sql_viewed_the_segment():
+    rng = random.Random(3)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    for _ in range(30):
+        _append(unsealed, keys, rng, 1, rows)
+    before = unsealed.sealable([1]).fresh
+    chunks_before = unsealed.bytes
+    unsealed.tables([1])  # merges the segment's 30 chunks into one
+    after = unsealed.sealable([1]).fresh
+    assert after.cast(before.schema).equals(before.cast(before.schema))
+    assert unsealed.bytes < chunks_before  # 29 chunks' bookkeeping fewer: the rows are the same
+
+
+def _buffer_addresses(table: pa.Table) -> list[int]:
+    return [chunk.buffers()[1].address for chunk in table.column("value").chunks]
+
+
+def test_a_query_builds_only_what_was_appended_since_the_last_and_copies_no_row():
+    rng = random.Random(5)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    for _ in range(5):
+        _append(unsealed, keys, rng, 1, [], mode="fresh")  # on time: nothing to split
+    first = unsealed.tables([1])
+    # No copy: the view's buffers are the segment's own arrays.
+    owned = {a.ctypes.data for a in unsealed._segments[1].value}
+    assert first.late.num_rows == 0 and set(_buffer_addresses(first.fresh)) == owned
+    again = unsealed.tables([1])
+    assert _buffer_addresses(again.fresh) == _buffer_addresses(first.fresh)
+    assert _buffer_addresses(again.late) == _buffer_addresses(first.late)
+    for _ in range(3):
+        _append(unsealed, keys, rng, 1, rows)
+    grown = unsealed.tables([1])
+    # The rows viewed before keep their batches; the new chunks became one more batch.
+    for old, new in ((first.fresh, grown.fresh), (first.late, grown.late)):
+        assert _buffer_addresses(new)[:len(_buffer_addresses(old))] == _buffer_addresses(old)
+    assert grown.fresh.num_rows + grown.late.num_rows == unsealed.rows
+
+
+def test_sql_groups_names_right_across_batches_whose_dictionaries_grew():
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    counts: dict[str, int] = {}
+    for step in range(6):
+        machine = f"tool{step % 4}"
+        key_ids = np.array([keys.id_of(machine, f"s{i}") for i in range(step + 1)], dtype=np.int32)
+        unsealed.add_readings(1, key_ids, np.arange(len(key_ids), dtype=np.int64) + 100 * step,
+                              np.ones(len(key_ids)), np.ones(len(key_ids), dtype=bool))
+        counts[machine] = counts.get(machine, 0) + len(key_ids)
+        unsealed.tables([1])  # a batch per step, each with the dictionary of its time
+    fresh = unsealed.tables([1]).fresh
+    assert fresh.column("machine").num_chunks == 6
+    found = dict(_sql("SELECT machine, count(*) FROM t GROUP BY machine", t=fresh))
+    assert found == counts
+    assert _sql("SELECT count(*) FROM t WHERE machine = 'tool1' AND sensor = 's1'", t=fresh) == [(2,)]
