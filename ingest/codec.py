@@ -27,6 +27,22 @@ class PayloadError(ValueError):
         self.reason = reason
 
 
+class SensorNames:
+    """A machine's set of sensor names, checked once, in sorted order: what a batch's codes
+    index. Shared by every interleaving of the same names (a gateway that sends its sensors
+    in arrival order sends a new sequence in nearly every message), and so is what the
+    ingest path keeps for them: the key id of each name, per machine and key table."""
+
+    __slots__ = ("names", "index", "key_cache")
+
+    def __init__(self, distinct: frozenset[str]) -> None:
+        for name in distinct:
+            _check_name("sensor", name)
+        self.names = sorted(distinct)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.key_cache: dict[tuple[int, str], np.ndarray] = {}  # (key table, machine) -> id of each name
+
+
 class SensorLayout:
     """The sensor column of a batch, analysed once and reused: gateways send the same
     interleaving of sensors in message after message, so the grouping of rows by sensor
@@ -34,8 +50,9 @@ class SensorLayout:
 
     __slots__ = ("names", "codes", "order", "starts", "counts", "group_codes", "row_group", "rank", "key_cache")
 
-    def __init__(self, names: list[str], codes: np.ndarray) -> None:
-        self.names = names
+    def __init__(self, names: SensorNames, codes: np.ndarray) -> None:
+        self.names = names.names
+        self.key_cache = names.key_cache
         self.codes = codes
         self.order = np.argsort(codes, kind="stable")
         sorted_codes = codes[self.order]
@@ -44,11 +61,12 @@ class SensorLayout:
         self.group_codes = sorted_codes[self.starts]
         self.row_group = np.repeat(np.arange(len(self.starts)), self.counts)
         self.rank = np.arange(len(codes)) - self.starts[self.row_group]
-        self.key_cache: dict[tuple[int, str], np.ndarray] = {}  # (key table, machine) -> id of each name
 
 
 _LAYOUTS: dict[tuple[str, ...], SensorLayout] = {}
 _LAYOUTS_MAX = 4096
+_NAME_SETS: dict[frozenset[str], SensorNames] = {}
+_NAME_SETS_MAX = 4096  # about one a machine type in a fab; beyond it (hostile input), start again
 
 
 @dataclass(slots=True)
@@ -225,13 +243,16 @@ def _decode_batch(machine: str, doc: object) -> ReadingBatch:
 
 
 def _new_layout(raw_sensor: list) -> SensorLayout:
-    names = list(dict.fromkeys(raw_sensor))  # first-seen order, at C speed
-    for name in names:
-        if not isinstance(name, str):
+    distinct = frozenset(raw_sensor)  # hashable: the caller made a tuple of it
+    names = _NAME_SETS.get(distinct)
+    if names is None:
+        if not all(type(name) is str for name in distinct):
             raise PayloadError("sensor must hold strings")
-        _check_name("sensor", name)
-    index = {name: i for i, name in enumerate(names)}
-    codes = np.fromiter(map(index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
+        names = SensorNames(distinct)
+        if len(_NAME_SETS) >= _NAME_SETS_MAX:
+            _NAME_SETS.clear()
+        _NAME_SETS[distinct] = names
+    codes = np.fromiter(map(names.index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
     return SensorLayout(names, codes)
 
 

@@ -55,18 +55,25 @@ def _reserve(rows: int, columns: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype, count=rows * columns).reshape(rows, columns)
 
 
-def _give_back_row(store: np.ndarray, row: int) -> None:
-    """Free the memory behind one row of a reserved store that is being replaced, so that a
-    re-layout copying every row into new arrays holds about one ring, not two, at its peak
-    (the budget covers one). The row's address space stays mapped: a reader still holding a
-    view of it reads zeros, and the layout number tells it to try again."""
+def _give_back_rows(store: np.ndarray, first: int, stop: int) -> None:
+    """Free the memory behind rows `first:stop` of a reserved store that is being replaced,
+    so that a re-layout copying every row into new arrays holds about one ring, not two, at
+    its peak (the budget covers one). The rows' address space stays mapped: a reader still
+    holding a view of them reads zeros, and the layout number tells it to try again."""
     buffer = store.base
     while buffer is not None and not isinstance(buffer, mmap.mmap):
         buffer = buffer.obj if isinstance(buffer, memoryview) else getattr(buffer, "base", None)
     row_bytes = store.shape[1] * store.itemsize
-    if buffer is None or row_bytes % mmap.PAGESIZE or not hasattr(mmap, "MADV_REMOVE"):
+    if buffer is None or row_bytes % mmap.PAGESIZE or not hasattr(mmap, "MADV_REMOVE") or stop <= first:
         return  # np.empty fallback, or rows smaller than a page: freed with the whole array
-    buffer.madvise(mmap.MADV_REMOVE, row * row_bytes, row_bytes)  # shared anonymous: REMOVE, not DONTNEED
+    # Shared anonymous memory: REMOVE, not DONTNEED.
+    buffer.madvise(mmap.MADV_REMOVE, first * row_bytes, (stop - first) * row_bytes)
+
+
+# Rows re-laid at a time: enough that numpy, not Python, does the work (a loop over rows took
+# seconds at 100,000 sensors, each time the number of keys doubled), few enough that the
+# block's index arrays stay small beside the ring.
+_RELAY_BLOCK_BYTES = 16 << 20
 
 
 class HotRing:
@@ -141,28 +148,43 @@ class HotRing:
         self._allocate(rows, capacity)
         new_ts, new_value = self._ts, self._value
         self._ts, self._value = old_ts, old_value
-        for row in range(self._keys):  # rare: only when the layout changes
-            written = int(self._written[row])
-            count = min(written, old_cap)
-            keep = min(count, capacity)
-            # The newest `keep` readings end just before the write position.
-            end = written % old_cap if written > old_cap else count
-            first = end - keep
-            if first >= 0:
-                new_ts[row, :keep] = self._ts[row, first:end]
-                new_value[row, :keep] = self._value[row, first:end]
-            else:  # they wrap around the end of the old row
-                tail = -first
-                new_ts[row, :tail] = self._ts[row, old_cap - tail:]
-                new_value[row, :tail] = self._value[row, old_cap - tail:]
-                new_ts[row, tail:keep] = self._ts[row, :end]
-                new_value[row, tail:keep] = self._value[row, :end]
-            if keep < count:
-                self._covered[row] = max(self._covered[row], int(new_ts[row, 0]))
-            self._written[row] = self._pending[row] = keep
+        block = max(1, _RELAY_BLOCK_BYTES // (8 * max(old_cap, 1)))
+        for first in range(0, self._keys, block):  # rare: only when the layout changes
+            stop = min(first + block, self._keys)
+            self._relay_rows(first, stop, old_cap, capacity, new_ts, new_value)
             for store in old_stores:
-                _give_back_row(store, row)
+                _give_back_rows(store, first, stop)
         self._ts, self._value = new_ts, new_value
+
+    def _relay_rows(self, first: int, stop: int, old_cap: int, capacity: int,
+                    new_ts: np.ndarray, new_value: np.ndarray) -> None:
+        """Rows `first:stop`: the newest readings that fit `capacity`, oldest first, into the
+        new arrays (only the slots that hold a reading are written: memory is backed where
+        written)."""
+        written = self._written[first:stop]
+        count = np.minimum(written, old_cap)
+        keep = np.minimum(count, capacity)
+        widest = int(keep.max(initial=0))
+        if widest:
+            # The newest `keep` readings end just before the write position (wrapping round).
+            end = np.where(written > old_cap, written % old_cap, count)
+            columns = ((end - keep)[:, None] + np.arange(widest)[None, :]) % old_cap
+            moved_ts = np.take_along_axis(self._ts[first:stop], columns, axis=1)
+            moved_value = np.take_along_axis(self._value[first:stop], columns, axis=1)
+            if int(keep.min()) == widest:
+                new_ts[first:stop, :widest] = moved_ts
+                new_value[first:stop, :widest] = moved_value
+            else:
+                inside = np.arange(widest)[None, :] < keep[:, None]
+                rows = np.nonzero(inside)[0] + first
+                slots = np.nonzero(inside)[1]
+                new_ts[rows, slots] = moved_ts[inside]
+                new_value[rows, slots] = moved_value[inside]
+            cut = np.nonzero(keep < count)[0]
+            if len(cut):
+                self._covered[first + cut] = np.maximum(self._covered[first + cut], new_ts[first + cut, 0])
+        self._written[first:stop] = keep
+        self._pending[first:stop] = keep
 
     def _ensure_keys(self, rows_needed: int) -> None:
         if rows_needed <= len(self._written):

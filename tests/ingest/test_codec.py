@@ -20,6 +20,25 @@ def test_single_reading_with_sensor_path():
     assert batch.ts.tolist() == [NOW] and batch.value.tolist() == [23.51]
 
 
+def test_batches_of_the_same_sensors_in_another_order_share_their_names_and_key_cache():
+    # Gateways that send readings in arrival order make a new interleaving in nearly every
+    # message; what depends only on the set of names (checks, key ids) is done once.
+    first = readings("fab/etch-07", json.dumps({"ts": [NOW] * 3, "sensor": ["z/p", "a/t", "m/v"], "v": [1, 2, 3]}))
+    second = readings("fab/etch-07", json.dumps({"ts": [NOW] * 3, "sensor": ["m/v", "z/p", "a/t"], "v": [3, 1, 2]}))
+    assert first.layout is not second.layout
+    assert first.sensor_names is second.sensor_names and first.sensor_names == ["a/t", "m/v", "z/p"]
+    assert first.layout.key_cache is second.layout.key_cache
+    for batch in (first, second):
+        decoded = {first.sensor_names[c]: v for c, v in zip(batch.sensor_codes, batch.value.tolist(), strict=True)}
+        assert decoded == {"z/p": 1.0, "a/t": 2.0, "m/v": 3.0}
+
+
+def test_a_bad_name_is_refused_every_time_not_only_the_first():
+    for _ in range(2):
+        with pytest.raises(PayloadError, match="empty level"):
+            readings("fab/m", json.dumps({"ts": [NOW, NOW], "sensor": ["ok", "bad//name"], "v": [1, 2]}))
+
+
 def test_iso_timestamp_with_offset_is_utc_milliseconds():
     batch = readings("fab/m/s", '{"ts": "2025-11-24T17:00:00.123+01:00", "v": 1}')
     assert batch.ts.tolist() == [1764000000123]

@@ -89,15 +89,15 @@ def test_random_streams_match_a_set_model():
 
 def test_grouped_fast_path_matches_the_general_path():
     """The layout-driven fast path stores exactly what the general path stores, or declines."""
-    from ingest.codec import SensorLayout
+    from ingest.codec import SensorLayout, SensorNames
 
     rng = np.random.default_rng(11)
     fast, general = ring(window_ms=10**12, budget=1 << 22), ring(window_ms=10**12, budget=1 << 22)
-    names = ["a", "b", "c", "d"]
+    names = SensorNames(frozenset(["a", "b", "c", "d"]))
     clock = BASE
     for step in range(300):
         n = int(rng.integers(4, 80))
-        codes = rng.integers(0, len(names), n).astype(np.uint32)
+        codes = rng.integers(0, len(names.names), n).astype(np.uint32)
         layout = SensorLayout(names, codes)
         # Mostly increasing per sensor; now and then a step back in time or a repeat.
         ts = clock + np.arange(n) * int(rng.integers(1, 3))

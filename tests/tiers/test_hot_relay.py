@@ -1,0 +1,74 @@
+"""Re-laying the ring (more keys, another capacity) keeps each sensor's newest readings in
+order, whatever the rows' fill and wrap, and a ring of 100,000 sensors gets there by numpy
+in blocks of rows rather than by a loop over them."""
+
+import random
+
+import numpy as np
+
+from tiers.hot import HotRing
+
+BASE = 1_764_000_000_000
+
+
+def _model_after(readings: dict[int, list[tuple[int, float]]], capacity: int) -> dict[int, list]:
+    return {key: rows[-capacity:] for key, rows in readings.items()}
+
+
+def _contents(ring: HotRing, keys: int) -> dict[int, list]:
+    out = {}
+    for key in range(keys):
+        ts, value = ring.series(key)
+        out[key] = list(zip(ts.tolist(), value.tolist(), strict=True))
+    return out
+
+
+def test_a_relay_keeps_the_newest_readings_of_every_row_in_order():
+    for seed in range(6):
+        rng = random.Random(seed)
+        ring = HotRing(window_ms=10**12, memory_budget=1 << 30, covered_from=BASE - 1)
+        keys = rng.randint(1, 300)
+        readings: dict[int, list] = {k: [] for k in range(keys)}
+        for step in range(rng.randint(1, 40)):
+            count = rng.randint(1, 400)
+            key_ids = np.array([rng.randrange(keys) for _ in range(count)], dtype=np.int32)
+            ts = BASE + step * 1000 + np.arange(count, dtype=np.int64)  # increasing: no merges
+            value = np.array([rng.random() for _ in range(count)])
+            keep, _ = ring.insert(key_ids, ts, value)
+            assert keep.all()
+            for k, t, v in zip(key_ids.tolist(), ts.tolist(), value.tolist(), strict=True):
+                readings[k].append((t, v))
+            readings = _model_after(readings, ring.capacity)  # what the ring can hold so far
+        assert _contents(ring, keys) == readings, seed
+        # Smaller (rows wrap and are cut), the same, and larger, with more rows each time.
+        for capacity in (max(1, ring.capacity // 4), ring.capacity, ring.capacity * 2):
+            capacity = min(capacity, ring._reserved)
+            covered_before = [ring.covered_from(k) for k in range(keys)]
+            ring._resize(capacity, len(ring._written) * 2)
+            readings = _model_after(readings, capacity)
+            assert _contents(ring, keys) == readings, (seed, capacity)
+            for k in range(keys):  # readings cut off are no longer vouched for
+                expected = max(covered_before[k], readings[k][0][0]) if readings[k] and \
+                    len(readings[k]) == capacity else covered_before[k]
+                assert ring.covered_from(k) >= covered_before[k]
+                assert ring.covered_from(k) <= expected
+
+
+def test_a_relay_works_in_blocks_not_row_by_row(monkeypatch):
+    calls = []
+    relay_rows = HotRing._relay_rows
+
+    def counted(self, first, stop, *args):
+        calls.append(stop - first)
+        return relay_rows(self, first, stop, *args)
+    monkeypatch.setattr(HotRing, "_relay_rows", counted)
+    ring = HotRing(window_ms=60_000, memory_budget=1 << 30, covered_from=BASE - 1)
+    sensors, step = 100_000, 1_000
+    for first in range(0, sensors, step):  # sensors appear a thousand at a time
+        key_ids = np.arange(first, first + step, dtype=np.int32)
+        ring.insert(key_ids, np.full(step, BASE, np.int64), np.ones(step))
+    assert len(ring) == sensors
+    assert all(ring.series(k)[0].tolist() == [BASE] for k in range(0, sensors, 997))
+    # Each doubling of the rows re-laid every row so far, thousands of rows a call.
+    assert sum(calls) >= sensors and max(calls) >= 1000
+    assert len(calls) <= sum(calls) / 500, calls
