@@ -127,7 +127,11 @@ def series(pipeline: "Pipeline", machine: str, sensor: str, minutes: float, poin
     since = pipeline.clock.now_ms() - int(minutes * 60_000)
     timings: dict = {}
     ts, value = pipeline.series(machine, sensor, since_ms=since, points=points, timings=timings)
-    return Answer(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(), **timings})
+    # The ring holds every reading of the sensor from `complete_from` on: older ones were
+    # pushed out by [hot] memory_budget, or came before this run (they are in SQL's tiers).
+    complete_from = pipeline.series_complete_from(machine, sensor)
+    return Answer(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(),
+                        "complete_from_ms": complete_from, "shorter_than_asked": since < complete_from, **timings})
 
 
 # How DuckDB reports a registered Arrow source (a lake file) that failed while it was read.

@@ -56,6 +56,10 @@ class Series(_Open):
     sensor: str
     ts: list[int] = Field(description="epoch ms of each point")
     v: list[float] = Field(description="each point's average")
+    complete_from_ms: int = Field(description="epoch ms from which the hot ring holds every reading of the sensor "
+                                              "(older ones: pushed out by [hot] memory_budget, or before this run)")
+    shorter_than_asked: bool = Field(description="whether the span asked for starts before complete_from_ms, so "
+                                                 "its oldest part is missing here (SQL over `readings` has it)")
     query_us: float = Field(description="the ring's answer time")
     wait_us: float = Field(description="the part of it spent waiting for the ingest lock")
     fell_back: bool = Field(description="whether it waited for the ingest lock")

@@ -307,6 +307,9 @@ class Pipeline:
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.reads.series(machine, sensor, since_ms=since_ms, points=points, timings=timings)
 
+    def series_complete_from(self, machine: str, sensor: str) -> int:
+        return self.reads.series_complete_from(machine, sensor)
+
     def sensors(self) -> list[tuple[str, str]]:
         return self.reads.sensors()
 

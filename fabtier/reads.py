@@ -81,6 +81,12 @@ class Reads:
         return [hot, inventory.unsealed_row(readings, wal_bytes),
                 *inventory.stored_rows(self.lake.store, self.settings.store_url, self.warm.stats())]
 
+    def series_complete_from(self, machine: str, sensor: str) -> int:
+        """Epoch ms from which the hot ring holds every reading of the sensor (one number read
+        without the lock: it only moves forward)."""
+        key = self.keys.lookup(machine, sensor)
+        return self.ring.covered_from(key) if key is not None else self.ring.default_covered_from
+
     def series(self, machine: str, sensor: str, *, since_ms: int, points: int,
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One sensor's recent readings from the hot ring, read without the ingest lock (see

@@ -54,11 +54,14 @@ class SensorLayout:
         self.names = names.names
         self.key_cache = names.key_cache
         self.codes = codes
-        self.order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[self.order]
-        self.starts = np.flatnonzero(np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]]))
-        self.counts = np.diff(np.concatenate([self.starts, [len(codes)]]))
-        self.group_codes = sorted_codes[self.starts]
+        # Built for nearly every message when a gateway sends its sensors in arrival order,
+        # so counted rather than compared, and sorted as 16-bit codes (numpy's radix sort).
+        small = len(self.names) <= 1 << 16
+        self.order = np.argsort(codes.astype(np.uint16) if small else codes, kind="stable")
+        per_code = np.bincount(codes)
+        self.group_codes = np.flatnonzero(per_code).astype(np.uint32)
+        self.counts = per_code[self.group_codes]
+        self.starts = np.cumsum(self.counts) - self.counts
         self.row_group = np.repeat(np.arange(len(self.starts)), self.counts)
         self.rank = np.arange(len(codes)) - self.starts[self.row_group]
 

@@ -236,15 +236,21 @@ def _wait_acked(instances: list[InstanceProcess], messages: int, began: float, s
         time.sleep(0.05)
 
 
-def _count_stored(instance: InstanceProcess, bench: IngestBench) -> tuple[int, int]:
-    """Readings stored, and distinct (machine, sensor, ts) among them, asked a few machines
-    at a time: one DISTINCT over ~100 M keys would need more than `[api] sql_memory_limit`."""
+# Readings counted by one statement at most (about): one DISTINCT over ~100 M keys would
+# need more than `[api] sql_memory_limit`.
+_COUNT_READINGS = 20_000_000
+
+
+def _count_stored(instance: InstanceProcess, bench: IngestBench, readings: int) -> tuple[int, int]:
+    """Readings stored, and distinct (machine, sensor, ts) among them, asked a group of
+    machines at a time (at least 8, about _COUNT_READINGS readings)."""
     machines = FabModel(SimConfig(machines=bench.machines, sensors_per_machine=bench.sensors,
                                   rate_hz=bench.rate_hz, seed=bench.seed), 0).machines
     quoted = ["'" + m.replace("'", "''") + "'" for m in machines]
+    group = max(8, len(machines) * _COUNT_READINGS // max(readings, 1))
     stored = distinct = 0
-    for i in range(0, len(quoted), 8):
-        names = ", ".join(quoted[i:i + 8])
+    for i in range(0, len(quoted), group):
+        names = ", ".join(quoted[i:i + group])
         counts = instance.sql(f"SELECT count(*) AS n, count(DISTINCT (machine, sensor, ts)) AS d "
                               f"FROM readings WHERE machine IN ({names})")[0]
         stored, distinct = stored + counts["n"], distinct + counts["d"]
@@ -327,7 +333,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         if "baseline_readings_per_s" in result:
             result["ratio_to_baseline"] = round(result["fabtier_readings_per_s"] / result["baseline_readings_per_s"], 3)
         backlog = [s[1] for s in samples]
-        stored, distinct = _count_stored(instance, bench)
+        stored, distinct = _count_stored(instance, bench, readings)
         metrics = instance.metrics()
         result.update(stored=stored, distinct=distinct, lost=readings - distinct,
                       duplicates=stored - distinct, quarantined=metrics["quarantined"],

@@ -73,7 +73,7 @@ def run(bench: IngestBench, processes: int) -> dict:
         counter = InstanceProcess(workdir, broker_url=broker.url, name="counter",
                                   extra_toml=f'[cold]\nstore = "{lake}"\nwriter_id = "count"\n').start()
         members.append(counter)
-        stored, distinct = _count_stored(counter, bench)
+        stored, distinct = _count_stored(counter, bench, readings)
         result.update(stored=stored, distinct=distinct, lost=readings - distinct, duplicates=stored - distinct)
     except BaseException:
         keep_logs = True
