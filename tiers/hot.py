@@ -63,11 +63,15 @@ def _give_back_rows(store: np.ndarray, first: int, stop: int) -> None:
     buffer = store.base
     while buffer is not None and not isinstance(buffer, mmap.mmap):
         buffer = buffer.obj if isinstance(buffer, memoryview) else getattr(buffer, "base", None)
+    if buffer is None or not hasattr(mmap, "MADV_REMOVE"):
+        return  # np.empty fallback: freed with the whole array
     row_bytes = store.shape[1] * store.itemsize
-    if buffer is None or row_bytes % mmap.PAGESIZE or not hasattr(mmap, "MADV_REMOVE") or stop <= first:
-        return  # np.empty fallback, or rows smaller than a page: freed with the whole array
-    # Shared anonymous memory: REMOVE, not DONTNEED.
-    buffer.madvise(mmap.MADV_REMOVE, first * row_bytes, (stop - first) * row_bytes)
+    # Only whole pages within these rows (rows may be smaller than a page: at a million
+    # sensors a row is 1 KiB); a page shared with the next block is left, one per block.
+    begin = -(-first * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = stop * row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > begin:
+        buffer.madvise(mmap.MADV_REMOVE, begin, end - begin)  # shared anonymous: REMOVE, not DONTNEED
 
 
 # Rows re-laid at a time: enough that numpy, not Python, does the work (a loop over rows took
