@@ -266,9 +266,9 @@ def test_a_crash_at_every_step_of_a_seal_in_a_child_process(tmp_path, child_stor
     pipeline.close_offline()
     assert steps >= 2
 
-    def crash_when_the_child_ends(fn, *, timeout):
+    def crash_when_the_child_ends(fn, **options):
         try:
-            watched(fn, timeout=timeout)
+            watched(fn, **options)
         finally:
             raise Crash("the process died when its seal child ended")
 
