@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from fabtier.bench.harness import resident_mib
 from fabtier.sealing import release_freed_memory, tune_allocator
 from lifecycle import warmjobs
 from lifecycle.audit import AuditLog
@@ -36,13 +37,6 @@ SEGMENT = 1_000_000
 T = TypeVar("T")
 
 
-def rss_mib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) // 1024
-    return 0
-
-
 def peak_of(fn: Callable[[], T]) -> tuple[T, int, int, float]:
     """fn's result, the resident MiB before it, the peak while it ran, its seconds."""
     release_freed_memory()
@@ -50,9 +44,9 @@ def peak_of(fn: Callable[[], T]) -> tuple[T, int, int, float]:
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
+            peak[0] = max(peak[0], resident_mib("self"))
             time.sleep(0.005)
-    before = rss_mib()
+    before = resident_mib("self")
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     began = time.perf_counter()
@@ -60,7 +54,7 @@ def peak_of(fn: Callable[[], T]) -> tuple[T, int, int, float]:
     took = time.perf_counter() - began
     done.set()
     sampler.join()
-    return result, before, max(peak[0], rss_mib()), took
+    return result, before, max(peak[0], resident_mib("self")), took
 
 
 def _segment(keys: SensorKeys, ids: np.ndarray, number: int, start: int, n: int) -> UnsealedData:

@@ -180,8 +180,8 @@ class HotRing:
                 new_value[first:stop, :widest] = moved_value
             else:
                 inside = np.arange(widest)[None, :] < keep[:, None]
-                rows = np.nonzero(inside)[0] + first
-                slots = np.nonzero(inside)[1]
+                rows, slots = np.nonzero(inside)
+                rows += first
                 new_ts[rows, slots] = moved_ts[inside]
                 new_value[rows, slots] = moved_value[inside]
             cut = np.nonzero(keep < count)[0]

@@ -23,6 +23,26 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
 
 
+def proc_status(pid: int | str) -> dict[str, int]:
+    """VmRSS, RssAnon (KiB) and Threads of a process (`"self"`: this one) from /proc; {} once
+    it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "Threads"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def resident_mib(pid: int | str) -> int:
+    """VmRSS of a process, MiB (0 once it is gone)."""
+    return proc_status(pid).get("VmRSS", 0) // 1024
+
+
 class InstanceProcess:
     """`fabtier run` in a child process (its own interpreter and GIL, as in production)."""
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import FabtierError
-from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
+from fabtier.bench.harness import InstanceProcess, process_cpu_seconds, resident_mib
 from fabtier.broker import LocalBroker
 from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
 from simulator.payloads import readings_in
@@ -207,17 +207,6 @@ class _SqlProbe(threading.Thread):
         if self.error:
             out["sql_error"] = self.error
         return out
-
-
-def resident_mib(pid: int) -> int:
-    """VmRSS of a process, MiB (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _wait_acked(instances: list[InstanceProcess], messages: int, began: float, samples: list) -> float:

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from core.errors import FabtierError, UserError
-from fabtier.bench.harness import InstanceProcess
+from fabtier.bench.harness import InstanceProcess, proc_status
 from fabtier.broker import LocalBroker
 
 SAMPLE_EVERY = 10.0
@@ -60,20 +60,6 @@ class SoakBench:
     sample_every: float = SAMPLE_EVERY
     extra_toml: str = ""  # appended to the instance's configuration (e.g. to single out a job)
     busy: int = 0  # processes of other work beside the instance, each keeping one core busy
-
-
-def _status(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon (KiB) and Threads of a process from /proc; {} once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def _private_kib(pid: int) -> int:
@@ -171,9 +157,9 @@ class _Feeder(threading.Thread):
 def _sample(instance: InstanceProcess, began: float, last: dict | None) -> dict:
     now = time.monotonic()
     pid = instance.pid
-    own = _status(pid)
+    own = proc_status(pid)
     children = _children(pid)
-    child_rss = sum(_status(c).get("VmRSS", 0) for c in children)
+    child_rss = sum(proc_status(c).get("VmRSS", 0) for c in children)
     child_private = sum(_private_kib(c) for c in children)
     metrics = instance.metrics()
     row = {"t": round(now - began, 1), "rss_mib": round(own.get("VmRSS", 0) / 1024),
