@@ -4,6 +4,7 @@ can return (analytics.bounds). Pure apart from a few small in-memory connections
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -55,12 +56,25 @@ def connection() -> Iterator[duckdb.DuckDBPyConnection]:
 
 def parse(sql: str) -> dict | None:
     """The statement's tree (`EXPLAIN [ANALYZE]` stripped: DuckDB serialises SELECTs only), or
-    None when DuckDB cannot parse or serialise it."""
+    None when DuckDB cannot parse or serialise it. Shared: callers only read it.
+
+    Kept for the last `_PARSED` statements: one query asks it three times (bounds, which views,
+    what is left out), and dashboards repeat the same statements every second; a parse costs
+    ~0.7 ms, a narrow query's whole answer a few."""
     text = sql.strip()
     for prefix in ("explain analyze", "explain"):
         if text[: len(prefix)].lower() == prefix:
             text = text[len(prefix):]
             break
+    return _parse_text(text) if len(text) <= _PARSED_CHARS else _parse_text.__wrapped__(text)
+
+
+_PARSED = 256
+_PARSED_CHARS = 65_536  # a longer statement is not kept: 256 of them could take much memory
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _parse_text(text: str) -> dict | None:
     try:
         with connection() as con:
             row = con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()

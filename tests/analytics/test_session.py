@@ -41,6 +41,23 @@ def test_late_rows_already_in_cold_or_hot_appear_once():
     assert table.to_pylist() == [{"ms": T0 - 5, "value": 0.5}, {"ms": T0, "value": 1.0}, {"ms": T0 + 1, "value": 2.0}]
 
 
+def test_a_reused_session_follows_which_parts_of_readings_have_rows():
+    # One session (the pool keeps it) over snapshots whose hot parts come and go: `readings`
+    # is rebuilt for each shape and never shows a part of an earlier snapshot.
+    cold = [("m", "s", T0, 1.0)]
+    shapes = [
+        (sources(cold_rows=cold), [T0]),
+        (sources(cold_rows=cold, fresh=[("m", "s", T0 + 1, 2.0)]), [T0, T0 + 1]),
+        (sources(cold_rows=cold, late=[("m", "s", T0 - 5, 0.5), ("m", "s", T0, 1.0)]), [T0 - 5, T0]),
+        (sources(cold_rows=cold, fresh=[("m", "s", T0 + 2, 3.0)], late=[("m", "s", T0 - 7, 0.5)]),
+         [T0 - 7, T0, T0 + 2]),
+        (sources(cold_rows=cold), [T0]),
+    ]
+    for src, expected in shapes * 2:
+        table = run_sql(src, "SELECT epoch_ms(ts) AS ms FROM readings ORDER BY ts")
+        assert table.column("ms").to_pylist() == expected
+
+
 def test_views_have_the_contract_types():
     table = run_sql(sources(fresh=[("m", "s", T0, 1.0)]), "DESCRIBE readings")
     types = dict(zip(table.column("column_name").to_pylist(),
