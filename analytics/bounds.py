@@ -23,6 +23,10 @@ HOUR_MS = 3_600_000
 # never drop a reading; and for now()-relative bounds, the query runs a little later.
 MARGIN_MS = HOUR_MS
 NOW_MARGIN_MS = 15 * 60_000
+# The same for `minute` (minute_bounds): the aggregates' files are one a day, so an hour's
+# margin would hand the scan the day before and after a day's question; a second covers
+# every rounding.
+MINUTE_MARGIN_MS = 1_000
 
 TsBounds = tuple[int | None, int | None]
 
@@ -59,11 +63,11 @@ def _uses_clock(expr: dict) -> bool:
                if n.get("class") == "FUNCTION")
 
 
-def _is_ts(expr: dict, names: set[str]) -> bool:
+def _is_ts(expr: dict, names: set[str], column: str = "ts") -> bool:
     if expr.get("class") != "COLUMN_REF":
         return False
     path = [str(p).lower() for p in expr.get("column_names", [])]
-    return path == ["ts"] or (len(path) == 2 and path[0] in names and path[1] == "ts")
+    return path == [column] or (len(path) == 2 and path[0] in names and path[1] == column)
 
 
 _PLAIN_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?$")
@@ -165,6 +169,14 @@ def ts_bounds(sql: str) -> TsBounds | None:
         return _bounds(con, sql)
 
 
+def minute_bounds(sql: str) -> TsBounds | None:
+    """As `ts_bounds`, for a plain SELECT whose only table is `readings_1m`: [lo, hi] of the
+    `minute` of every row it can see, so that only the lake's aggregate files (one a day)
+    whose minutes can match are handed to the scan. None: not certain, nothing is pruned."""
+    with connection() as con:
+        return _bounds(con, sql, table_name="readings_1m", column="minute", margin_ms=MINUTE_MARGIN_MS)
+
+
 def _may_read_raw(sql: str) -> bool:
     tree = parse(sql)
     if tree is None:
@@ -179,13 +191,14 @@ def _may_read_raw(sql: str) -> bool:
     return False
 
 
-def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
+def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "readings",
+            column: str = "ts", margin_ms: int = MARGIN_MS) -> TsBounds | None:
     node = _statement(sql)
     if node is None or node.get("type") != "SELECT_NODE" or node.get("cte_map", {}).get("map"):
         return None
     table = node.get("from_table")
     if (not isinstance(table, dict) or table.get("type") != "BASE_TABLE"
-            or str(table.get("table_name", "")).lower() != "readings"
+            or str(table.get("table_name", "")).lower() != table_name
             or table.get("schema_name") or table.get("catalog_name") or table.get("sample")
             or table.get("at_clause") or table.get("column_name_alias") or node.get("sample")):
         return None
@@ -199,7 +212,7 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
     if not isinstance(where, dict):
         return None
     terms = where.get("children", []) if where.get("type") == "CONJUNCTION_AND" else [where]
-    names = {"readings"} | ({str(table["alias"]).lower()} if table.get("alias") else set())
+    names = {table_name} | ({str(table["alias"]).lower()} if table.get("alias") else set())
     los: list[int] = []
     his: list[int] = []
     clock = False
@@ -208,13 +221,13 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
         if not isinstance(term, dict):
             continue
         pairs: list[tuple[str, dict]] = []  # (lower / upper / equal, constant side)
-        if term.get("type") == "COMPARE_BETWEEN" and _is_ts(term.get("input", {}), names):
+        if term.get("type") == "COMPARE_BETWEEN" and _is_ts(term.get("input", {}), names, column):
             pairs = [("lower", term.get("lower", {})), ("upper", term.get("upper", {}))]
         elif term.get("class") == "COMPARISON" and term.get("type") in _FLIP:
             kind, left, right = term["type"], term.get("left", {}), term.get("right", {})
-            if not _is_ts(left, names) and _is_ts(right, names):
+            if not _is_ts(left, names, column) and _is_ts(right, names, column):
                 kind, left, right = _FLIP[kind], right, left
-            if _is_ts(left, names):
+            if _is_ts(left, names, column):
                 side = "lower" if kind in _LOWER else "upper" if kind in _UPPER else "equal"
                 pairs = [(side, right)]
         for side, expr in pairs:
@@ -230,6 +243,6 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str) -> TsBounds | None:
                 his.append(value)
     if not los and not his:
         return None
-    lo = max(los) - MARGIN_MS if los else None
-    hi = min(his) + MARGIN_MS + (NOW_MARGIN_MS if clock else 0) if his else None
+    lo = max(los) - margin_ms if los else None
+    hi = min(his) + margin_ms + (NOW_MARGIN_MS if clock else 0) if his else None
     return lo, hi

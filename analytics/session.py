@@ -2,7 +2,10 @@
 
 Every source is handed to DuckDB as an Arrow object before the session is locked: after
 that, no statement can reach the file system, the network or an extension, and only one
-SELECT (or EXPLAIN) per call is accepted. A session is reused from query to query (its
+SELECT (or EXPLAIN) per call is accepted. The one exception: a lake on local disk, whose raw
+Parquet files DuckDB reads itself (its reader costs ~2 ms a query less than pyarrow streaming
+them through a Python scanner, and keeps their footers), so a statement may read the files
+under the lake's `raw/` directory, and nothing else, directly. A session is reused from query to query (its
 views cost more to build than a narrow question costs to answer): each query binds its
 sources to one consistent snapshot, and can change nothing that the next one sees.
 """
@@ -19,6 +22,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from alerts.acks import ACKS_SCHEMA
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
@@ -26,6 +30,7 @@ from analytics.leftout import ArchivedObject
 from core.errors import SqlError
 from tiers.catalog import FileStats as FileBounds
 from tiers.parquetformat import hour_bounds_ms
+from tiers.store import StoreError
 from tiers.unsealed import ALERTS_SCHEMA
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -133,6 +138,9 @@ class SqlSources:
     # a file that cannot hold a row the statement asks for is never opened.
     cold_raw_bounds: Mapping[str, FileBounds] = dataclasses.field(default_factory=dict)
     cold_agg_1m_bounds: Mapping[str, FileBounds] = dataclasses.field(default_factory=dict)
+    # The lake's directory when it is on local disk (ColdLake.local_root): DuckDB then reads
+    # `cold_raw`'s files itself. None: every source is read as an Arrow object.
+    lake_dir: str | None = None
 
 
 def _empty_defaults(sources: SqlSources) -> dict[str, object]:
@@ -276,16 +284,28 @@ class Session:
     accepted, the configuration is locked, and the file system, network and extensions are
     out of reach."""
 
-    def __init__(self, *, memory_limit: int | None = None, spill_dir: str | None = None) -> None:
+    def __init__(self, *, memory_limit: int | None = None, spill_dir: str | None = None,
+                 lake_dir: str | None = None) -> None:
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
         if spill_dir:
             self.con.execute("SET temp_directory = ?", [spill_dir])
+        # The lake's raw files, when on local disk, are read by DuckDB itself (the module's
+        # docstring): the only directory a statement can reach, fixed before the lock.
+        self.raw_dir = f"{lake_dir.rstrip('/')}/raw/" if lake_dir else None
+        self.agg_dir = f"{lake_dir.rstrip('/')}/agg_1m/" if lake_dir else None
+        if self.raw_dir is not None:
+            self.con.execute("SET allowed_directories = ?", [[self.raw_dir, self.agg_dir]])
+            # Footers are read once (a file rewritten later is read again: DuckDB compares
+            # its modification time), so a question over many files does not reopen them all.
+            self.con.execute("SET parquet_metadata_cache = true")
         self._sources: dict[str, _Swapped] = {}
-        self._raw_parts: list[_NaiveTsDataset] = []
+        self._raw_parts: list[_NaiveTsDataset | None] = []  # None: a part DuckDB reads itself
+        self._raw_shape: list[tuple[bool, pa.Schema]] = []
         self._agg: _NaiveTsDataset | None = None
+        self._agg_native: bool | None = None  # how `cold_agg_1m` reads now (None: not built)
         self._variables: tuple[str, ...] | None = None
         self._readings_shape: tuple[bool, bool] | None = None
         self._ready = False
@@ -298,26 +318,70 @@ class Session:
             self._sources[name] = swapped
         swapped.current = data
 
+    @staticmethod
+    def _native_files(part: ds.Dataset | pa.Table, directory: str | None) -> list[str] | None:
+        """The files of `part` when DuckDB may read them itself: a dataset of files on local
+        disk, every one under `directory` (the lake's `raw/` or `agg_1m/`). None: read it
+        through pyarrow."""
+        if (directory is None or not isinstance(part, ds.FileSystemDataset)
+                or not isinstance(part.filesystem, pafs.LocalFileSystem)):
+            return None
+        files = part.files
+        return files if files and all(f.startswith(directory) for f in files) else None
+
     def _cold_raw(self, cold_raw, bounds: Mapping[str, FileBounds]) -> None:
-        parts = [_NaiveTsDataset(p, bounds) for p in ([cold_raw] if isinstance(cold_raw, ds.Dataset) else cold_raw)]
-        if [p.naive_schema for p in self._raw_parts] == [p.naive_schema for p in parts]:
+        """`cold_raw`: one part per value encoding, each read by DuckDB's own Parquet reader
+        (files on local disk, named by a variable) or through `_NaiveTsDataset`; the view is
+        rebuilt only when the parts' kinds or schemas change."""
+        datasets = [cold_raw] if isinstance(cold_raw, ds.Dataset) else list(cold_raw)
+        native = [self._native_files(p, self.raw_dir) for p in datasets]
+        parts = [None if files is not None else _NaiveTsDataset(p, bounds) for p, files in zip(datasets, native, strict=True)]
+        for i, files in enumerate(native):
+            if files is not None:  # set before the view is (re)built: DuckDB binds it then
+                self.con.execute(f"SET VARIABLE cold_raw_files_{i} = ?", [files])
+        shape = [(p is None, d.schema) for p, d in zip(parts, datasets, strict=True)]
+        if shape == self._raw_shape:
             for registered, part in zip(self._raw_parts, parts, strict=True):
-                registered.swap(part.source, bounds)
+                if registered is not None and part is not None:
+                    registered.swap(part.source, bounds)
             return
+        selects = []
         for i, part in enumerate(parts):
-            self.con.register(f"cold_raw_{i}", part)
+            if part is None:
+                # The files' ts is UTC-adjusted (TIMESTAMP WITH TIME ZONE to DuckDB): cast to the
+                # view's TIMESTAMP; DuckDB still prunes row groups by it, widened by hours.
+                selects.append(f"SELECT machine, sensor, ts::TIMESTAMP AS ts, value::DOUBLE AS value "
+                               f"FROM read_parquet(getvariable('cold_raw_files_{i}'))")
+            else:
+                self.con.register(f"cold_raw_{i}", part)
+                selects.append(f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}")
         # DuckDB's DECIMAL -> DOUBLE cast is one correctly rounded division: bit-exact.
-        self.con.execute("CREATE OR REPLACE VIEW cold_raw AS " + " UNION ALL ".join(
-            f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}" for i in range(len(parts))))
+        self.con.execute("CREATE OR REPLACE VIEW cold_raw AS " + " UNION ALL ".join(selects))
         self._raw_parts = parts
+        self._raw_shape = shape
 
     def _cold_agg(self, data: ds.Dataset | pa.Table, bounds: Mapping[str, FileBounds]) -> None:
+        """`cold_agg_1m`: the lake's minutes, read by DuckDB itself (files on local disk) or
+        through `_NaiveTsDataset` (registered as `cold_agg_1m_arrow`)."""
+        files = self._native_files(data, self.agg_dir)
+        if files is not None:
+            self.con.execute("SET VARIABLE cold_agg_files = ?", [files])  # before the view binds
+            if self._agg_native is not True:
+                self.con.execute(
+                    "CREATE OR REPLACE VIEW cold_agg_1m AS SELECT machine, sensor, minute::TIMESTAMP AS minute, "
+                    "n, \"min\", \"max\", \"avg\", \"first\", \"last\" FROM read_parquet(getvariable('cold_agg_files'))")
+                self._agg_native = True
+            return
         part = _NaiveTsDataset(data if isinstance(data, ds.Dataset) else ds.dataset(data), bounds, time="minute")
         if self._agg is not None and self._agg.naive_schema.equals(part.naive_schema):
             self._agg.swap(part.source, bounds)
-            return
-        self.con.register("cold_agg_1m", part)
-        self._agg = part
+        else:
+            self.con.register("cold_agg_1m_arrow", part)
+            self._agg = part
+            self._agg_native = None
+        if self._agg_native is not False:
+            self.con.execute("CREATE OR REPLACE VIEW cold_agg_1m AS SELECT * FROM cold_agg_1m_arrow")
+            self._agg_native = False
 
     def bind(self, sources: SqlSources) -> None:
         for name in _TABLE_SOURCES:
@@ -356,8 +420,9 @@ class Session:
         """Let go of the snapshot (the hot tier's tables can be large)."""
         for swapped in self._sources.values():
             swapped.current = None
-        for part in self._raw_parts + ([self._agg] if self._agg is not None else []):
-            part.swap(None, None)
+        for part in self._raw_parts + [self._agg]:
+            if part is not None:
+                part.swap(None, None)
 
     def run(self, sql: str) -> pa.Table:
         """One read-only statement; a bad one raises SqlError with DuckDB's message."""
@@ -372,6 +437,10 @@ class Session:
                            "the SQL surface is read-only")
         try:
             return self.con.sql(sql).to_arrow_table()
+        except duckdb.IOException as exc:
+            if self.raw_dir is not None and self.raw_dir in str(exc):  # a lake file failed (or went)
+                raise StoreError(f"a file of the lake could not be read: {exc}") from None
+            raise SqlError(str(exc)) from None
         except duckdb.Error as exc:
             raise SqlError(str(exc)) from None
 
@@ -379,26 +448,30 @@ class Session:
         self.con.close()
 
 
+_SessionKind = tuple[int | None, str | None, str | None]  # memory limit, spill directory, lake
+
+
 class SessionPool:
-    """Idle sessions by their limits, so that a query does not build its session's views
-    (most of the cost of a narrow question). A session serves one query at a time."""
+    """Idle sessions by their limits and lake, so that a query does not build its session's
+    views (most of the cost of a narrow question). A session serves one query at a time."""
 
     def __init__(self, keep: int = 4) -> None:
         self.keep = keep
-        self._idle: dict[tuple[int | None, str | None], list[Session]] = {}
+        self._idle: dict[_SessionKind, list[Session]] = {}
         self._lock = threading.Lock()
 
-    def take(self, memory_limit: int | None, spill_dir: str | None) -> Session:
+    def take(self, kind: _SessionKind) -> Session:
         with self._lock:
-            idle = self._idle.get((memory_limit, spill_dir))
+            idle = self._idle.get(kind)
             if idle:
                 return idle.pop()
-        return Session(memory_limit=memory_limit, spill_dir=spill_dir)
+        memory_limit, spill_dir, lake_dir = kind
+        return Session(memory_limit=memory_limit, spill_dir=spill_dir, lake_dir=lake_dir)
 
-    def give_back(self, session: Session, memory_limit: int | None, spill_dir: str | None) -> None:
+    def give_back(self, session: Session, kind: _SessionKind) -> None:
         session.release()
         with self._lock:
-            idle = self._idle.setdefault((memory_limit, spill_dir), [])
+            idle = self._idle.setdefault(kind, [])
             if len(idle) < self.keep:
                 idle.append(session)
                 return
@@ -413,7 +486,7 @@ def open_session(sources: SqlSources, *, memory_limit: int | None = None,
     """A sandboxed session of its own over `sources` (the caller closes it). `memory_limit`
     (bytes) caps DuckDB, which spills to `spill_dir` beyond it or fails the query with its
     own message: a big query must not take the memory of the process it runs in."""
-    session = Session(memory_limit=memory_limit, spill_dir=spill_dir)
+    session = Session(memory_limit=memory_limit, spill_dir=spill_dir, lake_dir=sources.lake_dir)
     session.bind(sources)
     return session.con
 
@@ -422,12 +495,13 @@ def run_sql(sources: SqlSources, sql: str, *, memory_limit: int | None = None,
             spill_dir: str | None = None) -> pa.Table:
     """Run one read-only statement in a pooled session; a bad one raises SqlError with
     DuckDB's message."""
-    session = _POOL.take(memory_limit, spill_dir)
+    kind = (memory_limit, spill_dir, sources.lake_dir)
+    session = _POOL.take(kind)
     try:
         session.bind(sources)
         result = session.run(sql)
     except BaseException:
         session.close()  # a session that failed midway is not trusted again
         raise
-    _POOL.give_back(session, memory_limit, spill_dir)
+    _POOL.give_back(session, kind)
     return result

@@ -13,6 +13,7 @@ from collections.abc import Set
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from alerts.acks import AckLog
 from analytics.bounds import TsBounds
@@ -76,10 +77,22 @@ def _catalog_days(lake: ColdLake, lo: int | None, hi: int | None) -> list[str] |
 
 
 def _may_hold(f: layout.LakeFile, ts_bounds: TsBounds | None) -> bool:
-    if ts_bounds is None or f.stats is None or f.stats.t_min_ms is None or f.stats.t_max_ms is None:
+    return _stats_may_hold(f.stats, ts_bounds)
+
+
+def _stats_may_hold(stats: FileStats | None, bounds: TsBounds | None) -> bool:
+    """Whether a file whose time range is `stats`'s can hold a row within `bounds` (unknown: yes)."""
+    if bounds is None or stats is None or stats.t_min_ms is None or stats.t_max_ms is None:
         return True
-    lo, hi = ts_bounds
-    return (lo is None or f.stats.t_max_ms >= lo) and (hi is None or f.stats.t_min_ms <= hi)
+    lo, hi = bounds
+    return (lo is None or stats.t_max_ms >= lo) and (hi is None or stats.t_min_ms <= hi)
+
+
+def raw_to_read(visible: list[layout.LakeFile], ts_bounds: TsBounds | None) -> list[layout.LakeFile]:
+    """The visible files whose time range (the catalog's statistics) can hold a reading within
+    `ts_bounds`: no reader opens the others. Which files are visible is decided first, on
+    whole hours, so that dropping one here never uncovers another."""
+    return [f for f in visible if _may_hold(f, ts_bounds)]
 
 
 def _touches(f: layout.LakeFile, lo: int | None, hi: int | None) -> bool:
@@ -91,16 +104,19 @@ def _touches(f: layout.LakeFile, lo: int | None, hi: int | None) -> bool:
 
 def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, audit: pa.Table,
                  warm: WarmStore | None, data_dir: Path, recipe_limits: pa.Table,
-                 ts_bounds: TsBounds | None = None) -> SqlSources:
+                 ts_bounds: TsBounds | None = None, minute_bounds: TsBounds | None = None) -> SqlSources:
     """`hidden`: log segments whose rows come from `unsealed`, so their lake files (written by
     a seal that has not deleted the segment yet) stay out and no reading shows twice.
     `ts_bounds` (analytics.bounds.ts_bounds of the statement): the only readings the statement
-    can see, so only the lake's days (and archived objects) in that range are listed."""
+    can see, so only the lake's days (and archived objects) in that range are listed;
+    `minute_bounds` (analytics.bounds.minute_bounds): the same for the lake's minutes."""
+    cold_agg_1m, cold_agg_1m_bounds = agg_sources(lake, minute_bounds)
     raw = raw_files(lake, ts_bounds)  # listed once: what is read, and what is left out
-    visible = layout.visible(raw, writer=lake.writer_id, hidden_segments=set(hidden))
+    visible = raw_to_read(layout.visible(raw, writer=lake.writer_id, hidden_segments=set(hidden)), ts_bounds)
     return SqlSources(
         cold_raw=lake.raw_datasets(hidden, files=visible),
         cold_raw_bounds=raw_bounds(lake, visible),
+        lake_dir=lake.local_root(),
         cold_quarantine=lake.dataset("quarantine", hidden),
         cold_context=lake.dataset("context", hidden),
         hot_fresh=unsealed.fresh,
@@ -113,20 +129,25 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
         recipe_limits=recipe_limits,
         acks=AckLog.of(data_dir).table(),
         warm_1m=warm.snapshot() if warm is not None else None,
-        cold_agg_1m=agg_dataset(lake.store),
-        cold_agg_1m_bounds=agg_bounds(lake),
+        cold_agg_1m=cold_agg_1m,
+        cold_agg_1m_bounds=cold_agg_1m_bounds,
         job_history=RunHistory(data_dir / "lifecycle").table(),
         archived_raw=with_jobs(archived_raw(raw, writer=lake.writer_id, hidden=hidden, ts_bounds=ts_bounds),
                                data_dir),
     )
 
 
-def agg_bounds(lake: ColdLake) -> dict[str, FileStats]:
-    """The catalog's statistics of the lake's aggregate files, by their paths."""
+def agg_sources(lake: ColdLake, minute_bounds: TsBounds | None = None) -> tuple[ds.Dataset, dict[str, FileStats]]:
+    """The lake's aggregate files whose minutes (the catalog's statistics) can match
+    `minute_bounds`, as a dataset, and their statistics by path; without a catalog, every
+    file and no statistics."""
     listing = getattr(lake.store, "objects_with_stats", None)
     if listing is None:
-        return {}
-    return {lake.path(info.key): stats for info, stats in listing("agg_1m/") if stats is not None}
+        return agg_dataset(lake.store), {}
+    kept = [(info.key, stats) for info, stats in listing("agg_1m/")
+            if info.key.endswith(".parquet") and _stats_may_hold(stats, minute_bounds)]
+    return (agg_dataset(lake.store, [key for key, _ in kept]),
+            {lake.path(key): stats for key, stats in kept if stats is not None})
 
 
 def raw_bounds(lake: ColdLake, files: list[layout.LakeFile]) -> dict[str, FileStats]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from alerts.service import load_book
-from analytics.bounds import ts_bounds
+from analytics.bounds import minute_bounds, ts_bounds
 from analytics.leftout import LeftOut, left_out
 from analytics.session import SqlSources, run_sql
 from analytics.sources import tier_sources
@@ -89,7 +89,8 @@ def offline_sources(settings: Settings, warm: WarmStore | None = None, sql: str 
                         hidden=set(segments), unsealed=tables,
                         audit=AuditLog(settings.data_dir / "audit" / "moves.jsonl").table(),
                         warm=warm, data_dir=settings.data_dir, recipe_limits=load_book(settings).table(),
-                        ts_bounds=ts_bounds(sql) if sql is not None else None)
+                        ts_bounds=ts_bounds(sql) if sql is not None else None,
+                        minute_bounds=minute_bounds(sql) if sql is not None else None)
 
 
 @dataclass(frozen=True)

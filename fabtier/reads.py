@@ -12,7 +12,7 @@ from dataclasses import asdict
 import numpy as np
 
 from alerts.service import Alerting
-from analytics.bounds import ts_bounds
+from analytics.bounds import minute_bounds, ts_bounds
 from analytics.session import SqlSources
 from analytics.sources import tier_sources
 from core.settings import Settings
@@ -58,6 +58,7 @@ class Reads:
         """Every tier for one statement; given `sql`, only the lake's days its time range
         touches are listed (analytics.bounds), else the whole lake."""
         bounds = ts_bounds(sql) if sql is not None else None  # before the lock: a parse
+        minutes = minute_bounds(sql) if sql is not None else None
         with self._lock:
             in_memory = self.unsealed.segments()
             on_disk = self.wal.segments()
@@ -69,7 +70,8 @@ class Reads:
                 [r for s in only_on_disk for r in read_segment(self.wal.path(s))]))
         return tier_sources(lake=self.lake, hidden=set(in_memory) | set(on_disk), unsealed=tables,
                             audit=self.audit.table(), warm=self.warm, data_dir=self.settings.data_dir,
-                            recipe_limits=self.alerting.book.table(), ts_bounds=bounds)
+                            recipe_limits=self.alerting.book.table(), ts_bounds=bounds,
+                            minute_bounds=minutes)
 
     def tier_rows(self) -> list[inventory.TierRow]:
         """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""

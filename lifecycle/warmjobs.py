@@ -259,9 +259,10 @@ def agg_key(day: str, writer_id: str) -> str:
     return f"agg_1m/date={day}/{writer_id}.parquet"
 
 
-def agg_dataset(store: ObjectStore) -> ds.Dataset:
-    """Every aged-out minute in the lake, for the SQL session."""
-    keys = [k for k, _ in store.list("agg_1m/") if k.endswith(".parquet")]
+def agg_dataset(store: ObjectStore, keys: list[str] | None = None) -> ds.Dataset:
+    """Every aged-out minute in the lake (or in the aggregate files `keys`), for the SQL session."""
+    if keys is None:
+        keys = [k for k, _ in store.list("agg_1m/") if k.endswith(".parquet")]
     return _dataset(store, keys, MINUTES_SCHEMA)
 
 

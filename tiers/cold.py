@@ -148,6 +148,11 @@ class ColdLake:
         """The path of `key` on `arrow_filesystem` (what a dataset's fragments are named)."""
         return self._path(key)
 
+    def local_root(self) -> str | None:
+        """The lake's directory when it is on local disk (DuckDB can read its files itself),
+        else None."""
+        return self._root if self._local else None
+
     # ---- reading --------------------------------------------------------------------
     def _fragment(self, f: LakeFile) -> ds.Fragment:
         guarantee = None

@@ -185,3 +185,16 @@ def test_literals_read_in_python_are_what_duckdb_reads(moment, shape, wrap):
 def test_a_statement_that_sees_no_raw_reading_lists_no_raw_file(sql, reads):
     from analytics.bounds import NOTHING
     assert (ts_bounds(sql) != NOTHING) == reads, sql
+
+
+def test_minute_bounds_of_a_question_over_readings_1m():
+    from analytics.bounds import MINUTE_MARGIN_MS, minute_bounds
+    day = int(dt.datetime(2026, 11, 29, tzinfo=dt.UTC).timestamp() * 1000)
+    lo, hi = minute_bounds("SELECT count(*) FROM readings_1m WHERE machine = 'm01' "
+                           "AND minute >= TIMESTAMP '2026-11-29' AND minute < TIMESTAMP '2026-11-30'")
+    assert (lo, hi) == (day - MINUTE_MARGIN_MS, day + 86_400_000 + MINUTE_MARGIN_MS)
+    # Another table, a join, or no bound on minute: nothing is pruned.
+    assert minute_bounds("SELECT count(*) FROM readings WHERE ts >= TIMESTAMP '2026-11-29'") is None
+    assert minute_bounds("SELECT count(*) FROM readings_1m a JOIN readings_1m b USING (machine) "
+                         "WHERE a.minute >= TIMESTAMP '2026-11-29'") is None
+    assert minute_bounds("SELECT count(*) FROM readings_1m WHERE machine = 'm01'") is None

@@ -1,0 +1,79 @@
+"""A lake on local disk is read by DuckDB's own Parquet reader (analytics.session): the same
+answers as through pyarrow, only the lake's raw and aggregate files in reach, and a file that
+goes away between listing and reading is the store's failure, not the statement's."""
+
+import dataclasses
+import os
+import time
+
+import pytest
+
+from analytics.session import run_sql
+from core.errors import SqlError
+from fabtier.bench.query import _iso, _sources, build_lake
+from tiers.store import StoreError
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    end_ms = (int(time.time() * 1000) // HOUR_MS) * HOUR_MS - 7 * HOUR_MS // 2
+    built, _, readings = build_lake(tmp_path_factory.mktemp("lake"), days=2, machines=2, sensors=3, rate_hz=0.1,
+                                    seal_every_s=1800, end_ms=end_ms)
+    return built, end_ms, readings
+
+
+def _statements(end_ms):
+    day = end_ms - end_ms % DAY_MS - DAY_MS
+    hour = end_ms - end_ms % HOUR_MS - 2 * HOUR_MS
+    # Sums as decimals: exact, whatever order the readers hand the rows in.
+    return [
+        "SELECT count(*) AS n, sum(value::DECIMAL(18, 2)) AS s FROM readings",
+        "SELECT machine, sensor, count(*) AS n, min(ts) AS lo, max(ts) AS hi, sum(value::DECIMAL(18, 2)) AS s "
+        "FROM readings GROUP BY ALL ORDER BY ALL",
+        f"SELECT count(*) AS n, sum(value::DECIMAL(18, 2)) AS a FROM readings WHERE machine = 'm01' "
+        f"AND ts >= TIMESTAMP '{_iso(hour)}' AND ts < TIMESTAMP '{_iso(hour + HOUR_MS)}'",
+        f"SELECT sensor, count(*) AS n, sum(n) AS readings, max(\"max\") AS peak FROM readings_1m "
+        f"WHERE machine = 'm02' AND minute >= TIMESTAMP '{_iso(day)}' AND minute < TIMESTAMP '{_iso(day + DAY_MS)}' "
+        "GROUP BY ALL ORDER BY ALL",
+        "SELECT count(*) AS n, sum(n) AS readings FROM readings_1h",
+    ]
+
+
+def test_duckdb_reading_the_lake_itself_answers_as_pyarrow_does(lake):
+    built, end_ms, readings = lake
+    assert run_sql(_sources(built), "SELECT count(*) AS n FROM readings").column("n")[0].as_py() == readings
+    for sql in _statements(end_ms):
+        sources = _sources(built, sql)
+        assert sources.lake_dir is not None
+        native = run_sql(sources, sql)
+        through_arrow = run_sql(dataclasses.replace(sources, lake_dir=None), sql)
+        assert native.num_rows > 0 and native.to_pylist() == through_arrow.to_pylist(), sql
+
+
+def test_a_statement_reaches_the_lakes_files_and_nothing_else(lake, tmp_path):
+    built, _, _ = lake
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a\n1\n")
+    sources = _sources(built)
+    for sql in (f"SELECT * FROM read_csv('{outside}')", "SELECT * FROM read_text('/etc/hostname')",
+                f"SELECT * FROM read_text('{sources.lake_dir}/catalog/x')"):
+        with pytest.raises(SqlError, match="disabled by configuration|Permission"):
+            run_sql(sources, sql)
+    direct = run_sql(sources, f"SELECT count(*) AS n FROM read_parquet('{sources.lake_dir}/raw/**/*.parquet')")
+    assert direct.column("n")[0].as_py() > 0  # documented: the lake's raw files are readable as they are
+
+
+def test_a_file_gone_between_listing_and_reading_is_a_store_failure(lake, tmp_path):
+    built, _, _ = lake
+    sources = _sources(built)
+    victim = sources.cold_raw[0].files[0]
+    kept = victim + ".kept"
+    os.rename(victim, kept)
+    try:
+        with pytest.raises(StoreError, match="could not be read"):
+            run_sql(sources, "SELECT count(*) FROM readings")
+    finally:
+        os.rename(kept, victim)
