@@ -9,8 +9,8 @@ the statement) is `readings`, with a WHERE clause whose top-level AND holds comp
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
+import functools
 import json
 import re
 
@@ -19,14 +19,14 @@ import duckdb
 from analytics.parsetree import connection, nodes, parse
 
 HOUR_MS = 3_600_000
-# Widening of the bounds, so that a rounding (epoch_ms truncates, a TIMESTAMP_NS literal) can
-# never drop a reading; and for now()-relative bounds, the query runs a little later.
-MARGIN_MS = HOUR_MS
+# Widening of the bounds, so that a rounding (epoch_ms truncates, a TIMESTAMP_NS literal: less
+# than a millisecond) can never drop a reading; and for now()-relative bounds, the query runs a
+# little later. Files are chosen by their exact time ranges (the catalog's statistics), so a
+# wider margin only hands the scan files that cannot match (an hour's did: the hours before and
+# after an hour's question, the days before and after a day's).
+MARGIN_MS = 1_000
 NOW_MARGIN_MS = 15 * 60_000
-# The same for `minute` (minute_bounds): the aggregates' files are one a day, so an hour's
-# margin would hand the scan the day before and after a day's question; a second covers
-# every rounding.
-MINUTE_MARGIN_MS = 1_000
+MINUTE_MARGIN_MS = MARGIN_MS  # the same for `minute` (minute_bounds)
 
 TsBounds = tuple[int | None, int | None]
 
@@ -104,32 +104,45 @@ def _literal_ms(expr: dict) -> int | None:
     return ((value - _EPOCH) // dt.timedelta(microseconds=1) + 500) // 1000
 
 
+@functools.lru_cache(maxsize=1)
+def _template() -> str:
+    """A parse tree's JSON to put one expression in (the same for every statement)."""
+    with connection() as con:
+        row = con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()
+    return row[0] if row else "{}"
+
+
+@functools.lru_cache(maxsize=256)
+def _expression_sql(expr_json: str) -> str | None:
+    """`SELECT <expr>` as SQL text, for the expression whose tree is `expr_json`; kept, as
+    statements come back (a dashboard's `now() - INTERVAL 5 MINUTE` every second) and each
+    deserialisation is a DuckDB query of its own."""
+    tree = json.loads(_template())
+    tree["statements"][0]["node"]["select_list"] = [json.loads(expr_json)]
+    try:
+        with connection() as con:
+            row = con.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchone()
+    except duckdb.Error:
+        return None
+    return row[0] if row and row[0] else None
+
+
 class _Evaluator:
     """Values of constant expressions in epoch ms, as the session compares them with `ts` (a
     TIMESTAMP of UTC wall time, in a session whose time zone is UTC)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
-        self._template: dict | None = None
-
-    @property
-    def template(self) -> dict:
-        if self._template is None:  # only for what `_literal_ms` does not read
-            row = self.con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()
-            self._template = json.loads(row[0]) if row else {}
-        return self._template
 
     def ms(self, expr: dict) -> int | None:
         quick = _literal_ms(expr)
         if quick is not None:
             return quick
-        tree = copy.deepcopy(self.template)
-        tree["statements"][0]["node"]["select_list"] = [expr]
-        try:
-            row = self.con.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchone()
-            if not row or not row[0]:
-                return None
-            found = self.con.execute(f"SELECT typeof(x), epoch_ms(CAST(x AS TIMESTAMP)) FROM ({row[0]}) AS t(x)"
+        select = _expression_sql(json.dumps(expr, sort_keys=True))
+        if select is None:
+            return None
+        try:  # evaluated every time: the expression may read the clock
+            found = self.con.execute(f"SELECT typeof(x), epoch_ms(CAST(x AS TIMESTAMP)) FROM ({select}) AS t(x)"
                                      ).fetchone()
         except duckdb.Error:
             return None
@@ -153,8 +166,9 @@ def _statement(sql: str) -> dict | None:
     return node if isinstance(node, dict) else None
 
 
-# The views through which a statement can see the lake's raw readings.
+# The views through which a statement can see the lake's raw readings, and its minutes.
 _RAW_SOURCES = ("readings", "cold_raw", "late_new")
+_MINUTE_SOURCES = ("readings_1m", "readings_1h", "cold_agg_1m", "cold_agg_1m_arrow")
 NOTHING: TsBounds = (1, 0)  # an empty range: the statement sees no raw reading
 
 
@@ -163,7 +177,7 @@ def ts_bounds(sql: str) -> TsBounds | None:
     `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned);
     `NOTHING` for a statement that names no view of raw readings (and calls no table function,
     which could name one in a string), so that no raw file of the lake is even listed."""
-    if not _may_read_raw(sql):
+    if not _may_read(sql, _RAW_SOURCES, "cold_raw_"):
         return NOTHING
     with connection() as con:
         return _bounds(con, sql)
@@ -172,12 +186,18 @@ def ts_bounds(sql: str) -> TsBounds | None:
 def minute_bounds(sql: str) -> TsBounds | None:
     """As `ts_bounds`, for a plain SELECT whose only table is `readings_1m`: [lo, hi] of the
     `minute` of every row it can see, so that only the lake's aggregate files (one a day)
-    whose minutes can match are handed to the scan. None: not certain, nothing is pruned."""
+    whose minutes can match are handed to the scan. None: not certain, nothing is pruned;
+    `NOTHING` for a statement that names no view of the minutes (nor a table function)."""
+    if not _may_read(sql, _MINUTE_SOURCES):
+        return NOTHING
     with connection() as con:
         return _bounds(con, sql, table_name="readings_1m", column="minute", margin_ms=MINUTE_MARGIN_MS)
 
 
-def _may_read_raw(sql: str) -> bool:
+def _may_read(sql: str, views: tuple[str, ...], prefix: str | None = None) -> bool:
+    """Whether `sql` can read any of `views` (or a table whose name starts with `prefix`):
+    it names one, calls a table function (which could name one in a string), or cannot be
+    parsed."""
     tree = parse(sql)
     if tree is None:
         return True
@@ -186,7 +206,7 @@ def _may_read_raw(sql: str) -> bool:
         if kind == "TABLE_FUNCTION":
             return True
         name = str(node.get("table_name", "")).lower()
-        if kind == "BASE_TABLE" and (name in _RAW_SOURCES or name.startswith("cold_raw_")):
+        if kind == "BASE_TABLE" and (name in views or (prefix is not None and name.startswith(prefix))):
             return True
     return False
 

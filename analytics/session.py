@@ -306,6 +306,7 @@ class Session:
         self._raw_shape: list[tuple[bool, pa.Schema]] = []
         self._agg: _NaiveTsDataset | None = None
         self._agg_native: bool | None = None  # how `cold_agg_1m` reads now (None: not built)
+        self._files: dict[str, list[str]] = {}  # the file lists the session's variables hold
         self._variables: tuple[str, ...] | None = None
         self._readings_shape: tuple[bool, bool] | None = None
         self._ready = False
@@ -329,6 +330,13 @@ class Session:
         files = part.files
         return files if files and all(f.startswith(directory) for f in files) else None
 
+    def _set_files(self, variable: str, files: list[str]) -> None:
+        """Point `variable` at `files`, unless it holds them already (a statement asked again:
+        setting a variable costs ~0.4 ms)."""
+        if self._files.get(variable) != files:
+            self.con.execute(f"SET VARIABLE {variable} = ?", [files])
+            self._files[variable] = files
+
     def _cold_raw(self, cold_raw, bounds: Mapping[str, FileBounds]) -> None:
         """`cold_raw`: one part per value encoding, each read by DuckDB's own Parquet reader
         (files on local disk, named by a variable) or through `_NaiveTsDataset`; the view is
@@ -338,7 +346,7 @@ class Session:
         parts = [None if files is not None else _NaiveTsDataset(p, bounds) for p, files in zip(datasets, native, strict=True)]
         for i, files in enumerate(native):
             if files is not None:  # set before the view is (re)built: DuckDB binds it then
-                self.con.execute(f"SET VARIABLE cold_raw_files_{i} = ?", [files])
+                self._set_files(f"cold_raw_files_{i}", files)
         shape = [(p is None, d.schema) for p, d in zip(parts, datasets, strict=True)]
         if shape == self._raw_shape:
             for registered, part in zip(self._raw_parts, parts, strict=True):
@@ -365,7 +373,7 @@ class Session:
         through `_NaiveTsDataset` (registered as `cold_agg_1m_arrow`)."""
         files = self._native_files(data, self.agg_dir)
         if files is not None:
-            self.con.execute("SET VARIABLE cold_agg_files = ?", [files])  # before the view binds
+            self._set_files("cold_agg_files", files)  # before the view binds
             if self._agg_native is not True:
                 self.con.execute(
                     "CREATE OR REPLACE VIEW cold_agg_1m AS SELECT machine, sensor, minute::TIMESTAMP AS minute, "

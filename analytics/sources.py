@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from alerts.acks import AckLog
-from analytics.bounds import TsBounds
+from analytics.bounds import NOTHING, TsBounds
 from analytics.leftout import ArchivedObject
 from analytics.session import SqlSources
 from lifecycle.retrievals import JobStore
@@ -141,6 +141,8 @@ def agg_sources(lake: ColdLake, minute_bounds: TsBounds | None = None) -> tuple[
     """The lake's aggregate files whose minutes (the catalog's statistics) can match
     `minute_bounds`, as a dataset, and their statistics by path; without a catalog, every
     file and no statistics."""
+    if minute_bounds == NOTHING:  # the statement reads no minutes: nothing is listed
+        return agg_dataset(lake.store, []), {}
     listing = getattr(lake.store, "objects_with_stats", None)
     if listing is None:
         return agg_dataset(lake.store), {}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.bounds import ts_bounds
+from analytics.bounds import MARGIN_MS, ts_bounds
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
 START = NOW - dt.timedelta(days=5)
@@ -103,12 +103,12 @@ def test_exact_values():
     lo, hi = ts_bounds("SELECT * FROM readings WHERE ts >= TIMESTAMP '2026-01-01 10:00' "
                        "AND ts < TIMESTAMP '2026-01-01 11:00'")
     start = int(dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC).timestamp() * 1000)
-    assert lo == start - 3_600_000 and hi == start + 2 * 3_600_000
+    assert lo == start - MARGIN_MS and hi == start + 3_600_000 + MARGIN_MS
     lo, hi = ts_bounds("SELECT * FROM readings WHERE ts < TIMESTAMPTZ '2026-01-01 12:00+02'")
-    assert lo is None and hi == start + 3_600_000
+    assert lo is None and hi == start + MARGIN_MS
     lo, hi = ts_bounds("SELECT * FROM readings WHERE ts >= now() - INTERVAL 5 MINUTE")
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    assert hi is None and now - 3_600_000 - 6 * 60_000 < lo <= now - 3_600_000 - 5 * 60_000 + 1000
+    assert hi is None and now - MARGIN_MS - 6 * 60_000 < lo <= now - MARGIN_MS - 5 * 60_000 + 1000
 
 
 @pytest.mark.parametrize("sql", [
@@ -188,13 +188,14 @@ def test_a_statement_that_sees_no_raw_reading_lists_no_raw_file(sql, reads):
 
 
 def test_minute_bounds_of_a_question_over_readings_1m():
-    from analytics.bounds import MINUTE_MARGIN_MS, minute_bounds
+    from analytics.bounds import MINUTE_MARGIN_MS, NOTHING, minute_bounds
     day = int(dt.datetime(2026, 11, 29, tzinfo=dt.UTC).timestamp() * 1000)
     lo, hi = minute_bounds("SELECT count(*) FROM readings_1m WHERE machine = 'm01' "
                            "AND minute >= TIMESTAMP '2026-11-29' AND minute < TIMESTAMP '2026-11-30'")
     assert (lo, hi) == (day - MINUTE_MARGIN_MS, day + 86_400_000 + MINUTE_MARGIN_MS)
-    # Another table, a join, or no bound on minute: nothing is pruned.
-    assert minute_bounds("SELECT count(*) FROM readings WHERE ts >= TIMESTAMP '2026-11-29'") is None
+    # A statement that reads no minutes lists none; a join, or no bound on minute: nothing is pruned.
+    assert minute_bounds("SELECT count(*) FROM readings WHERE ts >= TIMESTAMP '2026-11-29'") == NOTHING
+    assert minute_bounds("SELECT count(*) FROM readings_1h") is None
     assert minute_bounds("SELECT count(*) FROM readings_1m a JOIN readings_1m b USING (machine) "
                          "WHERE a.minute >= TIMESTAMP '2026-11-29'") is None
     assert minute_bounds("SELECT count(*) FROM readings_1m WHERE machine = 'm01'") is None
