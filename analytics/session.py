@@ -273,6 +273,25 @@ class _Swapped(ds.InMemoryDataset):
         return current.scanner(*args, columns=columns, filter=filter, **kwargs)
 
 
+class _SwappedTable:
+    """`_Swapped` for an in-memory table (the hot tier's, the warm snapshot, the trails): an
+    Arrow stream of whatever table is current. DuckDB reads it as it reads a table, without
+    the Python scanner a dataset needs: ~0.5 ms less a scan, and a filtered scan of millions
+    of hot rows several times faster (DuckDB filters them itself; nothing is read from disk,
+    so there is nothing to push down)."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.current: pa.Table | None = None
+
+    def __arrow_c_schema__(self):
+        return self.schema.__arrow_c_schema__()
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        current = self.current if self.current is not None else self.schema.empty_table()
+        return current.__arrow_c_stream__(requested_schema)
+
+
 _TABLE_SOURCES = ("cold_quarantine", "cold_context", "hot_fresh", "hot_late", "hot_quarantine", "hot_context",
                   "audit")
 
@@ -301,7 +320,7 @@ class Session:
             # Footers are read once (a file rewritten later is read again: DuckDB compares
             # its modification time), so a question over many files does not reopen them all.
             self.con.execute("SET parquet_metadata_cache = true")
-        self._sources: dict[str, _Swapped] = {}
+        self._sources: dict[str, _Swapped | _SwappedTable] = {}
         self._raw_parts: list[_NaiveTsDataset | None] = []  # None: a part DuckDB reads itself
         self._raw_shape: list[tuple[bool, pa.Schema]] = []
         self._agg: _NaiveTsDataset | None = None
@@ -313,8 +332,9 @@ class Session:
 
     def _source(self, name: str, data: ds.Dataset | pa.Table) -> None:
         swapped = self._sources.get(name)
-        if swapped is None or not swapped.schema.equals(data.schema):
-            swapped = _Swapped(data.schema)
+        kind = _SwappedTable if isinstance(data, pa.Table) else _Swapped
+        if swapped is None or type(swapped) is not kind or not swapped.schema.equals(data.schema):
+            swapped = kind(data.schema)
             self.con.register(name, swapped)
             self._sources[name] = swapped
         swapped.current = data
