@@ -137,12 +137,13 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
     )
 
 
-def agg_sources(lake: ColdLake, minute_bounds: TsBounds | None = None) -> tuple[ds.Dataset, dict[str, FileStats]]:
+def agg_sources(lake: ColdLake, minute_bounds: TsBounds | None = None) -> tuple[ds.Dataset | None, dict[str, FileStats]]:
     """The lake's aggregate files whose minutes (the catalog's statistics) can match
     `minute_bounds`, as a dataset, and their statistics by path; without a catalog, every
-    file and no statistics."""
+    file and no statistics; None for a statement that reads no minutes (the session's
+    `cold_agg_1m` is then empty)."""
     if minute_bounds == NOTHING:  # the statement reads no minutes: nothing is listed
-        return agg_dataset(lake.store, []), {}
+        return None, {}
     listing = getattr(lake.store, "objects_with_stats", None)
     if listing is None:
         return agg_dataset(lake.store), {}

@@ -183,6 +183,7 @@ class _SqlProbe(threading.Thread):
         super().__init__(daemon=True)
         self.instance, self.period = instance, 1 / per_s
         self.took_ms: list[float] = []
+        self.phases_ms: dict[str, list[float]] = {}  # the instance's own times (Server-Timing)
         self.error = ""
         self.done = threading.Event()
 
@@ -191,11 +192,13 @@ class _SqlProbe(threading.Thread):
         while not self.done.wait(max(0.0, due - time.monotonic())):
             sent = time.perf_counter()
             try:
-                self.instance.sql(PROBE_SQL)
+                _, phases = self.instance.sql_timed(PROBE_SQL)
             except OSError as exc:
                 self.error = str(exc)
                 return
             self.took_ms.append((time.perf_counter() - sent) * 1000)
+            for name, ms in phases.items():
+                self.phases_ms.setdefault(name, []).append(ms)
             due = max(due + self.period, time.monotonic())
 
     def summary(self) -> dict:
@@ -203,7 +206,8 @@ class _SqlProbe(threading.Thread):
         out: dict = {"sql_queries": len(took), "sql_statement": PROBE_SQL}
         if took:
             out.update(sql_ms_p50=round(_pick(took, 0.5), 1), sql_ms_p99=round(_pick(took, 0.99), 1),
-                       sql_ms_max=round(took[-1], 1))
+                       sql_ms_max=round(took[-1], 1),
+                       sql_server_ms_p50={name: round(_pick(sorted(ms), 0.5), 1) for name, ms in self.phases_ms.items()})
         if self.error:
             out["sql_error"] = self.error
         return out
@@ -371,6 +375,9 @@ def report(result: dict) -> str:
         lines.append(f"  SQL while ingesting ({result['queries_per_s']:g}/s, `{result['sql_statement']}` over "
                      f"HTTP): {result['sql_queries']} statements, p50 {result.get('sql_ms_p50', 0):.1f} ms, "
                      f"p99 {result.get('sql_ms_p99', 0):.1f} ms, max {result.get('sql_ms_max', 0):.1f} ms"
+                     + ("; in the instance (p50): " + ", ".join(
+                         f"{name} {ms:.1f} ms" for name, ms in result["sql_server_ms_p50"].items())
+                        if result.get("sql_server_ms_p50") else "")
                      + (f"; stopped by an error: {result['sql_error']}" if "sql_error" in result else ""))
     lines.append(f"  peak resident memory of fabtier: {result['peak_rss_mib']:,} MiB")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")

@@ -8,8 +8,10 @@ import random
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from tiers.keys import SensorKeys
+from tiers import unsealed as unsealed_module
 from tiers.unsealed import UnsealedData
 
 
@@ -44,7 +46,9 @@ def _expected(rows: list, fresh: bool) -> list[tuple]:
     return sorted((m, s, t, v) for m, s, t, v, f in rows if f == fresh)
 
 
-def test_the_view_holds_every_appended_row_once_between_any_appends():
+@pytest.mark.parametrize("merge_every", [256, 3])  # 3: appending merges blocks between the queries
+def test_the_view_holds_every_appended_row_once_between_any_appends(monkeypatch, merge_every):
+    monkeypatch.setattr(unsealed_module, "_MERGE_CHUNKS", merge_every)
     for seed in range(8):
         rng = random.Random(seed)
         keys = SensorKeys()
@@ -120,3 +124,25 @@ def test_sql_groups_names_right_across_batches_whose_dictionaries_grew():
     found = dict(_sql("SELECT machine, count(*) FROM t GROUP BY machine", t=fresh))
     assert found == counts
     assert _sql("SELECT count(*) FROM t WHERE machine = 'tool1' AND sensor = 's1'", t=fresh) == [(2,)]
+
+
+def test_appending_merges_blocks_so_a_query_after_a_pause_merges_few(monkeypatch):
+    monkeypatch.setattr(unsealed_module, "_MERGE_CHUNKS", 4)
+    rng = random.Random(9)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    for _ in range(3):
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+    unsealed.tables([1])  # views the first 3 chunks (merged into one)
+    for _ in range(11):
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+    segment = unsealed._segments[1]
+    # 1 viewed block, then two blocks of 4 merged by appending, then 3 chunks not merged yet.
+    assert len(segment.ts) == 1 + 2 + 3 and segment.merged == 3
+    sealed_before = unsealed.sealable([1]).fresh
+    view = unsealed.tables([1])
+    assert len(segment.ts) == 4  # the 3 chunks after the blocks became one
+    assert view.fresh.num_rows == len(rows) and _rows(view.fresh) == _expected(rows, True)
+    assert len(view.fresh.to_batches()) == 4  # a batch a block, not a batch a chunk
+    assert unsealed.sealable([1]).fresh.equals(sealed_before)
