@@ -4,8 +4,9 @@ Every source is handed to DuckDB as an Arrow object before the session is locked
 that, no statement can reach the file system, the network or an extension, and only one
 SELECT (or EXPLAIN) per call is accepted. The one exception: a lake on local disk, whose raw
 Parquet files DuckDB reads itself (its reader costs ~2 ms a query less than pyarrow streaming
-them through a Python scanner, and keeps their footers), so a statement may read the files
-under the lake's `raw/` directory, and nothing else, directly. A session is reused from query to query (its
+them through a Python scanner, and keeps their footers): DuckDB may then open the files under
+the lake's `raw/` and `agg_1m/` directories, and a statement that would open a file itself
+(a table function, a path as a table) is refused before it runs (analytics.reach). A session is reused from query to query (its
 views cost more to build than a narrow question costs to answer): each query binds its
 sources to one consistent snapshot, and can change nothing that the next one sees.
 """
@@ -27,6 +28,7 @@ import pyarrow.fs as pafs
 from alerts.acks import ACKS_SCHEMA
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
 from analytics.leftout import ArchivedObject
+from analytics.reach import file_access
 from core.errors import SqlError
 from tiers.catalog import FileStats as FileBounds
 from tiers.parquetformat import hour_bounds_ms
@@ -463,6 +465,11 @@ class Session:
         if statements[0].type not in _ALLOWED:
             raise SqlError(f"only SELECT and EXPLAIN are allowed here, not {statements[0].type.name}: "
                            "the SQL surface is read-only")
+        # Where DuckDB may read the lake's files, only the views may; elsewhere DuckDB refuses
+        # any file, and the same statements get the same message.
+        reason = file_access(sql)
+        if reason is not None:
+            raise SqlError(reason)
         try:
             return self.con.sql(sql).to_arrow_table()
         except duckdb.IOException as exc:

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 
+import duckdb
 import pytest
 
 from analytics.session import run_sql
@@ -53,17 +54,28 @@ def test_duckdb_reading_the_lake_itself_answers_as_pyarrow_does(lake):
         assert native.num_rows > 0 and native.to_pylist() == through_arrow.to_pylist(), sql
 
 
-def test_a_statement_reaches_the_lakes_files_and_nothing_else(lake, tmp_path):
+def test_a_statement_reaches_the_lakes_files_only_through_the_views(lake, tmp_path):
     built, _, _ = lake
     outside = tmp_path / "secret.csv"
     outside.write_text("a\n1\n")
     sources = _sources(built)
+    lake_file = sources.cold_raw[0].files[0]
     for sql in (f"SELECT * FROM read_csv('{outside}')", "SELECT * FROM read_text('/etc/hostname')",
-                f"SELECT * FROM read_text('{sources.lake_dir}/catalog/x')"):
-        with pytest.raises(SqlError, match="disabled by configuration|Permission"):
+                f"SELECT count(*) FROM read_parquet('{sources.lake_dir}/raw/**/*.parquet')",
+                f"SELECT count(*) FROM '{lake_file}'",
+                f"SELECT * FROM readings WHERE ts IN (SELECT ts FROM parquet_scan('{lake_file}'))"):
+        with pytest.raises(SqlError, match="not part of the SQL surface|names a file"):
             run_sql(sources, sql)
-    direct = run_sql(sources, f"SELECT count(*) AS n FROM read_parquet('{sources.lake_dir}/raw/**/*.parquet')")
-    assert direct.column("n")[0].as_py() > 0  # documented: the lake's raw files are readable as they are
+    # DuckDB's own guard stands behind: outside the lake's data directories, nothing opens.
+    from analytics.session import Session
+    session = Session(lake_dir=sources.lake_dir)
+    session.bind(sources)
+    with pytest.raises(duckdb.Error, match="disabled by configuration|Permission"):
+        session.con.execute(f"SELECT * FROM read_csv('{outside}')").fetchall()
+    assert session.con.execute(f"SELECT count(*) FROM '{lake_file}'").fetchall()[0][0] > 0
+    session.close()
+    # Functions that read no file still work.
+    assert run_sql(sources, "SELECT sum(range) AS s FROM range(4)").column("s")[0].as_py() == 6
 
 
 def test_a_file_gone_between_listing_and_reading_is_a_store_failure(lake, tmp_path):

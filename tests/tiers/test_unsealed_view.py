@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tiers.keys import SensorKeys
 from tiers import unsealed as unsealed_module
+from tiers.keys import SensorKeys
 from tiers.unsealed import UnsealedData
 
 
