@@ -42,6 +42,7 @@ _NOT_CONSTANT = frozenset({"COLUMN_REF", "SUBQUERY", "STAR", "PARAMETER", "LAMBD
                            "POSITIONAL_REFERENCE", "COLLATE"})
 
 _LOWER = {"COMPARE_GREATERTHANOREQUALTO", "COMPARE_GREATERTHAN"}
+_STRICT = {"COMPARE_GREATERTHAN", "COMPARE_LESSTHAN"}
 _UPPER = {"COMPARE_LESSTHANOREQUALTO", "COMPARE_LESSTHAN"}
 _FLIP = {"COMPARE_GREATERTHANOREQUALTO": "COMPARE_LESSTHANOREQUALTO",
          "COMPARE_GREATERTHAN": "COMPARE_LESSTHAN",
@@ -75,10 +76,15 @@ _EPOCH = dt.datetime(1970, 1, 1)
 
 
 def _literal_ms(expr: dict) -> int | None:
+    found = _literal(expr)
+    return found[0] if found is not None else None
+
+
+def _literal(expr: dict) -> tuple[int, bool] | None:
     """A plain timestamp or date literal (`TIMESTAMP '2026-01-01 10:00'`, `'2026-01-01'::DATE`,
     `'2026-01-01T10:00:00'`) read here, not by DuckDB (two round trips each); None for
     anything else, which DuckDB evaluates. Only forms without a zone and from 1970 on, whose
-    meaning is the same in both."""
+    meaning is the same in both. (epoch ms, whether exact: no digits below the millisecond)."""
     literal = expr
     if expr.get("class") == "CAST":
         type_expr = expr.get("type_expr") or {}
@@ -101,7 +107,8 @@ def _literal_ms(expr: dict) -> int | None:
     if value.year < 1970:
         return None
     # to the nearest millisecond, half up, as DuckDB's epoch_ms (the margin covers either way)
-    return ((value - _EPOCH) // dt.timedelta(microseconds=1) + 500) // 1000
+    micros = (value - _EPOCH) // dt.timedelta(microseconds=1)
+    return (micros + 500) // 1000, micros % 1000 == 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -235,34 +242,36 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "read
     names = {table_name} | ({str(table["alias"]).lower()} if table.get("alias") else set())
     los: list[int] = []
     his: list[int] = []
-    clock = False
     evaluate = _Evaluator(con)
     for term in terms:
         if not isinstance(term, dict):
             continue
-        pairs: list[tuple[str, dict]] = []  # (lower / upper / equal, constant side)
+        pairs: list[tuple[str, bool, dict]] = []  # (lower / upper / equal, strict, constant side)
         if term.get("type") == "COMPARE_BETWEEN" and _is_ts(term.get("input", {}), names, column):
-            pairs = [("lower", term.get("lower", {})), ("upper", term.get("upper", {}))]
+            pairs = [("lower", False, term.get("lower", {})), ("upper", False, term.get("upper", {}))]
         elif term.get("class") == "COMPARISON" and term.get("type") in _FLIP:
             kind, left, right = term["type"], term.get("left", {}), term.get("right", {})
             if not _is_ts(left, names, column) and _is_ts(right, names, column):
                 kind, left, right = _FLIP[kind], right, left
             if _is_ts(left, names, column):
                 side = "lower" if kind in _LOWER else "upper" if kind in _UPPER else "equal"
-                pairs = [(side, right)]
-        for side, expr in pairs:
+                pairs = [(side, kind in _STRICT, right)]
+        for side, strict, expr in pairs:
             if not isinstance(expr, dict) or not _constant(expr):
                 continue
-            value = evaluate.ms(expr)
+            literal = _literal(expr)
+            value = literal[0] if literal is not None else evaluate.ms(expr)
             if value is None:
                 continue
-            clock = clock or _uses_clock(expr)
+            uses_clock = _uses_clock(expr)
+            # A literal to the millisecond is exact (readings' times are whole milliseconds):
+            # no margin, and a strict bound moves by one. Anything else is widened.
+            exact = literal is not None and literal[1]
             if side in ("lower", "equal"):
-                los.append(value)
+                los.append(value + (1 if strict else 0) if exact else value - margin_ms)
             if side in ("upper", "equal"):
-                his.append(value)
+                his.append(value - (1 if strict else 0) if exact
+                           else value + margin_ms + (NOW_MARGIN_MS if uses_clock else 0))
     if not los and not his:
         return None
-    lo = max(los) - margin_ms if los else None
-    hi = min(his) + margin_ms + (NOW_MARGIN_MS if clock else 0) if his else None
-    return lo, hi
+    return (max(los) if los else None), (min(his) if his else None)

@@ -103,7 +103,10 @@ def test_exact_values():
     lo, hi = ts_bounds("SELECT * FROM readings WHERE ts >= TIMESTAMP '2026-01-01 10:00' "
                        "AND ts < TIMESTAMP '2026-01-01 11:00'")
     start = int(dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC).timestamp() * 1000)
-    assert lo == start - MARGIN_MS and hi == start + 3_600_000 + MARGIN_MS
+    assert lo == start and hi == start + 3_600_000 - 1  # literals to the ms: exact
+    lo, hi = ts_bounds("SELECT * FROM readings WHERE ts > TIMESTAMP '2026-01-01 10:00' "
+                       "AND ts <= TIMESTAMP '2026-01-01 11:00:00.0005'")
+    assert lo == start + 1 and hi == start + 3_600_000 + 1 + MARGIN_MS  # below the ms: widened
     lo, hi = ts_bounds("SELECT * FROM readings WHERE ts < TIMESTAMPTZ '2026-01-01 12:00+02'")
     assert lo is None and hi == start + MARGIN_MS
     lo, hi = ts_bounds("SELECT * FROM readings WHERE ts >= now() - INTERVAL 5 MINUTE")
@@ -188,11 +191,11 @@ def test_a_statement_that_sees_no_raw_reading_lists_no_raw_file(sql, reads):
 
 
 def test_minute_bounds_of_a_question_over_readings_1m():
-    from analytics.bounds import MINUTE_MARGIN_MS, NOTHING, minute_bounds
+    from analytics.bounds import NOTHING, minute_bounds
     day = int(dt.datetime(2026, 11, 29, tzinfo=dt.UTC).timestamp() * 1000)
     lo, hi = minute_bounds("SELECT count(*) FROM readings_1m WHERE machine = 'm01' "
                            "AND minute >= TIMESTAMP '2026-11-29' AND minute < TIMESTAMP '2026-11-30'")
-    assert (lo, hi) == (day - MINUTE_MARGIN_MS, day + 86_400_000 + MINUTE_MARGIN_MS)
+    assert (lo, hi) == (day, day + 86_400_000 - 1)
     # A statement that reads no minutes lists none; a join, or no bound on minute: nothing is pruned.
     assert minute_bounds("SELECT count(*) FROM readings WHERE ts >= TIMESTAMP '2026-11-29'") == NOTHING
     assert minute_bounds("SELECT count(*) FROM readings_1h") is None

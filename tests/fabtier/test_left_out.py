@@ -115,15 +115,15 @@ def test_the_notice_names_the_retrieval_job_that_is_bringing_them_back(tmp_path)
 
 def test_an_archived_file_whose_time_range_cannot_match_is_not_left_out(tmp_path):
     """The catalog keeps an archived file's time range from before it was archived: a
-    statement whose bounds (widened by analytics.bounds.MARGIN_MS, a second) still reach into
-    the file's hour but not its readings loses nothing, and says nothing."""
+    statement whose bounds (a literal to the millisecond is exact) still reach into the file's
+    hour but not its readings loses nothing, and says nothing."""
     settings = make_settings(tmp_path, None)
     _lake_with_one_archived_hour(settings)  # hour 16's file holds 16:00:00.001 .. 16:00:00.003
     config = write_config(settings, tmp_path / "fabtier.toml")
     beyond = fabtier_cli("sql", "--config", str(config), "SELECT count(*) AS n FROM readings "
-                         "WHERE ts >= TIMESTAMP '2025-11-24 16:00:01.002'", "--format", "json")
+                         "WHERE ts >= TIMESTAMP '2025-11-24 16:00:00.002'", "--format", "json")
     assert json.loads(beyond.stdout) == [{"n": 2}]  # hour 17's, readable
     assert "leaves out 1 archived" in beyond.stderr  # from 16:00:00.002 on: the file may hold one
     past = fabtier_cli("sql", "--config", str(config), "SELECT count(*) AS n FROM readings "
-                       "WHERE ts >= TIMESTAMP '2025-11-24 16:00:01.004'", "--format", "json")
+                       "WHERE ts >= TIMESTAMP '2025-11-24 16:00:00.004'", "--format", "json")
     assert json.loads(past.stdout) == [{"n": 2}] and "leaves out" not in past.stderr
