@@ -78,9 +78,10 @@ class _Segment:
     rows: int = 0
     # SQL's view of the first `viewed` chunks (see UnsealedData.tables): built once, shared.
     viewed: int = 0
-    # Chunks before this one are merged blocks (`_MERGE_CHUNKS` appended chunks each, or what
-    # a query found), so a query never merges more than `_MERGE_CHUNKS` of them.
+    # Chunks before this one are merged blocks (`_MERGE_ROWS` rows each, or what a query
+    # found); `unmerged` rows follow, so a query never merges more than `_MERGE_ROWS`.
     merged: int = 0
+    unmerged: int = 0
     fresh_batches: list[pa.RecordBatch] = field(default_factory=list)
     late_batches: list[pa.RecordBatch] = field(default_factory=list)
 
@@ -182,12 +183,13 @@ def _columns(parts: list[_Segment], name: str, dtype) -> np.ndarray:
 
 
 _CHUNK_COLUMNS = ("key_ids", "ts", "value", "verified")
-# Appended chunks merged into one block as they come (by the appending thread: ~2.7 MB copied
-# every 256 batches of 500 readings). A query then merges at most this many, under the ingest
-# lock, however long since the last one (it merged everything since: 0.3-0.75 s at 1 M
-# readings/s after a pause of seconds), and SQL scans blocks of ~128 k rows, not batches of
-# 500 (each batch costs DuckDB a pass over the names dictionary).
-_MERGE_CHUNKS = 256
+# Appended chunks merged into one block as they come, by the appending thread, once they hold
+# this many rows (~2.7 MB copied every 128 k readings). A query then merges at most this many
+# rows under the ingest lock, however long since the last one (it merged everything since:
+# 0.3-0.75 s at 1 M readings/s after a pause of seconds), and SQL scans blocks of 128 k rows or
+# more, whatever the size of the batches (each batch costs DuckDB a pass over the names
+# dictionary, which holds every sensor's name: a million at fab scale).
+_MERGE_ROWS = 1 << 17
 
 
 def _merge_chunks(part: _Segment, start: int) -> int:
@@ -246,10 +248,10 @@ class UnsealedData:
         target.rows += len(ts)
         self._rows += len(ts)
         self._chunks += 1
-        start = max(target.merged, target.viewed)
-        if len(target.ts) - start >= _MERGE_CHUNKS:
-            self._chunks -= _merge_chunks(target, start)
-            target.merged = len(target.ts)
+        target.unmerged += len(ts)
+        if target.unmerged >= _MERGE_ROWS:
+            self._chunks -= _merge_chunks(target, max(target.merged, target.viewed))
+            target.merged, target.unmerged = len(target.ts), 0
 
     def add_quarantine(self, segment: int, record: QuarantineRecord) -> None:
         self._segment(segment).quarantine.append(record)
@@ -326,7 +328,7 @@ class UnsealedData:
         """The given segments' rows for SQL, at a cost that does not grow with what is
         unsealed: each segment keeps its view (Arrow batches over its own arrays, no row
         copied) and extends it by the chunks appended since the last call: the blocks that
-        appending merged (`_MERGE_CHUNKS` chunks each), and the chunks after them merged into
+        appending merged (`_MERGE_ROWS` rows each), and the chunks after them merged into
         one (so that a segment's view has a few batches, not one per micro-batch). Rows are split
         into fresh and late per batch; only a batch that holds both is copied. To be called
         with the ingest lock held (chunks are appended under it)."""
@@ -347,6 +349,7 @@ class UnsealedData:
                         part.fresh_batches.append(batch.filter(mask))
                         part.late_batches.append(batch.filter(pc.invert(mask)))
                 part.viewed = part.merged = len(part.ts)
+                part.unmerged = 0
         return SegmentTables(
             fresh=pa.Table.from_batches([b for p in parts for b in p.fresh_batches], schema=SEALING_SCHEMA),
             late=pa.Table.from_batches([b for p in parts for b in p.late_batches], schema=SEALING_SCHEMA),

@@ -46,9 +46,9 @@ def _expected(rows: list, fresh: bool) -> list[tuple]:
     return sorted((m, s, t, v) for m, s, t, v, f in rows if f == fresh)
 
 
-@pytest.mark.parametrize("merge_every", [256, 3])  # 3: appending merges blocks between the queries
-def test_the_view_holds_every_appended_row_once_between_any_appends(monkeypatch, merge_every):
-    monkeypatch.setattr(unsealed_module, "_MERGE_CHUNKS", merge_every)
+@pytest.mark.parametrize("merge_rows", [1 << 17, 50])  # 50: appending merges blocks between the queries
+def test_the_view_holds_every_appended_row_once_between_any_appends(monkeypatch, merge_rows):
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", merge_rows)
     for seed in range(8):
         rng = random.Random(seed)
         keys = SensorKeys()
@@ -127,22 +127,24 @@ def test_sql_groups_names_right_across_batches_whose_dictionaries_grew():
 
 
 def test_appending_merges_blocks_so_a_query_after_a_pause_merges_few(monkeypatch):
-    monkeypatch.setattr(unsealed_module, "_MERGE_CHUNKS", 4)
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 100)
     rng = random.Random(9)
     keys = SensorKeys()
     unsealed = UnsealedData(keys)
     rows: list = []
     for _ in range(3):
         _append(unsealed, keys, rng, 1, rows, mode="fresh")
-    unsealed.tables([1])  # views the first 3 chunks (merged into one)
-    for _ in range(11):
-        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+    unsealed.tables([1])  # views the first chunks (merged into one)
     segment = unsealed._segments[1]
-    # 1 viewed block, then two blocks of 4 merged by appending, then 3 chunks not merged yet.
-    assert len(segment.ts) == 1 + 2 + 3 and segment.merged == 3
+    for _ in range(25):  # ~500 rows: blocks of 100 or more merged as they come
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+    blocks = segment.merged - 1
+    assert blocks >= 3 and all(len(a) >= 100 for a in segment.ts[1:segment.merged])
+    assert segment.unmerged == sum(len(a) for a in segment.ts[segment.merged:]) < 100
+    tail = len(segment.ts) - segment.merged
     sealed_before = unsealed.sealable([1]).fresh
     view = unsealed.tables([1])
-    assert len(segment.ts) == 4  # the 3 chunks after the blocks became one
+    assert len(segment.ts) == 1 + blocks + (1 if tail else 0)  # only the tail was merged here
     assert view.fresh.num_rows == len(rows) and _rows(view.fresh) == _expected(rows, True)
-    assert len(view.fresh.to_batches()) == 4  # a batch a block, not a batch a chunk
+    assert len(view.fresh.to_batches()) == len(segment.ts)  # a batch a block, not a batch a chunk
     assert unsealed.sealable([1]).fresh.equals(sealed_before)
