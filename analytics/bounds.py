@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 import re
+from dataclasses import dataclass
 
 import duckdb
 
@@ -75,11 +76,6 @@ _PLAIN_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
-def _literal_ms(expr: dict) -> int | None:
-    found = _literal(expr)
-    return found[0] if found is not None else None
-
-
 def _literal(expr: dict) -> tuple[int, bool] | None:
     """A plain timestamp or date literal (`TIMESTAMP '2026-01-01 10:00'`, `'2026-01-01'::DATE`,
     `'2026-01-01T10:00:00'`) read here, not by DuckDB (two round trips each); None for
@@ -134,34 +130,39 @@ def _expression_sql(expr_json: str) -> str | None:
     return row[0] if row and row[0] else None
 
 
-class _Evaluator:
-    """Values of constant expressions in epoch ms, as the session compares them with `ts` (a
-    TIMESTAMP of UTC wall time, in a session whose time zone is UTC)."""
+@dataclass(frozen=True)
+class _Term:
+    """One comparison of the time column with a constant: which side it bounds, whether
+    strictly, and the constant (read here when it is a plain literal, else its tree as JSON,
+    for DuckDB to evaluate each time: it may read the clock)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
+    side: str  # lower, upper or equal
+    strict: bool
+    literal: tuple[int, bool] | None
+    expression: str
+    uses_clock: bool
+    constant: bool  # a bare constant (a string is compared as a timestamp only then)
 
-    def ms(self, expr: dict) -> int | None:
-        quick = _literal_ms(expr)
-        if quick is not None:
-            return quick
-        select = _expression_sql(json.dumps(expr, sort_keys=True))
-        if select is None:
-            return None
-        try:  # evaluated every time: the expression may read the clock
-            found = self.con.execute(f"SELECT typeof(x), epoch_ms(CAST(x AS TIMESTAMP)) FROM ({select}) AS t(x)"
-                                     ).fetchone()
-        except duckdb.Error:
-            return None
-        if not found or found[1] is None:
-            return None
-        kind = str(found[0]).upper()
-        # A timestamp or date is compared as a timestamp; a string only as a literal (another
-        # string expression may make DuckDB compare `ts` as a string).
-        literal = expr.get("class") == "CONSTANT"
-        if not (kind.startswith("TIMESTAMP") or kind == "DATE" or (kind == "VARCHAR" and literal)):
-            return None
-        return int(found[1])
+
+def _evaluated_ms(con: duckdb.DuckDBPyConnection, term: _Term) -> int | None:
+    """The value of a term's constant in epoch ms, as the session compares it with `ts` (a
+    TIMESTAMP of UTC wall time, in a session whose time zone is UTC); evaluated every time:
+    it may read the clock."""
+    select = _expression_sql(term.expression)
+    if select is None:
+        return None
+    try:
+        found = con.execute(f"SELECT typeof(x), epoch_ms(CAST(x AS TIMESTAMP)) FROM ({select}) AS t(x)").fetchone()
+    except duckdb.Error:
+        return None
+    if not found or found[1] is None:
+        return None
+    kind = str(found[0]).upper()
+    # A timestamp or date is compared as a timestamp; a string only as a literal (another
+    # string expression may make DuckDB compare `ts` as a string).
+    if not (kind.startswith("TIMESTAMP") or kind == "DATE" or (kind == "VARCHAR" and term.constant)):
+        return None
+    return int(found[1])
 
 
 def _statement(sql: str) -> dict | None:
@@ -201,6 +202,7 @@ def minute_bounds(sql: str) -> TsBounds | None:
         return _bounds(con, sql, table_name="readings_1m", column="minute", margin_ms=MINUTE_MARGIN_MS)
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of the text; statements come back
 def _may_read(sql: str, views: tuple[str, ...], prefix: str | None = None) -> bool:
     """Whether `sql` can read any of `views` (or a table whose name starts with `prefix`):
     it names one, calls a table function (which could name one in a string), or cannot be
@@ -220,6 +222,32 @@ def _may_read(sql: str, views: tuple[str, ...], prefix: str | None = None) -> bo
 
 def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "readings",
             column: str = "ts", margin_ms: int = MARGIN_MS) -> TsBounds | None:
+    terms = _terms(sql, table_name, column)
+    if terms is None:
+        return None
+    los: list[int] = []
+    his: list[int] = []
+    for term in terms:
+        value = term.literal[0] if term.literal is not None else _evaluated_ms(con, term)
+        if value is None:
+            continue
+        # A literal to the millisecond is exact (readings' times are whole milliseconds):
+        # no margin, and a strict bound moves by one. Anything else is widened.
+        exact = term.literal is not None and term.literal[1]
+        step = 1 if term.strict else 0
+        if term.side in ("lower", "equal"):
+            los.append(value + step if exact else value - margin_ms)
+        if term.side in ("upper", "equal"):
+            his.append(value - step if exact else value + margin_ms + (NOW_MARGIN_MS if term.uses_clock else 0))
+    if not los and not his:
+        return None
+    return (max(los) if los else None), (min(his) if his else None)
+
+
+@functools.lru_cache(maxsize=256)  # a pure function of the text; statements come back
+def _terms(sql: str, table_name: str, column: str) -> tuple[_Term, ...] | None:
+    """The statement's comparisons of `column` with constants, when it is a plain SELECT from
+    `table_name` alone; None otherwise (nothing can be bounded)."""
     node = _statement(sql)
     if node is None or node.get("type") != "SELECT_NODE" or node.get("cte_map", {}).get("map"):
         return None
@@ -240,9 +268,7 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "read
         return None
     terms = where.get("children", []) if where.get("type") == "CONJUNCTION_AND" else [where]
     names = {table_name} | ({str(table["alias"]).lower()} if table.get("alias") else set())
-    los: list[int] = []
-    his: list[int] = []
-    evaluate = _Evaluator(con)
+    found: list[_Term] = []
     for term in terms:
         if not isinstance(term, dict):
             continue
@@ -257,21 +283,7 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "read
                 side = "lower" if kind in _LOWER else "upper" if kind in _UPPER else "equal"
                 pairs = [(side, kind in _STRICT, right)]
         for side, strict, expr in pairs:
-            if not isinstance(expr, dict) or not _constant(expr):
-                continue
-            literal = _literal(expr)
-            value = literal[0] if literal is not None else evaluate.ms(expr)
-            if value is None:
-                continue
-            uses_clock = _uses_clock(expr)
-            # A literal to the millisecond is exact (readings' times are whole milliseconds):
-            # no margin, and a strict bound moves by one. Anything else is widened.
-            exact = literal is not None and literal[1]
-            if side in ("lower", "equal"):
-                los.append(value + (1 if strict else 0) if exact else value - margin_ms)
-            if side in ("upper", "equal"):
-                his.append(value - (1 if strict else 0) if exact
-                           else value + margin_ms + (NOW_MARGIN_MS if uses_clock else 0))
-    if not los and not his:
-        return None
-    return (max(los) if los else None), (min(his) if his else None)
+            if isinstance(expr, dict) and _constant(expr):
+                found.append(_Term(side, strict, _literal(expr), json.dumps(expr, sort_keys=True),
+                                   _uses_clock(expr), expr.get("class") == "CONSTANT"))
+    return tuple(found)

@@ -10,6 +10,8 @@ tables named by a path (DuckDB's replacement scan of a file). Pure."""
 
 from __future__ import annotations
 
+import functools
+
 from analytics.parsetree import nodes, parse
 
 # Table functions that read no file: rows from their arguments, or the session's own catalog.
@@ -19,6 +21,7 @@ _CATALOG_PREFIXES = ("duckdb_", "pragma_")
 _PATH_MARKS = ("/", "\\", "*", "?", ".")
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of the text; statements come back
 def file_access(sql: str) -> str | None:
     """Why `sql` could read a file other than through the views (None: it cannot)."""
     tree = parse(sql)

@@ -152,7 +152,7 @@ def test_none_when_not_certain(sql):
 def test_literals_read_in_python_are_what_duckdb_reads(moment, shape, wrap):
     """analytics.bounds reads plain timestamp literals itself (no round trip to DuckDB): the
     value it reads is DuckDB's, to the millisecond, or it leaves the literal to DuckDB."""
-    from analytics.bounds import _literal_ms
+    from analytics.bounds import _literal
     from analytics.parsetree import connection, parse
 
     text = moment.strftime(shape) if not shape.endswith("03d") else moment.strftime("%Y-%m-%d %H:%M:%S.") + \
@@ -161,15 +161,18 @@ def test_literals_read_in_python_are_what_duckdb_reads(moment, shape, wrap):
     tree = parse(f"SELECT 1 FROM readings WHERE ts >= {literal}")
     assert tree is not None
     expr = tree["statements"][0]["node"]["where_clause"]["right"]
-    quick = _literal_ms(expr)
-    if quick is None:
+    found = _literal(expr)
+    if found is None:
         return  # left to DuckDB
+    quick, exact = found
     try:
         with connection() as con:
-            (expected,) = con.execute(f"SELECT epoch_ms(CAST({literal} AS TIMESTAMP))").fetchall()[0]
+            expected, micros = con.execute(f"SELECT epoch_ms(CAST({literal} AS TIMESTAMP)), "
+                                           f"epoch_us(CAST({literal} AS TIMESTAMP))").fetchall()[0]
     except duckdb.Error:
         pytest.fail(f"{literal} read as {quick} here, refused by DuckDB")
     assert quick == expected, literal
+    assert exact == (micros % 1000 == 0), literal  # exact: the bound needs no margin
 
 
 @pytest.mark.parametrize("sql, reads", [
