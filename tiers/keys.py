@@ -21,7 +21,13 @@ class SensorKeys:
         self.machines: list[str] = []
         self.sensors: list[str] = []
         self._dictionaries: tuple | None = None  # (keys covered, codes and names per column)
-        self._names_by_key = (0, pa.array([], pa.string()), pa.array([], pa.string()))
+        # Each key's machine and sensor as codes into the distinct names in first-seen order
+        # (kept as keys are added: no sort of every name when one more appears).
+        self._code_of: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self._distinct: tuple[list[str], list[str]] = ([], [])
+        self._codes_by_key: tuple[list[int], list[int]] = ([], [])
+        self._name_codes = (0, np.empty(0, np.int32), pa.array([], pa.string()),
+                            np.empty(0, np.int32), pa.array([], pa.string()))
 
     def __len__(self) -> int:
         return len(self.machines)
@@ -30,6 +36,13 @@ class SensorKeys:
         key = (machine, sensor)
         found = self._ids.get(key)
         if found is None:
+            for name, code_of, distinct, codes in zip((machine, sensor), self._code_of, self._distinct,
+                                                      self._codes_by_key, strict=True):
+                code = code_of.get(name)
+                if code is None:
+                    code = code_of[name] = len(distinct)
+                    distinct.append(name)
+                codes.append(code)
             found = self._ids[key] = len(self.machines)
             self.machines.append(machine)
             self.sensors.append(sensor)
@@ -54,18 +67,22 @@ class SensorKeys:
         ranks[order] = np.arange(len(order))
         return ranks
 
-    def names_by_key(self) -> tuple[pa.Array, pa.Array]:
-        """The machine and the sensor name of every key id given so far, as Arrow strings
-        (index: key id), extended by the keys added since the last call. With key ids as
-        indices they are dictionaries: a column of names without a string per row, or a
-        copy of the ids. Safe beside `id_of` in another thread, as `name_dictionaries`."""
+    def name_codes(self) -> tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]:
+        """For every key id given so far: its machine's code and the distinct machine names,
+        its sensor's code and the distinct sensor names (codes index the names), extended by
+        the keys added since the last call. Gathered by key id they make dictionary columns
+        whose dictionaries hold each name once (a thousand machines and a hundred sensor
+        names, not a name per key: a reader pays for a batch's dictionary). Safe beside `id_of`
+        in another thread: a key's codes are appended before its id is given."""
         known = len(self.sensors)
-        covered, machines, sensors = self._names_by_key
+        covered, machine_codes, machines, sensor_codes, sensors = self._name_codes
         if covered < known:
-            machines = pa.concat_arrays([machines, pa.array(self.machines[covered:known], pa.string())])
-            sensors = pa.concat_arrays([sensors, pa.array(self.sensors[covered:known], pa.string())])
-            self._names_by_key = (known, machines, sensors)
-        return machines, sensors
+            machine_codes = np.concatenate([machine_codes, np.array(self._codes_by_key[0][covered:known], np.int32)])
+            sensor_codes = np.concatenate([sensor_codes, np.array(self._codes_by_key[1][covered:known], np.int32)])
+            machines = pa.array(self._distinct[0][:int(machine_codes.max()) + 1], pa.string())
+            sensors = pa.array(self._distinct[1][:int(sensor_codes.max()) + 1], pa.string())
+            self._name_codes = (known, machine_codes, machines, sensor_codes, sensors)
+        return machine_codes, machines, sensor_codes, sensors
 
     def name_dictionaries(self, key_ids: np.ndarray) -> tuple[pa.DictionaryArray, pa.DictionaryArray]:
         """Machine and sensor columns for an array of key ids, dictionary-encoded: int32 codes

@@ -203,14 +203,16 @@ def _merge_chunks(part: _Segment, start: int) -> int:
     return max(0, count - 1)
 
 
-def _sql_batch(part: _Segment, index: int, machines: pa.Array, sensors: pa.Array) -> pa.RecordBatch:
-    """Chunk `index` of a segment as Arrow, without copying a row: the key ids are the indices
-    of dictionaries that hold every key's machine and sensor name (SQL reads them as VARCHAR
-    all the same), ts and value are the chunk's own buffers."""
-    key_ids = pa.array(part.key_ids[index], type=pa.int32())
+def _sql_batch(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]
+               ) -> pa.RecordBatch:
+    """Chunk `index` of a segment as Arrow: machine and sensor as codes into the distinct names
+    (SensorKeys.name_codes; SQL reads them as VARCHAR all the same), gathered by key id (4
+    bytes a row each), ts and value the chunk's own buffers, not copied."""
+    key_ids = part.key_ids[index]
+    machine_codes, machines, sensor_codes, sensors = names
     return pa.RecordBatch.from_arrays([
-        pa.DictionaryArray.from_arrays(key_ids, machines),
-        pa.DictionaryArray.from_arrays(key_ids, sensors),
+        pa.DictionaryArray.from_arrays(pa.array(machine_codes[key_ids], type=pa.int32()), machines),
+        pa.DictionaryArray.from_arrays(pa.array(sensor_codes[key_ids], type=pa.int32()), sensors),
         pa.array(part.ts[index], type=pa.int64()).view(SEALING_SCHEMA.field("ts").type),
         pa.array(part.value[index], type=pa.float64()),
     ], schema=SEALING_SCHEMA)
@@ -333,12 +335,12 @@ class UnsealedData:
         into fresh and late per batch; only a batch that holds both is copied. To be called
         with the ingest lock held (chunks are appended under it)."""
         parts = [self._segments[s] for s in segments if s in self._segments]
-        machines, sensors = self._keys.names_by_key()
+        names = self._keys.name_codes()
         for part in parts:
             if part.viewed < len(part.ts):
                 self._chunks -= _merge_chunks(part, max(part.merged, part.viewed))
                 for index in range(part.viewed, len(part.ts)):  # merged blocks, then the rest as one
-                    batch = _sql_batch(part, index, machines, sensors)
+                    batch = _sql_batch(part, index, names)
                     verified = part.verified[index]
                     if verified.all():
                         part.fresh_batches.append(batch)
