@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import itertools
 
 import numpy as np
@@ -25,7 +26,7 @@ class SensorKeys:
         # (kept as keys are added: no sort of every name when one more appears).
         self._code_of: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._distinct: tuple[list[str], list[str]] = ([], [])
-        self._codes_by_key: tuple[list[int], list[int]] = ([], [])
+        self._codes_by_key = (array.array("i"), array.array("i"))  # 4 bytes a key, not an int object
         self._name_codes = (0, np.empty(0, np.int32), pa.array([], pa.string()),
                             np.empty(0, np.int32), pa.array([], pa.string()))
 
@@ -77,8 +78,8 @@ class SensorKeys:
         known = len(self.sensors)
         covered, machine_codes, machines, sensor_codes, sensors = self._name_codes
         if covered < known:
-            machine_codes = np.concatenate([machine_codes, np.array(self._codes_by_key[0][covered:known], np.int32)])
-            sensor_codes = np.concatenate([sensor_codes, np.array(self._codes_by_key[1][covered:known], np.int32)])
+            machine_codes = np.concatenate([machine_codes, np.frombuffer(self._codes_by_key[0][covered:known], np.int32)])
+            sensor_codes = np.concatenate([sensor_codes, np.frombuffer(self._codes_by_key[1][covered:known], np.int32)])
             machines = pa.array(self._distinct[0][:int(machine_codes.max()) + 1], pa.string())
             sensors = pa.array(self._distinct[1][:int(sensor_codes.max()) + 1], pa.string())
             self._name_codes = (known, machine_codes, machines, sensor_codes, sensors)
