@@ -98,6 +98,7 @@ class Pipeline:
         self._sealer: Sealer | None = None
         self._reads: Reads | None = None
         self._early_seal: threading.Thread | None = None
+        self._early_seal_lock = threading.Lock()
 
     @property
     def lake(self) -> ColdLake:
@@ -253,12 +254,17 @@ class Pipeline:
             self.subscriber.ack_many(tokens)
 
     def _seal_soon(self) -> None:
-        """A seal now, beside ingestion (backpressure); the job runner keeps one at a time."""
-        if self._early_seal is not None and self._early_seal.is_alive():
-            return
-        self._early_seal = threading.Thread(target=scheduler.run_scheduled, args=(self, "seal"),
-                                            name="early-seal", daemon=True)
-        self._early_seal.start()
+        """A seal now, beside ingestion (backpressure); the job runner keeps one at a time.
+        Asked from the ingest and the committer threads at once: under a lock, and the thread
+        started is the one this call made (two callers once started the same thread twice, and
+        the ingest thread died of the RuntimeError)."""
+        with self._early_seal_lock:
+            if self._early_seal is not None and self._early_seal.is_alive():
+                return
+            early = threading.Thread(target=scheduler.run_scheduled, args=(self, "seal"),
+                                     name="early-seal", daemon=True)
+            self._early_seal = early
+            early.start()
 
     def _ingest_figures(self) -> dict:
         ingestor = self.ingestor
