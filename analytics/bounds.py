@@ -25,9 +25,8 @@ HOUR_MS = 3_600_000
 # little later. Files are chosen by their exact time ranges (the catalog's statistics), so a
 # wider margin only hands the scan files that cannot match (an hour's did: the hours before and
 # after an hour's question, the days before and after a day's).
-MARGIN_MS = 1_000
+MARGIN_MS = 1_000  # the same for `minute` (minute_bounds)
 NOW_MARGIN_MS = 15 * 60_000
-MINUTE_MARGIN_MS = MARGIN_MS  # the same for `minute` (minute_bounds)
 
 TsBounds = tuple[int | None, int | None]
 
@@ -199,7 +198,7 @@ def minute_bounds(sql: str) -> TsBounds | None:
     if not _may_read(sql, _MINUTE_SOURCES):
         return NOTHING
     with connection() as con:
-        return _bounds(con, sql, table_name="readings_1m", column="minute", margin_ms=MINUTE_MARGIN_MS)
+        return _bounds(con, sql, table_name="readings_1m", column="minute")
 
 
 @functools.lru_cache(maxsize=256)  # a pure function of the text; statements come back
@@ -221,7 +220,7 @@ def _may_read(sql: str, views: tuple[str, ...], prefix: str | None = None) -> bo
 
 
 def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "readings",
-            column: str = "ts", margin_ms: int = MARGIN_MS) -> TsBounds | None:
+            column: str = "ts") -> TsBounds | None:
     terms = _terms(sql, table_name, column)
     if terms is None:
         return None
@@ -236,9 +235,9 @@ def _bounds(con: duckdb.DuckDBPyConnection, sql: str, *, table_name: str = "read
         exact = term.literal is not None and term.literal[1]
         step = 1 if term.strict else 0
         if term.side in ("lower", "equal"):
-            los.append(value + step if exact else value - margin_ms)
+            los.append(value + step if exact else value - MARGIN_MS)
         if term.side in ("upper", "equal"):
-            his.append(value - step if exact else value + margin_ms + (NOW_MARGIN_MS if term.uses_clock else 0))
+            his.append(value - step if exact else value + MARGIN_MS + (NOW_MARGIN_MS if term.uses_clock else 0))
     if not los and not his:
         return None
     return (max(los) if los else None), (min(his) if his else None)

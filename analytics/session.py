@@ -6,9 +6,11 @@ SELECT (or EXPLAIN) per call is accepted. The one exception: a lake on local dis
 Parquet files DuckDB reads itself (its reader costs ~2 ms a query less than pyarrow streaming
 them through a Python scanner, and keeps their footers): DuckDB may then open the files under
 the lake's `raw/` and `agg_1m/` directories, and a statement that would open a file itself
-(a table function, a path as a table) is refused before it runs (analytics.reach). A session is reused from query to query (its
-views cost more to build than a narrow question costs to answer): each query binds its
-sources to one consistent snapshot, and can change nothing that the next one sees.
+(a table function, a path as a table) is refused before it runs (analytics.reach).
+
+A session is reused from query to query (its views cost more to build than a narrow question
+costs to answer): each query binds its sources to one consistent snapshot, and can change
+nothing that the next one sees.
 """
 
 from __future__ import annotations
@@ -258,20 +260,17 @@ class _NaiveTsDataset(ds.InMemoryDataset):
 
 
 class _Swapped(ds.InMemoryDataset):
-    """A source as a session registers it once: what it reads is swapped per query (a
+    """A dataset source as a session registers it once: what it reads is swapped per query (a
     session is reused, and registering an object with DuckDB costs more than most queries).
-    DuckDB hands its projection and filters to `scanner`, as for any Arrow dataset."""
+    DuckDB hands its projection and filters to `scanner`, as for any Arrow dataset. (Tables
+    are `_SwappedTable`.)"""
 
     def __init__(self, schema: pa.Schema) -> None:
         super().__init__(schema.empty_table())
-        self.current: ds.Dataset | pa.Table | None = None
+        self.current: ds.Dataset | None = None
 
     def scanner(self, *args, columns=None, filter=None, **kwargs) -> ds.Scanner:
-        current = self.current
-        if current is None:
-            current = self.schema.empty_table()
-        if isinstance(current, pa.Table):
-            current = ds.dataset(current)
+        current = self.current if self.current is not None else ds.dataset(self.schema.empty_table())
         return current.scanner(*args, columns=columns, filter=filter, **kwargs)
 
 
