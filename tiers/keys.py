@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class SensorKeys:
@@ -90,14 +91,18 @@ class SensorKeys:
         into the sorted distinct names. No string per row (sealing tens of millions of rows
         spent most of its time making and hashing them), and Parquet writes the codes as
         they are. Safe beside `id_of` in another thread: ids, once given, never change."""
-        known = len(self.sensors)  # appended after machines: both lists hold this many
         cached = self._dictionaries
-        if cached is None or cached[0] < known:
+        if cached is None or cached[0] < len(self.sensors):
+            # From the first-seen codes (name_codes): only the distinct names are sorted (a
+            # thousand machines, not a million keys' names), and each key's code is re-ranked.
+            machine_codes, machines, sensor_codes, sensors = self.name_codes()
             columns = []
-            for names in (self.machines[:known], self.sensors[:known]):
-                distinct, code_of_key = np.unique(np.array(names, dtype=object), return_inverse=True)
-                columns.append((code_of_key.astype(np.int32), pa.array(distinct.tolist(), type=pa.string())))
-            cached = self._dictionaries = (known, columns)
+            for codes, distinct in ((machine_codes, machines), (sensor_codes, sensors)):
+                order = pc.sort_indices(distinct).to_numpy()
+                rank = np.empty(len(order), dtype=np.int32)
+                rank[order] = np.arange(len(order), dtype=np.int32)
+                columns.append((rank[codes], distinct.take(pa.array(order))))
+            cached = self._dictionaries = (len(machine_codes), columns)
         machines, sensors = (pa.DictionaryArray.from_arrays(pa.array(codes[key_ids], type=pa.int32()), names)
                              for codes, names in cached[1])
         return machines, sensors
