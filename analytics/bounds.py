@@ -175,7 +175,7 @@ def _statement(sql: str) -> dict | None:
 
 # The views through which a statement can see the lake's raw readings, and its minutes.
 _RAW_SOURCES = ("readings", "cold_raw", "late_new")
-_MINUTE_SOURCES = ("readings_1m", "readings_1h", "cold_agg_1m", "cold_agg_1m_arrow")
+_MINUTE_SOURCES = ("readings_1m", "readings_1h", "cold_agg_1m", "cold_agg_1m_arrow", "warm_1m")
 NOTHING: TsBounds = (1, 0)  # an empty range: the statement sees no raw reading
 
 

@@ -30,6 +30,8 @@ import pyarrow.fs as pafs
 from alerts.acks import ACKS_SCHEMA
 from alerts.recipes import RECIPE_LIMITS_SCHEMA
 from analytics.leftout import ArchivedObject
+from analytics.minutes import Shape, minutes_view
+from analytics.minutes import shape as minutes_shape
 from analytics.reach import file_access
 from core.errors import SqlError
 from tiers.catalog import FileStats as FileBounds
@@ -39,7 +41,7 @@ from tiers.unsealed import ALERTS_SCHEMA
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
-_VIEWS = """
+_VIEWS = minutes_view(Shape.OVERLAPPING) + """;
 CREATE VIEW late_new AS
   SELECT machine, sensor, ts, value FROM hot_late l
   WHERE NOT EXISTS (SELECT 1 FROM hot_fresh f
@@ -73,16 +75,6 @@ CREATE VIEW recipe_limits AS
          step_end_s, settle_s, kind, setpoint, tolerance, low, high FROM recipe_limits_source;
 CREATE VIEW tier_moves AS
   SELECT "at"::TIMESTAMP AS "at", job, what, source, target, rows, bytes, checksum FROM audit;
-CREATE VIEW readings_1m AS
-  SELECT machine, sensor, minute::TIMESTAMP AS minute, n, "min", "max", "avg", "first", "last"
-  FROM warm_1m
-  UNION ALL
-  -- A minute recomputed after it was aged out (late data) is in both: the warm row is newer.
-  -- cold_agg_1m's minute is a TIMESTAMP already (_NaiveTsDataset), and an ANTI JOIN (unlike
-  -- NOT EXISTS) lets DuckDB push the statement's filters into its scan.
-  SELECT a.machine, a.sensor, a.minute, a.n, a."min", a."max", a."avg", a."first", a."last"
-  FROM cold_agg_1m a
-  ANTI JOIN warm_1m w ON w.machine = a.machine AND w.sensor = a.sensor AND w.minute::TIMESTAMP = a.minute;
 CREATE VIEW readings_1h AS
   SELECT machine, sensor, date_trunc('hour', minute) AS hour, sum(n)::BIGINT AS n,
          min("min") AS "min", max("max") AS "max", sum("avg" * n) / sum(n) AS "avg",
@@ -329,6 +321,7 @@ class Session:
         self._files: dict[str, list[str]] = {}  # the file lists the session's variables hold
         self._variables: tuple[str, ...] | None = None
         self._readings_shape: tuple[bool, bool] | None = None
+        self._minutes_shape = Shape.OVERLAPPING  # as _VIEWS builds `readings_1m`
         self._ready = False
 
     def _source(self, name: str, data: ds.Dataset | pa.Table) -> None:
@@ -415,7 +408,8 @@ class Session:
     def bind(self, sources: SqlSources) -> None:
         for name in _TABLE_SOURCES:
             self._source(name, getattr(sources, name))
-        for name, default in _empty_defaults(sources).items():
+        defaults = _empty_defaults(sources)
+        for name, default in defaults.items():
             if name == "cold_agg_1m":
                 self._cold_agg(default, sources.cold_agg_1m_bounds)
             else:
@@ -437,6 +431,10 @@ class Session:
         if shape != self._readings_shape:
             self.con.execute(readings_view(has_fresh=shape[0], has_late=shape[1]))
             self._readings_shape = shape
+        minutes = minutes_shape(sources.warm_1m, sources.cold_agg_1m, sources.cold_agg_1m_bounds)
+        if minutes != self._minutes_shape:
+            self.con.execute(minutes_view(minutes))
+            self._minutes_shape = minutes
         if not self._ready:
             self.con.execute("SET python_enable_replacements = false")
             self.con.execute("SET enable_external_access = false")

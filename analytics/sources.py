@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 from alerts.acks import AckLog
 from analytics.bounds import NOTHING, TsBounds
 from analytics.leftout import ArchivedObject
+from analytics.minutes import warm_may_hold
 from analytics.session import SqlSources
 from lifecycle.retrievals import JobStore
 from lifecycle.runs import RunHistory
@@ -128,13 +129,22 @@ def tier_sources(*, lake: ColdLake, hidden: Set[int], unsealed: SegmentTables, a
         hot_alerts=unsealed.alerts,
         recipe_limits=recipe_limits,
         acks=AckLog.of(data_dir).table(),
-        warm_1m=warm.snapshot() if warm is not None else None,
+        warm_1m=_warm_minutes(warm, minute_bounds),
         cold_agg_1m=cold_agg_1m,
         cold_agg_1m_bounds=cold_agg_1m_bounds,
         job_history=RunHistory(data_dir / "lifecycle").table(),
         archived_raw=with_jobs(archived_raw(raw, writer=lake.writer_id, hidden=hidden, ts_bounds=ts_bounds),
                                data_dir),
     )
+
+
+def _warm_minutes(warm: WarmStore | None, minute_bounds: TsBounds | None) -> pa.Table | None:
+    """The warm store's snapshot, unless no minute of it can be within `minute_bounds` (then
+    None: `readings_1m` is built without it, analytics.minutes)."""
+    if warm is None or minute_bounds == NOTHING:
+        return None
+    snapshot = warm.snapshot()
+    return snapshot if warm_may_hold(snapshot, minute_bounds) else None
 
 
 def agg_sources(lake: ColdLake, minute_bounds: TsBounds | None = None) -> tuple[ds.Dataset | None, dict[str, FileStats]]:

@@ -10,6 +10,7 @@ import orjson
 import pyarrow as pa
 
 from core.fsutil import append_lines
+from core.jsonltable import JsonlTable
 from tiers.cold import Move
 
 AUDIT_SCHEMA = pa.schema([
@@ -41,11 +42,5 @@ class AuditLog:
             append_lines(self.path, lines)
 
     def table(self) -> pa.Table:
-        rows = []
-        if self.path.exists():
-            for line in self.path.read_bytes().splitlines():
-                try:
-                    rows.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    continue  # a line torn by a crash: its move was never completed
-        return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+        """Every recorded move (a line torn by a crash is skipped: its move was never completed)."""
+        return JsonlTable(self.path, AUDIT_SCHEMA).table()

@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 
 from core.fsutil import fsync_dir
+from core.jsonltable import JsonlTable
 
 RUNS_SCHEMA = pa.schema([
     ("job", pa.string()),
@@ -82,11 +83,4 @@ class RunHistory:
                     os.fsync(handle.fileno())
 
     def table(self) -> pa.Table:
-        rows = []
-        if self._history_path.exists():
-            for line in self._history_path.read_bytes().splitlines():
-                try:
-                    rows.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    continue
-        return pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
+        return JsonlTable(self._history_path, RUNS_SCHEMA).table()

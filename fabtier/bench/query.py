@@ -30,22 +30,34 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from alerts.recipes import RECIPE_LIMITS_SCHEMA
 from analytics.bounds import minute_bounds, ts_bounds
 from analytics.session import SqlSources, run_sql
-from analytics.sources import agg_sources, raw_bounds, raw_files, raw_to_read
+from analytics.sources import tier_sources
 from fabtier.bench.harness import duckdb_profiled
-from lifecycle.audit import AUDIT_SCHEMA
+from lifecycle.audit import AuditLog
 from lifecycle.warmjobs import agg_key
-from tiers import catalog, layout
+from tiers import catalog
 from tiers.catalog import CatalogedStore
 from tiers.cold import ColdLake
 from tiers.parquetformat import hour_bounds_ms, split_by_day, to_parquet_bytes
 from tiers.store import LocalStore
-from tiers.unsealed import CONTEXT_SCHEMA, QUARANTINE_SCHEMA, READINGS_SCHEMA, SegmentTables
-from tiers.warm import MINUTES_SCHEMA
+from tiers.unsealed import (
+    CONTEXT_SCHEMA,
+    QUARANTINE_SCHEMA,
+    READINGS_SCHEMA,
+    SegmentTables,
+    tables_from_records,
+)
+from tiers.warm import MINUTES_SCHEMA, WarmStore
+
+_NOTHING_UNSEALED = tables_from_records([])
+# The minutes a running pipeline keeps in its warm store before they age out to the lake.
+WARM_HOURS = 2
 
 HOUR_MS = 3_600_000
 
@@ -202,13 +214,14 @@ def build_lake(root: Path, *, days: float, machines: int, sensors: int, rate_hz:
                 fresh=table, late=READINGS_SCHEMA.empty_table(), quarantine=QUARANTINE_SCHEMA.empty_table(),
                 context=CONTEXT_SCHEMA.empty_table()), source="bench")
         t = t_next
-    _write_minutes(store, root)
+    _write_minutes(store, root, lake, warm_from_ms=end_ms - WARM_HOURS * HOUR_MS)
     return lake, start_ms, total
 
 
-def _write_minutes(store: CatalogedStore, root: Path) -> None:
+def _write_minutes(store: CatalogedStore, root: Path, lake: ColdLake, *, warm_from_ms: int) -> None:
     """The lake's per-minute aggregates (`agg_1m/`, one file a day, as age-out writes them),
-    computed by DuckDB from the raw files just written."""
+    computed by DuckDB from the raw files just written; those from `warm_from_ms` on are in the
+    warm store too (a running pipeline's recent minutes, before they age out)."""
     import duckdb
 
     con = duckdb.connect()
@@ -224,24 +237,39 @@ def _write_minutes(store: CatalogedStore, root: Path) -> None:
     for day, part in split_by_day(minutes, "minute").items():
         store.put(agg_key(day, "bench"), to_parquet_bytes(part))
     store.flush()
+    recent = minutes.filter(pc.greater_equal(minutes.column("minute").cast(pa.int64()), warm_from_ms))
+    warm = warm_store(lake)
+    try:
+        warm.upsert(recent)
+    finally:
+        warm.close()
 
 
-def _sources(lake: ColdLake, sql: str | None = None) -> SqlSources:
-    """What `analytics.sources.tier_sources` gathers for the lake and `sql`: the statement's
-    time bounds, the listing of the days they touch, the visible files, their datasets (the
-    other tiers empty)."""
-    bounds = ts_bounds(sql) if sql is not None else None
-    agg, agg_bounds = agg_sources(lake, minute_bounds(sql) if sql is not None else None)
-    visible = raw_to_read(layout.visible(raw_files(lake, bounds), writer=lake.writer_id, hidden_segments=set()),
-                          bounds)
-    return SqlSources(
-        cold_raw=lake.raw_datasets(files=visible), cold_raw_bounds=raw_bounds(lake, visible),
-        lake_dir=lake.local_root(),
-        cold_agg_1m=agg, cold_agg_1m_bounds=agg_bounds,
-        cold_quarantine=lake.dataset("quarantine"), cold_context=lake.dataset("context"),
-        hot_fresh=READINGS_SCHEMA.empty_table(), hot_late=READINGS_SCHEMA.empty_table(),
-        hot_quarantine=QUARANTINE_SCHEMA.empty_table(), hot_context=CONTEXT_SCHEMA.empty_table(),
-        audit=AUDIT_SCHEMA.empty_table())
+def _data_dir(lake: ColdLake) -> Path:
+    """The data directory beside a bench lake (its trails: audit, job runs, acknowledgements;
+    and its warm store), as a pipeline has one beside its lake."""
+    base = catalog.unwrap(lake.store)
+    assert isinstance(base, LocalStore), "a bench lake is on local disk"
+    path = Path(base.root).with_name(Path(base.root).name + "-data")
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def warm_store(lake: ColdLake) -> WarmStore:
+    """The bench lake's warm store (filled by `build_lake`)."""
+    return WarmStore(_data_dir(lake) / "warm" / "warm.duckdb")
+
+
+def _sources(lake: ColdLake, sql: str | None = None, *, warm: WarmStore | None = None) -> SqlSources:
+    """What the pipeline's reader gathers for `sql` (analytics.sources.tier_sources: the
+    statement's bounds, the lake's days they touch, the visible files, the warm store's
+    snapshot, the trails), with nothing unsealed."""
+    data_dir = _data_dir(lake)
+    return tier_sources(lake=lake, hidden=set(), unsealed=_NOTHING_UNSEALED,
+                        audit=AuditLog(data_dir / "audit" / "moves.jsonl").table(), warm=warm,
+                        data_dir=data_dir, recipe_limits=RECIPE_LIMITS_SCHEMA.empty_table(),
+                        ts_bounds=ts_bounds(sql) if sql is not None else None,
+                        minute_bounds=minute_bounds(sql) if sql is not None else None)
 
 
 def _files_given(sources: SqlSources, view: str) -> int:
@@ -318,6 +346,15 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
     lake = ColdLake(CatalogedStore(LocalStore(lake_root)), writer_id="bench")
     counting_store = CountingStore(lake_root)
     counted = ColdLake(CatalogedStore(counting_store), writer_id="bench")
+    warm = warm_store(lake)
+    try:
+        return _measure(lake, counted, counting_store, warm, start_ms=start_ms, end_ms=end_ms, repeat=repeat)
+    finally:
+        warm.close()
+
+
+def _measure(lake: ColdLake, counted: ColdLake, counting_store: CountingStore, warm: WarmStore, *,
+             start_ms: int, end_ms: int, repeat: int) -> dict:
     hour_from = end_ms - end_ms % HOUR_MS - 2 * HOUR_MS  # a whole hour, the same distance from the end
     day_from = end_ms - end_ms % (24 * HOUR_MS) - 24 * HOUR_MS  # yesterday, whole
     if day_from < start_ms:  # a lake younger than that: its own first day
@@ -349,10 +386,10 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
         if hours is None:
             now_ms = int(time.time() * 1000)
             hours = (now_ms - 5 * 60_000, now_ms + 1)
-        view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake, sql), sql), repeat)
-        given = _files_given(_sources(lake, sql), view)
+        view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake, sql, warm=warm), sql), repeat)
+        given = _files_given(_sources(lake, sql, warm=warm), view)
         counting_store.counter.reset()
-        run_sql(_sources(counted, sql), sql)
+        run_sql(_sources(counted, sql, warm=warm), sql)
         if view == "readings":
             files = _hour_files(lake, *hours)
             floor_s, fresh_s, floor_read, floor_rows = _floor(files, where, select, repeat)
@@ -368,7 +405,7 @@ def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict
         if moving:
             # No reading arrives meanwhile, so the count only falls as now() moves on: the
             # floor's, taken in between, must lie between fabtier's before and after it.
-            after = run_sql(_sources(lake, sql), sql).column("n")[0].as_py()
+            after = run_sql(_sources(lake, sql, warm=warm), sql).column("n")[0].as_py()
             same = after <= floor_rows[0][0] <= n
         else:
             same = floor_rows[0][0] == n

@@ -119,3 +119,37 @@ def test_the_notice_names_only_archived_objects_in_range(tmp_path):
     assert found is not None and (found.objects, found.from_ms) == (1, recent)
     sql = "SELECT count(*) AS n FROM readings WHERE ts >= now() - INTERVAL 30 MINUTE"
     assert left_out(_sources(lake, sql, tmp_path).archived_raw, sql) is None
+
+
+def test_the_warm_snapshot_is_given_only_to_a_question_it_can_answer(tmp_path):
+    from analytics.bounds import minute_bounds
+    from tiers.warm import MINUTES_SCHEMA, WarmStore
+
+    _, lake = _lake(tmp_path)
+    warm = WarmStore(tmp_path / "warm.duckdb")
+    start = NOW - NOW % 60_000 - 30 * 60_000  # the last half hour, in the warm store
+    warm.upsert(pa.Table.from_pylist(
+        [dict(machine="m01", sensor="s01", minute=start + i * 60_000, n=1, min=1.0, max=1.0, avg=1.0, first=1.0,
+              last=1.0) for i in range(30)], schema=MINUTES_SCHEMA))
+    empty = _empty()
+
+    def given(sql):
+        src = tier_sources(lake=lake, hidden=set(), unsealed=empty, audit=AUDIT_SCHEMA.empty_table(), warm=warm,
+                           data_dir=tmp_path, recipe_limits=None, ts_bounds=ts_bounds(sql),
+                           minute_bounds=minute_bounds(sql))
+        return src.warm_1m, run_sql(src, sql).column("n")[0].as_py()
+
+    def lit(ms):
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    recent = f"SELECT count(*) AS n FROM readings_1m WHERE minute >= TIMESTAMP '{lit(start + 10 * 60_000)}'"
+    table, n = given(recent)
+    assert table is not None and n == 20
+    older = f"SELECT count(*) AS n FROM readings_1m WHERE minute < TIMESTAMP '{lit(start)}'"
+    table, n = given(older)
+    assert table is None and n == 0  # no aggregate file in this lake: nothing before the warm minutes
+    table, n = given("SELECT count(*) AS n FROM readings")
+    assert table is None and n > 0  # no minute read at all
+    table, n = given("SELECT count(*) AS n FROM readings_1h")
+    assert table is not None and n == len({(start + i * 60_000) // HOUR for i in range(30)})
+    warm.close()
