@@ -82,6 +82,17 @@ class Instance:
             raise InstanceError(f"GET /series: {response.status_code} {_error_text(response)}", response.status_code)
         return response.json()
 
+    async def bands(self, machine: str, *, since_ms: int, bucket_ms: int) -> list[dict] | None:
+        """The hot ring's buckets of every sensor of `machine` since `since_ms` (rows as
+        `views.bands_sql` answers them), read by the instance without its ingest lock and
+        without SQL; None when the ring does not hold all of that span (or the instance has no
+        GET /bands): ask SQL, which has every tier."""
+        if "/bands" not in await self.routes():
+            return None
+        answer = await self._json("GET", "/bands", params={"machine": machine, "since": since_ms,
+                                                           "bucket_ms": bucket_ms})
+        return answer["rows"] if answer.get("complete") else None
+
     async def sql(self, statement: str) -> list[dict]:
         return await self._json("POST", "/sql", params={"format": "json"}, content=statement.encode(),
                                 headers={"Content-Type": "text/plain; charset=utf-8"})

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import orjson
 import pyarrow as pa
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -32,10 +33,12 @@ from analytics.session import run_sql
 from core.errors import SqlError
 from fabtier import alerts_api, apimodels, promexport, retrieval_api
 from fabtier.apiparams import (
+    MAX_BUCKET_MS,
     MAX_MINUTES,
     MAX_NOW_MS,
     MAX_POINTS,
     MIN_NOW_MS,
+    PRINTABLE,
     Answer,
     BadRequest,
     from_validation,
@@ -132,6 +135,15 @@ def series(pipeline: "Pipeline", machine: str, sensor: str, minutes: float, poin
     complete_from = pipeline.series_complete_from(machine, sensor)
     return Answer(200, {"machine": machine, "sensor": sensor, "ts": ts.tolist(), "v": value.tolist(),
                         "complete_from_ms": complete_from, "shorter_than_asked": since < complete_from, **timings})
+
+
+def bands(pipeline: "Pipeline", machine: str, since: int, bucket_ms: int) -> Response:
+    """GET /bands: one machine's sensors since `since` as buckets, from the hot ring."""
+    # No limit on the span: the answer is at most a bucket per reading the ring holds.
+    rows, complete = pipeline.bands(machine, since_ms=since, bucket_ms=bucket_ms)
+    # orjson: a first answer holds a window's buckets of every sensor (tens of thousands of rows)
+    return respond(orjson.dumps({"machine": machine, "since_ms": since, "bucket_ms": bucket_ms,
+                                 "complete": complete, "rows": rows}), "application/json", {})
 
 
 # How DuckDB reports a registered Arrow source (a lake file) that failed while it was read.
@@ -296,6 +308,17 @@ def build_app(pipeline: "Pipeline", *, token: str = "") -> FastAPI:
                          minutes: Annotated[float, Query(gt=0, le=MAX_MINUTES, allow_inf_nan=False)] = 10,
                          points: Annotated[int, Query(ge=1, le=MAX_POINTS)] = 300) -> Response:
         return (await in_thread(series, pipeline, machine, sensor, minutes, points)).response()
+
+    @router.get("/bands", summary="one machine's recent buckets (hot ring)", dependencies=[Depends(given_once)],
+                response_model=apimodels.Bands, tags=["tiers"], responses={400: _ERROR},
+                description="every sensor of one machine since `since` (epoch ms) from the hot ring, as "
+                            "buckets of `bucket_ms` with their min, max, mean and count (the dashboard's "
+                            "min-max bands), read without the ingest lock; `complete` says whether the ring "
+                            "holds every reading of that span")
+    async def get_bands(machine: Annotated[str, Query(min_length=1, pattern=PRINTABLE)],
+                        since: Annotated[int, Query(ge=MIN_NOW_MS, lt=MAX_NOW_MS)],
+                        bucket_ms: Annotated[int, Query(ge=1, le=MAX_BUCKET_MS)] = 1000) -> Response:
+        return await in_thread(bands, pipeline, machine, since, bucket_ms)
 
     @router.post("/sql", summary="one read-only SELECT over every tier", dependencies=[Depends(given_once)],
                  tags=["sql"], response_model=None,

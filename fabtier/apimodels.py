@@ -51,6 +51,27 @@ class Sensor(_Open):
     sensor: str
 
 
+class Band(_Open):
+    sensor: str
+    t: int = Field(description="the bucket's start, epoch ms (a multiple of bucket_ms)")
+    mn: float = Field(description="the bucket's lowest reading")
+    mx: float = Field(description="the bucket's highest reading")
+    av: float = Field(description="the mean of the bucket's readings")
+    n: int = Field(description="how many readings the bucket holds")
+
+
+class Bands(_Open):
+    machine: str
+    since_ms: int
+    bucket_ms: int
+    complete: bool = Field(description="whether the hot ring holds every reading of each of the machine's "
+                                       "sensors since since_ms; if not, the oldest part may be missing here "
+                                       "(SQL over `readings` has it)")
+    rows: list[Band] = Field(description="per sensor and bucket, as `SELECT sensor, (epoch_ms(ts) // bucket_ms) "
+                                         "* bucket_ms AS t, min(value) AS mn, max(value) AS mx, avg(value) AS av, "
+                                         "count(*) AS n FROM readings ... GROUP BY ALL` answers")
+
+
 class Series(_Open):
     machine: str
     sensor: str

@@ -24,6 +24,7 @@ MAX_POINTS = 100_000
 MIN_NOW_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_NOW_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z
 MAX_ALERTS = 10_000  # alerts in one answer of GET /alerts
+MAX_BUCKET_MS = 3_600_000  # GET /bands: an hour a bucket at most
 # Filter values of GET /alerts: text without control characters.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
@@ -40,6 +41,8 @@ WHAT_FITS: Mapping[str, str] = {
     "rule": "a rule's name (no control characters)",
     "lot": "a lot's id (no control characters)",
     "limit": f"a whole number from 1 to {MAX_ALERTS}",
+    "since": f"epoch milliseconds (a whole number) from {MIN_NOW_MS} (2000-01-01) to before {MAX_NOW_MS} (3000-01-01)",
+    "bucket_ms": f"a whole number of milliseconds from 1 to {MAX_BUCKET_MS}",
 }
 
 

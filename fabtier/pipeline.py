@@ -316,6 +316,9 @@ class Pipeline:
     def series_complete_from(self, machine: str, sensor: str) -> int:
         return self.reads.series_complete_from(machine, sensor)
 
+    def bands(self, machine: str, *, since_ms: int, bucket_ms: int) -> tuple[list[dict], bool]:
+        return self.reads.bands(machine, since_ms=since_ms, bucket_ms=bucket_ms)
+
     def sensors(self) -> list[tuple[str, str]]:
         return self.reads.sensors()
 

@@ -32,8 +32,14 @@ time it is done, tries again.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+# A sensor's buckets: start (epoch ms), min, max, mean, count.
+Bands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 BYTES_PER_READING = 16  # int64 ts + float64 value
 _INITIAL_CAPACITY = 256
@@ -397,12 +403,31 @@ class HotRing:
         """`series` without the writers' lock (see the module's note): None if the row was
         being rewritten, re-laid or written over whole (the caller tries again later, or
         takes the lock)."""
-        from tiers.hotkernel import ring_series  # compiled code: loaded on first use
+        from tiers import hotkernel  # compiled code: loaded on first use
+        lo, hi = _NEVER if since is None else int(since), _LATEST if until is None else int(until)
+        return self._read_row(key, lambda ts, value, first, end: hotkernel.ring_series(
+            ts, value, first, end, lo, hi, 0 if points is None else int(points)),
+            lambda: (np.empty(0, np.int64), np.empty(0, np.float64)))
+
+    def read_bands(self, key: int, *, since: int, bucket_ms: int, until: int | None = None) -> Bands | None:
+        """A sensor's readings in [since, until] as buckets of `bucket_ms` (start, min, max,
+        mean, count: `hotkernel.ring_bands`), without the writers' lock, as `read_series`."""
+        from tiers import hotkernel
+        hi = _LATEST if until is None else int(until)
+        return self._read_row(key, lambda ts, value, first, end: hotkernel.ring_bands(
+            ts, value, first, end, int(since), hi, int(bucket_ms)),
+            lambda: (np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64),
+                     np.empty(0, np.float64), np.empty(0, np.int64)))
+
+    def _read_row(self, key: int, read: Callable[[np.ndarray, np.ndarray, int, int], T],
+                  empty: Callable[[], T]) -> T | None:
+        """`read` of row `key`'s readings in the order they were written, [first, end) (see
+        the module's note on readers); None if the row changed under it."""
         layout = self._layout
         if layout & 1:
             return None
         if key >= self._keys:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
+            return empty()
         seqs, written, pending = self._seq, self._written, self._pending
         seq = int(seqs[key])
         if seq & 1:
@@ -414,9 +439,7 @@ class HotRing:
         # Readers of the row's n-th reading need it in slot n % capacity still: not
         # among the oldest that the append in progress (up to `announced`) writes over.
         first = max(0, end - self.capacity, announced - self.capacity)
-        answer = ring_series(self._ts[key], self._value[key], first, end,
-                             _NEVER if since is None else int(since), _LATEST if until is None else int(until),
-                             0 if points is None else int(points))
+        answer = read(self._ts[key], self._value[key], first, end)
         if int(pending[key]) == announced and int(seqs[key]) == seq and self._layout == layout:
             return answer
         return None

@@ -95,7 +95,55 @@ def ring_series(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: 
     return out_ts, out_value
 
 
+@numba.njit(cache=True, fastmath=_MATH)
+def ring_bands(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: int, until: int,
+               bucket_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The readings with since <= ts <= until of a ring row (as `ring_series` reads it) in
+    buckets of `bucket_ms` aligned on multiples of it: each bucket's start, min, max, mean
+    and count (the `min`/`max`/`avg`/`count(*)` of the dashboard's SQL, per bucket)."""
+    cap = len(ts)
+    count = end - first
+    start = first % cap
+    first_run = min(count, cap - start)
+    lo = _first_at_or_after(ts, start, start + first_run, since) - start
+    if lo == first_run and count > first_run:
+        lo = first_run + _first_at_or_after(ts, 0, count - first_run, since)
+    hi = _first_after(ts, start, start + first_run, until) - start
+    if hi == first_run and count > first_run:
+        hi = first_run + _first_after(ts, 0, count - first_run, until)
+    m = max(hi - lo, 0)
+    out_t = np.empty(m, np.int64)
+    out_min = np.empty(m, np.float64)
+    out_max = np.empty(m, np.float64)
+    out_sum = np.empty(m, np.float64)
+    out_n = np.empty(m, np.int64)
+    b = -1
+    for i in range(lo, hi):
+        slot = start + i
+        slot = slot - cap if slot >= cap else slot
+        t = (ts[slot] // bucket_ms) * bucket_ms
+        v = value[slot]
+        if b < 0 or t != out_t[b]:
+            b += 1
+            out_t[b] = t
+            out_min[b] = v
+            out_max[b] = v
+            out_sum[b] = v
+            out_n[b] = 1
+        else:
+            # (values are finite: ingestion quarantines the others)
+            if v < out_min[b]:
+                out_min[b] = v
+            if v > out_max[b]:
+                out_max[b] = v
+            out_sum[b] += v
+            out_n[b] += 1
+    k = b + 1
+    return out_t[:k], out_min[:k], out_max[:k], out_sum[:k] / out_n[:k], out_n[:k]
+
+
 def warm() -> None:
     """Compile `ring_series` (or load it from the cache) ahead of the first query: that holds
     the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
     ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
+    ring_bands(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)

@@ -20,6 +20,7 @@ class SensorKeys:
         # codec's sensor layouts) are keyed by this token as well.
         self.token = next(SensorKeys._instances)
         self._ids: dict[tuple[str, str], int] = {}
+        self._of_machine: dict[str, list[tuple[str, int]]] = {}
         self.machines: list[str] = []
         self.sensors: list[str] = []
         self._dictionaries: tuple | None = None  # (keys covered, codes and names per column)
@@ -46,12 +47,18 @@ class SensorKeys:
                     distinct.append(name)
                 codes.append(code)
             found = self._ids[key] = len(self.machines)
+            self._of_machine.setdefault(machine, []).append((sensor, found))
             self.machines.append(machine)
             self.sensors.append(sensor)
         return found
 
     def lookup(self, machine: str, sensor: str) -> int | None:
         return self._ids.get((machine, sensor))
+
+    def of_machine(self, machine: str) -> list[tuple[str, int]]:
+        """(sensor, key id) of every key of `machine`, in the order they appeared (a copy: safe
+        beside the writer, which only appends)."""
+        return list(self._of_machine.get(machine, ()))
 
     def ids_local(self, machine: str, sensor_names: list[str]) -> np.ndarray:
         """Key id of each name of a batch's sensor dictionary."""

@@ -23,6 +23,10 @@ class FakeInstance:
                         "ts": NOW - 9000, "raised_at": NOW - 8990, "value": 70.0, "kind": "high", "threshold": 80.0,
                         "seq": 1}]
         self.transport = httpx.MockTransport(self.handle)
+        self.ring_complete = True  # what GET /bands says of the span asked for
+
+    BANDS = [{"sensor": "ch1/temp", "t": NOW - 2000, "mn": 58.0, "mx": 63.0, "av": 60.0, "n": 25},
+             {"sensor": "ch1/temp", "t": NOW - 1000, "mn": 58.5, "mx": 64.0, "av": 60.5, "n": 25}]
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -54,6 +58,11 @@ class FakeInstance:
             ack = {"alert_id": alert_id, "who": body["who"], "at": NOW, "note": body.get("note", "")}
             self.acks.setdefault(alert_id, []).append(ack)
             return httpx.Response(200, json=ack)
+        if path == "/bands" and "/bands" in self.routes:
+            return httpx.Response(200, json={"machine": request.url.params["machine"], "complete": self.ring_complete,
+                                             "since_ms": int(request.url.params["since"]),
+                                             "bucket_ms": int(request.url.params["bucket_ms"]),
+                                             "rows": self.BANDS if self.ring_complete else self.BANDS[1:]})
         if path == "/sql":
             return httpx.Response(200, json=self.sql(request.content.decode()))
         return httpx.Response(404, json={"error": f"no route {path}"})

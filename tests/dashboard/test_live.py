@@ -95,3 +95,24 @@ def test_a_slow_watcher_loses_its_oldest_events_not_the_others():
         return [slow.get_nowait() for _ in range(slow.qsize())], fast.qsize()
     slow, fast = asyncio.run(run())
     assert [json.loads(m.split(b"data: ")[1]) for m in slow] == [3, 4] and fast == 5
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_machines_bands_come_from_the_ring_unless_it_lacks_part_of_the_span(complete):
+    fake = FakeInstance(routes=("/health", "/sql", "/bands"))
+    fake.ring_complete = complete
+
+    async def run():
+        live = Live(Instance("http://instance", transport=fake.transport))
+        stream = live.watch("machine:etch-01")
+        got = await _take(stream, 3)
+        await stream.aclose()
+        return got
+    snap = dict(_events(asyncio.run(run())))["snapshot"]
+    temp = snap["sensors"]["ch1/temp"]
+    bands_sql = [r for r in fake.requests if r.url.path == "/sql" and b"min(value)" in r.content]
+    if complete:  # the ring's buckets, and no SQL statement for them
+        assert temp["mn"] == [58.0, 58.5] and temp["mx"] == [63.0, 64.0] and not bands_sql
+    else:  # the ring's partial answer is not used: SQL's, which has every tier
+        assert temp["mn"] == [59.0, 59.5] and temp["mx"] == [61.0, 62.0] and len(bands_sql) == 1
+    assert any(r.url.path == "/bands" for r in fake.requests)

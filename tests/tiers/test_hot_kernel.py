@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiers.hotkernel import ring_series
+from tiers.hotkernel import ring_bands, ring_series
 
 
 def reference(ts_row, value_row, first, end, since, until, points):
@@ -59,3 +59,35 @@ def test_a_bucket_that_wraps_around_the_end_of_the_row_averages_both_parts():
     assert got_ts.tolist() == [5, 8] and got_value.tolist() == [60.0, 90.0]
     got_ts, got_value = ring_series(ts_row, value_row, 3, 9, 6, 9, 1)  # 6 7 | 8 9
     assert got_ts.tolist() == [6] and got_value.tolist() == [75.0]
+
+
+def bands_reference(ts_row, value_row, first, end, since, until, bucket_ms):
+    """DuckDB's GROUP BY of the same readings, as the dashboard's SQL asks it."""
+    import duckdb
+
+    cap = len(ts_row)
+    slots = np.arange(first, end) % cap
+    con = duckdb.connect()
+    con.register("r", {"ts": ts_row[slots], "value": value_row[slots]})
+    rows = con.execute(f"SELECT (ts // {bucket_ms}) * {bucket_ms} AS t, min(value), max(value), avg(value), "
+                       f"count(*) FROM r WHERE ts BETWEEN {since} AND {until} GROUP BY t ORDER BY t").fetchall()
+    con.close()
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(cap=st.integers(1, 64), written=st.integers(0, 300), bucket_ms=st.integers(1, 40),
+       since_at=st.floats(-0.2, 1.2), until_at=st.floats(-0.2, 1.2), seed=st.integers(0, 2**16),
+       left_out=st.integers(0, 64))
+def test_bands_match_sqls_buckets(cap, written, bucket_ms, since_at, until_at, seed, left_out):
+    rng = np.random.default_rng(seed)
+    ts_row, value_row, stream_ts = circular_row(cap, written, rng)
+    lo_ts, hi_ts = (int(stream_ts[0]), int(stream_ts[-1])) if written else (0, 10)
+    since = int(lo_ts + since_at * (hi_ts - lo_ts))
+    until = int(lo_ts + until_at * (hi_ts - lo_ts))
+    first = min(max(written - cap, 0) + left_out, written)
+    t, mn, mx, av, n = ring_bands(ts_row, value_row, first, written, since, until, bucket_ms)
+    want = bands_reference(ts_row, value_row, first, written, since, until, bucket_ms)
+    assert t.tolist() == [r[0] for r in want] and n.tolist() == [r[4] for r in want]
+    assert mn.tolist() == [r[1] for r in want] and mx.tolist() == [r[2] for r in want]
+    np.testing.assert_allclose(av, [r[3] for r in want], rtol=1e-12, atol=1e-12)
