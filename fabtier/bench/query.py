@@ -5,13 +5,18 @@ written through the cold tier's own writer (`ColdLake.write_segment`, one segmen
 `seal_every`), the last hour ending now. On each lake the same questions:
 
 - one hour of one machine (`ts` between two TIMESTAMP literals, `machine = ...`);
-- the last 5 minutes of one sensor (`ts >= now() - INTERVAL 5 MINUTE`);
+- the last 5 minutes of one sensor (`ts >= now() - INTERVAL 5 MINUTE`, and `now()::TIMESTAMP`);
+- a day of one sensor per minute (`readings_1m`, yesterday; the lake's aggregate files, and a
+  warm store holding the last two hours, as a running pipeline has);
 
-each through fabtier's session (the `readings` view over sources gathered as the pipeline
-gathers them: listing, visible files, datasets; median of `repeat` runs) and through DuckDB's
-own Parquet reader given only the files of the hours that hold the answer (the floor: one
-connection kept open, as fabtier keeps its sessions, a first run not counted, no profiler
-while timed; `floor_fresh_s`: a new connection a run, the cost of a one-off `duckdb` call).
+each through fabtier's session (the views over sources gathered as the pipeline's reader
+gathers them, `analytics.sources.tier_sources`: listing, visible files, datasets, the warm
+snapshot, the trails; median of `repeat` runs) and through DuckDB's own Parquet reader given
+only the files that hold the answer (the floor: one connection kept open, as fabtier keeps its
+sessions, a first run not counted, no profiler while timed; `floor_fresh_s`: a new connection
+a run, the cost of a one-off `duckdb` call). Run by run, a question takes its turn on every
+lake, fabtier then the floor, so that all of them meet the same moments of a noisy machine;
+every lake is built (and synced to disk) before any is timed.
 Bytes read: for the floor, DuckDB's profiler (a run of its own); for fabtier, counted by a file
 system wrapper under the lake (files opened, bytes read) on the path an object store's lake
 takes (pyarrow); a lake on local disk is read by DuckDB itself (analytics.session), which
@@ -21,6 +26,7 @@ gets the same files (`fabtier_files_given`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -279,48 +285,18 @@ def _files_given(sources: SqlSources, view: str) -> int:
     return sum(len(p.files) for p in parts if isinstance(p, ds.FileSystemDataset))
 
 
-def _median_time(fn, repeat: int):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
-def _floor(files: list[str], where: str, select: str, repeat: int) -> tuple[float, float, int, list]:
-    """DuckDB's own reader over `files` only: (median seconds, on a fresh connection, bytes
-    read, rows)."""
+def _floor_sql(files: list[str], where: str, select: str) -> str:
+    """The question on DuckDB's own reader over `files` only."""
     listed = ", ".join(f"'{f}'" for f in files)
     source = (f"(SELECT machine, sensor, ts::TIMESTAMP AS ts, value::DOUBLE AS value "
               f"FROM read_parquet([{listed}], union_by_name = true))")
-    return _duckdb_timed(f"SELECT {select} FROM {source} WHERE {where}", repeat)
+    return f"SELECT {select} FROM {source} WHERE {where}"
 
 
-def _duckdb_timed(sql: str, repeat: int) -> tuple[float, float, int, list]:
-    """(median seconds on one open connection, median seconds on a new connection a run,
-    bytes read, rows) of `sql` on DuckDB alone; the profiler runs apart from the timed runs
-    (its JSON output costs ~1 ms a query)."""
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(sql).fetchall()  # the first run opens what the next ones reuse
-    kept_s, _ = _median_time(lambda: con.execute(sql).fetchall(), repeat)
-    con.close()
-
-    def fresh():
-        c = duckdb.connect()
-        c.execute("SET TimeZone = 'UTC'")
-        start = time.perf_counter()
-        c.execute(sql).fetchall()
-        elapsed = time.perf_counter() - start
-        c.close()
-        return elapsed
-
-    fresh_s = statistics.median(fresh() for _ in range(repeat))
-    _, read, rows = duckdb_profiled(sql, 1)
-    return kept_s, fresh_s, read, rows
+def _timed(fn) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def _hour_files(lake: ColdLake, lo_ms: int, hi_ms: int) -> list[str]:
@@ -341,25 +317,13 @@ def _day_files(lake: ColdLake, kind: str, lo_ms: int, hi_ms: int) -> list[str]:
     return [f"{base.root}/{k}" for k, _ in base.list(f"{kind}/") if k.split("/")[1][len("date="):] in days]
 
 
-def measure(lake_root: Path, *, start_ms: int, end_ms: int, repeat: int) -> dict:
-    """Both questions on one lake, through fabtier and through the floor."""
-    lake = ColdLake(CatalogedStore(LocalStore(lake_root)), writer_id="bench")
-    counting_store = CountingStore(lake_root)
-    counted = ColdLake(CatalogedStore(counting_store), writer_id="bench")
-    warm = warm_store(lake)
-    try:
-        return _measure(lake, counted, counting_store, warm, start_ms=start_ms, end_ms=end_ms, repeat=repeat)
-    finally:
-        warm.close()
-
-
-def _measure(lake: ColdLake, counted: ColdLake, counting_store: CountingStore, warm: WarmStore, *,
-             start_ms: int, end_ms: int, repeat: int) -> dict:
+def _questions(start_ms: int, end_ms: int) -> dict[str, tuple[str, str, str, tuple[int, int] | None]]:
+    """name -> (view, select list, where clause, the time span it reads; None: relative to now())."""
     hour_from = end_ms - end_ms % HOUR_MS - 2 * HOUR_MS  # a whole hour, the same distance from the end
     day_from = end_ms - end_ms % (24 * HOUR_MS) - 24 * HOUR_MS  # yesterday, whole
     if day_from < start_ms:  # a lake younger than that: its own first day
         day_from = start_ms - start_ms % (24 * HOUR_MS)
-    questions = {
+    return {
         "one_hour_one_machine": (
             "readings", "count(*) AS n, avg(value) AS mean",
             f"machine = 'm01' AND ts >= TIMESTAMP '{_iso(hour_from)}' AND ts < TIMESTAMP '{_iso(hour_from + HOUR_MS)}'",
@@ -379,45 +343,116 @@ def _measure(lake: ColdLake, counted: ColdLake, counting_store: CountingStore, w
             f"AND minute < TIMESTAMP '{_iso(day_from + 24 * HOUR_MS)}'",
             (day_from, day_from + 24 * HOUR_MS)),
     }
-    out = {}
-    for name, (view, select, where, hours) in questions.items():
-        sql = f"SELECT {select} FROM {view} WHERE {where}"
-        moving = hours is None  # relative to now(): the window moves on between the two runs
-        if hours is None:
+
+
+class _OpenLake:
+    """A built lake opened for measuring: as the pipeline reads it, through a counting file
+    system (bytes read), and its warm store."""
+
+    def __init__(self, root: Path, start_ms: int) -> None:
+        self.start_ms = start_ms
+        self.lake = ColdLake(CatalogedStore(LocalStore(root)), writer_id="bench")
+        self.counting_store = CountingStore(root)
+        self.counted = ColdLake(CatalogedStore(self.counting_store), writer_id="bench")
+        self.warm = warm_store(self.lake)
+
+    def fabtier(self, sql: str) -> pa.Table:
+        return run_sql(_sources(self.lake, sql, warm=self.warm), sql)
+
+
+class _Asked:
+    """One question on one lake, through fabtier and through the floor (DuckDB alone over the
+    files that hold the answer, on a connection kept open)."""
+
+    def __init__(self, lake: _OpenLake, view: str, select: str, where: str, span: tuple[int, int] | None) -> None:
+        import duckdb
+
+        self.lake, self.view = lake, view
+        self.sql = f"SELECT {select} FROM {view} WHERE {where}"
+        self.moving = span is None  # relative to now(): the window moves on between runs
+        if span is None:
             now_ms = int(time.time() * 1000)
-            hours = (now_ms - 5 * 60_000, now_ms + 1)
-        view_s, answer = _median_time(lambda sql=sql: run_sql(_sources(lake, sql, warm=warm), sql), repeat)
-        given = _files_given(_sources(lake, sql, warm=warm), view)
-        counting_store.counter.reset()
-        run_sql(_sources(counted, sql, warm=warm), sql)
+            span = (now_ms - 5 * 60_000, now_ms + 1)
         if view == "readings":
-            files = _hour_files(lake, *hours)
-            floor_s, fresh_s, floor_read, floor_rows = _floor(files, where, select, repeat)
-        else:
-            files = _day_files(lake, "agg_1m", *hours)
-        if view != "readings" and not files:  # a lake younger than a day has no yesterday: nothing to read
-            floor_s, fresh_s, floor_read, floor_rows = 0.0, 0.0, 0, [(0, None)]
-        elif view != "readings":
-            floor_s, fresh_s, floor_read, floor_rows = _duckdb_timed(
-                f"SELECT {select} FROM (SELECT * REPLACE (minute::TIMESTAMP AS minute) FROM read_parquet("
-                f"[{', '.join(repr(f) for f in files)}])) WHERE {where}", repeat)
-        n = answer.column("n")[0].as_py()
-        if moving:
+            self.files = _hour_files(lake.lake, *span)
+            self.floor_sql: str | None = _floor_sql(self.files, where, select)
+        else:  # a lake younger than a day has no yesterday: nothing to read
+            self.files = _day_files(lake.lake, "agg_1m", *span)
+            self.floor_sql = (f"SELECT {select} FROM (SELECT * REPLACE (minute::TIMESTAMP AS minute) FROM "
+                              f"read_parquet([{', '.join(repr(f) for f in self.files)}])) WHERE {where}"
+                              ) if self.files else None
+        self.answer = lake.fabtier(self.sql)  # the first runs open what the next ones reuse
+        self.con = duckdb.connect() if self.floor_sql is not None else None
+        if self.con is not None and self.floor_sql is not None:
+            self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute(self.floor_sql).fetchall()
+        self.mine: list[float] = []
+        self.theirs: list[float] = []
+
+    def once(self) -> None:
+        took, self.answer = _timed(lambda: self.lake.fabtier(self.sql))
+        self.mine.append(took)
+        if self.con is not None and self.floor_sql is not None:
+            floor_sql, con = self.floor_sql, self.con
+            self.theirs.append(_timed(lambda: con.execute(floor_sql).fetchall())[0])
+
+    def result(self, repeat: int) -> dict:
+        """The figures, once every run is done: medians; the floor on a new connection a run
+        and its bytes (DuckDB's profiler, a run of its own: its output costs ~1 ms a query);
+        what fabtier opens as an object store's lake would."""
+        import duckdb
+
+        floor_s = statistics.median(self.theirs) if self.theirs else 0.0
+        fresh_s, floor_read, floor_rows = 0.0, 0, [(0, None)]
+        if self.con is not None and self.floor_sql is not None:
+            self.con.close()
+            floor_sql = self.floor_sql
+
+            def fresh():
+                c = duckdb.connect()
+                c.execute("SET TimeZone = 'UTC'")
+                took = _timed(lambda: c.execute(floor_sql).fetchall())[0]
+                c.close()
+                return took
+
+            fresh_s = statistics.median(fresh() for _ in range(repeat))
+            _, floor_read, floor_rows = duckdb_profiled(floor_sql, 1)
+        lake = self.lake
+        given = _files_given(_sources(lake.lake, self.sql, warm=lake.warm), self.view)
+        lake.counting_store.counter.reset()
+        run_sql(_sources(lake.counted, self.sql, warm=lake.warm), self.sql)
+        n = self.answer.column("n")[0].as_py()
+        if self.moving:
             # No reading arrives meanwhile, so the count only falls as now() moves on: the
-            # floor's, taken in between, must lie between fabtier's before and after it.
-            after = run_sql(_sources(lake, sql, warm=warm), sql).column("n")[0].as_py()
+            # floor's, taken after fabtier's last timed run, lies between that and the next.
+            after = lake.fabtier(self.sql).column("n")[0].as_py()
             same = after <= floor_rows[0][0] <= n
         else:
             same = floor_rows[0][0] == n
-        out[name] = {
-            "sql": sql, "rows": n, "same_answer": same,
-            "fabtier_s": round(view_s, 4), "fabtier_files_opened": len(set(counting_store.counter.opened)),
-            "fabtier_bytes_read": counting_store.counter.bytes_read,
+        view_s = statistics.median(self.mine)
+        return {
+            "sql": self.sql, "rows": n, "same_answer": same,
+            "fabtier_s": round(view_s, 4), "fabtier_files_opened": len(set(lake.counting_store.counter.opened)),
+            "fabtier_bytes_read": lake.counting_store.counter.bytes_read,
             "fabtier_files_given": given,
-            "floor_s": round(floor_s, 4), "floor_fresh_s": round(fresh_s, 4), "floor_files": len(files),
+            "floor_s": round(floor_s, 4), "floor_fresh_s": round(fresh_s, 4), "floor_files": len(self.files),
             "floor_bytes_read": floor_read,
             "ratio_to_floor": round(view_s / floor_s, 2) if floor_s else None,
         }
+
+
+def measure(lakes: list[_OpenLake], *, end_ms: int, repeat: int) -> list[dict]:
+    """Every question on every lake, through fabtier and through the floor, per lake. Run by
+    run, each question takes its turn on every lake, fabtier then the floor: all of them meet
+    the same moments of a noisy machine, so the lakes' times and the floor compare."""
+    out: list[dict] = [{} for _ in lakes]
+    for name in _questions(lakes[0].start_ms, end_ms) if lakes else ():
+        asked = [_Asked(lk, *_questions(lk.start_ms, end_ms)[name]) for lk in lakes]
+        for _ in range(repeat):
+            for question in asked:
+                question.once()
+        for figures, question in zip(out, asked, strict=True):
+            figures[name] = question.result(repeat)
     return out
 
 
@@ -428,18 +463,26 @@ def run(*, days: list[float], machines: int = 3, sensors: int = 4, rate_hz: floa
     try:
         end_ms = int(time.time() * 1000)
         lakes: list[dict[str, Any]] = []
-        for d in days:
+        built = []
+        for d in days:  # every lake first: a lake being written makes the machine noisy
             lake_root = root / f"lake-{d:g}d"
             t0 = time.perf_counter()
             lake, start_ms, readings = build_lake(lake_root, days=d, machines=machines, sensors=sensors,
                                                   rate_hz=rate_hz, seal_every_s=seal_every_s,
                                                   end_ms=end_ms, seed=seed)
-            built_s = time.perf_counter() - t0
+            built.append((d, lake_root, lake, start_ms, readings, time.perf_counter() - t0))
+        os.sync()  # the lakes' pages on disk before anything is timed
+        opened = [_OpenLake(lake_root, start_ms) for _, lake_root, _, start_ms, _, _ in built]
+        try:
+            figures = measure(opened, end_ms=end_ms, repeat=repeat)
+        finally:
+            for lk in opened:
+                lk.warm.close()
+        for (d, _, lake, _, readings, built_s), queries in zip(built, figures, strict=True):
             files = lake.lake_files("raw")
             lakes.append({"days": d, "readings": readings, "files": len(files),
                           "hours": len({f.partition for f in files}), "bytes": sum(f.size for f in files),
-                          "build_s": round(built_s, 2),
-                          "queries": measure(lake_root, start_ms=start_ms, end_ms=end_ms, repeat=repeat)})
+                          "build_s": round(built_s, 2), "queries": queries})
         summary = {}
         for q in lakes[0]["queries"] if lakes else ():
             times = [lk["queries"][q]["fabtier_s"] for lk in lakes]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.bounds import MARGIN_MS, ts_bounds
+from analytics.parsetree import connection
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
 START = NOW - dt.timedelta(days=5)
@@ -205,3 +206,37 @@ def test_minute_bounds_of_a_question_over_readings_1m():
     assert minute_bounds("SELECT count(*) FROM readings_1m a JOIN readings_1m b USING (machine) "
                          "WHERE a.minute >= TIMESTAMP '2026-11-29'") is None
     assert minute_bounds("SELECT count(*) FROM readings_1m WHERE machine = 'm01'") is None
+
+
+@pytest.mark.parametrize("expression, shifted", [
+    ("now() - INTERVAL 5 MINUTE", True),
+    ("now()::TIMESTAMP - INTERVAL 2 HOUR", True),
+    ("INTERVAL 90 SECOND + transaction_timestamp()", True),
+    ("get_current_timestamp() - INTERVAL (3) DAY - INTERVAL 1 WEEK", True),
+    ("now()::TIMESTAMPTZ - to_minutes(5) * 2", True),
+    ("now() - INTERVAL 1.5 HOUR", True),
+    ("now() - INTERVAL 1 MONTH", False),  # a month's length depends on the date
+    ("now() - INTERVAL '5 minutes'", False),  # a string could say months
+    ("date_trunc('hour', now())", False),
+    ("now()::DATE", False),
+    ("now() - (now() - now())", False),
+])
+def test_a_shifted_clock_is_evaluated_once_and_moves_with_the_clock(monkeypatch, expression, shifted):
+    from analytics import bounds
+
+    with connection() as con:
+        value, shift = con.execute(f"SELECT epoch_ms(CAST({expression} AS TIMESTAMP)), "
+                                   f"epoch_ms(CAST({expression} AS TIMESTAMP)) - epoch_ms(now()::TIMESTAMP)").fetchone()
+    sql = f"SELECT * FROM readings WHERE ts >= {expression}"
+    lo, _ = ts_bounds(sql)
+    assert abs(lo + MARGIN_MS - value) < 2000  # the value DuckDB gives, less the margin
+    asked = []
+    evaluate = bounds._evaluate
+    monkeypatch.setattr(bounds, "_evaluate", lambda *a: asked.append(a) or evaluate(*a))
+    a_day_later = value - shift + 86_400_000
+    monkeypatch.setattr(bounds.time, "time_ns", lambda: a_day_later * 1_000_000)
+    lo_later, _ = ts_bounds(sql)
+    if shifted:  # no DuckDB query: the kept shift, from the clock a day later
+        assert not asked and abs(lo_later - (a_day_later + shift - MARGIN_MS)) <= 1
+    else:  # evaluated by DuckDB every time (whose clock did not move a day)
+        assert asked and abs(lo_later - lo) < 2000
