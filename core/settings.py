@@ -226,6 +226,9 @@ class ApiSettings:
     # What one SQL statement may hold in memory (DuckDB spills to {data_dir}/tmp beyond it,
     # or fails with its message), so that a heavy query cannot starve the ingestor.
     sql_memory_limit: int = _kind("size", parse_size("4GiB"))
+    # The operators' dashboard (`fabtier dashboard`, a process of its own) listens on this port
+    # of the same host; the API's `GET /` sends a browser there.
+    dashboard_port: int = _kind("port", 8090)
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,15 @@ def build_app(pipeline: "Pipeline", *, token: str = "") -> FastAPI:
         status, body = health(pipeline)
         return Answer(status, body).response()
 
+    @app.get("/", include_in_schema=False)
+    async def get_root(request: Request) -> Response:
+        # The operators' dashboard is a process of its own (it must not take the ingest
+        # process's time), on this host at [api] dashboard_port: send a browser there.
+        host = request.url.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        target = f"{request.url.scheme}://{host}:{pipeline.settings.api.dashboard_port}/"
+        return Response(status_code=307, headers={"Location": target})
+
     router = APIRouter(**guarded)  # type: ignore[arg-type]
 
     @router.get("/openapi.json", include_in_schema=False)

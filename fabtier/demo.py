@@ -24,7 +24,8 @@ from fabtier.runner import Instance, install_stop_signals, wait_until_stopped
 DEMO_EXCURSION_RATE = 30.0
 
 
-def _write_config(path: Path, *, data_dir: Path, broker_url: str, api_port: int, recipes: Path) -> None:
+def _write_config(path: Path, *, data_dir: Path, broker_url: str, api_port: int, dashboard_port: int,
+                  recipes: Path) -> None:
     path.write_text(
         "# Written by `fabtier demo`: the settings of the demo instance.\n"
         f'data_dir = "{data_dir}"\n'
@@ -35,6 +36,7 @@ def _write_config(path: Path, *, data_dir: Path, broker_url: str, api_port: int,
         'seal_every = "10s"\n'
         "[api]\n"
         f"port = {api_port}\n"
+        f"dashboard_port = {dashboard_port}\n"
         "[alerts]\n"
         f'recipes = "{recipes}"\n'
         "flap_max = 5\n"
@@ -137,11 +139,11 @@ def run_demo(*, data_dir: Path, seconds: float | None, port: int, machines: int,
     config_path = data_dir / "fabtier.toml"
     recipes_path = data_dir / "recipes.toml"
     recipes_path.write_text(recipes_toml(), encoding="utf-8")
+    dashboard_port = _dashboard_port(port)
     _write_config(config_path, data_dir=data_dir, broker_url=broker.url, api_port=port or free_port(),
-                  recipes=recipes_path)
+                  dashboard_port=dashboard_port, recipes=recipes_path)
     settings = load_settings(config_path)
     instance = None
-    dashboard_port = _dashboard_port(port)
     dashboard = _start_dashboard(config_path, dashboard_port)
     try:
         instance = Instance(settings).start(stop=stop)
