@@ -29,8 +29,9 @@ def minute_range(table: pa.Table) -> MinuteRange | None:
     """The first and last `minute` of `table` (None: no rows). Kept for the last table asked
     about: the warm snapshot is one table until the next write, asked about every query."""
     global _last_range
-    if _last_range is not None and _last_range[0]() is table:
-        return _last_range[1]
+    last = _last_range  # one read: another thread may replace it meanwhile
+    if last is not None and last[0]() is table:
+        return last[1]
     found: MinuteRange | None = None
     if table.num_rows:
         bounds = pc.min_max(table.column("minute"))

@@ -54,16 +54,9 @@ def _sum(values: np.ndarray, lo: int, hi: int) -> float:
 
 
 @numba.njit(cache=True, fastmath=_MATH)
-def ring_series(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: int, until: int,
-                points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Readings with since <= ts <= until among those a ring row was written with in the
-    order [first, end) (the row's n-th reading sits in slot n % capacity; end - first <=
-    capacity; they ascend in ts), in at most `points` buckets.
-
-    Bucket b of the m matching readings holds the readings [b*m // P, (b+1)*m // P) in ts
-    order; it is answered by the ts of its first reading and the mean of its values.
-    `points` < 1 means every reading.
-    """
+def _span(ts: np.ndarray, first: int, end: int, since: int, until: int) -> tuple[int, int, int]:
+    """Where the readings a row was written with in the order [first, end) begin (the slot
+    of the oldest), and the logical indexes [lo, hi) of those with since <= ts <= until."""
     cap = len(ts)
     count = end - first
     start = first % cap
@@ -75,6 +68,22 @@ def ring_series(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: 
     hi = _first_after(ts, start, start + first_run, until) - start
     if hi == first_run and count > first_run:
         hi = first_run + _first_after(ts, 0, count - first_run, until)
+    return start, lo, hi
+
+
+@numba.njit(cache=True, fastmath=_MATH)
+def ring_series(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: int, until: int,
+                points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Readings with since <= ts <= until among those a ring row was written with in the
+    order [first, end) (the row's n-th reading sits in slot n % capacity; end - first <=
+    capacity; they ascend in ts), in at most `points` buckets.
+
+    Bucket b of the m matching readings holds the readings [b*m // P, (b+1)*m // P) in ts
+    order; it is answered by the ts of its first reading and the mean of its values.
+    `points` < 1 means every reading.
+    """
+    cap = len(ts)
+    start, lo, hi = _span(ts, first, end, since, until)
     m = max(hi - lo, 0)
     p = m if points < 1 or m <= points else points
     out_ts = np.empty(p, np.int64)
@@ -102,15 +111,7 @@ def ring_bands(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: i
     buckets of `bucket_ms` aligned on multiples of it: each bucket's start, min, max, mean
     and count (the `min`/`max`/`avg`/`count(*)` of the dashboard's SQL, per bucket)."""
     cap = len(ts)
-    count = end - first
-    start = first % cap
-    first_run = min(count, cap - start)
-    lo = _first_at_or_after(ts, start, start + first_run, since) - start
-    if lo == first_run and count > first_run:
-        lo = first_run + _first_at_or_after(ts, 0, count - first_run, since)
-    hi = _first_after(ts, start, start + first_run, until) - start
-    if hi == first_run and count > first_run:
-        hi = first_run + _first_after(ts, 0, count - first_run, until)
+    start, lo, hi = _span(ts, first, end, since, until)
     m = max(hi - lo, 0)
     out_t = np.empty(m, np.int64)
     out_min = np.empty(m, np.float64)

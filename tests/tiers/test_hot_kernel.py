@@ -32,20 +32,24 @@ def circular_row(cap, written, rng):
     return ts_row, value_row, stream_ts
 
 
+def case(cap, written, since_at, until_at, seed, left_out):
+    """A row, the first reading a reader takes (the row's last `cap` readings, less up to
+    `left_out` of the oldest, as a reader leaves out those an append in progress writes over),
+    and a span placed relative to the readings written."""
+    ts_row, value_row, stream_ts = circular_row(cap, written, np.random.default_rng(seed))
+    lo_ts, hi_ts = (int(stream_ts[0]), int(stream_ts[-1])) if written else (0, 10)
+    first = min(max(written - cap, 0) + left_out, written)
+    return (ts_row, value_row, first, int(lo_ts + since_at * (hi_ts - lo_ts)),
+            int(lo_ts + until_at * (hi_ts - lo_ts)))
+
+
 @settings(max_examples=300, deadline=None)
 @given(cap=st.integers(1, 64), written=st.integers(0, 300), points=st.integers(0, 40),
        since_at=st.floats(-0.2, 1.2), until_at=st.floats(-0.2, 1.2), seed=st.integers(0, 2**16),
        left_out=st.integers(0, 64))
 def test_matches_the_reference_on_wrapped_and_unwrapped_rows(cap, written, points, since_at, until_at, seed,
                                                              left_out):
-    rng = np.random.default_rng(seed)
-    ts_row, value_row, stream_ts = circular_row(cap, written, rng)
-    lo_ts, hi_ts = (int(stream_ts[0]), int(stream_ts[-1])) if written else (0, 10)
-    since = int(lo_ts + since_at * (hi_ts - lo_ts))
-    until = int(lo_ts + until_at * (hi_ts - lo_ts))
-    # The row's last `cap` readings, less up to `left_out` of the oldest (as a reader leaves
-    # out those an append in progress writes over).
-    first = min(max(written - cap, 0) + left_out, written)
+    ts_row, value_row, first, since, until = case(cap, written, since_at, until_at, seed, left_out)
     got_ts, got_value = ring_series(ts_row, value_row, first, written, since, until, points)
     want_ts, want_value = reference(ts_row, value_row, first, written, since, until, points)
     assert got_ts.tolist() == want_ts.tolist()
@@ -80,12 +84,7 @@ def bands_reference(ts_row, value_row, first, end, since, until, bucket_ms):
        since_at=st.floats(-0.2, 1.2), until_at=st.floats(-0.2, 1.2), seed=st.integers(0, 2**16),
        left_out=st.integers(0, 64))
 def test_bands_match_sqls_buckets(cap, written, bucket_ms, since_at, until_at, seed, left_out):
-    rng = np.random.default_rng(seed)
-    ts_row, value_row, stream_ts = circular_row(cap, written, rng)
-    lo_ts, hi_ts = (int(stream_ts[0]), int(stream_ts[-1])) if written else (0, 10)
-    since = int(lo_ts + since_at * (hi_ts - lo_ts))
-    until = int(lo_ts + until_at * (hi_ts - lo_ts))
-    first = min(max(written - cap, 0) + left_out, written)
+    ts_row, value_row, first, since, until = case(cap, written, since_at, until_at, seed, left_out)
     t, mn, mx, av, n = ring_bands(ts_row, value_row, first, written, since, until, bucket_ms)
     want = bands_reference(ts_row, value_row, first, written, since, until, bucket_ms)
     assert t.tolist() == [r[0] for r in want] and n.tolist() == [r[4] for r in want]
