@@ -69,6 +69,11 @@ def warm_series_kernel() -> None:
         hotkernel.warm()
     except Exception:  # the pipeline still ingests; /series will report the same error
         log.exception("could not load the hot ring's series query")
+    try:
+        from ingest import grouping
+        grouping.warm()
+    except Exception:  # ingestion groups rows with numpy instead: the same answer, slower
+        log.exception("could not load the compiled grouping of rows by sensor")
 
 
 def install_stop_signals(stop: threading.Event) -> None:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 
+from ingest.grouping import group_rows
+
 MAX_NAME_BYTES = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -54,16 +56,9 @@ class SensorLayout:
         self.names = names.names
         self.key_cache = names.key_cache
         self.codes = codes
-        # Built for nearly every message when a gateway sends its sensors in arrival order,
-        # so counted rather than compared, and sorted as 16-bit codes (numpy's radix sort).
-        small = len(self.names) <= 1 << 16
-        self.order = np.argsort(codes.astype(np.uint16) if small else codes, kind="stable")
-        per_code = np.bincount(codes)
-        self.group_codes = np.flatnonzero(per_code).astype(np.uint32)
-        self.counts = per_code[self.group_codes]
-        self.starts = np.cumsum(self.counts) - self.counts
-        self.row_group = np.repeat(np.arange(len(self.starts)), self.counts)
-        self.rank = np.arange(len(codes)) - self.starts[self.row_group]
+        # Built for nearly every message when a gateway sends its sensors in arrival order.
+        (self.order, self.group_codes, self.counts, self.starts, self.row_group,
+         self.rank) = group_rows(codes, len(self.names))
 
 
 _LAYOUTS: dict[tuple[str, ...], SensorLayout] = {}

@@ -213,6 +213,19 @@ class _SqlProbe(threading.Thread):
         return out
 
 
+def steady_rate(samples: list, elapsed: float) -> dict:
+    """The rate of readings stored over the second half of the run: ingestion once the keys
+    have appeared (a fab's sensors are known within its first seconds; at 100,000 sensors the
+    ring's re-layouts while they appear, and the first write to each sensor's memory, take
+    seconds that a long run does not see again). Empty when too few samples were taken."""
+    later = [s for s in samples if elapsed / 2 <= s[0] <= elapsed]
+    if len(later) < 2 or later[-1][0] - later[0][0] < 1.0:
+        return {}
+    (t0, _, stored0, _), (t1, _, stored1, _) = later[0], later[-1]
+    return {"steady_readings_per_s": round((stored1 - stored0) / (t1 - t0)),
+            "steady_from_s": round(t0, 2), "steady_to_s": round(t1, 2)}
+
+
 def _wait_acked(instances: list[InstanceProcess], messages: int, began: float, samples: list) -> float:
     """Seconds from `began` until the instances together have acknowledged `messages`;
     `samples` gets (seconds, messages, readings stored, resident MiB of all instances)."""
@@ -325,6 +338,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         result["fabtier_messages_per_s"] = round(messages / elapsed)
         if "baseline_readings_per_s" in result:
             result["ratio_to_baseline"] = round(result["fabtier_readings_per_s"] / result["baseline_readings_per_s"], 3)
+        result.update(steady_rate(samples, elapsed))
         backlog = [s[1] for s in samples]
         stored, distinct = _count_stored(instance, bench, readings)
         metrics = instance.metrics()
@@ -355,6 +369,9 @@ def report(result: dict) -> str:
                  f"({result['fabtier_messages_per_s']:,} messages/s)")
     if "ratio_to_baseline" in result:
         lines.append(f"  ratio to the plain subscriber: {result['ratio_to_baseline']:.2f}")
+    if "steady_readings_per_s" in result:
+        lines.append(f"  second half of the run ({result['steady_from_s']:g}-{result['steady_to_s']:g} s): "
+                     f"{result['steady_readings_per_s']:,} readings/s stored")
     if "drain_after_publisher_s" in result:
         lines.append(f"  publisher ran {result['live']['seconds']:.1f} s; fabtier finished "
                      f"{result['drain_after_publisher_s']:.2f} s after it")
