@@ -252,6 +252,17 @@ _MINUTE_SOURCES = ("readings_1m", "readings_1h", "cold_agg_1m", "cold_agg_1m_arr
 NOTHING: TsBounds = (1, 0)  # an empty range: the statement sees no raw reading
 
 
+# The views through which a statement can see the unsealed (hot) readings.
+_HOT_READINGS = ("readings", "late_new", "hot_fresh", "hot_late")
+
+
+def reads_hot_readings(sql: str) -> bool:
+    """Whether `sql` can see the unsealed readings (it names a view of them, calls a table
+    function, or cannot be parsed): a statement that cannot is handed none, so that its
+    snapshot never builds the hot tier's tables (~10 ms in the ingest process at full rate)."""
+    return _may_read(sql, _HOT_READINGS)
+
+
 def ts_bounds(sql: str) -> TsBounds | None:
     """[lo, hi] in epoch ms (None: open on that side), widened by `MARGIN_MS`, that contain the
     `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned);

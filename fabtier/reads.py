@@ -12,7 +12,7 @@ from dataclasses import asdict
 import numpy as np
 
 from alerts.service import Alerting
-from analytics.bounds import minute_bounds, ts_bounds
+from analytics.bounds import minute_bounds, reads_hot_readings, ts_bounds
 from analytics.session import SqlSources
 from analytics.sources import tier_sources
 from core.settings import Settings
@@ -59,10 +59,11 @@ class Reads:
         touches are listed (analytics.bounds), else the whole lake."""
         bounds = ts_bounds(sql) if sql is not None else None  # before the lock: a parse
         minutes = minute_bounds(sql) if sql is not None else None
+        hot_readings = sql is None or reads_hot_readings(sql)
         with self._lock:
             in_memory = self.unsealed.segments()
             on_disk = self.wal.segments()
-            tables = self.unsealed.tables(in_memory)
+            tables = self.unsealed.tables(in_memory, readings=hot_readings)
         # Segments that are only on disk: an earlier run's, whose sealing failed at start.
         only_on_disk = [s for s in on_disk if s not in in_memory and s != self.wal.active]
         if only_on_disk:

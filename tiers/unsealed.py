@@ -326,35 +326,38 @@ class UnsealedData:
             presorted=True,
         )
 
-    def tables(self, segments: list[int]) -> SegmentTables:
+    def tables(self, segments: list[int], *, readings: bool = True) -> SegmentTables:
         """The given segments' rows for SQL, at a cost that does not grow with what is
         unsealed: each segment keeps its view (Arrow batches over its own arrays, no row
         copied) and extends it by the chunks appended since the last call: the blocks that
         appending merged (`_MERGE_ROWS` rows each), and the chunks after them merged into
         one (so that a segment's view has a few batches, not one per micro-batch). Rows are split
         into fresh and late per batch; only a batch that holds both is copied. To be called
-        with the ingest lock held (chunks are appended under it)."""
+        with the ingest lock held (chunks are appended under it). `readings` False: the
+        readings are left out (empty), for a reader that does not read them."""
         parts = [self._segments[s] for s in segments if s in self._segments]
-        names = self._keys.name_codes()
-        for part in parts:
-            if part.viewed < len(part.ts):
-                self._chunks -= _merge_chunks(part, max(part.merged, part.viewed))
-                for index in range(part.viewed, len(part.ts)):  # merged blocks, then the rest as one
-                    batch = _sql_batch(part, index, names)
-                    verified = part.verified[index]
-                    if verified.all():
-                        part.fresh_batches.append(batch)
-                    elif not verified.any():
-                        part.late_batches.append(batch)
-                    else:
-                        mask = pa.array(verified, type=pa.bool_())
-                        part.fresh_batches.append(batch.filter(mask))
-                        part.late_batches.append(batch.filter(pc.invert(mask)))
-                part.viewed = part.merged = len(part.ts)
-                part.unmerged = 0
+        if readings:
+            names = self._keys.name_codes()
+            for part in parts:
+                if part.viewed < len(part.ts):
+                    self._chunks -= _merge_chunks(part, max(part.merged, part.viewed))
+                    for index in range(part.viewed, len(part.ts)):  # merged blocks, then the rest as one
+                        batch = _sql_batch(part, index, names)
+                        verified = part.verified[index]
+                        if verified.all():
+                            part.fresh_batches.append(batch)
+                        elif not verified.any():
+                            part.late_batches.append(batch)
+                        else:
+                            mask = pa.array(verified, type=pa.bool_())
+                            part.fresh_batches.append(batch.filter(mask))
+                            part.late_batches.append(batch.filter(pc.invert(mask)))
+                    part.viewed = part.merged = len(part.ts)
+                    part.unmerged = 0
+        shown = parts if readings else []
         return SegmentTables(
-            fresh=pa.Table.from_batches([b for p in parts for b in p.fresh_batches], schema=SEALING_SCHEMA),
-            late=pa.Table.from_batches([b for p in parts for b in p.late_batches], schema=SEALING_SCHEMA),
+            fresh=pa.Table.from_batches([b for p in shown for b in p.fresh_batches], schema=SEALING_SCHEMA),
+            late=pa.Table.from_batches([b for p in shown for b in p.late_batches], schema=SEALING_SCHEMA),
             quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
             context=context_table([c for p in parts for c in p.context]),
             alerts=alerts_table([a for p in parts for a in p.alerts]),

@@ -1,0 +1,47 @@
+"""A statement that cannot see the unsealed readings is handed none: its snapshot does not build
+the hot tier's tables in the ingest process (issue 13), and its answer is the same."""
+
+import json
+
+import pytest
+
+from analytics.bounds import reads_hot_readings
+from analytics.session import run_sql
+from fabtier.runner import Instance
+from tests.conftest import make_settings, wait_for
+
+
+@pytest.mark.parametrize("sql, reads", [
+    ("SELECT count(*) FROM readings", True),
+    ("SELECT * FROM alerts WHERE machine = 'm'", False),
+    ("SELECT * FROM readings_1m", False),
+    ("SELECT * FROM lot_runs JOIN quarantine ON true", False),
+    ("SELECT * FROM alerts WHERE ts > (SELECT max(ts) FROM readings)", True),
+    ("WITH r AS (SELECT * FROM late_new) SELECT count(*) FROM r", True),
+    ("SELECT * FROM hot_fresh", True),
+    ("SELECT * FROM query_table('readings')", True),  # a table function may name any view
+    ("SELEC nonsense", True),  # not parsed: assume it may
+])
+def test_which_statements_can_see_the_unsealed_readings(sql, reads):
+    assert reads_hot_readings(sql) is reads
+
+
+def test_a_statement_without_readings_leaves_the_hot_tables_unbuilt(tmp_path, broker):
+    instance = Instance(make_settings(tmp_path, broker)).start()
+    try:
+        pipeline = instance.pipeline
+        now = pipeline.clock.now_ms()
+        pipeline.process([("fab/etch-01", json.dumps({"ts": [now - 2000, now - 1000], "sensor": ["a", "a"],
+                                                      "v": [1.0, 2.0]}).encode(), 0, 0)])
+        wait_for(lambda: pipeline.unsealed.rows == 2, what="the readings unsealed")
+        built = []
+        tables = pipeline.unsealed.tables
+        pipeline.unsealed.tables = lambda segments, **kw: built.append(kw) or tables(segments, **kw)
+        sources = pipeline.sql_sources("SELECT count(*) AS n FROM quarantine")
+        assert built == [{"readings": False}] and sources.hot_fresh.num_rows == 0
+        assert run_sql(sources, "SELECT count(*) AS n FROM quarantine").column("n")[0].as_py() == 0
+        sql = "SELECT count(*) AS n FROM readings"
+        sources = pipeline.sql_sources(sql)
+        assert built[-1] == {"readings": True} and run_sql(sources, sql).column("n")[0].as_py() == 2
+    finally:
+        instance.stop()
