@@ -65,10 +65,10 @@ class Instance:
 
 def warm_series_kernel() -> None:
     try:
-        from tiers import hotkernel  # imports numba: only instances that serve series pay for it
-        hotkernel.warm()
-    except Exception:  # the pipeline still ingests; /series will report the same error
-        log.exception("could not load the hot ring's series query")
+        from tiers import hot  # imports numba: only instances that serve series pay for it
+        hot.use_compiled_writes()
+    except Exception:  # the pipeline still ingests (numpy writes); /series will report the same error
+        log.exception("could not load the hot ring's compiled queries and writes")
     try:
         from ingest import grouping
         grouping.warm()

@@ -38,6 +38,9 @@ from typing import TypeVar
 import numpy as np
 
 T = TypeVar("T")
+# The compiled writes (tiers.hotkernel.grouped_check, grouped_append) once `use_compiled_writes`
+# has loaded them; numpy until then (a process that never loads numba: tests, tools).
+_compiled: tuple[Callable, Callable] | None = None
 # A sensor's buckets: start (epoch ms), min, max, mean, count.
 Bands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -283,6 +286,8 @@ class HotRing:
         if len(group_keys) == 0:
             return None
         self._ensure_keys(int(group_keys.max()) + 1)
+        if _compiled is not None:
+            return self._insert_grouped_compiled(_compiled, group_keys, layout, ts, value)
         order, starts, counts = layout.order, layout.starts, layout.counts
         t = ts[order]
         first = t[starts]
@@ -295,6 +300,30 @@ class HotRing:
         if (np.minimum(self._written[group_keys], self.capacity) + counts).max() > self.capacity:
             self._reserve(group_keys, starts, counts, t)
         self._append(order, group_keys[layout.row_group], t, value, starts, counts)
+        n = len(ts)
+        return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+
+    def _insert_grouped_compiled(self, kernels, group_keys: np.ndarray, layout, ts: np.ndarray,
+                                 value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`insert_grouped` by the compiled kernels (tiers.hotkernel): the same checks and
+        writes in two calls that keep the interpreter lock, instead of some twenty numpy
+        operations that each may hand it to another thread mid-batch."""
+        check, append = kernels
+        keys = np.ascontiguousarray(group_keys, dtype=np.int64)
+        order, starts, counts = layout.order, layout.starts, layout.counts
+        ts = np.ascontiguousarray(ts, dtype=np.int64)
+        fits = check(self._last, self._covered, self._written, keys, order, starts, counts, ts, self.capacity)
+        if fits < 0:
+            return None
+        if fits > 0:
+            self._reserve(keys, starts, counts, ts[order])
+        grow = append(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved, self._written,
+                      self._pending, self._last, self._covered, keys, order, starts, counts, ts,
+                      np.ascontiguousarray(value, dtype=np.float64), self.capacity, self.window_ms)
+        if grow:
+            capacity = self._fit_capacity(self.capacity * 2, len(self._written))
+            if capacity > self.capacity:
+                self._resize(capacity, len(self._written))
         n = len(ts)
         return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
 
@@ -457,3 +486,12 @@ class HotRing:
             return None
         slot = (self._written[key] - 1) % self.capacity
         return int(self._ts[key, slot]), float(self._value[key, slot])
+
+
+def use_compiled_writes() -> None:
+    """Compile (or load) tiers.hotkernel and write with it from now on: for a process that
+    ingests, beside recovery, before ingestion starts (compiling holds the interpreter lock)."""
+    global _compiled
+    from tiers import hotkernel
+    hotkernel.warm()
+    _compiled = (hotkernel.grouped_check, hotkernel.grouped_append)

@@ -143,8 +143,76 @@ def ring_bands(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: i
     return out_t[:k], out_min[:k], out_max[:k], out_sum[:k] / out_n[:k], out_n[:k]
 
 
+@numba.njit(cache=True)
+def grouped_check(last: np.ndarray, covered: np.ndarray, written: np.ndarray, group_keys: np.ndarray,
+                  order: np.ndarray, starts: np.ndarray, counts: np.ndarray, ts: np.ndarray, cap: int) -> int:
+    """Whether a batch grouped by sensor can be appended as it is (`HotRing.insert_grouped`):
+    -1 if not (a reading not newer than its sensor's newest, or out of order within its
+    sensor); 1 if it can but would push readings out of some row (the caller may grow first);
+    0 if it fits."""
+    for g in range(len(starts)):
+        key = group_keys[g]
+        s = starts[g]
+        first = ts[order[s]]
+        if not (first > last[key] and first >= covered[key]):
+            return -1
+        for j in range(s + 1, s + counts[g]):
+            if ts[order[j]] <= ts[order[j - 1]]:
+                return -1
+    for g in range(len(starts)):
+        if min(written[group_keys[g]], cap) + counts[g] > cap:
+            return 1
+    return 0
+
+
+@numba.njit(cache=True)
+def grouped_append(ts_flat: np.ndarray, value_flat: np.ndarray, reserved: int, written: np.ndarray,
+                   pending: np.ndarray, last: np.ndarray, covered: np.ndarray, group_keys: np.ndarray,
+                   order: np.ndarray, starts: np.ndarray, counts: np.ndarray, ts: np.ndarray, value: np.ndarray,
+                   cap: int, window_ms: int) -> bool:
+    """`HotRing._append` of a batch `grouped_check` passed, in one call that keeps the
+    interpreter lock: announce (`pending`), write each sensor's rows into its ring slots (only
+    its last `cap` can survive), publish (`written`, `last`), move `covered` past what a wrap
+    pushed out. True if a wrapped row's oldest reading is still inside the window (the ring
+    should grow)."""
+    for g in range(len(starts)):
+        key = group_keys[g]
+        pending[key] = written[key] + counts[g]
+    for g in range(len(starts)):
+        key = group_keys[g]
+        n = counts[g]
+        w = written[key]
+        base = key * reserved
+        for j in range(max(0, n - cap), n):
+            i = order[starts[g] + j]
+            pos = base + (w + j) % cap
+            ts_flat[pos] = ts[i]
+            value_flat[pos] = value[i]
+    grow = False
+    for g in range(len(starts)):
+        key = group_keys[g]
+        n = counts[g]
+        now_written = written[key] + n
+        written[key] = now_written
+        newest = ts[order[starts[g] + n - 1]]
+        last[key] = newest
+        if now_written > cap:
+            oldest = ts_flat[key * reserved + now_written % cap]
+            if oldest > covered[key]:
+                covered[key] = oldest
+            if oldest >= newest - window_ms:
+                grow = True
+    return grow
+
+
 def warm() -> None:
-    """Compile `ring_series` (or load it from the cache) ahead of the first query: that holds
-    the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
+    """Compile the kernels (or load them from the cache) ahead of the first query and write:
+    that holds the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
     ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
     ring_bands(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
+    # The writes, with the types `HotRing.insert_grouped` hands them (1-D, contiguous, int64
+    # and float64): another signature would be compiled in the ingest thread.
+    i64, f64 = np.zeros(1, np.int64), np.zeros(1, np.float64)
+    grouped_check(i64, i64, i64, i64, i64, i64, np.ones(1, np.int64), i64, 1)
+    grouped_append(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                   np.zeros(1, np.int64), np.zeros(1, np.int64), i64, i64, i64, np.ones(1, np.int64), i64, f64, 2, 1)

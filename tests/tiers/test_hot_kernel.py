@@ -90,3 +90,26 @@ def test_bands_match_sqls_buckets(cap, written, bucket_ms, since_at, until_at, s
     assert t.tolist() == [r[0] for r in want] and n.tolist() == [r[4] for r in want]
     assert mn.tolist() == [r[1] for r in want] and mx.tolist() == [r[2] for r in want]
     np.testing.assert_allclose(av, [r[3] for r in want], rtol=1e-12, atol=1e-12)
+
+
+def test_a_compiled_append_that_wraps_moves_covered_and_says_when_to_grow():
+    from tiers.hotkernel import grouped_append, grouped_check
+
+    def state():  # one row of 4 slots (reserved 4) holding ts 100..103
+        return (np.array([100, 101, 102, 103], np.int64), np.zeros(4, np.float64), np.array([4], np.int64),
+                np.array([4], np.int64), np.array([103], np.int64), np.array([0], np.int64))
+
+    keys, order, starts, counts = (np.zeros(1, np.int64), np.array([0, 1], np.int64), np.zeros(1, np.int64),
+                                   np.array([2], np.int64))
+    ts, value = np.array([104, 105], np.int64), np.array([1.5, 2.5])
+    for window, grows in ((10, True), (1, False)):
+        ts_flat, value_flat, written, pending, last, covered = state()
+        assert grouped_check(last, covered, written, keys, order, starts, counts, ts, 4) == 1  # pushes out two
+        grow = grouped_append(ts_flat, value_flat, 4, written, pending, last, covered, keys, order, starts, counts,
+                              ts, value, 4, window)
+        assert grow is grows  # the oldest left (102) is inside a 10 ms window of 105, not a 1 ms one
+        assert ts_flat.tolist() == [104, 105, 102, 103] and value_flat.tolist() == [1.5, 2.5, 0.0, 0.0]
+        assert written.tolist() == pending.tolist() == [6] and last.tolist() == [105] and covered.tolist() == [102]
+    ts_flat, value_flat, written, pending, last, covered = state()
+    assert grouped_check(last, covered, written, keys, order, starts, counts, np.array([103, 105], np.int64), 4) == -1
+    assert grouped_check(last, covered, written, keys, order, starts, counts, np.array([106, 105], np.int64), 4) == -1

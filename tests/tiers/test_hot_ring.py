@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from tiers.hot import HotRing
 
@@ -87,12 +88,26 @@ def test_random_streams_match_a_set_model():
         assert value.tolist() == [readings[t] for t in sorted(readings)]
 
 
-def test_grouped_fast_path_matches_the_general_path():
+@pytest.mark.parametrize("compiled, window_ms, budget", [
+    (False, 10**12, 1 << 22),
+    (True, 10**12, 1 << 22),  # the compiled writes (tiers.hotkernel), growing
+    (True, 60, 1 << 12),  # wrapping rows, the window short enough not to grow for
+    (True, 200, 1 << 22),  # wrapping rows, growing when what is left is inside the window
+    (False, 200, 1 << 22),
+    (True, 10**12, 1 << 12),  # wrapping rows that the budget cannot grow for
+    (False, 10**12, 1 << 12),
+])
+def test_grouped_fast_path_matches_the_general_path(monkeypatch, compiled, window_ms, budget):
     """The layout-driven fast path stores exactly what the general path stores, or declines."""
     from ingest.codec import SensorLayout, SensorNames
+    from tiers import hot as hot_module
 
+    monkeypatch.setattr(hot_module, "_compiled", None)  # restored after the test, whatever it sets
+    if compiled:
+        hot_module.use_compiled_writes()
+        assert hot_module._compiled is not None
     rng = np.random.default_rng(11)
-    fast, general = ring(window_ms=10**12, budget=1 << 22), ring(window_ms=10**12, budget=1 << 22)
+    fast, general = ring(window_ms=window_ms, budget=budget), ring(window_ms=window_ms, budget=budget)
     names = SensorNames(frozenset(["a", "b", "c", "d"]))
     clock = BASE
     for step in range(300):
@@ -113,6 +128,7 @@ def test_grouped_fast_path_matches_the_general_path():
         assert masks[0].tolist() == expected[0].tolist() and masks[1].tolist() == expected[1].tolist()
     for key in range(4):
         assert [a.tolist() for a in fast.series(key)] == [a.tolist() for a in general.series(key)]
+        assert fast.covered_from(key) == general.covered_from(key)
     assert fast.capacity == general.capacity and len(fast) == len(general)
 
 
