@@ -4,10 +4,12 @@ all: hot series read the ring lock-free)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict
+from typing import TypeVar
 
 import numpy as np
 
@@ -25,6 +27,8 @@ from tiers.hot import HotRing
 from tiers.keys import SensorKeys
 from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
 from tiers.warm import WarmStore
+
+T = TypeVar("T")
 
 # Lock-free tries of a series read before waiting for the ingest lock; a try fails only while
 # the row is rewritten by a merge of out-of-order readings or the ring changes its layout.
@@ -108,27 +112,34 @@ class Reads:
         found: tuple[np.ndarray, np.ndarray]
         if key is None:
             found = np.empty(0, np.int64), np.empty(0, np.float64)
-            read = locked = time.perf_counter()
+            waited: float | None = None
         else:
-            attempt = self.ring.read_series(key, since=since_ms, points=points)
-            for _ in range(_SERIES_ATTEMPTS - 1):
-                if attempt is not None:
-                    break
-                time.sleep(_SERIES_RETRY_PAUSE_S)
-                attempt = self.ring.read_series(key, since=since_ms, points=points)
-            read = locked = time.perf_counter()
-            if attempt is None:
-                with self._lock:
-                    locked = time.perf_counter()
-                    attempt = self.ring.series(key, since=since_ms, points=points)
-            found = attempt
+            found, waited = self._read_ring(lambda: self.ring.read_series(key, since=since_ms, points=points))
         done = time.perf_counter()
         if timings is not None:
-            timings["wait_us"] = round((locked - read) * 1e6, 1)
+            timings["wait_us"] = round((waited or 0.0) * 1e6, 1)
             timings["query_us"] = round((done - began) * 1e6, 1)
-            timings["fell_back"] = locked != read
+            timings["fell_back"] = waited is not None
             timings["gil_wait_us"] = round((began - asked) * 1e6, 1)
         return found
+
+    def _read_ring(self, read: Callable[[], T | None]) -> tuple[T, float | None]:
+        """`read()`, a lock-free read of the hot ring, until it answers: tried again a few
+        times while its row is rewritten, then once under the ingest lock. The answer, and the
+        seconds waited for the lock (None: it did not wait)."""
+        for attempt in range(_SERIES_ATTEMPTS):
+            if attempt:
+                time.sleep(_SERIES_RETRY_PAUSE_S)
+            found = read()
+            if found is not None:
+                return found, None
+        asked = time.perf_counter()
+        with self._lock:
+            waited = time.perf_counter() - asked
+            found = read()
+        if found is None:
+            raise RuntimeError("the hot ring changed during a read under the writers' lock")
+        return found, waited
 
     def bands(self, machine: str, *, since_ms: int, bucket_ms: int) -> tuple[list[dict], bool]:
         """Each of `machine`'s sensors since `since_ms` from the hot ring, as buckets of
@@ -141,18 +152,9 @@ class Reads:
         complete = bool(sensors)
         for sensor, key in sensors:
             complete = complete and self.ring.covered_from(key) <= since_ms
-            attempt = None
-            for _ in range(_SERIES_ATTEMPTS):
-                attempt = self.ring.read_bands(key, since=since_ms, bucket_ms=bucket_ms)
-                if attempt is not None:
-                    break
-                time.sleep(_SERIES_RETRY_PAUSE_S)
-            if attempt is None:
-                with self._lock:
-                    attempt = self.ring.read_bands(key, since=since_ms, bucket_ms=bucket_ms)
-                if attempt is None:
-                    raise RuntimeError("the hot ring changed during a read under the writers' lock")
-            t, mn, mx, av, n = (column.tolist() for column in attempt)
+            found, _ = self._read_ring(functools.partial(self.ring.read_bands, key, since=since_ms,
+                                                         bucket_ms=bucket_ms))
+            t, mn, mx, av, n = (column.tolist() for column in found)
             rows.extend({"sensor": sensor, "t": a, "mn": b, "mx": c, "av": d, "n": e}
                         for a, b, c, d, e in zip(t, mn, mx, av, n, strict=True))
         return rows, complete
