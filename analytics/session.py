@@ -408,8 +408,7 @@ class Session:
     def bind(self, sources: SqlSources) -> None:
         for name in _TABLE_SOURCES:
             self._source(name, getattr(sources, name))
-        defaults = _empty_defaults(sources)
-        for name, default in defaults.items():
+        for name, default in _empty_defaults(sources).items():
             if name == "cold_agg_1m":
                 self._cold_agg(default, sources.cold_agg_1m_bounds)
             else:

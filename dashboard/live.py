@@ -5,8 +5,9 @@ once for all of them, and the hub fans its events out to every watcher's event s
 Cost to the instance, by design: a watched machine is one read of the hot ring a second (GET
 /bands: the buckets since the last poll; SQL when the ring lacks part of the span), plus, every
 few seconds, one SQL statement for its lot runs; the overview reads each machine's newest
-reading over a short window and one `/series` per machine; the alert list is refreshed every few seconds, and new alerts come from the broker
-(`dashboard.alertfeed`), not from polling. Nobody watching: nothing is asked at all.
+reading over a short window and one `/series` per machine; the alert list is refreshed every
+few seconds, and new alerts come from the broker (`dashboard.alertfeed`), not from polling.
+Nobody watching: nothing is asked at all.
 """
 
 from __future__ import annotations

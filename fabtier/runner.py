@@ -32,7 +32,7 @@ class Instance:
         sys.setswitchinterval(0.0005)
         # Load (or compile) the hot ring's query beside recovery, and be done before ingestion
         # starts: under load, importing numba holds the interpreter lock for seconds.
-        warming = threading.Thread(target=warm_series_kernel, name="fabtier-warm-series", daemon=True)
+        warming = threading.Thread(target=warm_compiled_code, name="fabtier-warm-compiled", daemon=True)
         warming.start()
         self.pipeline.open()
         # The API answers (503) while the pipeline subscribes, so that readers know it runs.
@@ -63,9 +63,9 @@ class Instance:
         return f"http://{self.settings.api.host}:{self.api.port}" if self.api else ""
 
 
-def warm_series_kernel() -> None:
+def warm_compiled_code() -> None:
     try:
-        from tiers import hot  # imports numba: only instances that serve series pay for it
+        from tiers import hot  # imports numba: only a process that ingests pays for it
         hot.use_compiled_writes()
     except Exception:  # the pipeline still ingests (numpy writes); /series will report the same error
         log.exception("could not load the hot ring's compiled queries and writes")

@@ -226,9 +226,15 @@ class HotRing:
         oldest = self._ts[wrapped, self._written[wrapped] % self.capacity]
         if np.all(oldest < self._last[wrapped] - self.window_ms):
             return
+        self._double()
+
+    def _double(self) -> bool:
+        """Double every row's capacity if the budget allows it (False if it does not)."""
         capacity = self._fit_capacity(self.capacity * 2, len(self._written))
-        if capacity > self.capacity:
-            self._resize(capacity, len(self._written))
+        if capacity <= self.capacity:
+            return False
+        self._resize(capacity, len(self._written))
+        return True
 
     # ---- writes -------------------------------------------------------------------------
     def insert(self, key_ids: np.ndarray, ts: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,9 +327,7 @@ class HotRing:
                       self._pending, self._last, self._covered, keys, order, starts, counts, ts,
                       np.ascontiguousarray(value, dtype=np.float64), self.capacity, self.window_ms)
         if grow:
-            capacity = self._fit_capacity(self.capacity * 2, len(self._written))
-            if capacity > self.capacity:
-                self._resize(capacity, len(self._written))
+            self._double()
         n = len(ts)
         return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
 
@@ -342,10 +346,8 @@ class HotRing:
             oldest = np.where(stored, self._ts[rows, oldest_slot], first)
             if not np.any(oldest >= newest[over] - self.window_ms):
                 return
-            capacity = self._fit_capacity(cap * 2, len(self._written))
-            if capacity <= cap:
+            if not self._double():
                 return
-            self._resize(capacity, len(self._written))
 
     def _append(self, order: np.ndarray, k: np.ndarray, t: np.ndarray, value: np.ndarray,
                 starts: np.ndarray, counts: np.ndarray) -> None:
@@ -392,10 +394,8 @@ class HotRing:
         order = np.argsort(merged_ts, kind="stable")
         merged_ts, merged_value = merged_ts[order], np.concatenate([old_value, new_value])[order]
         while len(merged_ts) > cap and merged_ts[-cap - 1] >= merged_ts[-1] - self.window_ms:
-            capacity = self._fit_capacity(cap * 2, len(self._written))
-            if capacity <= cap:
+            if not self._double():
                 break
-            self._resize(capacity, len(self._written))
             cap = self.capacity
         kept = min(len(merged_ts), cap)
         if kept < len(merged_ts):

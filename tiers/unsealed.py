@@ -326,6 +326,26 @@ class UnsealedData:
             presorted=True,
         )
 
+    def _extend_view(self, part: _Segment, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> None:
+        """Add the chunks appended to `part` since its view was last extended to its fresh and
+        late batches (see `tables`)."""
+        if part.viewed >= len(part.ts):
+            return
+        self._chunks -= _merge_chunks(part, max(part.merged, part.viewed))
+        for index in range(part.viewed, len(part.ts)):  # merged blocks, then the rest as one
+            batch = _sql_batch(part, index, names)
+            verified = part.verified[index]
+            if verified.all():
+                part.fresh_batches.append(batch)
+            elif not verified.any():
+                part.late_batches.append(batch)
+            else:
+                mask = pa.array(verified, type=pa.bool_())
+                part.fresh_batches.append(batch.filter(mask))
+                part.late_batches.append(batch.filter(pc.invert(mask)))
+        part.viewed = part.merged = len(part.ts)
+        part.unmerged = 0
+
     def tables(self, segments: list[int], *, readings: bool = True) -> SegmentTables:
         """The given segments' rows for SQL, at a cost that does not grow with what is
         unsealed: each segment keeps its view (Arrow batches over its own arrays, no row
@@ -339,21 +359,7 @@ class UnsealedData:
         if readings:
             names = self._keys.name_codes()
             for part in parts:
-                if part.viewed < len(part.ts):
-                    self._chunks -= _merge_chunks(part, max(part.merged, part.viewed))
-                    for index in range(part.viewed, len(part.ts)):  # merged blocks, then the rest as one
-                        batch = _sql_batch(part, index, names)
-                        verified = part.verified[index]
-                        if verified.all():
-                            part.fresh_batches.append(batch)
-                        elif not verified.any():
-                            part.late_batches.append(batch)
-                        else:
-                            mask = pa.array(verified, type=pa.bool_())
-                            part.fresh_batches.append(batch.filter(mask))
-                            part.late_batches.append(batch.filter(pc.invert(mask)))
-                    part.viewed = part.merged = len(part.ts)
-                    part.unmerged = 0
+                self._extend_view(part, names)
         shown = parts if readings else []
         return SegmentTables(
             fresh=pa.Table.from_batches([b for p in shown for b in p.fresh_batches], schema=SEALING_SCHEMA),

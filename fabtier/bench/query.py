@@ -446,8 +446,9 @@ def measure(lakes: list[_OpenLake], *, end_ms: int, repeat: int) -> list[dict]:
     run, each question takes its turn on every lake, fabtier then the floor: all of them meet
     the same moments of a noisy machine, so the lakes' times and the floor compare."""
     out: list[dict] = [{} for _ in lakes]
-    for name in _questions(lakes[0].start_ms, end_ms) if lakes else ():
-        asked = [_Asked(lk, *_questions(lk.start_ms, end_ms)[name]) for lk in lakes]
+    questions = [_questions(lk.start_ms, end_ms) for lk in lakes]
+    for name in questions[0] if lakes else ():
+        asked = [_Asked(lk, *asks[name]) for lk, asks in zip(lakes, questions, strict=True)]
         for _ in range(repeat):
             for question in asked:
                 question.once()
