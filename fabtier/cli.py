@@ -158,15 +158,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    batch=args.batch, excursions_per_s=args.excursions_per_s, seal_every=args.seal_every,
                    as_json=args.json)
     if args.which == "ingest":
-        from fabtier.bench import ingest
+        from fabtier.bench import ingest, ingestmatrix
+        rates = ingestmatrix.parse_rates(args.queries_per_s)
         bench = ingest.IngestBench(seconds=args.seconds, machines=args.machines, sensors=args.sensors,
                                    rate_hz=args.rate_hz, batch=args.batch, live=args.live, seed=args.seed,
-                                   queries_per_s=args.queries_per_s)
-        if args.queries_per_s < 0:
-            raise UserError("--queries-per-s must be 0 (no queries) or more")
+                                   queries_per_s=rates[0])
         if args.processes < 1:
             raise UserError("--processes must be 1 or more")
-        if args.processes > 1:
+        if args.rounds < 1:
+            raise UserError("--rounds must be 1 or more")
+        if args.scales is not None or len(rates) > 1 or args.rounds > 1:
+            if args.live or args.processes > 1:
+                raise UserError("--scales, several --queries-per-s and --rounds compare maximum rates of one "
+                                "process; leave out --live and --processes")
+            scales = ingestmatrix.parse_scales(args.scales) if args.scales is not None else [
+                ingestmatrix.Scale(bench.machines, bench.sensors, bench.rate_hz)]
+            result = ingestmatrix.run(bench, scales, rates, args.rounds,
+                                      progress=lambda line: print(line, flush=True))
+            print(ingestmatrix.report(result), flush=True)
+        elif args.processes > 1:
             if args.live:
                 raise UserError("--processes measures the maximum rate; leave out --live")
             from fabtier.bench import scaleout
@@ -344,9 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--processes", type=int, default=1,
                        help="(ingest) fabtier processes on one MQTT shared subscription, one lake")
     bench.add_argument("--seed", type=int, default=1)
-    bench.add_argument("--queries-per-s", type=float, default=0.0,
+    bench.add_argument("--queries-per-s", default="0",
                        help="(ingest) SQL statements a second through the API while ingesting "
-                            "(SELECT count(*) FROM readings); their latency is reported")
+                            "(SELECT count(*) FROM readings); their latency is reported. A list (0,5) "
+                            "runs each and compares them")
+    bench.add_argument("--scales", default=None,
+                       help="(ingest) fleets to compare, MACHINESxSENSORSxHZ, comma-separated "
+                            "(e.g. 40x100x250,1000x100x10); each runs with every --queries-per-s")
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="(ingest) runs of every --scales/--queries-per-s cell, in alternating order; "
+                            "medians and within-round ratios are reported")
     bench.add_argument("--clients", type=int, default=5, help="(dashboard) clients streaming one machine's page")
     bench.set_defaults(func=cmd_bench)
 

@@ -35,3 +35,34 @@ def test_two_processes_on_a_shared_subscription_split_the_stream_and_lose_nothin
 def test_processes_must_be_positive():
     out = fabtier_cli("bench", "ingest", "--processes", "0", check=False)
     assert out.returncode == 2 and "--processes must be 1 or more" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cells_compared_in_rounds_of_alternating_order_lose_nothing():
+    out = fabtier_cli("bench", "ingest", "--scales", "2x4x50,3x4x50", "--queries-per-s", "0,4", "--rounds", "2",
+                      "--seconds", "1", "--batch", "20", "--json", timeout=600).stdout
+    lines = out.strip().splitlines()
+    ran = [line for line in lines if line.startswith("round ")]
+    # Four cells a round; the second round runs them in the reverse order.
+    assert [line.split(":")[1] for line in ran[:4]] == [line.split(":")[1] for line in ran[4:][::-1]]
+    result = json.loads(lines[-1])
+    cells = {(c["scale"], c["queries_per_s"]): c for c in result["cells"]}
+    assert set(cells) == {("2x4x50", 0.0), ("2x4x50", 4.0), ("3x4x50", 0.0), ("3x4x50", 4.0)}
+    assert all(c["runs"] == 2 and c["lost"] == 0 and c["duplicates"] == 0 for c in cells.values())
+    assert cells[("3x4x50", 4.0)]["sql_ms_p50"] > 0 and "sql_ms_p50" not in cells[("3x4x50", 0.0)]
+    # Compared within each round: against the first scale at the same rate, and without queries.
+    assert len(cells[("3x4x50", 0.0)]["vs_first_scale_whole_paired"]) == 2
+    assert len(cells[("2x4x50", 4.0)]["vs_fewest_queries_whole_paired"]) == 2
+    assert "vs_first_scale_whole" not in cells[("2x4x50", 0.0)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scales", "40x100"], "'40x100' is not MACHINESxSENSORSxHZ"),
+    (["--scales", "0x1x5"], "'0x1x5' is not MACHINESxSENSORSxHZ"),
+    (["--queries-per-s", "0,five"], "--queries-per-s: '0,five' is not a number"),
+    (["--queries-per-s", "-1"], "--queries-per-s must be 0 (no queries) or more"),
+    (["--rounds", "0"], "--rounds must be 1 or more"),
+    (["--rounds", "2", "--live"], "leave out --live and --processes"),
+])
+def test_a_bad_comparison_is_refused_with_what_to_write(args, message):
+    out = fabtier_cli("bench", "ingest", *args, check=False)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
