@@ -31,6 +31,7 @@ from analytics import output
 from analytics.leftout import left_out
 from analytics.session import run_sql
 from core.errors import SqlError
+from core.switching import quick_handoffs
 from fabtier import alerts_api, apimodels, promexport, retrieval_api
 from fabtier.apiparams import (
     MAX_BUCKET_MS,
@@ -157,6 +158,11 @@ def sql_answer(pipeline: "Pipeline", body: bytes, content_type: str, fmt: str, a
         sql = sql_statement(body, content_type)
     except BadRequest as exc:
         return Answer(400, exc.body()).response()
+    with quick_handoffs():  # the statement hands the interpreter lock back and forth: core.switching
+        return _answer_sql(pipeline, sql, fmt, archived)
+
+
+def _answer_sql(pipeline: "Pipeline", sql: str, fmt: str, archived: str) -> Response:
     began = time.perf_counter()
     try:
         sources = pipeline.sql_sources(sql)

@@ -11,6 +11,7 @@ import time
 
 from core.clock import Clock
 from core.settings import Settings
+from core.switching import INGEST_SWITCH_INTERVAL
 from fabtier.api import ApiServer
 from fabtier.pipeline import Pipeline, State
 from lifecycle.scheduler import start_scheduler
@@ -27,9 +28,7 @@ class Instance:
 
     def start(self, *, stop: threading.Event | None = None) -> Instance:
         """Everything up; with `stop`, waits for the broker (retrying) until `stop` is set."""
-        # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
-        # lets the API's threads (dashboards, SQL) answer within a millisecond or so.
-        sys.setswitchinterval(0.0005)
+        sys.setswitchinterval(INGEST_SWITCH_INTERVAL)  # see core.switching
         # Load (or compile) the hot ring's query beside recovery, and be done before ingestion
         # starts: under load, importing numba holds the interpreter lock for seconds.
         warming = threading.Thread(target=warm_compiled_code, name="fabtier-warm-compiled", daemon=True)
