@@ -263,6 +263,15 @@ def reads_hot_readings(sql: str) -> bool:
     return _may_read(sql, _HOT_READINGS)
 
 
+def hot_ts_bounds(sql: str, bounds: TsBounds | None) -> TsBounds | None:
+    """`bounds` (`ts_bounds(sql)`) for pruning the unsealed readings' batches, or None when the
+    statement may read the hot tables by their own names, whose rows `ts_bounds` does not
+    look at (they hold more than the views show)."""
+    if bounds is None or _may_read(sql, ("hot_fresh", "hot_late")):
+        return None
+    return bounds
+
+
 def ts_bounds(sql: str) -> TsBounds | None:
     """[lo, hi] in epoch ms (None: open on that side), widened by `MARGIN_MS`, that contain the
     `ts` of every reading `sql` can see; None when that is not certain (nothing is pruned);

@@ -149,6 +149,17 @@ def _empty_defaults(sources: SqlSources) -> dict[str, object]:
     }
 
 
+def _naive_ts(table: pa.Table) -> pa.Table:
+    """The hot tier's rows with `ts` as UTC milliseconds without a time zone, as
+    `UnsealedData.tables` gives them (tiers.unsealed.SQL_SCHEMA says why); rows read back
+    from the log come with one, and the cast copies nothing."""
+    ts = table.schema.field("ts").type
+    if ts.tz is None:
+        return table
+    return table.cast(pa.schema([pa.field("ts", pa.timestamp(ts.unit)) if f.name == "ts" else f
+                                 for f in table.schema]))
+
+
 def _ts_bound(table: pa.Table, fn: str) -> str:
     if table.num_rows == 0:
         return "NULL::TIMESTAMP"
@@ -407,7 +418,8 @@ class Session:
 
     def bind(self, sources: SqlSources) -> None:
         for name in _TABLE_SOURCES:
-            self._source(name, getattr(sources, name))
+            table = getattr(sources, name)
+            self._source(name, _naive_ts(table) if name in ("hot_fresh", "hot_late") else table)
         for name, default in _empty_defaults(sources).items():
             if name == "cold_agg_1m":
                 self._cold_agg(default, sources.cold_agg_1m_bounds)

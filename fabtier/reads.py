@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 
 from alerts.service import Alerting
-from analytics.bounds import minute_bounds, reads_hot_readings, ts_bounds
+from analytics.bounds import hot_ts_bounds, minute_bounds, reads_hot_readings, ts_bounds
 from analytics.session import SqlSources
 from analytics.sources import tier_sources
 from core.settings import Settings
@@ -64,10 +64,11 @@ class Reads:
         bounds = ts_bounds(sql) if sql is not None else None  # before the lock: a parse
         minutes = minute_bounds(sql) if sql is not None else None
         hot_readings = sql is None or reads_hot_readings(sql)
+        hot_bounds = hot_ts_bounds(sql, bounds) if sql is not None else None
         with self._lock:
             in_memory = self.unsealed.segments()
             on_disk = self.wal.segments()
-            tables = self.unsealed.tables(in_memory, readings=hot_readings)
+            tables = self.unsealed.tables(in_memory, readings=hot_readings, ts_bounds=hot_bounds)
         # Segments that are only on disk: an earlier run's, whose sealing failed at start.
         only_on_disk = [s for s in on_disk if s not in in_memory and s != self.wal.active]
         if only_on_disk:

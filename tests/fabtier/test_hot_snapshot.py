@@ -38,10 +38,37 @@ def test_a_statement_without_readings_leaves_the_hot_tables_unbuilt(tmp_path, br
         tables = pipeline.unsealed.tables
         pipeline.unsealed.tables = lambda segments, **kw: built.append(kw) or tables(segments, **kw)
         sources = pipeline.sql_sources("SELECT count(*) AS n FROM quarantine")
-        assert built == [{"readings": False}] and sources.hot_fresh.num_rows == 0
+        assert built[0]["readings"] is False and sources.hot_fresh.num_rows == 0
         assert run_sql(sources, "SELECT count(*) AS n FROM quarantine").column("n")[0].as_py() == 0
         sql = "SELECT count(*) AS n FROM readings"
         sources = pipeline.sql_sources(sql)
-        assert built[-1] == {"readings": True} and run_sql(sources, sql).column("n")[0].as_py() == 2
+        assert built[-1]["readings"] is True and run_sql(sources, sql).column("n")[0].as_py() == 2
+    finally:
+        instance.stop()
+
+
+@pytest.mark.parametrize("sql, bounded", [
+    ("SELECT count(*) FROM readings WHERE ts > now() - INTERVAL 1 MINUTE", True),
+    ("SELECT count(*) FROM readings", False),
+    # The hot tables by their own names hold more than the views show: never pruned.
+    ("SELECT count(*) FROM readings WHERE ts > now() - INTERVAL 1 MINUTE "
+     "UNION ALL SELECT count(*) FROM hot_fresh", False),
+])
+def test_the_hot_tier_is_pruned_by_a_statements_time_bounds_as_the_lake_is(tmp_path, broker, sql, bounded):
+    instance = Instance(make_settings(tmp_path, broker)).start()
+    try:
+        pipeline = instance.pipeline
+        now = pipeline.clock.now_ms()
+        for first in (now - 10 * 60_000, now - 5_000):  # ten minutes ago, then now: two batches
+            pipeline.process([("fab/etch-01", json.dumps({"ts": list(range(first, first + 100)), "sensor": ["a"] * 100,
+                                                          "v": [1.0] * 100}).encode(), 0, 0)])
+            wait_for(lambda first=first: pipeline.unsealed.rows == (100 if first < now - 60_000 else 200),
+                     what="the readings unsealed")
+            pipeline.sql_sources("SELECT count(*) FROM readings")  # the view grows a batch
+        sources = pipeline.sql_sources(sql)
+        handed = sources.hot_fresh.num_rows + sources.hot_late.num_rows
+        assert handed == (100 if bounded else 200)
+        answer = run_sql(sources, sql).column(0).to_pylist()
+        assert answer[0] == (100 if "INTERVAL" in sql else 200)
     finally:
         instance.stop()

@@ -39,7 +39,7 @@ def _sql(statement: str, **tables: pa.Table) -> list[tuple]:
 
 
 def _rows(table: pa.Table) -> list[tuple]:
-    return _sql("SELECT machine, sensor, epoch_ms(ts), value FROM t ORDER BY ALL", t=table)
+    return _sql("SELECT machine, sensor, epoch_ms(ts::TIMESTAMP), value FROM t ORDER BY ALL", t=table)
 
 
 def _expected(rows: list, fresh: bool) -> list[tuple]:
@@ -148,3 +148,43 @@ def test_appending_merges_blocks_so_a_query_after_a_pause_merges_few(monkeypatch
     assert view.fresh.num_rows == len(rows) and _rows(view.fresh) == _expected(rows, True)
     assert len(view.fresh.to_batches()) == len(segment.ts)  # a batch a block, not a batch a chunk
     assert unsealed.sealable([1]).fresh.equals(sealed_before)
+
+
+@pytest.mark.parametrize("merge_rows", [1 << 17, 50])
+def test_time_bounds_leave_out_only_batches_without_a_row_within_them(monkeypatch, merge_rows):
+    """As the lake's files are pruned by a statement's time bounds: every row within the bounds
+    is still there, and a batch all of whose rows are outside is not."""
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", merge_rows)
+    for seed in range(6):
+        rng = random.Random(seed)
+        keys = SensorKeys()
+        unsealed = UnsealedData(keys)
+        rows: list = []
+        for step in range(40):
+            # Time moves on: each chunk's readings are a second later than the last's, a few
+            # of them late by up to 3 s.
+            n = rng.randint(1, 30)
+            names = [(f"m{rng.randrange(5)}", f"s{rng.randrange(4)}") for _ in range(n)]
+            ts = [1000 * step + rng.randrange(1000) - (rng.randrange(3000) if rng.random() < 0.1 else 0)
+                  for _ in range(n)]
+            verified = [rng.random() < 0.8 for _ in range(n)]
+            unsealed.add_readings(1, np.array([keys.id_of(m, s) for m, s in names], np.int32),
+                                  np.array(ts, np.int64), np.arange(n, dtype=np.float64), np.array(verified))
+            rows += [(m, s, t, float(v), f) for (m, s), t, v, f in zip(names, ts, range(n), verified, strict=True)]
+            if rng.random() < 0.3:
+                unsealed.tables([1])  # the view grows a batch at a time
+        for lo, hi in ((None, None), (20_000, None), (None, 5_500), (12_300, 12_400), (1, 0)):
+            view = unsealed.tables([1], ts_bounds=(lo, hi))
+
+            def within(found: list[tuple], lo=lo, hi=hi) -> list[tuple]:
+                return [r for r in found if (lo is None or r[2] >= lo) and (hi is None or r[2] <= hi)]
+
+            assert within(_rows(view.fresh)) == within(_expected(rows, True)), seed
+            assert within(_rows(view.late)) == within(_expected(rows, False)), seed
+            for table in (view.fresh, view.late):
+                for batch in table.to_batches():
+                    ts_of_batch = batch.column("ts").cast(pa.int64()).to_numpy()
+                    assert (lo is None or ts_of_batch.max() >= lo) and (hi is None or ts_of_batch.min() <= hi), seed
+            if (lo, hi) == (12_300, 12_400):
+                assert view.fresh.num_rows < len(_expected(rows, True)), seed  # something was left out
+        assert unsealed.tables([1], ts_bounds=(1, 0)).fresh.num_rows == 0
