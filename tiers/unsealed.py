@@ -32,9 +32,11 @@ SEALING_SCHEMA = pa.schema([("machine", _NAMES), ("sensor", _NAMES), READINGS_SC
 # And as SQL reads them (`UnsealedData.tables`): ts as UTC milliseconds without a time zone,
 # which DuckDB widens to the views' TIMESTAMP with a multiplication. Given a time zone, DuckDB
 # casts each value to TIMESTAMP through ICU: ~37 ns a row, 0.4 s for any statement that reads
-# the ts of 10 M unsealed rows (`max(ts)`, a time filter), against 16 ms.
-SQL_SCHEMA = pa.schema([("machine", _NAMES), ("sensor", _NAMES), ("ts", pa.timestamp("ms")),
-                        READINGS_SCHEMA.field("value")])
+# the ts of 10 M unsealed rows (`max(ts)`, a time filter), against 16 ms. `value` comes first:
+# a statement that needs no column (`count(*)`) scans the first, and a float64 is read as it
+# is, where the dictionary-coded names cost a lookup a row (`count(*)` of 10 M: 2.4 ms, not 5).
+SQL_SCHEMA = pa.schema([READINGS_SCHEMA.field("value"), ("ts", pa.timestamp("ms")), ("machine", _NAMES),
+                        ("sensor", _NAMES)])
 QUARANTINE_SCHEMA = pa.schema([
     ("received_at", pa.timestamp("ms", tz="UTC")),
     ("topic", pa.string()),
@@ -153,8 +155,8 @@ def alerts_table(events: list[AlertEvent]) -> pa.Table:
 def merge_tables(a: SegmentTables, b: SegmentTables) -> SegmentTables:
     def both(name: str) -> pa.Table:
         x, y = getattr(a, name), getattr(b, name)
-        if name in ("fresh", "late") and x.schema != y.schema:  # coded names beside plain ones
-            x, y = x.cast(READINGS_SCHEMA), y.cast(READINGS_SCHEMA)
+        if name in ("fresh", "late") and x.schema != y.schema:  # SQL's columns beside plain ones
+            x, y = (t.select(READINGS_SCHEMA.names).cast(READINGS_SCHEMA) for t in (x, y))
         return pa.concat_tables([x, y])
     return SegmentTables(*(both(f) for f in ("fresh", "late", "quarantine", "context", "alerts")))
 
@@ -220,10 +222,10 @@ def _sql_batch(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np
     key_ids = part.key_ids[index]
     machine_codes, machines, sensor_codes, sensors = names
     return pa.RecordBatch.from_arrays([
+        pa.array(part.value[index], type=pa.float64()),
+        pa.array(part.ts[index], type=pa.int64()).view(SQL_SCHEMA.field("ts").type),
         pa.DictionaryArray.from_arrays(pa.array(machine_codes[key_ids], type=pa.int32()), machines),
         pa.DictionaryArray.from_arrays(pa.array(sensor_codes[key_ids], type=pa.int32()), sensors),
-        pa.array(part.ts[index], type=pa.int64()).view(SQL_SCHEMA.field("ts").type),
-        pa.array(part.value[index], type=pa.float64()),
     ], schema=SQL_SCHEMA)
 
 
