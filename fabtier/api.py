@@ -163,9 +163,10 @@ def sql_answer(pipeline: "Pipeline", body: bytes, content_type: str, fmt: str, a
 
 
 def _answer_sql(pipeline: "Pipeline", sql: str, fmt: str, archived: str) -> Response:
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.thread_time()
+    waits: dict[str, float] = {}
     try:
-        sources = pipeline.sql_sources(sql)
+        sources = pipeline.sql_sources(sql, timings=waits)
         missing = left_out(sources.archived_raw, sql)
         if missing is not None and archived == "error":
             return Answer(409, {"error": missing.notice()}, missing.headers()).response()
@@ -198,7 +199,9 @@ def _answer_sql(pipeline: "Pipeline", sql: str, fmt: str, archived: str) -> Resp
     # `fabtier bench ingest --queries-per-s` reports it beside the round trip).
     headers["Server-Timing"] = ", ".join(
         f"{name};dur={seconds * 1000:.2f}" for name, seconds in
-        (("sources", gathered - began), ("run", ran - gathered), ("encode", time.perf_counter() - ran)))
+        (("sources", gathered - began), ("lock", waits.get("lock", 0.0)), ("locked", waits.get("locked", 0.0)),
+         ("run", ran - gathered), ("encode", time.perf_counter() - ran),
+         ("cpu", time.thread_time() - cpu_began)))  # this thread's own (DuckDB's threads are apart)
     return respond(body, content_type, headers)
 
 

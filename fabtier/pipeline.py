@@ -303,8 +303,8 @@ class Pipeline:
     def seal(self) -> SealReport:
         return self.sealer.seal()
 
-    def sql_sources(self, sql: str | None = None) -> SqlSources:
-        return self.reads.sql_sources(sql)
+    def sql_sources(self, sql: str | None = None, *, timings: dict | None = None) -> SqlSources:
+        return self.reads.sql_sources(sql, timings=timings)
 
     def tier_rows(self) -> list[TierRow]:
         return self.reads.tier_rows()

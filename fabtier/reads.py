@@ -58,17 +58,26 @@ class Reads:
         self._lock = lock
         self._ingest_figures = ingest_figures
 
-    def sql_sources(self, sql: str | None = None) -> SqlSources:
+    def sql_sources(self, sql: str | None = None, *, timings: dict | None = None) -> SqlSources:
         """Every tier for one statement; given `sql`, only the lake's days its time range
-        touches are listed (analytics.bounds), else the whole lake."""
+        touches are listed (analytics.bounds), else the whole lake. `timings` gets the seconds
+        spent waiting for the ingest lock (`lock`) and holding it (`locked`)."""
         bounds = ts_bounds(sql) if sql is not None else None  # before the lock: a parse
         minutes = minute_bounds(sql) if sql is not None else None
         hot_readings = sql is None or reads_hot_readings(sql)
         hot_bounds = hot_ts_bounds(sql, bounds) if sql is not None else None
-        with self._lock:
-            in_memory = self.unsealed.segments()
-            on_disk = self.wal.segments()
-            tables = self.unsealed.tables(in_memory, readings=hot_readings, ts_bounds=hot_bounds)
+        asked = time.perf_counter()
+        with self.unsealed.view_lock:  # before the ingest lock (UnsealedData.tables)
+            with self._lock:
+                got = time.perf_counter()
+                in_memory = self.unsealed.segments()
+                on_disk = self.wal.segments()
+                plan = self.unsealed.plan_view(in_memory, readings=hot_readings)
+                released = time.perf_counter()
+            # Built without the ingest lock: the ingest thread waited only for the plan.
+            tables = self.unsealed.build_view(plan, ts_bounds=hot_bounds, lock=self._lock)
+        if timings is not None:
+            timings.update(lock=got - asked, locked=released - got)
         # Segments that are only on disk: an earlier run's, whose sealing failed at start.
         only_on_disk = [s for s in on_disk if s not in in_memory and s != self.wal.active]
         if only_on_disk:
@@ -83,7 +92,8 @@ class Reads:
         """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
         with self._lock:
             hot = inventory.hot_ring_row(self.ring)
-            readings = self.unsealed.tables(self.unsealed.segments()).readings
+            segments = self.unsealed.segments()
+        readings = self.unsealed.tables(segments, lock=self._lock).readings
         wal_bytes = sum(self.wal.path(s).stat().st_size for s in self.wal.segments()
                         if self.wal.path(s).exists())
         return [hot, inventory.unsealed_row(readings, wal_bytes),

@@ -7,6 +7,8 @@ the query checks them against the cold lake). Not thread-safe: the pipeline's lo
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +97,29 @@ class _Segment:
     # Each batch's first and last ts (epoch ms), by which a statement's time bounds prune it.
     fresh_spans: list[tuple[int, int]] = field(default_factory=list)
     late_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """Chunks `start:end` of a segment that its view lacks; those from `tail` on are not merged."""
+
+    number: int
+    part: _Segment
+    start: int
+    tail: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """What `UnsealedData.plan_view` noted under the ingest lock, for `build_view` without it."""
+
+    parts: list[_Segment]
+    pending: list[_Pending]
+    readings: bool
+    quarantine: list[QuarantineRecord]
+    context: list[ContextEvent]
+    alerts: list[AlertEvent]
 
 
 @dataclass(frozen=True)
@@ -249,6 +274,8 @@ class UnsealedData:
         self._segments: dict[int, _Segment] = {}
         self._rows = 0
         self._chunks = 0
+        # One statement at a time extends the views (`tables`); taken before the ingest lock.
+        self.view_lock = threading.Lock()
 
     def _segment(self, number: int) -> _Segment:
         found = self._segments.get(number)
@@ -342,50 +369,111 @@ class UnsealedData:
             presorted=True,
         )
 
-    def _extend_view(self, part: _Segment, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> None:
-        """Add the chunks appended to `part` since its view was last extended to its fresh and
-        late batches (see `tables`)."""
-        if part.viewed >= len(part.ts):
-            return
-        self._chunks -= _merge_chunks(part, max(part.merged, part.viewed))
-        for index in range(part.viewed, len(part.ts)):  # merged blocks, then the rest as one
-            batch = _sql_batch(part, index, names)
-            verified = part.verified[index]
-            ts = part.ts[index]
-            if verified.all():
-                part.fresh_batches.append(batch)
-                part.fresh_spans.append(_span(ts))
-            elif not verified.any():
-                part.late_batches.append(batch)
-                part.late_spans.append(_span(ts))
-            else:
-                mask = pa.array(verified, type=pa.bool_())
-                part.fresh_batches.append(batch.filter(mask))
-                part.late_batches.append(batch.filter(pc.invert(mask)))
-                part.fresh_spans.append(_span(ts[verified]))
-                part.late_spans.append(_span(ts[~verified]))
-        part.viewed = part.merged = len(part.ts)
-        part.unmerged = 0
+    def plan_view(self, segments: list[int], *, readings: bool = True) -> ViewPlan:
+        """The first step of `tables`, with the ingest lock held (chunks are appended under it)
+        and `view_lock` too: note which chunks each segment's view lacks, and the quarantine,
+        context and alert records. Copies nothing, so the ingest thread waits for a few list
+        operations a segment, not for the view to be built (that is `build_view`'s, without the
+        ingest lock). The chunks noted are the view's from now on: appending merges only the
+        chunks after them."""
+        parts = [self._segments[s] for s in segments if s in self._segments]
+        pending = []
+        if readings:
+            for number, part in zip([s for s in segments if s in self._segments], parts, strict=True):
+                end = len(part.ts)
+                if part.viewed < end:
+                    pending.append(_Pending(number, part, part.viewed, max(part.merged, part.viewed), end))
+                    part.viewed = part.merged = end
+                    part.unmerged = 0
+        return ViewPlan(parts=parts, pending=pending, readings=readings,
+                        quarantine=[q for p in parts for q in p.quarantine],
+                        context=[c for p in parts for c in p.context], alerts=[a for p in parts for a in p.alerts])
+
+    def _merge_tail(self, noted: _Pending, lock: AbstractContextManager) -> None:
+        """The noted chunks after the merged blocks, merged into one block: the rows copied
+        without the ingest lock, then put in the chunks' place under it (the rows stay the
+        same, in the same order, so a seal reading the lists meanwhile sees either)."""
+        part, tail, end = noted.part, noted.tail, noted.end
+        merged = [np.concatenate(getattr(part, name)[tail:end]) for name in _CHUNK_COLUMNS]
+        with lock:
+            for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
+                getattr(part, name)[tail:end] = [block]
+            gone = end - tail - 1
+            part.viewed -= gone
+            part.merged -= gone
+            if self._segments.get(noted.number) is part:  # not dropped (sealed) meanwhile
+                self._chunks -= gone
+
+    def _forget_view(self, part: _Segment, lock: AbstractContextManager) -> None:
+        """After a view could not be built: the next statement builds the segment's anew."""
+        with lock:
+            part.viewed = 0
+            part.fresh_batches, part.late_batches, part.fresh_spans, part.late_spans = [], [], [], []
+
+    def build_view(self, plan: ViewPlan, *, ts_bounds: tuple[int | None, int | None] | None = None,
+                   lock: AbstractContextManager | None = None) -> SegmentTables:
+        """The second step of `tables`, with `view_lock` held and without the ingest lock
+        (`lock`, taken only to put a merged block in its chunks' place)."""
+        guard = lock if lock is not None else nullcontext()
+        if plan.pending:
+            names = self._keys.name_codes()
+            for noted in plan.pending:
+                part = noted.part
+                try:
+                    if noted.end - noted.tail > 1:
+                        self._merge_tail(noted, guard)
+                    for index in range(noted.start, part.viewed):  # merged blocks, the last the tail
+                        self._view_chunk(part, index, names)
+                except BaseException:
+                    self._forget_view(part, guard)
+                    raise
+        return self._shown(plan, ts_bounds)
+
+    @staticmethod
+    def _view_chunk(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> None:
+        """Chunk `index` of `part` added to its view: a batch of fresh rows or of late ones, or
+        (a chunk holding both: copied) one of each."""
+        batch = _sql_batch(part, index, names)
+        verified = part.verified[index]
+        ts = part.ts[index]
+        if verified.all():
+            part.fresh_batches.append(batch)
+            part.fresh_spans.append(_span(ts))
+        elif not verified.any():
+            part.late_batches.append(batch)
+            part.late_spans.append(_span(ts))
+        else:
+            mask = pa.array(verified, type=pa.bool_())
+            part.fresh_batches.append(batch.filter(mask))
+            part.late_batches.append(batch.filter(pc.invert(mask)))
+            part.fresh_spans.append(_span(ts[verified]))
+            part.late_spans.append(_span(ts[~verified]))
 
     def tables(self, segments: list[int], *, readings: bool = True,
-               ts_bounds: tuple[int | None, int | None] | None = None) -> SegmentTables:
+               ts_bounds: tuple[int | None, int | None] | None = None,
+               lock: AbstractContextManager | None = None) -> SegmentTables:
         """The given segments' rows for SQL (SQL_SCHEMA), at a cost that does not grow with what is
         unsealed: each segment keeps its view (Arrow batches over its own arrays, no row
         copied) and extends it by the chunks appended since the last call: the blocks that
         appending merged (`_MERGE_ROWS` rows each), and the chunks after them merged into
         one (so that a segment's view has a few batches, not one per micro-batch). Rows are split
-        into fresh and late per batch; only a batch that holds both is copied. To be called
-        with the ingest lock held (chunks are appended under it). `readings` False: the
-        readings are left out (empty), for a reader that does not read them. `ts_bounds`
-        ([lo, hi] epoch ms, None on a side: open): only the batches whose readings can fall
-        within them, as the lake's files are pruned (recent minutes are a few batches of the
-        tens of millions of rows unsealed at full rate)."""
-        parts = [self._segments[s] for s in segments if s in self._segments]
-        if readings:
-            names = self._keys.name_codes()
-            for part in parts:
-                self._extend_view(part, names)
-        shown = parts if readings else []
+        into fresh and late per batch; only a batch that holds both is copied. `lock`: the
+        ingest lock (not held by the caller), under which chunks are appended; it is held
+        only while the chunks are noted and while a merged block takes their place
+        (`plan_view`, `build_view`). `readings` False: the readings are left out (empty), for a
+        reader that does not read them. `ts_bounds` ([lo, hi] epoch ms, None on a side: open):
+        only the batches whose readings can fall within them, as the lake's files are pruned
+        (recent minutes are a few batches of the tens of millions of rows unsealed at full
+        rate)."""
+        guard = lock if lock is not None else nullcontext()
+        with self.view_lock:
+            with guard:
+                plan = self.plan_view(segments, readings=readings)
+            return self.build_view(plan, ts_bounds=ts_bounds, lock=guard)
+
+    def _shown(self, plan: ViewPlan, ts_bounds: tuple[int | None, int | None] | None) -> SegmentTables:
+        """The plan's segments as tables: their views' batches within `ts_bounds`, and their records."""
+        shown = plan.parts if plan.readings else []
         lo, hi = ts_bounds if ts_bounds is not None else (None, None)
 
         def within(batches: list[pa.RecordBatch], spans: list[tuple[int, int]]) -> list[pa.RecordBatch]:
@@ -401,7 +489,7 @@ class UnsealedData:
                                         schema=SQL_SCHEMA),
             late=pa.Table.from_batches([b for p in shown for b in within(p.late_batches, p.late_spans)],
                                        schema=SQL_SCHEMA),
-            quarantine=quarantine_table([q for p in parts for q in p.quarantine]),
-            context=context_table([c for p in parts for c in p.context]),
-            alerts=alerts_table([a for p in parts for a in p.alerts]),
+            quarantine=quarantine_table(plan.quarantine),
+            context=context_table(plan.context),
+            alerts=alerts_table(plan.alerts),
         )

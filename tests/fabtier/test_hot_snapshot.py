@@ -35,8 +35,8 @@ def test_a_statement_without_readings_leaves_the_hot_tables_unbuilt(tmp_path, br
                                                       "v": [1.0, 2.0]}).encode(), 0, 0)])
         wait_for(lambda: pipeline.unsealed.rows == 2, what="the readings unsealed")
         built = []
-        tables = pipeline.unsealed.tables
-        pipeline.unsealed.tables = lambda segments, **kw: built.append(kw) or tables(segments, **kw)
+        plan_view = pipeline.unsealed.plan_view
+        pipeline.unsealed.plan_view = lambda segments, **kw: built.append(kw) or plan_view(segments, **kw)
         sources = pipeline.sql_sources("SELECT count(*) AS n FROM quarantine")
         assert built[0]["readings"] is False and sources.hot_fresh.num_rows == 0
         assert run_sql(sources, "SELECT count(*) AS n FROM quarantine").column("n")[0].as_py() == 0

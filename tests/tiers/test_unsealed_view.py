@@ -4,6 +4,9 @@ Each query used to copy every unsealed row and name (tens of millions at full ra
 ingesting process); the view now extends itself by what was appended since the last query."""
 
 import random
+import sys
+import threading
+import time
 
 import duckdb
 import numpy as np
@@ -188,3 +191,51 @@ def test_time_bounds_leave_out_only_batches_without_a_row_within_them(monkeypatc
             if (lo, hi) == (12_300, 12_400):
                 assert view.fresh.num_rows < len(_expected(rows, True)), seed  # something was left out
         assert unsealed.tables([1], ts_bounds=(1, 0)).fresh.num_rows == 0
+
+
+@pytest.mark.parametrize("merge_rows", [1 << 17, 40])
+def test_views_built_without_the_ingest_lock_hold_a_prefix_of_what_was_appended(monkeypatch, merge_rows):
+    """The ingest thread appends (and merges blocks) under its lock while statements build
+    their views without it, merging the tail of chunks in the chunks' place: every view holds
+    exactly the first k chunks for some k, and the segment keeps every row once."""
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", merge_rows)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    ingest_lock = threading.Lock()
+    ids = np.array([keys.id_of(f"m{i % 5}", f"s{i % 3}") for i in range(15)], np.int32)
+    sizes = [1 + (n * 7) % 13 for n in range(1500)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    done = threading.Event()
+
+    def ingest() -> None:
+        for n, size in enumerate(sizes):
+            ts = np.arange(starts[n], starts[n] + size, dtype=np.int64)
+            with ingest_lock:
+                unsealed.add_readings(1, ids[ts % 15], ts, ts.astype(np.float64), (ts % 11) != 0)
+            time.sleep(0)  # between micro-batches
+        done.set()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # hand the interpreter over often: the threads interleave finely
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    seen, views = 0, 0
+    while True:
+        finished = done.is_set()
+        view = unsealed.tables([1], lock=ingest_lock)
+        ts = np.sort(np.concatenate([view.fresh.column("ts").cast(pa.int64()).to_numpy(),
+                                     view.late.column("ts").cast(pa.int64()).to_numpy()]))
+        assert len(ts) in set(starts.tolist()) and len(ts) >= seen  # whole chunks, never fewer
+        assert np.array_equal(ts, np.arange(len(ts)))  # the first k chunks, each row once
+        late = view.late.column("ts").cast(pa.int64()).to_numpy()
+        assert np.all(late % 11 == 0)
+        seen, views = len(ts), views + 1
+        if finished:
+            break
+    thread.join()
+    sys.setswitchinterval(switch)
+    assert seen == starts[-1] and views > 10
+    sealed = unsealed.sealable([1]).fresh.column("ts").cast(pa.int64()).to_numpy()
+    assert np.array_equal(np.sort(sealed), np.arange(starts[-1]))
+    assert unsealed.bytes == unsealed_module.BYTES_PER_READING * starts[-1] + \
+        unsealed_module.BYTES_PER_CHUNK * len(unsealed._segments[1].ts)  # the chunks counted are the chunks held
