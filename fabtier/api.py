@@ -158,11 +158,6 @@ def sql_answer(pipeline: "Pipeline", body: bytes, content_type: str, fmt: str, a
         sql = sql_statement(body, content_type)
     except BadRequest as exc:
         return Answer(400, exc.body()).response()
-    with quick_handoffs():  # the statement hands the interpreter lock back and forth: core.switching
-        return _answer_sql(pipeline, sql, fmt, archived)
-
-
-def _answer_sql(pipeline: "Pipeline", sql: str, fmt: str, archived: str) -> Response:
     began, cpu_began = time.perf_counter(), time.thread_time()
     waits: dict[str, float] = {}
     try:
@@ -361,8 +356,12 @@ def build_app(pipeline: "Pipeline", *, token: str = "") -> FastAPI:
                        archived: Annotated[Literal["notice", "error"], Query(
                            description="when archived objects hold readings the answer cannot read: answer "
                                        "with X-Fabtier-Left-Out-* headers, or 409")] = "notice") -> Response:
-        body = await request.body()
-        return await in_thread(sql_answer, pipeline, body, request.headers.get("Content-Type", ""), fmt, archived)
+        # From the body's arrival to the answer, the statement's threads hand the interpreter
+        # lock back and forth dozens of times: core.switching.
+        with quick_handoffs():
+            body = await request.body()
+            return await in_thread(sql_answer, pipeline, body, request.headers.get("Content-Type", ""), fmt,
+                                   archived)
 
     @router.post("/lifecycle/run", summary="run every tiering job now", dependencies=[Depends(given_once)],
                  response_model=list[dict[str, Any]], tags=["jobs"],

@@ -100,13 +100,18 @@ class InstanceProcess:
         return self.sql_timed(statement)[0]
 
     def sql_timed(self, statement: str) -> tuple[list[dict], dict[str, float]]:
-        """The rows, and the instance's own times of the answer in ms (its Server-Timing)."""
-        request = urllib.request.Request(self.url + "/sql?format=json", data=statement.encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return json.loads(response.read()), server_timing(response.headers.get("Server-Timing", ""))
+        return sql_timed(self.url, statement)
 
     def stop(self) -> None:
         processes.stop(self._process, timeout=300)  # stopping seals: it may take a while
+
+
+def sql_timed(url: str, statement: str) -> tuple[list[dict], dict[str, float]]:
+    """The rows of `POST /sql` at the instance `url`, and its own times of the answer in ms
+    (its Server-Timing)."""
+    request = urllib.request.Request(url + "/sql?format=json", data=statement.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read()), server_timing(response.headers.get("Server-Timing", ""))
 
 
 def server_timing(header: str) -> dict[str, float]:

@@ -32,6 +32,7 @@ from typing import IO
 
 from core.errors import FabtierError
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds, resident_mib
+from fabtier.bench.sqlprobe import PROBE_SQL, SqlProbeProcess
 from fabtier.broker import LocalBroker
 from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
 from simulator.payloads import readings_in
@@ -169,48 +170,19 @@ class _SeriesProbe(threading.Thread):
                 "series_points_max": max(self.points)}
 
 
-# What an engineer or a dashboard asks of the whole table while the fab ingests: it reads
-# every tier (the lake's file statistics, every unsealed row), so it shows what a query costs
-# the ingesting process beside what it answers.
-PROBE_SQL = "SELECT count(*) AS n FROM readings"
-
-
-class _SqlProbe(threading.Thread):
-    """While ingestion runs: PROBE_SQL through `POST /sql`, `per_s` statements a second (one at
-    a time: a slow answer delays the next, never piles them up), timed as the HTTP round trip."""
-
-    def __init__(self, instance: InstanceProcess, per_s: float) -> None:
-        super().__init__(daemon=True)
-        self.instance, self.period = instance, 1 / per_s
-        self.took_ms: list[float] = []
-        self.phases_ms: dict[str, list[float]] = {}  # the instance's own times (Server-Timing)
-        self.error = ""
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        due = time.monotonic()
-        while not self.done.wait(max(0.0, due - time.monotonic())):
-            sent = time.perf_counter()
-            try:
-                _, phases = self.instance.sql_timed(PROBE_SQL)
-            except OSError as exc:
-                self.error = str(exc)
-                return
-            self.took_ms.append((time.perf_counter() - sent) * 1000)
-            for name, ms in phases.items():
-                self.phases_ms.setdefault(name, []).append(ms)
-            due = max(due + self.period, time.monotonic())
-
-    def summary(self) -> dict:
-        took = sorted(self.took_ms)
-        out: dict = {"sql_queries": len(took), "sql_statement": PROBE_SQL}
-        if took:
-            out.update(sql_ms_p50=round(_pick(took, 0.5), 1), sql_ms_p99=round(_pick(took, 0.99), 1),
-                       sql_ms_max=round(took[-1], 1),
-                       sql_server_ms_p50={name: round(_pick(sorted(ms), 0.5), 1) for name, ms in self.phases_ms.items()})
-        if self.error:
-            out["sql_error"] = self.error
-        return out
+def sql_summary(probed: dict) -> dict:
+    """The SQL probe's figures (fabtier.bench.sqlprobe): round trips p50/p99/max, and the
+    instance's own phases (p50)."""
+    took = sorted(probed["took_ms"])
+    out: dict = {"sql_queries": len(took), "sql_statement": PROBE_SQL}
+    if took:
+        out.update(sql_ms_p50=round(_pick(took, 0.5), 1), sql_ms_p99=round(_pick(took, 0.99), 1),
+                   sql_ms_max=round(took[-1], 1),
+                   sql_server_ms_p50={name: round(_pick(sorted(ms), 0.5), 1)
+                                      for name, ms in probed["phases_ms"].items()})
+    if probed["error"]:
+        out["sql_error"] = probed["error"]
+    return out
 
 
 def steady_rate(samples: list, elapsed: float) -> dict:
@@ -291,9 +263,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         samples: list = []
         probe = _SeriesProbe(instance, bench)
         probe.start()
-        sql_probe = _SqlProbe(instance, bench.queries_per_s) if bench.queries_per_s > 0 else None
-        if sql_probe is not None:
-            sql_probe.start()
+        sql_probe = SqlProbeProcess(instance.url, bench.queries_per_s) if bench.queries_per_s > 0 else None
         began = time.monotonic()
         if bench.live:
             publisher = threading.Thread(target=lambda: result.update(live=run_simulator(
@@ -325,9 +295,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         probe.join()
         result.update(probe.summary())
         if sql_probe is not None:
-            sql_probe.done.set()
-            sql_probe.join()
-            result.update(sql_probe.summary())
+            result.update(sql_summary(sql_probe.finish()))
         result["peak_rss_mib"] = max((s[3] for s in samples), default=0)
         cpu = instance.cpu_seconds() - cpu_before
         result["fabtier_cpu_seconds"] = round(cpu, 2)
