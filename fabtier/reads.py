@@ -14,7 +14,13 @@ from typing import TypeVar
 import numpy as np
 
 from alerts.service import Alerting
-from analytics.bounds import hot_ts_bounds, minute_bounds, reads_hot_readings, ts_bounds
+from analytics.bounds import (
+    hot_records_read,
+    hot_ts_bounds,
+    minute_bounds,
+    reads_hot_readings,
+    ts_bounds,
+)
 from analytics.session import SqlSources
 from analytics.sources import tier_sources
 from core.settings import Settings
@@ -25,7 +31,7 @@ from tiers import inventory
 from tiers.cold import ColdLake
 from tiers.hot import HotRing
 from tiers.keys import SensorKeys
-from tiers.unsealed import UnsealedData, merge_tables, tables_from_records
+from tiers.unsealed import RECORD_KINDS, UnsealedData, merge_tables, tables_from_records
 from tiers.warm import WarmStore
 
 T = TypeVar("T")
@@ -75,7 +81,8 @@ class Reads:
                 plan = self.unsealed.plan_view(in_memory, readings=hot_readings)
                 released = time.perf_counter()
             # Built without the ingest lock: the ingest thread waited only for the plan.
-            tables = self.unsealed.build_view(plan, ts_bounds=hot_bounds, lock=self._lock)
+            tables = self.unsealed.build_view(plan, ts_bounds=hot_bounds, lock=self._lock,
+                                              records=hot_records_read(sql) if sql is not None else RECORD_KINDS)
         if timings is not None:
             timings.update(lock=got - asked, locked=released - got)
         # Segments that are only on disk: an earlier run's, whose sealing failed at start.

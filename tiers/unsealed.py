@@ -99,6 +99,9 @@ class _Segment:
     late_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
+RECORD_KINDS = frozenset({"quarantine", "context", "alerts"})
+
+
 @dataclass(frozen=True)
 class _Pending:
     """Chunks `start:end` of a segment that its view lacks; those from `tail` on are not merged."""
@@ -411,9 +414,11 @@ class UnsealedData:
             part.fresh_batches, part.late_batches, part.fresh_spans, part.late_spans = [], [], [], []
 
     def build_view(self, plan: ViewPlan, *, ts_bounds: tuple[int | None, int | None] | None = None,
-                   lock: AbstractContextManager | None = None) -> SegmentTables:
+                   lock: AbstractContextManager | None = None,
+                   records: frozenset[str] = RECORD_KINDS) -> SegmentTables:
         """The second step of `tables`, with `view_lock` held and without the ingest lock
-        (`lock`, taken only to put a merged block in its chunks' place)."""
+        (`lock`, taken only to put a merged block in its chunks' place). `records`: the
+        kinds of records whose tables are built (the others are left empty)."""
         guard = lock if lock is not None else nullcontext()
         if plan.pending:
             names = self._keys.name_codes()
@@ -427,7 +432,7 @@ class UnsealedData:
                 except BaseException:
                     self._forget_view(part, guard)
                     raise
-        return self._shown(plan, ts_bounds)
+        return self._shown(plan, ts_bounds, records)
 
     @staticmethod
     def _view_chunk(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> None:
@@ -471,7 +476,8 @@ class UnsealedData:
                 plan = self.plan_view(segments, readings=readings)
             return self.build_view(plan, ts_bounds=ts_bounds, lock=guard)
 
-    def _shown(self, plan: ViewPlan, ts_bounds: tuple[int | None, int | None] | None) -> SegmentTables:
+    def _shown(self, plan: ViewPlan, ts_bounds: tuple[int | None, int | None] | None,
+               records: frozenset[str]) -> SegmentTables:
         """The plan's segments as tables: their views' batches within `ts_bounds`, and their records."""
         shown = plan.parts if plan.readings else []
         lo, hi = ts_bounds if ts_bounds is not None else (None, None)
@@ -489,7 +495,7 @@ class UnsealedData:
                                         schema=SQL_SCHEMA),
             late=pa.Table.from_batches([b for p in shown for b in within(p.late_batches, p.late_spans)],
                                        schema=SQL_SCHEMA),
-            quarantine=quarantine_table(plan.quarantine),
-            context=context_table(plan.context),
-            alerts=alerts_table(plan.alerts),
+            quarantine=quarantine_table(plan.quarantine if "quarantine" in records else []),
+            context=context_table(plan.context if "context" in records else []),
+            alerts=alerts_table(plan.alerts if "alerts" in records else []),
         )

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from analytics.bounds import reads_hot_readings
+from analytics.bounds import hot_records_read, reads_hot_readings
 from analytics.session import run_sql
 from fabtier.runner import Instance
 from tests.conftest import make_settings, wait_for
@@ -24,6 +24,38 @@ from tests.conftest import make_settings, wait_for
 ])
 def test_which_statements_can_see_the_unsealed_readings(sql, reads):
     assert reads_hot_readings(sql) is reads
+
+
+@pytest.mark.parametrize("sql, kinds", [
+    ("SELECT count(*) FROM readings", set()),
+    ("SELECT * FROM quarantine", {"quarantine"}),
+    ("SELECT * FROM lot_runs r JOIN alerts a ON a.machine = r.machine", {"context", "alerts"}),
+    ("SELECT * FROM lot_events", {"context"}),
+    ("SELECT * FROM hot_alerts", {"alerts"}),
+    ("SELECT * FROM query_table('quarantine')", {"quarantine", "context", "alerts"}),
+    ("SELEC nonsense", {"quarantine", "context", "alerts"}),
+])
+def test_which_unsealed_records_a_statement_can_see(sql, kinds):
+    assert hot_records_read(sql) == kinds
+
+
+def test_a_statement_sees_the_unsealed_records_it_names_and_builds_no_others(tmp_path, broker):
+    instance = Instance(make_settings(tmp_path, broker)).start()
+    try:
+        pipeline = instance.pipeline
+        now = pipeline.clock.now_ms()
+        pipeline.process([("fab/etch-01", b"not json", 0, 0),
+                          ("fab-ctx/etch-01", json.dumps({"ts": now - 1000, "event": "start", "lot": "L1",
+                                                          "wafer": "W1", "recipe": "R"}).encode(), 0, 0)])
+        wait_for(lambda: pipeline.metrics.quarantined == 1 and pipeline.metrics.context_events == 1,
+                 what="the records unsealed")
+        for sql, column in (("SELECT count(*) AS n FROM quarantine", "n"), ("SELECT count(*) AS n FROM lot_events", "n")):
+            assert run_sql(pipeline.sql_sources(sql), sql).column(column)[0].as_py() == 1
+        sources = pipeline.sql_sources("SELECT count(*) FROM readings")
+        assert sources.hot_quarantine.num_rows == 0 and sources.hot_context.num_rows == 0
+        assert pipeline.sql_sources().hot_quarantine.num_rows == 1  # everything, asked for no statement
+    finally:
+        instance.stop()
 
 
 def test_a_statement_without_readings_leaves_the_hot_tables_unbuilt(tmp_path, broker):
