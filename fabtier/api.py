@@ -31,7 +31,6 @@ from analytics import output
 from analytics.leftout import left_out
 from analytics.session import run_sql
 from core.errors import SqlError
-from core.switching import quick_handoffs
 from fabtier import alerts_api, apimodels, promexport, retrieval_api
 from fabtier.apiparams import (
     MAX_BUCKET_MS,
@@ -356,12 +355,8 @@ def build_app(pipeline: "Pipeline", *, token: str = "") -> FastAPI:
                        archived: Annotated[Literal["notice", "error"], Query(
                            description="when archived objects hold readings the answer cannot read: answer "
                                        "with X-Fabtier-Left-Out-* headers, or 409")] = "notice") -> Response:
-        # From the body's arrival to the answer, the statement's threads hand the interpreter
-        # lock back and forth dozens of times: core.switching.
-        with quick_handoffs():
-            body = await request.body()
-            return await in_thread(sql_answer, pipeline, body, request.headers.get("Content-Type", ""), fmt,
-                                   archived)
+        body = await request.body()
+        return await in_thread(sql_answer, pipeline, body, request.headers.get("Content-Type", ""), fmt, archived)
 
     @router.post("/lifecycle/run", summary="run every tiering job now", dependencies=[Depends(given_once)],
                  response_model=list[dict[str, Any]], tags=["jobs"],
