@@ -67,11 +67,12 @@ class Reads:
     def sql_sources(self, sql: str | None = None, *, timings: dict | None = None) -> SqlSources:
         """Every tier for one statement; given `sql`, only the lake's days its time range
         touches are listed (analytics.bounds), else the whole lake. `timings` gets the seconds
-        spent waiting for the ingest lock (`lock`) and holding it (`locked`)."""
+        spent waiting for the views' and the ingest lock (`lock`) and holding the latter (`locked`)."""
         bounds = ts_bounds(sql) if sql is not None else None  # before the lock: a parse
         minutes = minute_bounds(sql) if sql is not None else None
         hot_readings = sql is None or reads_hot_readings(sql)
         hot_bounds = hot_ts_bounds(sql, bounds) if sql is not None else None
+        records = hot_records_read(sql) if sql is not None else RECORD_KINDS
         asked = time.perf_counter()
         with self.unsealed.view_lock:  # before the ingest lock (UnsealedData.tables)
             with self._lock:
@@ -81,8 +82,7 @@ class Reads:
                 plan = self.unsealed.plan_view(in_memory, readings=hot_readings)
                 released = time.perf_counter()
             # Built without the ingest lock: the ingest thread waited only for the plan.
-            tables = self.unsealed.build_view(plan, ts_bounds=hot_bounds, lock=self._lock,
-                                              records=hot_records_read(sql) if sql is not None else RECORD_KINDS)
+            tables = self.unsealed.build_view(plan, ts_bounds=hot_bounds, lock=self._lock, records=records)
         if timings is not None:
             timings.update(lock=got - asked, locked=released - got)
         # Segments that are only on disk: an earlier run's, whose sealing failed at start.

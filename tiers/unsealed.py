@@ -2,7 +2,8 @@
 
 This is the hot tier's face in SQL: `readings` is the cold lake plus these rows. Rows are
 *fresh* (the hot ring vouched they are no duplicates) or *late* (older than the ring covers;
-the query checks them against the cold lake). Not thread-safe: the pipeline's lock guards it.
+the query checks them against the cold lake). The pipeline's (ingest) lock guards it; SQL's
+views are built under `view_lock` and take the ingest lock only for moments (`tables`).
 """
 
 from __future__ import annotations
@@ -379,10 +380,11 @@ class UnsealedData:
         operations a segment, not for the view to be built (that is `build_view`'s, without the
         ingest lock). The chunks noted are the view's from now on: appending merges only the
         chunks after them."""
-        parts = [self._segments[s] for s in segments if s in self._segments]
+        numbered = [(s, self._segments[s]) for s in segments if s in self._segments]
+        parts = [part for _, part in numbered]
         pending = []
         if readings:
-            for number, part in zip([s for s in segments if s in self._segments], parts, strict=True):
+            for number, part in numbered:
                 end = len(part.ts)
                 if part.viewed < end:
                     pending.append(_Pending(number, part, part.viewed, max(part.merged, part.viewed), end))
