@@ -264,6 +264,8 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         probe = _SeriesProbe(instance, bench)
         probe.start()
         sql_probe = SqlProbeProcess(instance.url, bench.queries_per_s) if bench.queries_per_s > 0 else None
+        if sql_probe is not None:
+            sql_probe.wait_ready()
         began = time.monotonic()
         if bench.live:
             publisher = threading.Thread(target=lambda: result.update(live=run_simulator(
