@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from ingest.grouping import group_rows
+from ingest.layoutcache import SelfLimitingCache
 
 MAX_NAME_BYTES = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -61,8 +62,7 @@ class SensorLayout:
          self.rank) = group_rows(codes, len(self.names))
 
 
-_LAYOUTS: dict[tuple[str, ...], SensorLayout] = {}
-_LAYOUTS_MAX = 4096
+_LAYOUTS: SelfLimitingCache[SensorLayout] = SelfLimitingCache(4096)
 _NAME_SETS: dict[frozenset[str], SensorNames] = {}
 _NAME_SETS_MAX = 4096  # about one a machine type in a fab; beyond it (hostile input), start again
 
@@ -227,9 +227,7 @@ def _decode_batch(machine: str, doc: object) -> ReadingBatch:
         raise PayloadError("sensor must hold strings") from None
     if layout is None:
         layout = _new_layout(raw_sensor)
-        if len(_LAYOUTS) >= _LAYOUTS_MAX:
-            _LAYOUTS.clear()
-        _LAYOUTS[pattern] = layout
+        _LAYOUTS.put(pattern, layout)
     return ReadingBatch(
         machine=machine,
         sensor_names=layout.names,
