@@ -27,6 +27,7 @@ from tiers import layout
 from tiers.catalog import FileStats
 from tiers.cold import ColdLake
 from tiers.parquetformat import hour_bounds_ms
+from tiers.timespan import span_may_hold
 from tiers.unsealed import SegmentTables
 from tiers.warm import WarmStore
 
@@ -85,8 +86,7 @@ def _stats_may_hold(stats: FileStats | None, bounds: TsBounds | None) -> bool:
     """Whether a file whose time range is `stats`'s can hold a row within `bounds` (unknown: yes)."""
     if bounds is None or stats is None or stats.t_min_ms is None or stats.t_max_ms is None:
         return True
-    lo, hi = bounds
-    return (lo is None or stats.t_max_ms >= lo) and (hi is None or stats.t_min_ms <= hi)
+    return span_may_hold(stats.t_min_ms, stats.t_max_ms, *bounds)
 
 
 def raw_to_read(visible: list[layout.LakeFile], ts_bounds: TsBounds | None) -> list[layout.LakeFile]:

@@ -20,6 +20,7 @@ from core.records import AlertEvent
 from ingest.codec import ContextEvent, ReadingBatch
 from ingest.walformat import QuarantineRecord
 from tiers.keys import SensorKeys
+from tiers.timespan import span_may_hold
 
 READINGS_SCHEMA = pa.schema([
     ("machine", pa.string()),
@@ -487,10 +488,7 @@ class UnsealedData:
         def within(batches: list[pa.RecordBatch], spans: list[tuple[int, int]]) -> list[pa.RecordBatch]:
             if lo is None and hi is None:
                 return batches
-            if lo is not None and hi is not None and lo > hi:  # an empty range (analytics.bounds.NOTHING)
-                return []
-            return [b for b, (first, last) in zip(batches, spans, strict=True)
-                    if (lo is None or last >= lo) and (hi is None or first <= hi)]
+            return [b for b, (first, last) in zip(batches, spans, strict=True) if span_may_hold(first, last, lo, hi)]
 
         return SegmentTables(
             fresh=pa.Table.from_batches([b for p in shown for b in within(p.fresh_batches, p.fresh_spans)],

@@ -9,6 +9,7 @@ from analytics.bounds import hot_records_read, reads_hot_readings
 from analytics.session import run_sql
 from fabtier.runner import Instance
 from tests.conftest import make_settings, wait_for
+from tiers.unsealed import RECORD_KINDS
 
 
 @pytest.mark.parametrize("sql, reads", [
@@ -37,6 +38,13 @@ def test_which_statements_can_see_the_unsealed_readings(sql, reads):
 ])
 def test_which_unsealed_records_a_statement_can_see(sql, kinds):
     assert hot_records_read(sql) == kinds
+
+
+def test_every_kind_of_unsealed_record_is_known_to_the_statement_check():
+    """A statement that may see anything gets every kind the snapshot builds
+    (tiers.unsealed.RECORD_KINDS): a kind added there without its views in
+    analytics.bounds would be left out of every statement's snapshot."""
+    assert hot_records_read("SELECT * FROM query_table('quarantine')") == RECORD_KINDS
 
 
 def test_a_statement_sees_the_unsealed_records_it_names_and_builds_no_others(tmp_path, broker):
