@@ -33,6 +33,25 @@ def test_batches_of_the_same_sensors_in_another_order_share_their_names_and_key_
         assert decoded == {"z/p": 1.0, "a/t": 2.0, "m/v": 3.0}
 
 
+def test_a_machine_whose_set_of_sensors_changes_gets_exactly_its_messages_names():
+    # The decoder first tries the machine's last set of names (ingest.codec._layout_of_known_names):
+    # a message with fewer, more or other names must not be read over that set.
+    def batch(sensors: list) -> object:
+        return readings("fab/cvd-03", json.dumps({"ts": [NOW] * len(sensors), "sensor": sensors,
+                                                  "v": list(range(len(sensors)))}))
+
+    assert batch(["b", "a", "c", "a"]).sensor_names == ["a", "b", "c"]
+    assert batch(["c", "a", "b"]).sensor_names == ["a", "b", "c"]  # the same set, another order
+    for sensors in (["c", "a", "c"], ["d", "a", "b", "c"], ["a", "b", "x"]):
+        found = batch(sensors)
+        assert found.sensor_names == sorted(set(sensors))
+        assert [found.sensor_names[c] for c in found.sensor_codes] == sensors
+    with pytest.raises(PayloadError, match="sensor must hold strings"):
+        batch(["a", "b", 7])
+    with pytest.raises(PayloadError, match="empty level"):
+        batch(["a", "b", "c//d"])
+
+
 def test_a_bad_name_is_refused_every_time_not_only_the_first():
     for _ in range(2):
         with pytest.raises(PayloadError, match="empty level"):
