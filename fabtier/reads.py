@@ -184,7 +184,10 @@ class Reads:
     def metrics_snapshot(self) -> dict:
         with self._lock:
             unsealed_rows = self.unsealed.rows
-            ring_rows = len(self.ring)
+        # Without the ingest lock, as the ring's other readers: a sum over every sensor's row
+        # (0.1 ms at 100,000 sensors, 1 ms at a million) that the ingest thread waited for at
+        # every poll. A gauge read during a re-layout may be off for that moment.
+        ring_rows = len(self.ring)
         return {**asdict(self.metrics), "state": self.status.state.value, "unsealed_rows": unsealed_rows,
                 **self._ingest_figures(), "hot_ring_rows": ring_rows, "wal_segment": self.wal.active,
                 "alerts": self.alerting.metrics()}
