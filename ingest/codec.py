@@ -67,7 +67,8 @@ _NAME_SETS: dict[frozenset[str], SensorNames] = {}
 _NAME_SETS_MAX = 4096  # about one a machine type in a fab; beyond it (hostile input), start again
 # Per machine, the names of its last new layout: its next message most likely has the same set
 # in another order, and looking its names up there spares building and hashing a frozenset of
-# them (the fab-scale stream, where every message is a new layout: 3 % of the ingest process).
+# them (the fab-scale stream, where every message is a new layout: 3 % of the ingest process's
+# samples in a py-spy profile).
 _MACHINE_NAMES: dict[str, SensorNames] = {}
 _MACHINE_NAMES_MAX = 1 << 16  # beyond it (hostile input: a new machine each message), start again
 
@@ -256,7 +257,7 @@ def _new_layout(machine: str, raw_sensor: list) -> SensorLayout:
         if len(_NAME_SETS) >= _NAME_SETS_MAX:
             _NAME_SETS.clear()
         _NAME_SETS[distinct] = names
-    codes = np.fromiter(map(names.index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
+    codes = _codes(names, raw_sensor)
     if len(_MACHINE_NAMES) >= _MACHINE_NAMES_MAX:
         _MACHINE_NAMES.clear()
     _MACHINE_NAMES[machine] = names
@@ -271,11 +272,16 @@ def _layout_of_known_names(machine: str, raw_sensor: list) -> SensorLayout | Non
     if names is None or len(raw_sensor) < len(names.names):
         return None
     try:  # a name not in the set (or not a string, which no set holds)
-        codes = np.fromiter(map(names.index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
+        codes = _codes(names, raw_sensor)
     except KeyError:
         return None
     layout = SensorLayout(names, codes)
     return layout if len(layout.group_codes) == len(names.names) else None
+
+
+def _codes(names: SensorNames, raw_sensor: list) -> np.ndarray:
+    """Each row's name as its index in `names` (KeyError: a name not among them)."""
+    return np.fromiter(map(names.index.__getitem__, raw_sensor), dtype=np.uint32, count=len(raw_sensor))
 
 
 class SingleReading(tuple):
