@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from tiers.catalog import FileStats
+from tiers.timespan import span_may_hold
 
 MinuteRange = tuple[int, int]  # the first and last minute (epoch ms), inclusive
 
@@ -42,17 +43,13 @@ def minute_range(table: pa.Table) -> MinuteRange | None:
     return found
 
 
-def _meets(a: MinuteRange, lo: int | None, hi: int | None) -> bool:
-    return (lo is None or a[1] >= lo) and (hi is None or a[0] <= hi)
-
-
 def warm_may_hold(warm: pa.Table, bounds: tuple[int | None, int | None] | None) -> bool:
     """Whether the warm snapshot can hold a minute within `bounds` (analytics.bounds.minute_bounds;
     None: unbounded)."""
     found = minute_range(warm)
     if found is None:
         return False
-    return bounds is None or _meets(found, *bounds)
+    return bounds is None or span_may_hold(*found, *bounds)
 
 
 class Shape(Enum):
@@ -75,7 +72,7 @@ def shape(warm: pa.Table | None, lake: ds.Dataset | pa.Table | None,
         if warm_range is None:
             return Shape.LAKE
         lake_range = minute_range(lake)
-        return Shape.OVERLAPPING if lake_range is None or _meets(warm_range, *lake_range) else Shape.DISJOINT
+        return Shape.OVERLAPPING if lake_range is None or span_may_hold(*warm_range, *lake_range) else Shape.DISJOINT
     if not isinstance(lake, ds.FileSystemDataset):  # nothing known of it
         return Shape.OVERLAPPING if warm_range is not None else Shape.LAKE
     if not lake.files:
@@ -86,7 +83,7 @@ def shape(warm: pa.Table | None, lake: ds.Dataset | pa.Table | None,
         stats = lake_bounds.get(path)
         if stats is None or stats.t_min_ms is None or stats.t_max_ms is None:
             return Shape.OVERLAPPING  # a file of unknown minutes may share one
-        if _meets(warm_range, stats.t_min_ms, stats.t_max_ms):
+        if span_may_hold(*warm_range, stats.t_min_ms, stats.t_max_ms):
             return Shape.OVERLAPPING
     return Shape.DISJOINT
 

@@ -1,6 +1,7 @@
 """Whether rows whose times run from `first` to `last` can hold one within a statement's time
-bounds: the one test by which the lake's files (their statistics) and the unsealed log's
-batches (their spans) are left out of a snapshot. Pure."""
+bounds: the one test by which the lake's files (their statistics), the unsealed log's batches
+(their spans) and the warm store's minutes (analytics.minutes) are left out of a snapshot, or
+found to overlap. Pure."""
 
 from __future__ import annotations
 
