@@ -76,6 +76,11 @@ def warm_compiled_code() -> None:
         grouping.warm()
     except Exception:  # ingestion groups rows with numpy instead: the same answer, slower
         log.exception("could not load the compiled grouping of rows by sensor")
+    try:
+        from ingest import namescan
+        namescan.warm()
+    except Exception:  # names are read in Python instead: the same answer, slower
+        log.exception("could not load the compiled reading of sensor names")
 
 
 def install_stop_signals(stop: threading.Event) -> None:

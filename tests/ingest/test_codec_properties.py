@@ -14,9 +14,11 @@ import os
 from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from ingest import codec
 from ingest.assemble import QUARANTINE_PAYLOAD_LIMIT, assemble, payload_text
 from ingest.codec import (
     ContextEvent,
@@ -316,3 +318,80 @@ def test_a_codec_bug_costs_only_its_own_message(monkeypatch):
     assert [tuple(s) for s in out.singles] == [r1, r2] and out.tokens == [1, 2, 3]
     assert [(q.topic, q.reason, q.payload) for q in out.quarantine] == [
         ("fab/m/s", "internal error: OverflowError: Python int too large to convert to C long", "boom")]
+
+
+# ---- the plain path of batches (codec._decode_plain_batch) against the general one --------
+@st.composite
+def batches_of_known_names(draw) -> tuple[list[str], bytes]:
+    """A machine's set of names and a batch payload over them, mostly valid, sometimes not."""
+    known = draw(st.lists(names, min_size=1, max_size=4, unique=True))
+    n = draw(st.integers(len(known), len(known) + 4))
+    sensors = known + draw(st.lists(st.sampled_from(known), min_size=n - len(known), max_size=n - len(known)))
+    sensors = draw(st.permutations(sensors))
+    if len(known) > 1 and draw(st.booleans()):  # not every name of the set: a set of its own
+        sensors = [s if s != known[0] else known[1] for s in sensors]
+    if draw(st.integers(0, 5)) == 0:
+        sensors = draw(st.lists(names | json_values, min_size=n, max_size=n))
+    doc: dict = {"ts": draw(st.lists(good_ts, min_size=n, max_size=n)), "sensor": sensors,
+                 "v": draw(st.lists(good_v, min_size=n, max_size=n))}
+    for key, odd in (("ts", any_ts), ("v", any_v)):
+        if draw(st.integers(0, 3)) == 0:  # one value that may be wrong
+            doc[key][draw(st.integers(0, n - 1))] = draw(odd)
+    if draw(st.integers(0, 5)) == 0:
+        doc[draw(st.sampled_from(["ts", "v", "sensor"]))] = draw(json_values)
+    if draw(st.integers(0, 8)) == 0:
+        doc["extra"] = 1
+    text = json.dumps(doc, allow_nan=True, ensure_ascii=draw(st.booleans()))
+    if draw(st.integers(0, 8)) == 0:  # a key twice: JSON's last one counts, for both paths
+        text = text.replace("{", '{"v": [1], ', 1)
+    return known, text.encode()
+
+
+@pytest.fixture(params=["compiled", "python"])
+def name_reading(request, monkeypatch):
+    from ingest import namescan
+    if request.param == "compiled":
+        namescan.warm()
+    else:
+        monkeypatch.setattr(namescan, "_compiled", None)
+    return request.param
+
+
+@settings(BAD_INPUT, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # mode only
+@given(case=batches_of_known_names())
+@example(case=(["a"], b'{"ts": [18446744073709551615], "sensor": ["a"], "v": [1.5]}'))
+@example(case=(["a"], b'{"ts": [%d], "sensor": ["a"], "v": [1e400]}' % NOW))
+@example(case=(["a"], b'{"ts": [%d], "sensor": ["a"], "v": [true]}' % NOW))
+@example(case=(["a", "b"], b'{"ts": [%d, 1], "sensor": ["a"], "v": [1, 2]}' % NOW))
+@example(case=(["a", "b"], b'{"ts": [%d, %d], "sensor": ["b", "b"], "v": [1, 2]}' % (NOW, NOW)))  # not the whole set
+
+def test_the_plain_path_takes_only_what_the_general_path_takes_alike(name_reading, case):
+    known, payload = case
+    machine = "plain-" + "-".join(known)
+    codec._MACHINE_NAMES.pop(machine, None)
+    first = json.dumps({"ts": [NOW] * len(known), "sensor": known, "v": [0.0] * len(known)}, ensure_ascii=False).encode()
+    codec._new_layout(machine, known)  # as the general path makes them known on a layout it has not seen
+    if all("\\" not in name and name.isprintable() for name in known):
+        assert codec._decode_plain_batch(machine, first) is not None
+    plain = codec._decode_plain_batch(machine, payload)
+    if plain is None:
+        return
+    general = codec._decode_batch(machine, orjson.loads(payload))
+    assert plain.sensor_names == general.sensor_names
+    assert plain.sensor_codes.tolist() == general.sensor_codes.tolist()
+    assert plain.ts.tolist() == general.ts.tolist() and plain.ts.dtype == general.ts.dtype
+    assert plain.value.tolist() == general.value.tolist() and plain.value.dtype == general.value.dtype
+    assert plain.layout is not None and plain.layout.name_set is general.layout.name_set
+
+
+def test_a_plain_batch_of_known_names_takes_the_plain_path(name_reading, monkeypatch):
+    sensors = ["ch1/temp", "ch2/temp", "ch1/temp", "gas/ü"]
+    payload = json.dumps({"ts": [NOW] * 4, "sensor": sensors, "v": [1, 2.5, 3, 4]}, ensure_ascii=False).encode()
+    decode_message("fab/plain-m", payload, root=ROOT, now_ms=NOW, limits=LIMITS)  # the names become known
+    monkeypatch.setattr(codec, "_decode_batch", lambda *a: pytest.fail("took the general path"))
+    for order in (sensors, sensors[::-1]):
+        again = payload.replace(json.dumps(sensors, ensure_ascii=False).encode(),
+                                json.dumps(order, ensure_ascii=False).encode())
+        batch = decode_message("fab/plain-m", again, root=ROOT, now_ms=NOW, limits=LIMITS)
+        assert [batch.sensor_names[c] for c in batch.sensor_codes.tolist()] == order
+        assert batch.value.tolist() == [1.0, 2.5, 3.0, 4.0]

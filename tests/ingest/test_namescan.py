@@ -1,0 +1,73 @@
+"""The reading of a payload's array of sensor names into codes (ingest.namescan): the compiled
+pass and the Python reading give the same answer for any bytes, and that answer is the codes
+of the names the JSON holds, or None where it is not simply known names."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import namescan
+
+# "\\u0061" is six characters, the bytes by which JSON may write "a": read only unescaped names.
+KNOWN = ["ch1/temp", "ch1/pressure", "ch11/pressure", "ch1/pressure_x", "a", "é/ü", "tab\tname", "back\\slash",
+         "0123456789abcdefXY", "0123456789abcdefZY", "\\u0061"]  # 8, 9: the same first and last 8 bytes
+TABLE = namescan.NameTable(KNOWN)
+names = st.sampled_from(KNOWN) | st.text(max_size=6)
+spaces = st.sampled_from(["", " ", "\n", "\t ", "\r"])
+
+
+@st.composite
+def arrays(draw) -> tuple[bytes, int]:
+    items = draw(st.lists(names | st.integers() | st.none(), max_size=8))
+    sep, ws = draw(spaces), draw(spaces)
+    text = ws + "[" + sep + ("," + sep).join(json.dumps(i, ensure_ascii=draw(st.booleans())) for i in items) + "]"
+    raw = text.encode()
+    if draw(st.integers(0, 5)) == 0:  # bytes cut, doubled or damaged
+        raw = draw(st.sampled_from([raw[:-1], raw + raw, raw.replace(b",", b";", 1), raw + b"x"]))
+    return raw, draw(st.sampled_from([len(items), len(items) + 1, max(0, len(items) - 1)]))
+
+
+def _compiled_and_python(raw: bytes, rows: int):
+    namescan.warm()
+    compiled = namescan.name_codes(raw, TABLE, rows)
+    python = namescan._with_python(raw, TABLE, rows)
+    return compiled, python
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=arrays())
+def test_compiled_and_python_agree_and_mean_the_json(case):
+    raw, rows = case
+    compiled, python = _compiled_and_python(raw, rows)
+    assert (compiled is None) == (python is None), (raw, compiled, python)
+    if compiled is None:
+        return
+    assert compiled.tolist() == python.tolist()
+    assert [KNOWN[c] for c in compiled.tolist()] == orjson.loads(raw)
+    assert len(compiled) == rows and b"\\" not in raw
+
+
+def test_plain_known_names_are_read_and_anything_else_is_left_to_the_decoder():
+    raw = json.dumps(["a", "ch11/pressure", "é/ü", "0123456789abcdefZY", "ch1/pressure"], ensure_ascii=False).encode()
+    compiled, python = _compiled_and_python(raw, 5)
+    assert compiled.tolist() == python.tolist() == [4, 2, 5, 9, 1]
+    for other in (b'["a", "zz"]', b'["a", 1]', b'["\\u0061", "a"]', b'["a" "a"]', b'["a", "a"] ]'):
+        assert _compiled_and_python(other, 2) == (None, None), other
+    # a name of the table that JSON escapes is never matched byte for byte
+    assert _compiled_and_python(json.dumps(["tab\tname", "a"]).encode(), 2) == (None, None)
+    assert _compiled_and_python(b'["a", "a"]', 3) == (None, None)  # not as many as the rows
+
+
+def test_the_slots_hash_what_the_compiled_pass_hashes():
+    """A table whose names share their hashed bytes still finds each (probing, then bytes)."""
+    crowded = namescan.NameTable([f"x{i:03d}-same-end" for i in range(300)])
+    raw = orjson.dumps(crowded.names[::-1])
+    namescan.warm()
+    found = namescan.name_codes(raw, crowded, 300)
+    assert found is not None and found.tolist() == list(range(299, -1, -1))
+    assert np.array_equal(found, namescan._with_python(raw, crowded, 300))
