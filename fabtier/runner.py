@@ -77,8 +77,8 @@ def warm_compiled_code() -> None:
     except Exception:  # ingestion groups rows with numpy instead: the same answer, slower
         log.exception("could not load the compiled grouping of rows by sensor")
     try:
-        from ingest import namescan
-        namescan.warm()
+        from ingest import arrayscan
+        arrayscan.warm()
     except Exception:  # names are read in Python instead: the same answer, slower
         log.exception("could not load the compiled reading of sensor names")
 

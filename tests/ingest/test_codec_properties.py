@@ -349,11 +349,11 @@ def batches_of_known_names(draw) -> tuple[list[str], bytes]:
 
 @pytest.fixture(params=["compiled", "python"])
 def name_reading(request, monkeypatch):
-    from ingest import namescan
+    from ingest import arrayscan
     if request.param == "compiled":
-        namescan.warm()
+        arrayscan.warm()
     else:
-        monkeypatch.setattr(namescan, "_compiled", None)
+        monkeypatch.setattr(arrayscan, "_compiled", None)
     return request.param
 
 

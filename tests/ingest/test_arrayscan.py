@@ -1,6 +1,7 @@
-"""The reading of a payload's array of sensor names into codes (ingest.namescan): the compiled
-pass and the Python reading give the same answer for any bytes, and that answer is the codes
-of the names the JSON holds, or None where it is not simply known names."""
+"""The reading of a payload's arrays by compiled passes (ingest.arrayscan): for any bytes, the
+compiled pass and the Python reading give the same answer, and that answer is what the JSON
+means (the codes of its names, its integers), or None where it is not simply known names or
+plain integers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import namescan
+from ingest import arrayscan
 
 # "\\u0061" is six characters, the bytes by which JSON may write "a": read only unescaped names.
 KNOWN = ["ch1/temp", "ch1/pressure", "ch11/pressure", "ch1/pressure_x", "a", "é/ü", "tab\tname", "back\\slash",
          "0123456789abcdefXY", "0123456789abcdefZY", "\\u0061"]  # 8, 9: the same first and last 8 bytes
-TABLE = namescan.NameTable(KNOWN)
+TABLE = arrayscan.NameTable(KNOWN)
 names = st.sampled_from(KNOWN) | st.text(max_size=6)
 spaces = st.sampled_from(["", " ", "\n", "\t ", "\r"])
 
@@ -33,9 +34,9 @@ def arrays(draw) -> tuple[bytes, int]:
 
 
 def _compiled_and_python(raw: bytes, rows: int):
-    namescan.warm()
-    compiled = namescan.name_codes(raw, TABLE, rows)
-    python = namescan._with_python(raw, TABLE, rows)
+    arrayscan.warm()
+    compiled = arrayscan.name_codes(raw, TABLE, rows)
+    python = arrayscan._with_python(raw, TABLE, rows)
     return compiled, python
 
 
@@ -65,9 +66,45 @@ def test_plain_known_names_are_read_and_anything_else_is_left_to_the_decoder():
 
 def test_the_slots_hash_what_the_compiled_pass_hashes():
     """A table whose names share their hashed bytes still finds each (probing, then bytes)."""
-    crowded = namescan.NameTable([f"x{i:03d}-same-end" for i in range(300)])
+    crowded = arrayscan.NameTable([f"x{i:03d}-same-end" for i in range(300)])
     raw = orjson.dumps(crowded.names[::-1])
-    namescan.warm()
-    found = namescan.name_codes(raw, crowded, 300)
+    arrayscan.warm()
+    found = arrayscan.name_codes(raw, crowded, 300)
     assert found is not None and found.tolist() == list(range(299, -1, -1))
-    assert np.array_equal(found, namescan._with_python(raw, crowded, 300))
+    assert np.array_equal(found, arrayscan._with_python(raw, crowded, 300))
+
+
+@st.composite
+def int_arrays(draw) -> tuple[bytes, int]:
+    items = draw(st.lists(st.integers(-(10**19), 10**19) | st.sampled_from([10**18 - 1, -(10**18) + 1, 10**18, 0])
+                          | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.text(max_size=3),
+                          max_size=8))
+    sep = draw(spaces)
+    text = draw(spaces) + "[" + sep + ("," + sep).join(json.dumps(i) for i in items) + sep + "]" + draw(spaces)
+    raw = text.encode()
+    if draw(st.integers(0, 5)) == 0:  # bytes cut, doubled or damaged
+        raw = draw(st.sampled_from([raw[:-1], raw + raw, raw.replace(b",", b";", 1), raw.replace(b"1", b"1e1", 1)]))
+    return raw, draw(st.sampled_from([len(items), len(items) + 1, max(0, len(items) - 1)]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=int_arrays())
+def test_integers_compiled_and_python_agree_and_mean_the_json(case):
+    raw, rows = case
+    arrayscan.warm()
+    compiled, python = arrayscan.int64s(raw, rows), arrayscan._ints_with_python(raw, rows)
+    assert (compiled is None) == (python is None), (raw, compiled, python)
+    if compiled is None:
+        return
+    assert compiled.dtype == np.int64 and compiled.tolist() == python.tolist() == orjson.loads(raw)
+    assert len(compiled) == rows
+
+
+def test_plain_integers_are_read_and_anything_else_is_left_to_the_decoder():
+    arrayscan.warm()
+    raw = b"[1764000000000, -5,0,-0, 999999999999999999]"
+    assert arrayscan.int64s(raw, 5).tolist() == [1764000000000, -5, 0, 0, 999999999999999999]
+    for other in (b"[1.0, 2]", b"[1e3, 2]", b"[1000000000000000000, 2]", b'["1", 2]', b"[true, 2]", b"[1 2]",
+                  b"[1, 2] 3", b"[1, 2, 3]", b"[1]"):
+        assert arrayscan.int64s(other, 2) is None, other
+        assert arrayscan._ints_with_python(other, 2) is None, other

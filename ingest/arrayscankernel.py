@@ -1,0 +1,127 @@
+"""`ingest.arrayscan.name_codes` and `int64s` as compiled passes (see that module for why). Loaded only
+by `ingest.arrayscan.warm`: importing numba costs a process seconds."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# ingest.arrayscan.slot_hash's constants
+_K_HEAD, _K_LENGTH = np.uint64(0x9E3779B97F4A7C15), np.uint64(0x165667B19E3779F9)
+_HEAD_BYTES = 8  # ingest.arrayscan.HEAD_BYTES
+_QUOTE, _BACKSLASH, _COMMA, _OPEN, _CLOSE, _MINUS, _ZERO, _NINE = 34, 92, 44, 91, 93, 45, 48, 57
+_MAX_DIGITS = 18  # ingest.arrayscan.MAX_DIGITS
+
+
+@numba.njit(cache=True)
+def _skip_space(raw: np.ndarray, i: int) -> int:
+    while i < len(raw) and (raw[i] == 32 or raw[i] == 9 or raw[i] == 10 or raw[i] == 13):
+        i += 1
+    return i
+
+
+@numba.njit(cache=True)
+def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.ndarray, starts: np.ndarray,
+               out: np.ndarray) -> int:
+    """The codes of the names of the JSON array `raw` into `out`; how many, or -1 when the
+    array is not plain known names (see `ingest.arrayscan.name_codes`) or holds more than `out`."""
+    mask = len(slots) - 1
+    end = len(raw)
+    i = _skip_space(raw, 0)
+    if i >= end or raw[i] != _OPEN:
+        return -1
+    i = _skip_space(raw, i + 1)
+    if i < end and raw[i] == _CLOSE:
+        return 0 if _skip_space(raw, i + 1) == end else -1
+    count = 0
+    while True:
+        if i >= end or raw[i] != _QUOTE:
+            return -1
+        i += 1
+        begin = i
+        # The name's first 8 bytes as a little-endian word, then the rest up to its quote.
+        head = np.uint64(0)
+        shift = np.uint64(0)
+        while i < end and i - begin < _HEAD_BYTES:
+            byte = raw[i]
+            if byte == _QUOTE:
+                break
+            if byte == _BACKSLASH or byte < 32:
+                return -1
+            head |= np.uint64(byte) << shift
+            shift += np.uint64(8)
+            i += 1
+        while i < end and raw[i] != _QUOTE:
+            byte = raw[i]
+            if byte == _BACKSLASH or byte < 32:
+                return -1
+            i += 1
+        if i >= end:
+            return -1
+        length = i - begin
+        h = (head * _K_HEAD) ^ (np.uint64(length) * _K_LENGTH)
+        h ^= h >> np.uint64(32)
+        slot = np.int64(h & np.uint64(mask))
+        while True:
+            code = slots[slot]
+            if code < 0:
+                return -1
+            start = starts[code]
+            if heads[code] == head and starts[code + 1] - start == length:
+                same = True
+                for k in range(_HEAD_BYTES, length):  # the first 8 are the same word
+                    if blob[start + k] != raw[begin + k]:
+                        same = False
+                        break
+                if same:
+                    break
+            slot = (slot + 1) & mask
+        if count >= len(out):
+            return -1
+        out[count] = code
+        count += 1
+        i = _skip_space(raw, i + 1)
+        if i >= end:
+            return -1
+        if raw[i] == _CLOSE:
+            return count if _skip_space(raw, i + 1) == end else -1
+        if raw[i] != _COMMA:
+            return -1
+        i = _skip_space(raw, i + 1)
+
+
+@numba.njit(cache=True)
+def int64s(raw: np.ndarray, out: np.ndarray) -> int:
+    """The integers of the JSON array `raw` into `out`; how many, or -1 when the array is not
+    plain integers of at most `_MAX_DIGITS` digits (see `ingest.arrayscan.int64s`) or holds more than `out`."""
+    end = len(raw)
+    i = _skip_space(raw, 0)
+    if i >= end or raw[i] != _OPEN:
+        return -1
+    i = _skip_space(raw, i + 1)
+    if i < end and raw[i] == _CLOSE:
+        return 0 if _skip_space(raw, i + 1) == end else -1
+    count = 0
+    while True:
+        negative = i < end and raw[i] == _MINUS
+        if negative:
+            i += 1
+        begin = i
+        value = 0
+        while i < end and _ZERO <= raw[i] <= _NINE:
+            value = value * 10 + (raw[i] - _ZERO)
+            i += 1
+        if i == begin or i - begin > _MAX_DIGITS:
+            return -1
+        if count >= len(out):
+            return -1
+        out[count] = -value if negative else value
+        count += 1
+        i = _skip_space(raw, i)
+        if i >= end:
+            return -1
+        if raw[i] == _CLOSE:
+            return count if _skip_space(raw, i + 1) == end else -1
+        if raw[i] != _COMMA:
+            return -1
+        i = _skip_space(raw, i + 1)
