@@ -194,7 +194,7 @@ def sql_answer(pipeline: "Pipeline", body: bytes, content_type: str, fmt: str, a
     headers["Server-Timing"] = ", ".join(
         f"{name};dur={seconds * 1000:.2f}" for name, seconds in
         (("sources", gathered - began), ("lock", waits.get("lock", 0.0)), ("locked", waits.get("locked", 0.0)),
-         ("run", ran - gathered), ("encode", time.perf_counter() - ran),
+         ("view", waits.get("view", 0.0)), ("tiers", waits.get("tiers", 0.0)), ("run", ran - gathered), ("encode", time.perf_counter() - ran),
          ("cpu", time.thread_time() - cpu_began)))  # this thread's own (DuckDB's threads are apart)
     return respond(body, content_type, headers)
 

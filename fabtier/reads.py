@@ -67,7 +67,8 @@ class Reads:
     def sql_sources(self, sql: str | None = None, *, timings: dict | None = None) -> SqlSources:
         """Every tier for one statement; given `sql`, only the lake's days its time range
         touches are listed (analytics.bounds), else the whole lake. `timings` gets the seconds
-        spent waiting for the views' and the ingest lock (`lock`) and holding the latter (`locked`)."""
+        spent waiting for the views' and the ingest lock (`lock`), holding the latter (`locked`),
+        building the unsealed rows' view (`view`) and gathering the other tiers (`tiers`)."""
         bounds = ts_bounds(sql) if sql is not None else None  # before the lock: a parse
         minutes = minute_bounds(sql) if sql is not None else None
         hot_readings = sql is None or reads_hot_readings(sql)
@@ -83,17 +84,20 @@ class Reads:
                 released = time.perf_counter()
             # Built without the ingest lock: the ingest thread waited only for the plan.
             tables = self.unsealed.build_view(plan, ts_bounds=hot_bounds, lock=self._lock, records=records)
-        if timings is not None:
-            timings.update(lock=got - asked, locked=released - got)
+            built = time.perf_counter()
         # Segments that are only on disk: an earlier run's, whose sealing failed at start.
         only_on_disk = [s for s in on_disk if s not in in_memory and s != self.wal.active]
         if only_on_disk:
             tables = merge_tables(tables, tables_from_records(
                 [r for s in only_on_disk for r in read_segment(self.wal.path(s))]))
-        return tier_sources(lake=self.lake, hidden=set(in_memory) | set(on_disk), unsealed=tables,
-                            audit=self.audit.table(), warm=self.warm, data_dir=self.settings.data_dir,
-                            recipe_limits=self.alerting.book.table(), ts_bounds=bounds,
-                            minute_bounds=minutes)
+        sources = tier_sources(lake=self.lake, hidden=set(in_memory) | set(on_disk), unsealed=tables,
+                               audit=self.audit.table(), warm=self.warm, data_dir=self.settings.data_dir,
+                               recipe_limits=self.alerting.book.table(), ts_bounds=bounds,
+                               minute_bounds=minutes)
+        if timings is not None:
+            timings.update(lock=got - asked, locked=released - got, view=built - released,
+                           tiers=time.perf_counter() - built)
+        return sources
 
     def tier_rows(self) -> list[inventory.TierRow]:
         """`fabtier tiers` for a running pipeline: the hot ring and unsealed log, then the stores."""
