@@ -112,3 +112,30 @@ def test_the_hot_tier_is_pruned_by_a_statements_time_bounds_as_the_lake_is(tmp_p
         assert answer[0] == (100 if "INTERVAL" in sql else 200)
     finally:
         instance.stop()
+
+
+def test_a_statement_while_the_log_opens_its_next_segment_reads_no_segment_from_disk(tmp_path, broker, monkeypatch):
+    """The ingest thread rotates the log outside the ingest lock: the next segment's file is
+    on disk before it is the active one. A statement then is no reason to read it as an
+    earlier run's leftover (and to recast every unsealed row to plain strings)."""
+    from fabtier import reads
+    from ingest.walformat import SEGMENT_MAGIC
+
+    instance = Instance(make_settings(tmp_path, broker)).start()
+    try:
+        pipeline = instance.pipeline
+        now = pipeline.clock.now_ms()
+        pipeline.process([("fab/etch-01", json.dumps({"ts": [now - 2000, now - 1000], "sensor": ["a", "b"],
+                                                      "v": [1.0, 2.0]}).encode(), 0, 0)])
+        wait_for(lambda: pipeline.unsealed.rows == 2, what="the readings unsealed")
+        opening = pipeline.wal.path(pipeline.wal.active + 1)
+        opening.write_bytes(SEGMENT_MAGIC)  # as WriteAheadLog._open leaves it before `active` moves on
+        read = []
+        monkeypatch.setattr(reads, "read_segment", lambda path: read.append(path) or [])
+        sources = pipeline.sql_sources("SELECT count(*) AS n FROM readings")
+        assert read == []
+        assert sources.hot_fresh.schema.field("machine").type.value_type == "string"  # still the view's own columns
+        assert run_sql(sources, "SELECT count(*) AS n FROM readings").column("n")[0].as_py() == 2
+        opening.unlink()
+    finally:
+        instance.stop()
