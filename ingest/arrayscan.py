@@ -98,16 +98,24 @@ def name_codes(raw: bytes, table: NameTable, rows: int) -> np.ndarray | None:
 def _with_python(raw: bytes, table: NameTable, rows: int) -> np.ndarray | None:
     if b"\\" in raw:  # an escape (a control character in a string: JSON's error, below)
         return None
-    try:
-        names = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(names) is not list or len(names) != rows or not all(type(name) is str for name in names):
+    names = _json_list(raw, rows, str)
+    if names is None:
         return None
     try:
         return np.fromiter(map(table.index.__getitem__, names), dtype=np.uint32, count=rows)
     except KeyError:
         return None
+
+
+def _json_list(raw: bytes, rows: int, kind: type) -> list | None:
+    """The JSON array `raw` when it is `rows` items, each exactly of type `kind`; else None."""
+    try:
+        items = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(items) is not list or len(items) != rows or not all(type(item) is kind for item in items):
+        return None
+    return items
 
 
 def int64s(raw: bytes, rows: int) -> np.ndarray | None:
@@ -121,13 +129,9 @@ def int64s(raw: bytes, rows: int) -> np.ndarray | None:
 
 
 def _ints_with_python(raw: bytes, rows: int) -> np.ndarray | None:
-    try:
-        values = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(values) is not list or len(values) != rows or not all(type(v) is int for v in values):
-        return None
-    if any(abs(v) >= 10**MAX_DIGITS for v in values):  # JSON's integers: digits, an optional minus
+    values = _json_list(raw, rows, int)
+    # JSON's integers are digits with an optional minus: the number of digits is the magnitude's
+    if values is None or any(abs(v) >= 10**MAX_DIGITS for v in values):
         return None
     return np.array(values, dtype=np.int64)
 

@@ -20,6 +20,36 @@ def _skip_space(raw: np.ndarray, i: int) -> int:
     return i
 
 
+# `_first_item` and `_next_item` answers besides a position (or -1: not such an array)
+_EMPTY = -2  # "[]" and nothing after it
+_DONE = -3  # the array closed after the last item, and nothing after it
+
+
+@numba.njit(cache=True)
+def _first_item(raw: np.ndarray) -> int:
+    """Where the JSON array's first item starts; `_EMPTY`; or -1."""
+    i = _skip_space(raw, 0)
+    if i >= len(raw) or raw[i] != _OPEN:
+        return -1
+    i = _skip_space(raw, i + 1)
+    if i < len(raw) and raw[i] == _CLOSE:
+        return _EMPTY if _skip_space(raw, i + 1) == len(raw) else -1
+    return i
+
+
+@numba.njit(cache=True)
+def _next_item(raw: np.ndarray, i: int) -> int:
+    """After an item that ended before `i`: where the next item starts; `_DONE`; or -1."""
+    i = _skip_space(raw, i)
+    if i >= len(raw):
+        return -1
+    if raw[i] == _CLOSE:
+        return _DONE if _skip_space(raw, i + 1) == len(raw) else -1
+    if raw[i] != _COMMA:
+        return -1
+    return _skip_space(raw, i + 1)
+
+
 @numba.njit(cache=True)
 def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.ndarray, starts: np.ndarray,
                out: np.ndarray) -> int:
@@ -27,12 +57,9 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
     array is not plain known names (see `ingest.arrayscan.name_codes`) or holds more than `out`."""
     mask = len(slots) - 1
     end = len(raw)
-    i = _skip_space(raw, 0)
-    if i >= end or raw[i] != _OPEN:
-        return -1
-    i = _skip_space(raw, i + 1)
-    if i < end and raw[i] == _CLOSE:
-        return 0 if _skip_space(raw, i + 1) == end else -1
+    i = _first_item(raw)
+    if i < 0:
+        return 0 if i == _EMPTY else -1
     count = 0
     while True:
         if i >= end or raw[i] != _QUOTE:
@@ -80,14 +107,9 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
             return -1
         out[count] = code
         count += 1
-        i = _skip_space(raw, i + 1)
-        if i >= end:
-            return -1
-        if raw[i] == _CLOSE:
-            return count if _skip_space(raw, i + 1) == end else -1
-        if raw[i] != _COMMA:
-            return -1
-        i = _skip_space(raw, i + 1)
+        i = _next_item(raw, i + 1)
+        if i < 0:
+            return count if i == _DONE else -1
 
 
 @numba.njit(cache=True)
@@ -95,12 +117,9 @@ def int64s(raw: np.ndarray, out: np.ndarray) -> int:
     """The integers of the JSON array `raw` into `out`; how many, or -1 when the array is not
     plain integers of at most `_MAX_DIGITS` digits (see `ingest.arrayscan.int64s`) or holds more than `out`."""
     end = len(raw)
-    i = _skip_space(raw, 0)
-    if i >= end or raw[i] != _OPEN:
-        return -1
-    i = _skip_space(raw, i + 1)
-    if i < end and raw[i] == _CLOSE:
-        return 0 if _skip_space(raw, i + 1) == end else -1
+    i = _first_item(raw)
+    if i < 0:
+        return 0 if i == _EMPTY else -1
     count = 0
     while True:
         negative = i < end and raw[i] == _MINUS
@@ -117,11 +136,6 @@ def int64s(raw: np.ndarray, out: np.ndarray) -> int:
             return -1
         out[count] = -value if negative else value
         count += 1
-        i = _skip_space(raw, i)
-        if i >= end:
-            return -1
-        if raw[i] == _CLOSE:
-            return count if _skip_space(raw, i + 1) == end else -1
-        if raw[i] != _COMMA:
-            return -1
-        i = _skip_space(raw, i + 1)
+        i = _next_item(raw, i)
+        if i < 0:
+            return count if i == _DONE else -1
