@@ -81,6 +81,11 @@ def warm_compiled_code() -> None:
         arrayscan.warm()
     except Exception:  # names are read in Python instead: the same answer, slower
         log.exception("could not load the compiled reading of sensor names")
+    try:
+        from tiers import viewcolumns
+        viewcolumns.warm()
+    except Exception:  # SQL's view is built with numpy instead: the same answer, slower
+        log.exception("could not load the compiled columns of SQL's view")
 
 
 def install_stop_signals(stop: threading.Event) -> None:
