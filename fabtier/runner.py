@@ -66,26 +66,19 @@ class Instance:
 
 
 def warm_compiled_code() -> None:
-    try:
-        from tiers import hot  # imports numba: only a process that ingests pays for it
-        hot.use_compiled_writes()
-    except Exception:  # the pipeline still ingests (numpy writes); /series will report the same error
-        log.exception("could not load the hot ring's compiled queries and writes")
-    try:
-        from ingest import grouping
-        grouping.warm()
-    except Exception:  # ingestion groups rows with numpy instead: the same answer, slower
-        log.exception("could not load the compiled grouping of rows by sensor")
-    try:
-        from ingest import arrayscan
-        arrayscan.warm()
-    except Exception:  # names are read in Python instead: the same answer, slower
-        log.exception("could not load the compiled reading of sensor names")
-    try:
-        from tiers import viewcolumns
-        viewcolumns.warm()
-    except Exception:  # SQL's view is built with numpy instead: the same answer, slower
-        log.exception("could not load the compiled columns of SQL's view")
+    """Compile (or load from numba's cache) every kernel of the ingest and SQL paths. Each one
+    that fails leaves its numpy or Python twin in use: the same answers, slower."""
+    from ingest import arrayscan, grouping
+    from tiers import hot, viewcolumns  # none imports numba before its warm-up
+    for warm, what in (
+            (hot.use_compiled_writes, "the hot ring's compiled queries and writes (/series reports the same error)"),
+            (grouping.warm, "the compiled grouping of rows by sensor"),
+            (arrayscan.warm, "the compiled reading of sensor names and timestamps"),
+            (viewcolumns.warm, "the compiled columns of SQL's view")):
+        try:
+            warm()
+        except Exception:
+            log.exception("could not load %s", what)
 
 
 def install_stop_signals(stop: threading.Event) -> None:

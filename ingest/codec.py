@@ -301,10 +301,8 @@ def _decode_plain_batch(machine: str, payload: bytes) -> ReadingBatch | None:
         if names is None:
             return None
         codes = name_codes(raw, names.scan_table(), n)
-        if codes is None:
-            return None
-        layout = SensorLayout(names, codes)
-        if len(layout.group_codes) != len(names.names):  # not every name of the set: a new set
+        layout = _whole_set_layout(names, codes) if codes is not None else None
+        if layout is None:
             return None
         _RAW_LAYOUTS.put(raw, layout)
     elif len(layout.codes) != n:
@@ -344,6 +342,12 @@ def _layout_of_known_names(machine: str, raw_sensor: list) -> SensorLayout | Non
         codes = _codes(names, raw_sensor)
     except KeyError:
         return None
+    return _whole_set_layout(names, codes)
+
+
+def _whole_set_layout(names: SensorNames, codes: np.ndarray) -> SensorLayout | None:
+    """The layout of `codes` over `names` when every name of the set is among them (a batch's
+    names are its distinct sensors); else None (the batch has a set of its own)."""
     layout = SensorLayout(names, codes)
     return layout if len(layout.group_codes) == len(names.names) else None
 
