@@ -86,6 +86,9 @@ def test_bounded_answers_are_the_unbounded_ones(tmp_path):
         "SELECT count(*) AS n, sum(value) AS s FROM readings WHERE ts >= now() - INTERVAL 3 HOUR AND ts < now()",
         "SELECT count(*) AS n FROM readings WHERE ts >= now()::TIMESTAMP - INTERVAL 1 DAY",
         "SELECT count(*) AS n FROM readings WHERE ts > current_date",
+        "SELECT count(*) AS n, sum(value) AS s FROM readings WHERE ts >= CURRENT_TIMESTAMP - INTERVAL 3 HOUR "
+        "AND ts < current_timestamp",
+        "SELECT count(*) AS n FROM readings WHERE ts >= localtimestamp - INTERVAL 1 DAY",
         f"SELECT count(*) AS n, min(ts) AS a, max(ts) AS b FROM readings WHERE ts BETWEEN TIMESTAMP '{day2}' "
         f"AND TIMESTAMP '{day2}' + INTERVAL 26 HOUR",
         f"SELECT ts, value FROM readings r WHERE r.ts = TIMESTAMP '{day2}' ORDER BY ts",
@@ -117,8 +120,9 @@ def test_the_notice_names_only_archived_objects_in_range(tmp_path):
     sql = "SELECT count(*) AS n FROM readings WHERE ts >= now() - INTERVAL 4 HOUR"
     found = left_out(_sources(lake, sql, tmp_path).archived_raw, sql)
     assert found is not None and (found.objects, found.from_ms) == (1, recent)
-    sql = "SELECT count(*) AS n FROM readings WHERE ts >= now() - INTERVAL 30 MINUTE"
-    assert left_out(_sources(lake, sql, tmp_path).archived_raw, sql) is None
+    for clock in ("now()", "current_timestamp"):  # the standard's keyword bounds as now() does
+        sql = f"SELECT count(*) AS n FROM readings WHERE ts >= {clock} - INTERVAL 30 MINUTE"
+        assert left_out(_sources(lake, sql, tmp_path).archived_raw, sql) is None, clock
 
 
 def test_the_warm_snapshot_is_given_only_to_a_question_it_can_answer(tmp_path):
