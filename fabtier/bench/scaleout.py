@@ -22,10 +22,10 @@ from fabtier.bench.harness import InstanceProcess, process_cpu_seconds
 from fabtier.bench.ingest import (
     IngestBench,
     _baseline,
-    _count,
     _count_stored,
     _publish,
     _wait_acked,
+    workload,
 )
 from fabtier.broker import LocalBroker
 
@@ -36,7 +36,8 @@ def run(bench: IngestBench, processes: int) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="fabtier-bench-scale-"))
     lake = f"file://{workdir / 'lake'}"
     start_ms = int(time.time() * 1000) - int(bench.seconds * 1000)
-    messages, readings = _count(bench, start_ms)
+    work = workload(bench, start_ms)
+    messages, readings = len(work.messages), work.readings
     result: dict = {"bench": "ingest", "mode": "max", "processes": processes, "seconds_of_data": bench.seconds,
                     "machines": bench.machines, "sensors_per_machine": bench.sensors, "rate_hz": bench.rate_hz,
                     "batch": bench.batch, "messages": messages, "readings": readings}
@@ -44,7 +45,7 @@ def run(bench: IngestBench, processes: int) -> dict:
     members: list[InstanceProcess] = []
     keep_logs = False
     try:
-        elapsed = _baseline(bench, broker, start_ms, messages)
+        elapsed = _baseline(bench, broker, work)
         result["baseline_readings_per_s"] = round(readings / elapsed)
         for i in range(processes):
             members.append(InstanceProcess(
@@ -53,7 +54,7 @@ def run(bench: IngestBench, processes: int) -> dict:
         cpu_before = sum(m.cpu_seconds() for m in members)
         broker_cpu_before = process_cpu_seconds(broker.pid)
         marks: list[float] = []
-        publisher = threading.Thread(target=lambda: _publish(bench, broker, start_ms,
+        publisher = threading.Thread(target=lambda: _publish(bench, broker, work,
                                                              on_first=lambda: marks.append(time.monotonic())))
         publisher.start()
         while not marks:
