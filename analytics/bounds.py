@@ -229,8 +229,9 @@ def _shifted_clock(expr: dict) -> bool:
     kind = expr.get("class")
     if kind == "CAST":
         return _cast_to(expr, _INSTANTS) and _shifted_clock(expr.get("child") or {})
-    if _clock_keyword(expr) == "current_timestamp":  # now(), in the standard's spelling
-        return True
+    keyword = _clock_keyword(expr)
+    if keyword is not None:  # the clock function of that name, written without parentheses
+        return keyword in _NOW
     if kind != "FUNCTION":
         return False
     name = str(expr.get("function_name", "")).lower()
