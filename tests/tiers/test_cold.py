@@ -115,6 +115,29 @@ def test_readings_already_in_other_files_of_the_hour_are_not_written_again(store
     assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.5)]
 
 
+def test_a_segment_beside_other_files_of_its_span_is_written_sorted_whole(store):
+    # The other file's span overlaps, none of its readings repeats: nothing is dropped, and
+    # the file keeps the lake's order (machine, sensor, ts). Rows enough (160,000) for Arrow's
+    # join to hand them back in another order than it got them.
+    lake = ColdLake(store, writer_id="w0")
+    lake.write_segment(1, tables(("a", "s1", T0 + 1, 1.0), ("b", "s1", T0 + 9, 2.0)), source="test")
+    rng = np.random.default_rng(3)
+    sensors = [f"s{i}" for i in range(100)]
+    batches = []
+    for machine in "abcd":
+        codes = np.repeat(np.arange(100, dtype=np.uint32), 400)
+        ts = np.tile(T0 + 2 + 2 * np.arange(400, dtype=np.int64), 100)
+        shuffle = rng.permutation(len(ts))
+        batches.append(ReadingBatch(machine, sensors, codes[shuffle], ts[shuffle], (ts[shuffle] - T0) + 0.5))
+    [move] = lake.write_segment(2, tables_from_records(batches), source="test")
+    written = pq.read_table(pa.BufferReader(store.get(move.target.removeprefix(store.url + "/"))))
+    keys = list(zip(written.column("machine").to_pylist(), written.column("sensor").to_pylist(),
+                    written.column("ts").cast(pa.int64()).to_pylist(), strict=True))
+    assert keys == sorted((m, sensors[c], t) for b in batches for m, c, t in
+                          zip([b.machine] * len(b), b.sensor_codes.tolist(), b.ts.tolist(), strict=True))
+    assert len(lake_rows(lake)) == 160_000 + 2
+
+
 def test_files_of_unsealed_segments_are_hidden(store):
     lake = ColdLake(store, writer_id="w0")
     lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
