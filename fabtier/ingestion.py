@@ -294,7 +294,7 @@ class Ingestor:
             if key_of_code is None:
                 key_of_code = layout.key_cache[cache_key] = self.keys.ids_local(batch.machine, batch.sensor_names)
             key_ids = key_of_code[batch.sensor_codes]
-            masks = self.ring.insert_grouped(key_of_code[layout.group_codes], layout, batch.ts, batch.value)
+            masks = self.ring.insert_coded(key_of_code, batch.sensor_codes, batch.ts, batch.value)
         else:
             key_ids = self.keys.ids_for(batch.machine, batch.sensor_names, batch.sensor_codes)
         keep, verified = masks or self.ring.insert(key_ids, batch.ts, batch.value)

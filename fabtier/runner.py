@@ -68,11 +68,10 @@ class Instance:
 def warm_compiled_code() -> None:
     """Compile (or load from numba's cache) every kernel of the ingest and SQL paths. Each one
     that fails leaves its numpy or Python twin in use: the same answers, slower."""
-    from ingest import arrayscan, grouping
+    from ingest import arrayscan
     from tiers import hot, viewcolumns  # none imports numba before its warm-up
     for warm, what in (
             (hot.use_compiled_writes, "the hot ring's compiled queries and writes (/series reports the same error)"),
-            (grouping.warm, "the compiled grouping of rows by sensor"),
             (arrayscan.warm, "the compiled reading of sensor names and timestamps"),
             (viewcolumns.warm, "the compiled columns of SQL's view")):
         try:

@@ -14,7 +14,7 @@ and the general decoder (`ingest.codec`) decides, with its reasons. Integers ali
 plain ones of up to 18 digits (a timestamp in milliseconds has 13), exactly; a fraction, an
 exponent or anything else is left to the general decoder (12 us of a message were its 500
 Python ints and their conversion to an array). Compiled once `warm()`
-has run (beside recovery, as `ingest.grouping`); until then, and in processes that never warm
+has run (beside recovery, as the hot ring's writes); until then, and in processes that never warm
 it, a Python reading gives the same answers.
 
 Pure: bytes and arrays in, arrays out.

@@ -15,7 +15,6 @@ import numpy as np
 import orjson
 
 from ingest.arrayscan import NameTable, int64s, name_codes
-from ingest.grouping import group_rows
 from ingest.layoutcache import SelfLimitingCache
 
 MAX_NAME_BYTES = 256
@@ -60,20 +59,16 @@ class SensorNames:
 
 class SensorLayout:
     """The sensor column of a batch, analysed once and reused: gateways send the same
-    interleaving of sensors in message after message, so the grouping of rows by sensor
-    (what the hot ring needs) is computed once per distinct sequence of names."""
+    interleaving of sensors in message after message, so each distinct sequence of names is
+    read into codes once (and the hot ring writes the rows from the codes as they come)."""
 
-    __slots__ = ("names", "name_set", "codes", "order", "starts", "counts", "group_codes", "row_group", "rank",
-                 "key_cache")
+    __slots__ = ("names", "name_set", "codes", "key_cache")
 
     def __init__(self, names: SensorNames, codes: np.ndarray) -> None:
         self.names = names.names
         self.name_set = names
         self.key_cache = names.key_cache
         self.codes = codes
-        # Built for nearly every message when a gateway sends its sensors in arrival order.
-        (self.order, self.group_codes, self.counts, self.starts, self.row_group,
-         self.rank) = group_rows(codes, len(self.names))
 
 
 _LAYOUTS: SelfLimitingCache[SensorLayout] = SelfLimitingCache(4096)
@@ -348,8 +343,8 @@ def _layout_of_known_names(machine: str, raw_sensor: list) -> SensorLayout | Non
 def _whole_set_layout(names: SensorNames, codes: np.ndarray) -> SensorLayout | None:
     """The layout of `codes` over `names` when every name of the set is among them (a batch's
     names are its distinct sensors); else None (the batch has a set of its own)."""
-    layout = SensorLayout(names, codes)
-    return layout if len(layout.group_codes) == len(names.names) else None
+    present = np.bincount(codes, minlength=len(names.names))
+    return SensorLayout(names, codes) if np.count_nonzero(present) == len(names.names) else None
 
 
 def _codes(names: SensorNames, raw_sensor: list) -> np.ndarray:

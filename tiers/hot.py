@@ -19,7 +19,7 @@ stored reading with `ts >= covered[key]`, so a redelivered reading in that range
 Readings older than that (late data, or pushed out by the budget) are passed on as
 *unverified*, to be checked against the cold tier. Pure data structure: no I/O, no clock.
 
-Threads: writers (`insert`, `insert_grouped`) are serialised by the caller's lock;
+Threads: writers (`insert`, `insert_coded`) are serialised by the caller's lock;
 `read_series` needs none. An append first announces how far the row will be written
 (`_pending`), then writes the slots, then moves `_written`: a reader that sees
 `pending > written` leaves out the oldest readings that write is putting new ones over, so
@@ -38,7 +38,7 @@ from typing import TypeVar
 import numpy as np
 
 T = TypeVar("T")
-# The compiled writes (tiers.hotkernel.grouped_check, grouped_append) once `use_compiled_writes`
+# The compiled writes (tiers.hotkernel.coded_check, coded_append) once `use_compiled_writes`
 # has loaded them; numpy until then (a process that never loads numba: tests, tools).
 _compiled: tuple[Callable, Callable] | None = None
 # A sensor's buckets: start (epoch ms), min, max, mean, count.
@@ -281,50 +281,33 @@ class HotRing:
             self._append(order, k, t, value, starts, counts)
         return keep, verified
 
-    def insert_grouped(self, group_keys: np.ndarray, layout, ts: np.ndarray,
-                       value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The fast path of `insert` for a batch whose grouping by sensor is known already
-        (`layout`, an `ingest.codec.SensorLayout`; `group_keys` is the key of each group).
+    def insert_coded(self, key_of_code: np.ndarray, codes: np.ndarray, ts: np.ndarray,
+                     value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fast path of `insert` for a batch of one machine whose row i is sensor
+        `key_of_code[codes[i]]` (the batch's dictionary of names as key ids; int32, codes
+        uint32), by the compiled kernels (tiers.hotkernel): the rows are written in the order
+        they came, without sorting them by sensor first, in two calls that keep the interpreter
+        lock (instead of some twenty numpy operations that each may hand it to another thread
+        mid-batch).
 
-        Returns None, having changed nothing, unless every row is newer than everything
-        stored for its sensor and each sensor's rows arrive in ts order: the common case.
-        """
-        if len(group_keys) == 0:
+        Returns None, having changed nothing, unless the kernels are loaded, every row is newer
+        than everything stored for its sensor and each sensor's rows arrive in ts order: the
+        common case. Then the caller takes the general way, `insert`."""
+        if _compiled is None or len(key_of_code) == 0:
             return None
-        self._ensure_keys(int(group_keys.max()) + 1)
-        if _compiled is not None:
-            return self._insert_grouped_compiled(_compiled, group_keys, layout, ts, value)
-        order, starts, counts = layout.order, layout.starts, layout.counts
-        t = ts[order]
-        first = t[starts]
-        if not (first > self._last[group_keys]).all() or not (first >= self._covered[group_keys]).all():
-            return None
-        rising = t[1:] > t[:-1]
-        rising[starts[1:] - 1] = True  # a new sensor starts there
-        if not rising.all():
-            return None
-        if (np.minimum(self._written[group_keys], self.capacity) + counts).max() > self.capacity:
-            self._reserve(group_keys, starts, counts, t)
-        self._append(order, group_keys[layout.row_group], t, value, starts, counts)
-        n = len(ts)
-        return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
-
-    def _insert_grouped_compiled(self, kernels, group_keys: np.ndarray, layout, ts: np.ndarray,
-                                 value: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """`insert_grouped` by the compiled kernels (tiers.hotkernel): the same checks and
-        writes in two calls that keep the interpreter lock, instead of some twenty numpy
-        operations that each may hand it to another thread mid-batch."""
-        check, append = kernels
-        keys = np.ascontiguousarray(group_keys, dtype=np.int64)
-        order, starts, counts = layout.order, layout.starts, layout.counts
+        check, append = _compiled
+        self._ensure_keys(int(key_of_code.max()) + 1)
         ts = np.ascontiguousarray(ts, dtype=np.int64)
-        fits = check(self._last, self._covered, self._written, keys, order, starts, counts, ts, self.capacity)
-        if fits < 0:
-            return None
-        if fits > 0:
-            self._reserve(keys, starts, counts, ts[order])
+        while True:
+            fits = check(self._last, self._covered, self._written, self._ts_store.reshape(-1), self._reserved,
+                         key_of_code, codes, ts, self.capacity, self.window_ms)
+            if fits < 0:
+                return None
+            # Would push out readings still inside the window: grow first, while the budget allows.
+            if fits == 0 or not self._double():
+                break
         grow = append(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved, self._written,
-                      self._pending, self._last, self._covered, keys, order, starts, counts, ts,
+                      self._pending, self._last, self._covered, key_of_code, codes, ts,
                       np.ascontiguousarray(value, dtype=np.float64), self.capacity, self.window_ms)
         if grow:
             self._double()
@@ -494,4 +477,4 @@ def use_compiled_writes() -> None:
     global _compiled
     from tiers import hotkernel
     hotkernel.warm()
-    _compiled = (hotkernel.grouped_check, hotkernel.grouped_append)
+    _compiled = (hotkernel.coded_check, hotkernel.coded_append)

@@ -144,63 +144,83 @@ def ring_bands(ts: np.ndarray, value: np.ndarray, first: int, end: int, since: i
 
 
 @numba.njit(cache=True)
-def grouped_check(last: np.ndarray, covered: np.ndarray, written: np.ndarray, group_keys: np.ndarray,
-                  order: np.ndarray, starts: np.ndarray, counts: np.ndarray, ts: np.ndarray, cap: int) -> int:
-    """Whether a batch grouped by sensor can be appended as it is (`HotRing.insert_grouped`):
-    -1 if not (a reading not newer than its sensor's newest, or out of order within its
-    sensor); 1 if it can but would push readings out of some row (the caller may grow first);
-    0 if it fits."""
-    for g in range(len(starts)):
-        key = group_keys[g]
-        s = starts[g]
-        first = ts[order[s]]
-        if not (first > last[key] and first >= covered[key]):
-            return -1
-        for j in range(s + 1, s + counts[g]):
-            if ts[order[j]] <= ts[order[j - 1]]:
+def coded_check(last: np.ndarray, covered: np.ndarray, written: np.ndarray, ts_flat: np.ndarray, reserved: int,
+                key_of_code: np.ndarray, codes: np.ndarray, ts: np.ndarray, cap: int, window_ms: int) -> int:
+    """Whether a batch (row i: sensor `key_of_code[codes[i]]`, in arrival order) can be appended
+    as it is (`HotRing.insert_coded`): -1 if not (a reading not newer than its sensor's
+    newest, or out of order within its sensor); 1 if it can, but would push a reading still
+    inside the window out of some row (the ring should grow first); 0 otherwise. Changes nothing."""
+    count = np.zeros(len(key_of_code), np.int64)
+    first = np.empty(len(key_of_code), np.int64)
+    newest = np.empty(len(key_of_code), np.int64)
+    for i in range(len(codes)):
+        c = codes[i]
+        t = ts[i]
+        if count[c] == 0:
+            key = key_of_code[c]
+            if not (t > last[key] and t >= covered[key]):
                 return -1
-    for g in range(len(starts)):
-        if min(written[group_keys[g]], cap) + counts[g] > cap:
-            return 1
+            first[c] = t
+        elif t <= newest[c]:
+            return -1
+        newest[c] = t
+        count[c] += 1
+    for c in range(len(key_of_code)):
+        n = count[c]
+        if n == 0:
+            continue
+        key = key_of_code[c]
+        w = written[key]
+        if min(w, cap) + n > cap:
+            # What the write pushes out first: the row's oldest reading, or its own first.
+            oldest = ts_flat[key * reserved + (w % cap if w > cap else 0)] if w > 0 else first[c]
+            if oldest >= newest[c] - window_ms:
+                return 1
     return 0
 
 
 @numba.njit(cache=True)
-def grouped_append(ts_flat: np.ndarray, value_flat: np.ndarray, reserved: int, written: np.ndarray,
-                   pending: np.ndarray, last: np.ndarray, covered: np.ndarray, group_keys: np.ndarray,
-                   order: np.ndarray, starts: np.ndarray, counts: np.ndarray, ts: np.ndarray, value: np.ndarray,
-                   cap: int, window_ms: int) -> bool:
-    """`HotRing._append` of a batch `grouped_check` passed, in one call that keeps the
-    interpreter lock: announce (`pending`), write each sensor's rows into its ring slots (only
-    its last `cap` can survive), publish (`written`, `last`), move `covered` past what a wrap
-    pushed out. True if a wrapped row's oldest reading is still inside the window (the ring
-    should grow)."""
-    for g in range(len(starts)):
-        key = group_keys[g]
-        pending[key] = written[key] + counts[g]
-    for g in range(len(starts)):
-        key = group_keys[g]
-        n = counts[g]
-        w = written[key]
-        base = key * reserved
-        for j in range(max(0, n - cap), n):
-            i = order[starts[g] + j]
-            pos = base + (w + j) % cap
+def coded_append(ts_flat: np.ndarray, value_flat: np.ndarray, reserved: int, written: np.ndarray,
+                 pending: np.ndarray, last: np.ndarray, covered: np.ndarray, key_of_code: np.ndarray,
+                 codes: np.ndarray, ts: np.ndarray, value: np.ndarray, cap: int, window_ms: int) -> bool:
+    """`HotRing._append` of a batch `coded_check` passed, in one call that keeps the interpreter
+    lock, straight from the rows in arrival order (no grouping by sensor first): announce
+    (`pending`), write each sensor's rows into its ring slots (only its last `cap` can
+    survive), publish (`written`, `last`), move `covered` past what a wrap pushed out. True if
+    a wrapped row's oldest reading is still inside the window (the ring should grow)."""
+    count = np.zeros(len(key_of_code), np.int64)
+    for i in range(len(codes)):
+        count[codes[i]] += 1
+    for c in range(len(key_of_code)):
+        if count[c]:
+            key = key_of_code[c]
+            pending[key] = written[key] + count[c]
+    rank = np.zeros(len(key_of_code), np.int64)
+    newest = np.empty(len(key_of_code), np.int64)
+    for i in range(len(codes)):
+        c = codes[i]
+        j = rank[c]
+        rank[c] = j + 1
+        newest[c] = ts[i]
+        if j >= count[c] - cap:
+            key = key_of_code[c]
+            pos = key * reserved + (written[key] + j) % cap
             ts_flat[pos] = ts[i]
             value_flat[pos] = value[i]
     grow = False
-    for g in range(len(starts)):
-        key = group_keys[g]
-        n = counts[g]
+    for c in range(len(key_of_code)):
+        n = count[c]
+        if n == 0:
+            continue
+        key = key_of_code[c]
         now_written = written[key] + n
         written[key] = now_written
-        newest = ts[order[starts[g] + n - 1]]
-        last[key] = newest
+        last[key] = newest[c]
         if now_written > cap:
             oldest = ts_flat[key * reserved + now_written % cap]
             if oldest > covered[key]:
                 covered[key] = oldest
-            if oldest >= newest - window_ms:
+            if oldest >= newest[c] - window_ms:
                 grow = True
     return grow
 
@@ -210,9 +230,10 @@ def warm() -> None:
     that holds the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
     ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
     ring_bands(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
-    # The writes, with the types `HotRing.insert_grouped` hands them (1-D, contiguous, int64
-    # and float64): another signature would be compiled in the ingest thread.
-    i64, f64 = np.zeros(1, np.int64), np.zeros(1, np.float64)
-    grouped_check(i64, i64, i64, i64, i64, i64, np.ones(1, np.int64), i64, 1)
-    grouped_append(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
-                   np.zeros(1, np.int64), np.zeros(1, np.int64), i64, i64, i64, np.ones(1, np.int64), i64, f64, 2, 1)
+    # The writes, with the types `HotRing.insert_coded` hands them (1-D, contiguous; int32 key
+    # ids, uint32 codes, int64 ts, float64 values): another signature would be compiled in the
+    # ingest thread.
+    i64, f64, i32, u32 = np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.int32), np.zeros(1, np.uint32)
+    coded_check(i64, i64, i64, np.zeros(2, np.int64), 2, i32, u32, np.ones(1, np.int64), 2, 1)
+    coded_append(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                 np.zeros(1, np.int64), np.zeros(1, np.int64), i32, u32, np.ones(1, np.int64), f64, 2, 1)

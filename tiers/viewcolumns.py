@@ -7,7 +7,7 @@ minimum and a maximum), and numpy lets go of the interpreter lock in each of the
 rows. A statement builds its view beside an ingest thread that holds the lock nearly all the
 time, so each release cost it a switch interval or more: in process, a block took 1.1 ms alone
 and 2-11 ms (p50-p90) beside a thread that kept the lock busy. A numba function keeps the lock
-from entry to return (as `ingest.grouping`).
+from entry to return (as `tiers.hotkernel`).
 
 Pure: arrays in, arrays and numbers out.
 """

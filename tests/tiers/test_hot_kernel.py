@@ -93,23 +93,39 @@ def test_bands_match_sqls_buckets(cap, written, bucket_ms, since_at, until_at, s
 
 
 def test_a_compiled_append_that_wraps_moves_covered_and_says_when_to_grow():
-    from tiers.hotkernel import grouped_append, grouped_check
+    from tiers.hotkernel import coded_append, coded_check
 
     def state():  # one row of 4 slots (reserved 4) holding ts 100..103
         return (np.array([100, 101, 102, 103], np.int64), np.zeros(4, np.float64), np.array([4], np.int64),
                 np.array([4], np.int64), np.array([103], np.int64), np.array([0], np.int64))
 
-    keys, order, starts, counts = (np.zeros(1, np.int64), np.array([0, 1], np.int64), np.zeros(1, np.int64),
-                                   np.array([2], np.int64))
+    key_of_code, codes = np.zeros(1, np.int32), np.zeros(2, np.uint32)
     ts, value = np.array([104, 105], np.int64), np.array([1.5, 2.5])
     for window, grows in ((10, True), (1, False)):
         ts_flat, value_flat, written, pending, last, covered = state()
-        assert grouped_check(last, covered, written, keys, order, starts, counts, ts, 4) == 1  # pushes out two
-        grow = grouped_append(ts_flat, value_flat, 4, written, pending, last, covered, keys, order, starts, counts,
-                              ts, value, 4, window)
+        # pushes out 100 and 101: inside a 10 ms window of 105 (grow first), not a 1 ms one
+        assert coded_check(last, covered, written, ts_flat, 4, key_of_code, codes, ts, 4, window) == int(grows)
+        grow = coded_append(ts_flat, value_flat, 4, written, pending, last, covered, key_of_code, codes,
+                            ts, value, 4, window)
         assert grow is grows  # the oldest left (102) is inside a 10 ms window of 105, not a 1 ms one
         assert ts_flat.tolist() == [104, 105, 102, 103] and value_flat.tolist() == [1.5, 2.5, 0.0, 0.0]
         assert written.tolist() == pending.tolist() == [6] and last.tolist() == [105] and covered.tolist() == [102]
     ts_flat, value_flat, written, pending, last, covered = state()
-    assert grouped_check(last, covered, written, keys, order, starts, counts, np.array([103, 105], np.int64), 4) == -1
-    assert grouped_check(last, covered, written, keys, order, starts, counts, np.array([106, 105], np.int64), 4) == -1
+    for bad in ([103, 105], [106, 105], [105, 105]):  # not newer than the row; out of order; repeated
+        assert coded_check(last, covered, written, ts_flat, 4, key_of_code, codes, np.array(bad, np.int64), 4, 1) == -1
+
+
+def test_a_compiled_append_writes_interleaved_sensors_in_arrival_order():
+    from tiers.hotkernel import coded_append, coded_check
+
+    # two rows (keys 0 and 1) of 4 slots, empty; the batch's code 0 is key 1, code 1 key 0
+    ts_flat, value_flat = np.zeros(8, np.int64), np.zeros(8, np.float64)
+    written, pending = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    last, covered = np.full(2, -1, np.int64), np.zeros(2, np.int64)
+    key_of_code, codes = np.array([1, 0], np.int32), np.array([0, 1, 1, 0, 1], np.uint32)
+    ts, value = np.array([10, 11, 12, 13, 14], np.int64), np.arange(5, dtype=np.float64)
+    assert coded_check(last, covered, written, ts_flat, 4, key_of_code, codes, ts, 4, 100) == 0
+    assert not coded_append(ts_flat, value_flat, 4, written, pending, last, covered, key_of_code, codes,
+                            ts, value, 4, 100)
+    assert ts_flat.tolist() == [11, 12, 14, 0, 10, 13, 0, 0] and value_flat.tolist() == [1, 2, 4, 0, 0, 3, 0, 0]
+    assert written.tolist() == pending.tolist() == [3, 2] and last.tolist() == [14, 13]

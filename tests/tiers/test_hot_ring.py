@@ -88,48 +88,53 @@ def test_random_streams_match_a_set_model():
         assert value.tolist() == [readings[t] for t in sorted(readings)]
 
 
-@pytest.mark.parametrize("compiled, window_ms, budget", [
-    (False, 10**12, 1 << 22),
-    (True, 10**12, 1 << 22),  # the compiled writes (tiers.hotkernel), growing
-    (True, 60, 1 << 12),  # wrapping rows, the window short enough not to grow for
-    (True, 200, 1 << 22),  # wrapping rows, growing when what is left is inside the window
-    (False, 200, 1 << 22),
-    (True, 10**12, 1 << 12),  # wrapping rows that the budget cannot grow for
-    (False, 10**12, 1 << 12),
+@pytest.mark.parametrize("window_ms, budget", [
+    (10**12, 1 << 22),  # growing
+    (60, 1 << 12),  # wrapping rows, the window short enough not to grow for
+    (200, 1 << 22),  # wrapping rows, growing when what is left is inside the window
+    (10**12, 1 << 12),  # wrapping rows that the budget cannot grow for
 ])
-def test_grouped_fast_path_matches_the_general_path(monkeypatch, compiled, window_ms, budget):
-    """The layout-driven fast path stores exactly what the general path stores, or declines."""
-    from ingest.codec import SensorLayout, SensorNames
+def test_coded_fast_path_matches_the_general_path(monkeypatch, window_ms, budget):
+    """The compiled path from a batch's codes stores exactly what the general path stores,
+    or declines (changing nothing)."""
     from tiers import hot as hot_module
 
     monkeypatch.setattr(hot_module, "_compiled", None)  # restored after the test, whatever it sets
-    if compiled:
-        hot_module.use_compiled_writes()
-        assert hot_module._compiled is not None
+    hot_module.use_compiled_writes()
+    assert hot_module._compiled is not None
     rng = np.random.default_rng(11)
     fast, general = ring(window_ms=window_ms, budget=budget), ring(window_ms=window_ms, budget=budget)
-    names = SensorNames(frozenset(["a", "b", "c", "d"]))
-    clock = BASE
+    key_of_code = np.array([3, 0, 2, 1], dtype=np.int32)  # a batch's names are not in key order
+    clock, declined = BASE, 0
     for step in range(300):
         n = int(rng.integers(4, 80))
-        codes = rng.integers(0, len(names.names), n).astype(np.uint32)
-        layout = SensorLayout(names, codes)
+        codes = rng.integers(0, len(key_of_code), n).astype(np.uint32)
         # Mostly increasing per sensor; now and then a step back in time or a repeat.
         ts = clock + np.arange(n) * int(rng.integers(1, 3))
         if step % 7 == 0:
             ts = ts - int(rng.integers(0, 50))
         clock = int(ts.max()) + 1
         values = rng.random(n)
-        key_of_code = np.array([0, 1, 2, 3], dtype=np.int32)
-        masks = fast.insert_grouped(key_of_code[layout.group_codes], layout, ts, values)
+        masks = fast.insert_coded(key_of_code, codes, ts, values)
         if masks is None:
+            declined += 1
             masks = fast.insert(key_of_code[codes], ts, values)
         expected = general.insert(key_of_code[codes], ts, values)
         assert masks[0].tolist() == expected[0].tolist() and masks[1].tolist() == expected[1].tolist()
+    assert 0 < declined < 300
     for key in range(4):
         assert [a.tolist() for a in fast.series(key)] == [a.tolist() for a in general.series(key)]
         assert fast.covered_from(key) == general.covered_from(key)
     assert fast.capacity == general.capacity and len(fast) == len(general)
+
+
+def test_the_coded_path_declines_without_the_compiled_writes(monkeypatch):
+    from tiers import hot as hot_module
+
+    monkeypatch.setattr(hot_module, "_compiled", None)
+    hot = ring(window_ms=10**9, budget=1 << 22)
+    assert hot.insert_coded(np.array([0], np.int32), np.zeros(3, np.uint32), BASE + np.arange(3), np.ones(3)) is None
+    assert len(hot) == 0
 
 
 def test_growing_before_a_wrap_moves_no_reading():
