@@ -52,18 +52,21 @@ def _next_item(raw: np.ndarray, i: int) -> int:
 
 @numba.njit(cache=True)
 def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.ndarray, starts: np.ndarray,
-               out: np.ndarray) -> int:
-    """The codes of the names of the JSON array `raw` into `out`; how many, or -1 when the
-    array is not plain known names (see `ingest.arrayscan.name_codes`) or holds more than `out`."""
+               out: np.ndarray) -> tuple[int, int]:
+    """The codes of the names of the JSON array `raw` into `out`; how many, and how many
+    distinct names among them; or -1 (and 0) when the array is not plain known names (see
+    `ingest.arrayscan.name_codes`) or holds more than `out`."""
     mask = len(slots) - 1
+    seen = np.zeros(len(starts) - 1, np.uint8)
+    distinct = 0
     end = len(raw)
     i = _first_item(raw)
     if i < 0:
-        return 0 if i == _EMPTY else -1
+        return (0, 0) if i == _EMPTY else (-1, 0)
     count = 0
     while True:
         if i >= end or raw[i] != _QUOTE:
-            return -1
+            return -1, 0
         i += 1
         begin = i
         # The name's first 8 bytes as a little-endian word, then the rest up to its quote.
@@ -74,17 +77,17 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
             if byte == _QUOTE:
                 break
             if byte == _BACKSLASH or byte < 32:
-                return -1
+                return -1, 0
             head |= np.uint64(byte) << shift
             shift += np.uint64(8)
             i += 1
         while i < end and raw[i] != _QUOTE:
             byte = raw[i]
             if byte == _BACKSLASH or byte < 32:
-                return -1
+                return -1, 0
             i += 1
         if i >= end:
-            return -1
+            return -1, 0
         length = i - begin
         h = (head * _K_HEAD) ^ (np.uint64(length) * _K_LENGTH)
         h ^= h >> np.uint64(32)
@@ -92,7 +95,7 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
         while True:
             code = slots[slot]
             if code < 0:
-                return -1
+                return -1, 0
             start = starts[code]
             if heads[code] == head and starts[code + 1] - start == length:
                 same = True
@@ -104,12 +107,14 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
                     break
             slot = (slot + 1) & mask
         if count >= len(out):
-            return -1
+            return -1, 0
         out[count] = code
+        distinct += 1 - seen[code]
+        seen[code] = 1
         count += 1
         i = _next_item(raw, i + 1)
         if i < 0:
-            return count if i == _DONE else -1
+            return (count, distinct) if i == _DONE else (-1, 0)
 
 
 @numba.njit(cache=True)

@@ -295,10 +295,11 @@ def _decode_plain_batch(machine: str, payload: bytes) -> ReadingBatch | None:
         names = _MACHINE_NAMES.get(machine)
         if names is None:
             return None
-        codes = name_codes(raw, names.scan_table(), n)
-        layout = _whole_set_layout(names, codes) if codes is not None else None
-        if layout is None:
+        found = name_codes(raw, names.scan_table(), n)
+        # Only the machine's whole set of names (a batch's names are its distinct sensors).
+        if found is None or found[1] != len(names.names):
             return None
+        layout = SensorLayout(names, found[0])
         _RAW_LAYOUTS.put(raw, layout)
     elif len(layout.codes) != n:
         return None
@@ -337,14 +338,14 @@ def _layout_of_known_names(machine: str, raw_sensor: list) -> SensorLayout | Non
         codes = _codes(names, raw_sensor)
     except KeyError:
         return None
-    return _whole_set_layout(names, codes)
+    return _whole_set_layout(names, raw_sensor, codes)
 
 
-def _whole_set_layout(names: SensorNames, codes: np.ndarray) -> SensorLayout | None:
-    """The layout of `codes` over `names` when every name of the set is among them (a batch's
-    names are its distinct sensors); else None (the batch has a set of its own)."""
-    present = np.bincount(codes, minlength=len(names.names))
-    return SensorLayout(names, codes) if np.count_nonzero(present) == len(names.names) else None
+def _whole_set_layout(names: SensorNames, raw_sensor: list, codes: np.ndarray) -> SensorLayout | None:
+    """The layout of `codes` (of the names `raw_sensor`) over `names` when every name of the
+    set is among them (a batch's names are its distinct sensors); else None (the batch has a
+    set of its own)."""
+    return SensorLayout(names, codes) if len(set(raw_sensor)) == len(names.names) else None
 
 
 def _codes(names: SensorNames, raw_sensor: list) -> np.ndarray:

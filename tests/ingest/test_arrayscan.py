@@ -48,15 +48,18 @@ def test_compiled_and_python_agree_and_mean_the_json(case):
     assert (compiled is None) == (python is None), (raw, compiled, python)
     if compiled is None:
         return
-    assert compiled.tolist() == python.tolist()
-    assert [KNOWN[c] for c in compiled.tolist()] == orjson.loads(raw)
-    assert len(compiled) == rows and b"\\" not in raw
+    (codes, distinct), (python_codes, python_distinct) = compiled, python
+    assert codes.tolist() == python_codes.tolist() and distinct == python_distinct
+    assert [KNOWN[c] for c in codes.tolist()] == orjson.loads(raw)
+    assert len(codes) == rows and distinct == len(set(codes.tolist())) and b"\\" not in raw
 
 
 def test_plain_known_names_are_read_and_anything_else_is_left_to_the_decoder():
     raw = json.dumps(["a", "ch11/pressure", "é/ü", "0123456789abcdefZY", "ch1/pressure"], ensure_ascii=False).encode()
     compiled, python = _compiled_and_python(raw, 5)
-    assert compiled.tolist() == python.tolist() == [4, 2, 5, 9, 1]
+    assert compiled[0].tolist() == python[0].tolist() == [4, 2, 5, 9, 1] and compiled[1] == python[1] == 5
+    repeated = _compiled_and_python(b'["a", "ch1/temp", "a", "a"]', 4)
+    assert [(codes.tolist(), distinct) for codes, distinct in repeated] == [([4, 0, 4, 4], 2)] * 2
     for other in (b'["a", "zz"]', b'["a", 1]', b'["\\u0061", "a"]', b'["a" "a"]', b'["a", "a"] ]'):
         assert _compiled_and_python(other, 2) == (None, None), other
     # a name of the table that JSON escapes is never matched byte for byte
@@ -70,8 +73,8 @@ def test_the_slots_hash_what_the_compiled_pass_hashes():
     raw = orjson.dumps(crowded.names[::-1])
     arrayscan.warm()
     found = arrayscan.name_codes(raw, crowded, 300)
-    assert found is not None and found.tolist() == list(range(299, -1, -1))
-    assert np.array_equal(found, arrayscan._with_python(raw, crowded, 300))
+    assert found is not None and found[0].tolist() == list(range(299, -1, -1)) and found[1] == 300
+    assert np.array_equal(found[0], arrayscan._with_python(raw, crowded, 300)[0])
 
 
 @st.composite
