@@ -266,6 +266,19 @@ BYTES_PER_READING = 21
 BYTES_PER_CHUNK = 4 * (112 + 16 + 8)
 
 
+def _stable_order(rank: np.ndarray, keys: int) -> np.ndarray:
+    """`np.argsort(rank, kind="stable")` for ranks below `keys`, by numpy's radix sort: one
+    pass of 16-bit digits up to 65,536 keys, two (low digits, then high) up to 2**32. numpy
+    sorts wider integers stably by merging: 3 M rows of 100,000 keys took 409 ms that way and
+    145 ms in two radix passes."""
+    if keys <= 1 << 16:
+        return np.argsort(rank.astype(np.uint16), kind="stable")
+    if keys <= 1 << 32:
+        by_low = np.argsort((rank & 0xFFFF).astype(np.uint16), kind="stable")
+        return by_low[np.argsort((rank[by_low] >> 16).astype(np.uint16), kind="stable")]
+    return np.argsort(rank, kind="stable")
+
+
 class UnsealedData:
     """Rows per log segment, from append until the segment is sealed."""
 
@@ -348,7 +361,7 @@ class UnsealedData:
         key_ids, ts, value = _columns(parts, "key_ids", np.int32), _columns(parts, "ts", np.int64), \
             _columns(parts, "value", np.float64)
         rank = self._keys.ranks()[key_ids]
-        order = np.argsort(rank.astype(np.uint16) if len(self._keys) <= 1 << 16 else rank, kind="stable")
+        order = _stable_order(rank, len(self._keys))
         sorted_rank, sorted_ts = rank[order], ts[order]
         same_key = sorted_rank[1:] == sorted_rank[:-1]
         if np.any(same_key & (sorted_ts[1:] < sorted_ts[:-1])):

@@ -283,6 +283,16 @@ def test_sealable_rows_equal_a_sort_and_dedup_of_the_same_rows():
             fmt.sort_dedup(unsealed.tables([1]).readings.select(READINGS_SCHEMA.names).cast(READINGS_SCHEMA)))
 
 
+@pytest.mark.parametrize("keys", [3, 1 << 16, (1 << 16) + 1, 100_000, 1 << 32, (1 << 32) + 5])
+def test_the_sealing_order_is_numpys_stable_order(keys):
+    from tiers.unsealed import _stable_order
+
+    rng = np.random.default_rng(keys % 1000)
+    rank = rng.integers(0, keys, 20_000).astype(np.int64)
+    rank[::7] = rank[0]  # many repeats: stability matters
+    assert np.array_equal(_stable_order(rank, keys), np.argsort(rank, kind="stable"))
+
+
 def test_unsealed_rows_merge_with_rows_read_back_from_the_log():
     """SQL joins in-memory rows (dictionary-coded names) with segments that are only on
     disk (plain names, after a failed seal at start): one table, same rows."""
