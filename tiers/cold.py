@@ -222,11 +222,18 @@ class ColdLake:
                                      fmt.encode_values(part, encoding), what, source)
                 for i, (encoding, part) in enumerate(sorted(groups.items()))]
 
-    def _drop_stored(self, part: pa.Table, hour_files: list[LakeFile], segment: int) -> pa.Table:
+    def _drop_stored(self, part: pa.Table, hour_files: list[LakeFile], segment: int,
+                     ring_checked: bool) -> pa.Table:
         # A restored copy holds its readings as long as the archived object does: a reading in
         # it is stored already.
         others = [f for f in hour_files if f.readable
                   and not (f.writer == self.writer_id and not f.compacted and f.lo == segment)]
+        if ring_checked:
+            # The hot ring knows every reading this writer stored within its coverage (it is
+            # warmed from the lake on start) and dropped those the broker delivered again:
+            # only another writer's files can hold one of these. Reading this writer's files
+            # of the hour and joining them was a third of the sealing process's CPU.
+            others = [f for f in others if f.writer != self.writer_id]
         if not others:
             return part
         ts = part.column("ts")
@@ -269,7 +276,7 @@ class ColdLake:
         for (day, hour), part in fmt.split_by_hour(readings).items():
             prefix = layout.hour_prefix(day, hour)
             hour_files = self.lake_files("raw", prefix)  # one hour's listing, not the whole lake
-            part = self._drop_stored(part, hour_files, segment)
+            part = self._drop_stored(part, hour_files, segment, tables.ring_checked)
             written = self._write_readings(
                 lambda encoding, _i, _n, prefix=prefix:
                     prefix + layout.sealed_name(self.writer_id, segment, encoding),

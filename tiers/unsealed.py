@@ -140,6 +140,10 @@ class SegmentTables:
     # True when fresh + late is already sorted by (machine, sensor, ts) and free of
     # repeated keys (prepared for sealing), so the writer need not sort it again.
     presorted: bool = False
+    # True when every reading was checked against this writer's hot ring as it arrived
+    # (none unverified, none read back from the log): none can repeat a reading of this
+    # writer's lake files, only of another writer's (tiers.cold.ColdLake.write_segment).
+    ring_checked: bool = False
 
     @property
     def readings(self) -> pa.Table:
@@ -380,6 +384,7 @@ class UnsealedData:
             context=context_table([c for p in parts for c in p.context]),
             alerts=alerts_table([a for p in parts for a in p.alerts]),
             presorted=True,
+            ring_checked=all(flags.all() for p in parts for flags in p.verified),
         )
 
     def plan_view(self, segments: list[int], *, readings: bool = True) -> ViewPlan:

@@ -1,5 +1,6 @@
 """The cold lake on both stores: sealing, value encodings, visibility, compaction."""
 
+import dataclasses
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -136,6 +137,31 @@ def test_a_segment_beside_other_files_of_its_span_is_written_sorted_whole(store)
     assert keys == sorted((m, sensors[c], t) for b in batches for m, c, t in
                           zip([b.machine] * len(b), b.sensor_codes.tolist(), b.ts.tolist(), strict=True))
     assert len(lake_rows(lake)) == 160_000 + 2
+
+
+def test_readings_checked_by_the_ring_are_still_looked_up_in_other_writers_files(store):
+    # Another writer (an instance sharing the subscription) may have stored a reading that the
+    # broker then delivered here: this writer's ring never saw it.
+    ColdLake(store, writer_id="w1").write_segment(
+        1, tables(("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)), source="test")
+    lake = ColdLake(store, writer_id="w0")
+    checked = dataclasses.replace(tables(("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.5)), ring_checked=True)
+    lake.write_segment(1, checked, source="test")
+    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.5)]
+
+
+def test_a_segment_is_ring_checked_only_when_every_reading_was_verified():
+    from tiers.keys import SensorKeys
+    from tiers.unsealed import UnsealedData
+
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    key_ids = np.array([keys.id_of("a", "s")] * 3, np.int32)
+    unsealed.add_readings(1, key_ids, T0 + np.arange(3), np.ones(3), np.ones(3, bool))
+    unsealed.add_readings(2, key_ids, T0 + np.arange(3), np.ones(3), np.ones(3, bool))
+    unsealed.add_readings(2, key_ids[:1], np.array([T0 - 5]), np.ones(1), np.zeros(1, bool))  # late
+    assert unsealed.sealable([1]).ring_checked and not unsealed.sealable([2]).ring_checked
+    assert not tables(("a", "s", T0, 1.0)).ring_checked  # read back from the log: not checked
 
 
 def test_files_of_unsealed_segments_are_hidden(store):
