@@ -1,6 +1,7 @@
 """The cold lake on both stores: sealing, value encodings, visibility, compaction."""
 
 import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
