@@ -131,6 +131,7 @@ _BENCH_DEFAULTS: dict[str, dict[str, int | float | str]] = {
                "seal_every": "10s"},
     "cold": {"seconds": 7200.0, "machines": 3, "sensors": 4, "rate_hz": 100.0, "seal_every": "1m", "repeat": 3},
     "query": {"machines": 3, "sensors": 4, "rate_hz": 0.05, "seal_every": "30m", "repeat": 5},
+    "seal": {"seconds": 10.0, "machines": 40, "sensors": 100, "rate_hz": 250.0},
 }
 
 
@@ -146,6 +147,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          as_json=args.json)
     if args.which == "cold":
         return cmd_bench_cold(args)
+    if args.which == "seal":
+        from fabtier.bench.seal import SealBench
+        from fabtier.bench.seal import main as seal_main
+        if args.seconds <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000:
+            raise UserError("bench seal: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000]")
+        return seal_main(SealBench(machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+                                   seconds=args.seconds, seed=args.seed), args.json)
     if args.which == "query":
         return cmd_bench_query(args)
     if args.which == "dashboard":
@@ -186,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result = ingest.run(bench)
             print(ingest.report(result), flush=True)
     else:
-        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts, cold, query")
+        raise UserError(f"fabtier bench {args.which} is not built yet; available: ingest, alerts, cold, query, seal")
     if args.json:
         print(json.dumps(result))
     return 0
@@ -324,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
-    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard", "soak"])
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard", "soak", "seal"])
     bench.add_argument("--minutes", type=float, default=3.0, help="(soak) minutes of load")
     bench.add_argument("--rate", type=float, default=500_000.0, help="(soak) readings/s offered")
     bench.add_argument("--feeders", type=int, default=8, help="(soak) mosquitto_pub feeders, one machine each")
