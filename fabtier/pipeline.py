@@ -163,6 +163,7 @@ class Pipeline:
         self.seal()
         if warm:
             self._warm_ring()
+        self.unsealed.ring_knows_lake = warm
         self._recover_alerts(self.wal)
 
     def _recover_alerts(self, wal: WriteAheadLog) -> None:

@@ -232,7 +232,7 @@ class ColdLake:
             # The hot ring knows every reading this writer stored within its coverage (it is
             # warmed from the lake on start) and dropped those the broker delivered again:
             # only another writer's files can hold one of these. Reading this writer's files
-            # of the hour and joining them was a third of the sealing process's CPU.
+            # of the hour and joining them was a fifth of the sealing process's CPU.
             others = [f for f in others if f.writer != self.writer_id]
         if not others:
             return part
@@ -260,7 +260,7 @@ class ColdLake:
             # Nothing was stored already (the usual case: the hour's other files hold other
             # readings of the same span). The join's output is in no order; `part` is sorted
             # and free of repeats, so it is the answer without sorting millions of rows again
-            # (that sort was 40 % of the sealing process's CPU at full rate).
+            # (that sort was a third of the sealing process's CPU at full rate).
             return part
         return fmt.sort_dedup(kept.select(READINGS_SCHEMA.names))
 

@@ -140,9 +140,10 @@ class SegmentTables:
     # True when fresh + late is already sorted by (machine, sensor, ts) and free of
     # repeated keys (prepared for sealing), so the writer need not sort it again.
     presorted: bool = False
-    # True when every reading was checked against this writer's hot ring as it arrived
-    # (none unverified, none read back from the log): none can repeat a reading of this
-    # writer's lake files, only of another writer's (tiers.cold.ColdLake.write_segment).
+    # True when every reading was checked against this writer's hot ring as it arrived, a
+    # ring warmed from the lake (none unverified, none read back from the log): none can
+    # repeat a reading of this writer's lake files, only of another writer's
+    # (tiers.cold.ColdLake.write_segment).
     ring_checked: bool = False
 
     @property
@@ -293,6 +294,10 @@ class UnsealedData:
         self._chunks = 0
         # One statement at a time extends the views (`tables`); taken before the ingest lock.
         self.view_lock = threading.Lock()
+        # Set once the hot ring that verifies these rows was warmed from the lake (Pipeline.open):
+        # until then it does not know what this writer stored before, and no segment is
+        # `ring_checked`.
+        self.ring_knows_lake = False
 
     def _segment(self, number: int) -> _Segment:
         found = self._segments.get(number)
@@ -384,7 +389,7 @@ class UnsealedData:
             context=context_table([c for p in parts for c in p.context]),
             alerts=alerts_table([a for p in parts for a in p.alerts]),
             presorted=True,
-            ring_checked=all(flags.all() for p in parts for flags in p.verified),
+            ring_checked=self.ring_knows_lake and all(flags.all() for p in parts for flags in p.verified),
         )
 
     def plan_view(self, segments: list[int], *, readings: bool = True) -> ViewPlan:

@@ -54,7 +54,7 @@ def run(bench: SealBench, workdir: Path | None = None) -> dict:
         settings = settings_from_mapping({"data_dir": str(workdir / "data"), "api": {"port": free_port()},
                                           "cold": {"seal_every": "1h"}}, env={})
         pipeline = Pipeline(settings)
-        pipeline.open(warm=False)
+        pipeline.open()  # a ring warmed from the (empty) lake, as an instance's
         try:
             end_ms = int(time.time() * 1000)
             config = SimConfig(bench.machines, bench.sensors, bench.rate_hz, seed=bench.seed)

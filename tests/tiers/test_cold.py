@@ -161,6 +161,8 @@ def test_a_segment_is_ring_checked_only_when_every_reading_was_verified():
     unsealed.add_readings(1, key_ids, T0 + np.arange(3), np.ones(3), np.ones(3, bool))
     unsealed.add_readings(2, key_ids, T0 + np.arange(3), np.ones(3), np.ones(3, bool))
     unsealed.add_readings(2, key_ids[:1], np.array([T0 - 5]), np.ones(1), np.zeros(1, bool))  # late
+    assert not unsealed.sealable([1]).ring_checked  # a ring not warmed from the lake knows nothing of it
+    unsealed.ring_knows_lake = True
     assert unsealed.sealable([1]).ring_checked and not unsealed.sealable([2]).ring_checked
     assert not tables(("a", "s", T0, 1.0)).ring_checked  # read back from the log: not checked
 
