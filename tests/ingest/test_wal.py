@@ -1,8 +1,17 @@
+import zlib
+
 import numpy as np
+import pytest
 
 from ingest.codec import ContextEvent, ReadingBatch
 from ingest.wal import WriteAheadLog, read_segment
-from ingest.walformat import QuarantineRecord, encode_context, encode_quarantine, encode_readings
+from ingest.walformat import (
+    QuarantineRecord,
+    encode_context,
+    encode_quarantine,
+    encode_readings,
+    record_crc,
+)
 
 
 def batch(n=3, machine="etch-01"):
@@ -98,3 +107,10 @@ def test_a_close_keeps_an_active_segment_that_holds_records(tmp_path):
     wal.close()
     again = WriteAheadLog(tmp_path)
     assert again.leftover_segments() == [1] and again.active == 2
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * 1024 - 1, 5 * 1024, 5 * 1024 + 1, 10 * 1024, 10 * 1024 + 7, 100_003])
+def test_a_record_checksummed_in_pieces_has_the_checksum_of_the_whole(size):
+    body = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    for kind in (0, 1, 7):
+        assert record_crc(body, kind) == zlib.crc32(body, kind)
