@@ -150,7 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "seal":
         from fabtier.bench.seal import SealBench
         from fabtier.bench.seal import main as seal_main
-        if args.seconds <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000:
+        if args.seconds <= 0 or not _fleet_ok(args):
             raise UserError("bench seal: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000]")
         return seal_main(SealBench(machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
                                    seconds=args.seconds, seed=args.seed), args.json)
@@ -206,6 +206,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz, seed=args.seed)
 
 
+def _fleet_ok(args: argparse.Namespace) -> bool:
+    """A simulated fleet the benches can build: --machines and --sensors >= 1, --rate-hz in (0, 1000]."""
+    return args.machines >= 1 and args.sensors >= 1 and 0 < args.rate_hz <= 1000
+
+
 def cmd_bench_cold(args: argparse.Namespace) -> int:
     from core.units import parse_duration
     from fabtier.bench.cold import main as bench_main
@@ -214,8 +219,7 @@ def cmd_bench_cold(args: argparse.Namespace) -> int:
         args.seal_every = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
     except ValueError:
         raise UserError(f"bench cold: --seal-every {args.seal_every!r} is not a duration; e.g. 1m") from None
-    if args.seconds <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000 \
-            or not 0 <= args.jitter < 1 or args.seal_every <= 0 or args.repeat < 1:
+    if args.seconds <= 0 or not _fleet_ok(args) or not 0 <= args.jitter < 1 or args.seal_every <= 0 or args.repeat < 1:
         raise UserError("bench cold: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
                         "--jitter in [0, 1), --seal-every > 0, --repeat >= 1")
     return bench_main(args)
@@ -231,8 +235,7 @@ def cmd_bench_query(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"bench query: --days {args.days!r} must be numbers separated by commas (e.g. 1,7,30), "
                         f"--seal-every {args.seal_every!r} a duration (e.g. 30m)") from None
-    if not days or min(days) <= 0 or args.machines < 1 or args.sensors < 1 or not 0 < args.rate_hz <= 1000 \
-            or seal_every <= 0 or args.repeat < 1:
+    if not days or min(days) <= 0 or not _fleet_ok(args) or seal_every <= 0 or args.repeat < 1:
         raise UserError("bench query: give --days > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
                         "--seal-every > 0, --repeat >= 1")
     return bench_main(days=days, repeat=args.repeat, seed=args.seed, as_json=args.json, machines=args.machines,

@@ -338,13 +338,7 @@ def _layout_of_known_names(machine: str, raw_sensor: list) -> SensorLayout | Non
         codes = _codes(names, raw_sensor)
     except KeyError:
         return None
-    return _whole_set_layout(names, raw_sensor, codes)
-
-
-def _whole_set_layout(names: SensorNames, raw_sensor: list, codes: np.ndarray) -> SensorLayout | None:
-    """The layout of `codes` (of the names `raw_sensor`) over `names` when every name of the
-    set is among them (a batch's names are its distinct sensors); else None (the batch has a
-    set of its own)."""
+    # Every name of the set among them, or the batch has a set of its own.
     return SensorLayout(names, codes) if len(set(raw_sensor)) == len(names.names) else None
 
 

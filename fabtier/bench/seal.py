@@ -42,7 +42,9 @@ class SealBench:
 
 
 def _cpu_seconds() -> float:
-    """CPU of this process and of its children that were waited for (the seal's)."""
+    """CPU of this process and of its children that were waited for (the seal's), to the
+    microsecond (`fabtier.bench.harness.process_cpu_seconds` reads /proc in 10 ms ticks: a
+    short phase, such as a small baseline write, reads as nothing)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
