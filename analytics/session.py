@@ -100,7 +100,21 @@ _READINGS_PARTS = ("SELECT machine, sensor, ts, value FROM cold_raw",
 def readings_view(*, has_fresh: bool, has_late: bool) -> str:
     """The statement that makes `readings` the union of the parts that have rows."""
     parts = [part for part, present in zip(_READINGS_PARTS, (True, has_fresh, has_late), strict=True) if present]
-    return "CREATE OR REPLACE VIEW readings AS " + "\n  UNION ALL ".join(parts)
+    return "CREATE OR REPLACE VIEW readings AS " + raw_union(parts)
+
+
+def raw_union(selects: Sequence[str]) -> str:
+    """`selects` (each `SELECT machine, sensor, ts, value ...`) as one query of those columns.
+
+    A statement that needs none of a union's columns (`count(*)`) still makes DuckDB read one
+    column of every row from each part: the union's first. Here the first is a constant that
+    the outer SELECT drops, so such a statement reads no column and DuckDB counts the lake's
+    rows from the files' footers (count(*) of 30 M lake rows: 50 -> 10 ms of CPU). A
+    statement that needs a column reads it as before: the constant is pruned."""
+    if len(selects) == 1:
+        return selects[0]
+    tagged = ["SELECT NULL AS _rows, " + s.removeprefix("SELECT ") for s in selects]
+    return "SELECT machine, sensor, ts, value FROM (" + "\n  UNION ALL ".join(tagged) + ")"
 
 
 @dataclass(frozen=True)
@@ -389,7 +403,7 @@ class Session:
                 self.con.register(f"cold_raw_{i}", part)
                 selects.append(f"SELECT machine, sensor, ts, value::DOUBLE AS value FROM cold_raw_{i}")
         # DuckDB's DECIMAL -> DOUBLE cast is one correctly rounded division: bit-exact.
-        self.con.execute("CREATE OR REPLACE VIEW cold_raw AS " + " UNION ALL ".join(selects))
+        self.con.execute("CREATE OR REPLACE VIEW cold_raw AS " + raw_union(selects))
         self._raw_parts = parts
         self._raw_shape = shape
 

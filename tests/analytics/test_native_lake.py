@@ -3,13 +3,16 @@ answers as through pyarrow, only the lake's raw and aggregate files in reach, an
 goes away between listing and reading is the store's failure, not the statement's."""
 
 import dataclasses
+import json
 import os
 import time
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 
-from analytics.session import run_sql
+from analytics.session import Session, run_sql
 from core.errors import SqlError
 from fabtier.bench.query import _iso, _sources, build_lake
 from tiers.store import StoreError
@@ -67,7 +70,6 @@ def test_a_statement_reaches_the_lakes_files_only_through_the_views(lake, tmp_pa
         with pytest.raises(SqlError, match="not part of the SQL surface|names a file"):
             run_sql(sources, sql)
     # DuckDB's own guard stands behind: outside the lake's data directories, nothing opens.
-    from analytics.session import Session
     session = Session(lake_dir=sources.lake_dir)
     session.bind(sources)
     with pytest.raises(duckdb.Error, match="disabled by configuration|Permission"):
@@ -89,3 +91,42 @@ def test_a_file_gone_between_listing_and_reading_is_a_store_failure(lake, tmp_pa
             run_sql(sources, "SELECT count(*) FROM readings")
     finally:
         os.rename(kept, victim)
+
+
+def _scans(plan: list[dict]) -> list[dict]:
+    """Every table scan of an `EXPLAIN (FORMAT json)` plan."""
+    found = []
+    for node in plan:
+        if node["name"] in ("READ_PARQUET", "PYTHON_ARROW_SCAN", "ARROW_SCAN_DUMB"):
+            found.append(node)
+        found.extend(_scans(node["children"]))
+    return found
+
+
+def test_a_count_of_every_reading_reads_no_column_of_the_lake(lake):
+    """count(*) over the union of two lake parts and unsealed rows reads only the files'
+    footers (DuckDB otherwise reads the union's first column, machine, from every lake row),
+    and still counts every row; a statement that needs a column reads it."""
+    built, _, readings = lake
+    sources = _sources(built)
+    files = sources.cold_raw[0].files
+    assert len(files) > 2
+    halves = [ds.dataset(files[:2], format="parquet"), ds.dataset(files[2:], format="parquet")]
+    fresh = pa.table({"machine": ["m01", "m02"], "sensor": ["s1", "s1"],
+                      "ts": pa.array([1_000, 2_000], pa.timestamp("ms", tz="UTC")), "value": [1.0, 2.0]},
+                     schema=sources.hot_fresh.schema)
+    both = dataclasses.replace(sources, cold_raw=halves, hot_fresh=fresh)
+    assert run_sql(both, "SELECT count(*) AS n FROM readings").column("n")[0].as_py() == readings + 2
+    session = Session(lake_dir=both.lake_dir)
+    try:
+        session.bind(both)
+
+        def lake_projections(sql: str) -> list[str]:
+            plan = json.loads(session.con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()[0][1])
+            return [s["extra_info"].get("Projections", "") for s in _scans(plan) if s["name"] == "READ_PARQUET"]
+
+        assert lake_projections("SELECT count(*) FROM readings") == ["", ""]
+        assert lake_projections("SELECT count(*) FROM cold_raw") == ["", ""]
+        assert lake_projections("SELECT max(value) FROM readings") == ["value", "value"]
+    finally:
+        session.close()
