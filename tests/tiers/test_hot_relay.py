@@ -1,11 +1,14 @@
 """Re-laying the ring (more keys, another capacity) keeps each sensor's newest readings in
 order, whatever the rows' fill and wrap, and a ring of 100,000 sensors gets there by numpy
-in blocks of rows rather than by a loop over them."""
+in blocks of rows rather than by a loop over them; where the system lends address space,
+keys that double while the rows are young are not re-laid at all."""
 
 import random
 
 import numpy as np
+import pytest
 
+from tiers import hot
 from tiers.hot import HotRing
 
 BASE = 1_764_000_000_000
@@ -23,7 +26,9 @@ def _contents(ring: HotRing, keys: int) -> dict[int, list]:
     return out
 
 
-def test_a_relay_keeps_the_newest_readings_of_every_row_in_order():
+@pytest.mark.parametrize("spare", [hot._SPARE_ROWS_FACTOR, 0], ids=["spare-rows", "no-spare-rows"])
+def test_a_relay_keeps_the_newest_readings_of_every_row_in_order(monkeypatch, spare):
+    monkeypatch.setattr(hot, "_SPARE_ROWS_FACTOR", spare)
     for seed in range(6):
         rng = random.Random(seed)
         ring = HotRing(window_ms=10**12, memory_budget=1 << 30, covered_from=BASE - 1)
@@ -54,21 +59,42 @@ def test_a_relay_keeps_the_newest_readings_of_every_row_in_order():
                 assert ring.covered_from(k) <= expected
 
 
-def test_a_relay_works_in_blocks_not_row_by_row(monkeypatch):
-    calls = []
+def _count_relayed_rows(monkeypatch) -> list[int]:
+    calls: list[int] = []
     relay_rows = HotRing._relay_rows
 
     def counted(self, first, stop, *args):
         calls.append(stop - first)
         return relay_rows(self, first, stop, *args)
     monkeypatch.setattr(HotRing, "_relay_rows", counted)
+    return calls
+
+
+def _fill_a_fab(sensors: int, step: int) -> HotRing:
     ring = HotRing(window_ms=60_000, memory_budget=1 << 30, covered_from=BASE - 1)
-    sensors, step = 100_000, 1_000
     for first in range(0, sensors, step):  # sensors appear a thousand at a time
         key_ids = np.arange(first, first + step, dtype=np.int32)
         ring.insert(key_ids, np.full(step, BASE, np.int64), np.ones(step))
     assert len(ring) == sensors
     assert all(ring.series(k)[0].tolist() == [BASE] for k in range(0, sensors, 997))
+    return ring
+
+
+def test_a_relay_works_in_blocks_not_row_by_row(monkeypatch):
+    monkeypatch.setattr(hot, "_SPARE_ROWS_FACTOR", 0)  # as where no address space is lent
+    calls = _count_relayed_rows(monkeypatch)
+    sensors = 100_000
+    _fill_a_fab(sensors, 1_000)
     # Each doubling of the rows re-laid every row so far, thousands of rows a call.
     assert sum(calls) >= sensors and max(calls) >= 1000
     assert len(calls) <= sum(calls) / 500, calls
+
+
+def test_keys_that_double_into_spare_rows_are_not_re_laid(monkeypatch):
+    """100,000 sensors appearing a thousand at a time: the rows are re-laid once, when the
+    first reservation's 64 x 64 rows run out (a few thousand rows), not at every doubling."""
+    calls = _count_relayed_rows(monkeypatch)
+    ring = _fill_a_fab(100_000, 1_000)
+    assert sum(calls) <= 64 * (hot._SPARE_ROWS_FACTOR + 1), calls
+    # The budget still bounds what the rows in use can hold.
+    assert ring.memory_bytes <= 1 << 30
