@@ -52,8 +52,9 @@ _INITIAL_KEYS = 64
 # sensors appear within its first seconds) their rows then stay where they are, instead of
 # being re-laid into new arrays at every doubling. A re-layout writes each row into a page of
 # its own (a row spans one or more pages), and a page's first write costs ~2 us: the eleven
-# doublings up to 100,000 keys took 1.1 s of the ingest thread's CPU. 64 times the rows:
-# one re-layout on the way to 4,096 keys, the next at 524,288.
+# doublings up to 100,000 keys took 1.1 s of the ingest thread's CPU. Up to 64 times the
+# rows, and no more than the budget holds at a page of each store a row (`_allocate`): with
+# the default 2 GiB, one re-layout on the way to 4,096 keys, the next at 262,144.
 _SPARE_ROWS_FACTOR = 63
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 _NEVER = np.iinfo(np.int64).min
@@ -138,7 +139,12 @@ class HotRing:
     def _allocate(self, rows: int, capacity: int) -> None:
         """Fresh arrays of `rows` rows, each reserved at the budget's largest capacity."""
         reserved = max(capacity, self._fit_capacity(self.memory_budget, rows))
-        spare = rows * _SPARE_ROWS_FACTOR
+        spare = 0
+        if reserved * 8 >= mmap.PAGESIZE:
+            # A row's first reading backs a page of each store, whatever the row's stride: rows
+            # to spare only while every one of them, so backed, keeps the ring within budget
+            # (rows that share pages take no spare: more of them would not fit).
+            spare = max(0, min(rows * _SPARE_ROWS_FACTOR, self.memory_budget // (2 * mmap.PAGESIZE) - rows))
         try:
             ts_store = _reserve(rows, reserved, np.int64, spare_rows=spare)
             value_store = _reserve(rows, reserved, np.float64, spare_rows=ts_store.shape[0] - rows)

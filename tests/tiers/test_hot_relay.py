@@ -3,6 +3,7 @@ order, whatever the rows' fill and wrap, and a ring of 100,000 sensors gets ther
 in blocks of rows rather than by a loop over them; where the system lends address space,
 keys that double while the rows are young are not re-laid at all."""
 
+import mmap
 import random
 
 import numpy as np
@@ -98,3 +99,27 @@ def test_keys_that_double_into_spare_rows_are_not_re_laid(monkeypatch):
     assert sum(calls) <= 64 * (hot._SPARE_ROWS_FACTOR + 1), calls
     # The budget still bounds what the rows in use can hold.
     assert ring.memory_bytes <= 1 << 30
+
+
+def _backed_bytes(ring: HotRing) -> int:
+    """The memory the rows in use back: each written row's slots, by whole pages of both
+    stores (a page two rows share counted once)."""
+    page = mmap.PAGESIZE
+    held = np.minimum(ring._written[:ring._keys], ring.capacity)
+    rows = np.flatnonzero(held)
+    start = rows * ring._reserved * 8
+    first, last = start // page, (start + held[rows] * 8 - 1) // page
+    pages = int((last - first + 1).sum()) - int(np.count_nonzero(first[1:] == last[:-1]))
+    return 2 * pages * page
+
+
+def test_spare_rows_never_let_young_rows_outgrow_the_budget():
+    """Keys appearing past what the budget holds at a page a row: the rows are re-laid to
+    share pages, as without spare rows, and what they back stays within the budget."""
+    budget = 16 << 20
+    ring = HotRing(window_ms=60_000, memory_budget=budget, covered_from=BASE - 1)
+    for first in range(0, 6_000, 250):
+        key_ids = np.arange(first, first + 250, dtype=np.int32)
+        ring.insert(key_ids, np.full(250, BASE, np.int64), np.ones(250))
+        assert _backed_bytes(ring) <= budget, (first, ring._reserved, ring._ts_store.shape)
+    assert ring.series(5_999)[0].tolist() == [BASE]
