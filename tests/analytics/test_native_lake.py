@@ -93,13 +93,13 @@ def test_a_file_gone_between_listing_and_reading_is_a_store_failure(lake, tmp_pa
         os.rename(kept, victim)
 
 
-def _scans(plan: list[dict]) -> list[dict]:
-    """Every table scan of an `EXPLAIN (FORMAT json)` plan."""
+def _parquet_scans(plan: list[dict]) -> list[dict]:
+    """Every Parquet scan of an `EXPLAIN (FORMAT json)` plan."""
     found = []
     for node in plan:
-        if node["name"] in ("READ_PARQUET", "PYTHON_ARROW_SCAN", "ARROW_SCAN_DUMB"):
+        if node["name"] == "READ_PARQUET":
             found.append(node)
-        found.extend(_scans(node["children"]))
+        found.extend(_parquet_scans(node["children"]))
     return found
 
 
@@ -123,7 +123,7 @@ def test_a_count_of_every_reading_reads_no_column_of_the_lake(lake):
 
         def lake_projections(sql: str) -> list[str]:
             plan = json.loads(session.con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()[0][1])
-            return [s["extra_info"].get("Projections", "") for s in _scans(plan) if s["name"] == "READ_PARQUET"]
+            return [s["extra_info"].get("Projections", "") for s in _parquet_scans(plan)]
 
         assert lake_projections("SELECT count(*) FROM readings") == ["", ""]
         assert lake_projections("SELECT count(*) FROM cold_raw") == ["", ""]
