@@ -100,6 +100,22 @@ class _Segment:
     # Each batch's first and last ts (epoch ms), by which a statement's time bounds prune it.
     fresh_spans: list[tuple[int, int]] = field(default_factory=list)
     late_spans: list[tuple[int, int]] = field(default_factory=list)
+    # Views of merged blocks that appending made as it merged them (`UnsealedData.add_readings`),
+    # by the id of the block's ts array, until a statement adds them to the view.
+    prepared: dict[int, _ChunkView] = field(default_factory=dict)
+    # Memory of the views (prepared or added): the name codes, and the rows a split block copied.
+    view_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class _ChunkView:
+    """SQL's view of one chunk: its fresh rows and its late ones (None: there are none)."""
+
+    fresh: pa.RecordBatch | None
+    late: pa.RecordBatch | None
+    fresh_span: tuple[int, int]
+    late_span: tuple[int, int]
+    bytes: int
 
 
 RECORD_KINDS = frozenset({"quarantine", "context", "alerts"})
@@ -266,6 +282,10 @@ def _sql_batch(part: _Segment, index: int, machine_codes: np.ndarray, machines: 
 
 # Bytes a reading holds here: key id (4), ts (8), value (8), verified flag (1).
 BYTES_PER_READING = 21
+# And once SQL's view holds it: its machine and sensor codes (4 each). A block that holds both
+# fresh and late rows is copied into one batch of each (value, ts, two codes: 24).
+BYTES_PER_VIEWED_READING = 8
+BYTES_PER_SPLIT_READING = 24
 # And each appended batch: four numpy array objects, their allocations' headers and list slots
 # (~1 byte a reading more at 500-reading batches; ~500 bytes a reading for single readings).
 BYTES_PER_CHUNK = 4 * (112 + 16 + 8)
@@ -284,6 +304,33 @@ def _stable_order(rank: np.ndarray, keys: int) -> np.ndarray:
     return np.argsort(rank, kind="stable")
 
 
+def _chunk_view(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> _ChunkView:
+    """SQL's view of chunk `index` of `part`: a batch of fresh rows or of late ones, or (a
+    chunk holding both: copied) one of each."""
+    key_codes_of_machine, machines, key_codes_of_sensor, sensors = names
+    verified = part.verified[index]
+    machine_codes, sensor_codes, fresh, fresh_span, late_span = block_columns(
+        part.key_ids[index], key_codes_of_machine, key_codes_of_sensor, part.ts[index], verified)
+    batch = _sql_batch(part, index, machine_codes, machines, sensor_codes, sensors)
+    rows = len(verified)
+    if fresh == rows:
+        return _ChunkView(batch, None, fresh_span, late_span, BYTES_PER_VIEWED_READING * rows)
+    if fresh == 0:
+        return _ChunkView(None, batch, fresh_span, late_span, BYTES_PER_VIEWED_READING * rows)
+    mask = pa.array(verified, type=pa.bool_())
+    return _ChunkView(batch.filter(mask), batch.filter(pc.invert(mask)), fresh_span, late_span,
+                      BYTES_PER_SPLIT_READING * rows)
+
+
+def _add_view(part: _Segment, view: _ChunkView) -> None:
+    if view.fresh is not None:
+        part.fresh_batches.append(view.fresh)
+        part.fresh_spans.append(view.fresh_span)
+    if view.late is not None:
+        part.late_batches.append(view.late)
+        part.late_spans.append(view.late_span)
+
+
 class UnsealedData:
     """Rows per log segment, from append until the segment is sealed."""
 
@@ -292,6 +339,10 @@ class UnsealedData:
         self._segments: dict[int, _Segment] = {}
         self._rows = 0
         self._chunks = 0
+        self._view_bytes = 0
+        # Set by the first statement that reads the readings: from then on, appending makes the
+        # view of each block it merges (`add_readings`), so that a statement only adds it.
+        self._views_wanted = False
         # One statement at a time extends the views (`tables`); taken before the ingest lock.
         self.view_lock = threading.Lock()
         # Set once the hot ring that verifies these rows was warmed from the lake (Pipeline.open):
@@ -319,6 +370,16 @@ class UnsealedData:
         if target.unmerged >= _MERGE_ROWS:
             self._chunks -= _merge_chunks(target, max(target.merged, target.viewed))
             target.merged, target.unmerged = len(target.ts), 0
+            if self._views_wanted:
+                # Here, not in the statement: the statement's thread gives the interpreter
+                # lock up in each numpy and Arrow call of a view, and beside the ingest thread
+                # each hand-back cost it a switch interval (a block of 128 k rows, ~0.5 ms of
+                # this thread's time, took a statement 3-4 ms). Only the last merged chunks'
+                # tail, under `_MERGE_ROWS` rows, is left to the statement.
+                view = _chunk_view(target, len(target.ts) - 1, self._keys.name_codes())
+                target.prepared[id(target.ts[-1])] = view
+                target.view_bytes += view.bytes
+                self._view_bytes += view.bytes
 
     def add_quarantine(self, segment: int, record: QuarantineRecord) -> None:
         self._segment(segment).quarantine.append(record)
@@ -344,9 +405,10 @@ class UnsealedData:
 
     @property
     def bytes(self) -> int:
-        """Memory held by readings (what `[ingest] max_unsealed` limits): their columns and,
-        per appended batch, the arrays' own overhead; plain counters, as `rows`."""
-        return BYTES_PER_READING * self._rows + BYTES_PER_CHUNK * self._chunks
+        """Memory held by readings (what `[ingest] max_unsealed` limits): their columns,
+        per appended batch the arrays' own overhead, and SQL's views of them; plain counters,
+        as `rows`."""
+        return BYTES_PER_READING * self._rows + BYTES_PER_CHUNK * self._chunks + self._view_bytes
 
     def pressure(self, limit: int) -> int:
         """How full, against `[ingest] max_unsealed` (`limit`): 0 not much; 1 over half of it,
@@ -360,6 +422,7 @@ class UnsealedData:
         if dropped is not None:
             self._rows -= dropped.rows
             self._chunks -= len(dropped.ts)
+            self._view_bytes -= dropped.view_bytes
 
     def sealable(self, segments: list[int]) -> SegmentTables:
         """The segments' rows for sealing: sorted by (machine, sensor, ts), first arrival of
@@ -403,6 +466,7 @@ class UnsealedData:
         parts = [part for _, part in numbered]
         pending = []
         if readings:
+            self._views_wanted = True
             for number, part in numbered:
                 end = len(part.ts)
                 if part.viewed < end:
@@ -428,11 +492,18 @@ class UnsealedData:
             if self._segments.get(noted.number) is part:  # not dropped (sealed) meanwhile
                 self._chunks -= gone
 
+    def _holds(self, part: _Segment) -> bool:
+        return any(held is part for held in self._segments.values())
+
     def _forget_view(self, part: _Segment, lock: AbstractContextManager) -> None:
         """After a view could not be built: the next statement builds the segment's anew."""
         with lock:
             part.viewed = 0
             part.fresh_batches, part.late_batches, part.fresh_spans, part.late_spans = [], [], [], []
+            part.prepared = {}
+            if self._holds(part):  # else drop() took its views' bytes off already
+                self._view_bytes -= part.view_bytes
+            part.view_bytes = 0
 
     def build_view(self, plan: ViewPlan, *, ts_bounds: tuple[int | None, int | None] | None = None,
                    lock: AbstractContextManager | None = None,
@@ -448,34 +519,22 @@ class UnsealedData:
                 try:
                     if noted.end - noted.tail > 1:
                         self._merge_tail(noted, guard)
+                    made = 0
                     for index in range(noted.start, part.viewed):  # merged blocks, the last the tail
-                        self._view_chunk(part, index, names)
+                        view = part.prepared.pop(id(part.ts[index]), None)
+                        if view is None:
+                            view = _chunk_view(part, index, names)
+                            made += view.bytes
+                        _add_view(part, view)
+                    if made:
+                        with guard:  # the ingest thread counts prepared views under it
+                            part.view_bytes += made
+                            if self._holds(part):
+                                self._view_bytes += made
                 except BaseException:
                     self._forget_view(part, guard)
                     raise
         return self._shown(plan, ts_bounds, records)
-
-    @staticmethod
-    def _view_chunk(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> None:
-        """Chunk `index` of `part` added to its view: a batch of fresh rows or of late ones, or
-        (a chunk holding both: copied) one of each."""
-        key_codes_of_machine, machines, key_codes_of_sensor, sensors = names
-        verified = part.verified[index]
-        machine_codes, sensor_codes, fresh, fresh_span, late_span = block_columns(
-            part.key_ids[index], key_codes_of_machine, key_codes_of_sensor, part.ts[index], verified)
-        batch = _sql_batch(part, index, machine_codes, machines, sensor_codes, sensors)
-        if fresh == len(verified):
-            part.fresh_batches.append(batch)
-            part.fresh_spans.append(fresh_span)
-        elif fresh == 0:
-            part.late_batches.append(batch)
-            part.late_spans.append(late_span)
-        else:
-            mask = pa.array(verified, type=pa.bool_())
-            part.fresh_batches.append(batch.filter(mask))
-            part.late_batches.append(batch.filter(pc.invert(mask)))
-            part.fresh_spans.append(fresh_span)
-            part.late_spans.append(late_span)
 
     def tables(self, segments: list[int], *, readings: bool = True,
                ts_bounds: tuple[int | None, int | None] | None = None,

@@ -237,5 +237,42 @@ def test_views_built_without_the_ingest_lock_hold_a_prefix_of_what_was_appended(
     assert seen == starts[-1] and views > 10
     sealed = unsealed.sealable([1]).fresh.column("ts").cast(pa.int64()).to_numpy()
     assert np.array_equal(np.sort(sealed), np.arange(starts[-1]))
+    part = unsealed._segments[1]
+    # The chunks counted are the chunks held, and the views' bytes those of the segment's views,
+    # made here or by the appending thread: every row's codes, or a copy where a block was split.
     assert unsealed.bytes == unsealed_module.BYTES_PER_READING * starts[-1] + \
-        unsealed_module.BYTES_PER_CHUNK * len(unsealed._segments[1].ts)  # the chunks counted are the chunks held
+        unsealed_module.BYTES_PER_CHUNK * len(part.ts) + part.view_bytes
+    assert unsealed_module.BYTES_PER_VIEWED_READING * starts[-1] <= part.view_bytes \
+        <= unsealed_module.BYTES_PER_SPLIT_READING * starts[-1]
+    unsealed.drop(1)
+    assert unsealed.bytes == 0
+
+
+def test_once_sql_reads_the_rows_appending_views_each_block_it_merges_and_a_query_only_adds_it(monkeypatch):
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
+    rng = random.Random(11)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    while len(rows) < 200:
+        _append(unsealed, keys, rng, 1, rows)
+    part = unsealed._segments[1]
+    assert part.prepared == {} and unsealed.bytes == unsealed_module.BYTES_PER_READING * len(rows) + \
+        unsealed_module.BYTES_PER_CHUNK * len(part.ts)  # no statement yet: appending made no view
+    unsealed.tables([1])
+    viewed = len(part.ts)
+    for _ in range(20):  # ~10 blocks merged by appending, after the statement
+        _append(unsealed, keys, rng, 1, rows)
+    blocks = part.ts[viewed:part.merged]
+    assert len(blocks) >= 2 and {id(b) for b in blocks} == set(part.prepared)
+    prepared = [v for v in part.prepared.values()]
+    view = unsealed.tables([1])
+    assert part.prepared == {}
+    kept = {id(b) for b in part.fresh_batches + part.late_batches}
+    assert all(id(b) in kept for v in prepared for b in (v.fresh, v.late) if b is not None)  # added, not made again
+    assert _rows(view.fresh) == _expected(rows, True) and _rows(view.late) == _expected(rows, False)
+    assert unsealed.bytes == unsealed_module.BYTES_PER_READING * len(rows) + \
+        unsealed_module.BYTES_PER_CHUNK * len(part.ts) + part.view_bytes
+    assert unsealed_module.BYTES_PER_VIEWED_READING * len(rows) <= part.view_bytes
+    unsealed.drop(1)
+    assert unsealed.bytes == 0
