@@ -18,7 +18,8 @@ without opening them. `read_raw` gives exact float64 values to Python callers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -44,6 +45,7 @@ _TS = pa.timestamp("ms", tz="UTC")
 # Scanner options for reads that bound their memory: one file and two batches ahead, not
 # Arrow's default of several files and sixteen batches each (hundreds of MB in flight).
 LEAN_SCAN = {"fragment_readahead": 1, "batch_readahead": 2}
+_KEPT_DATASETS = 16  # ColdLake._reused: a raw dataset per value encoding, and the other kinds'
 _SCHEMAS = {"raw": READINGS_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "context": CONTEXT_SCHEMA,
             "alerts": ALERTS_SCHEMA}
 
@@ -100,6 +102,10 @@ class ColdLake:
         self._format = ds.ParquetFileFormat()
         self._local = isinstance(self._fs, pafs.LocalFileSystem)
         self._forked = False
+        # Datasets by the files they hold (`_reused`): a statement over an unchanged lake takes
+        # the last one's instead of building and freeing a fragment per file (each build and
+        # free gives the interpreter lock up: beside the ingest thread, a switch interval each).
+        self._datasets: dict[tuple, ds.Dataset] = {}
 
     def after_fork(self) -> None:
         """In a forked child: the store's clients of its own (the parent's pooled connections
@@ -112,6 +118,7 @@ class ColdLake:
         if after_fork is not None:
             after_fork()
         self._forked = True
+        self._datasets = {}  # over the parent's file system
         if self._local:
             self._fs, self._root = self.store.arrow_filesystem()
 
@@ -174,17 +181,32 @@ class ColdLake:
             groups.setdefault(f.encoding, []).append(f)
         if not groups:
             return [ds.dataset(READINGS_SCHEMA.empty_table())]
-        return [ds.FileSystemDataset([self._fragment(f) for f in members], schema=raw_schema(encoding),
-                                     format=self._format, filesystem=self._fs)
+        return [self._reused(("raw", encoding, tuple((f.key, f.size, f.day, f.hour) for f in members)),
+                             functools.partial(self._raw_dataset, encoding, members))
                 for encoding, members in sorted(groups.items())]
+
+    def _raw_dataset(self, encoding: str, members: list[LakeFile]) -> ds.Dataset:
+        return ds.FileSystemDataset([self._fragment(f) for f in members], schema=raw_schema(encoding),
+                                    format=self._format, filesystem=self._fs)
+
+    def _reused(self, files: tuple, build: Callable[[], ds.Dataset]) -> ds.Dataset:
+        """The dataset of `files` (what identifies them: kind, keys, sizes), built once while
+        the lake keeps them; the latest few are kept."""
+        found = self._datasets.get(files)
+        if found is None:
+            found = self._datasets[files] = build()
+            for stale in list(self._datasets)[:-_KEPT_DATASETS]:  # oldest first; list(): one step
+                self._datasets.pop(stale, None)
+        return found
 
     def dataset(self, kind: str, hidden_segments=frozenset()) -> ds.Dataset:
         """The `quarantine`, `context` or `alerts` files as one dataset."""
         if kind == "raw":
             raise TypeError("raw files have one schema per value encoding: use raw_datasets() "
                             "(for DuckDB) or read_raw() (exact float64 values)")
-        return ds.dataset(self.files(kind, set(hidden_segments)), filesystem=self._fs,
-                          format="parquet", schema=_SCHEMAS[kind])
+        files = self.files(kind, set(hidden_segments))
+        return self._reused((kind, tuple(files)), lambda: ds.dataset(files, filesystem=self._fs, format="parquet",
+                                                                     schema=_SCHEMAS[kind]))
 
     def read_raw(self, filter: ds.Expression | None = None, hidden_segments=frozenset(),
                  files: list[LakeFile] | None = None, lean: bool = False) -> pa.Table:

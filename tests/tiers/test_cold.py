@@ -184,6 +184,21 @@ def test_files_of_unsealed_segments_are_hidden(store):
     assert lake_rows(other, hidden={2}) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)]
 
 
+def test_a_statement_over_an_unchanged_lake_reuses_its_datasets_and_a_new_file_is_read(store):
+    lake = ColdLake(store, writer_id="w0")
+    lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
+    first, again = lake.raw_datasets(), lake.raw_datasets()
+    assert [id(d) for d in again] == [id(d) for d in first]  # nothing built (nor freed) again
+    assert lake.dataset("context") is lake.dataset("context")
+    lake.write_segment(2, tables(("a", "s", T0 + 2, 2.0)), source="test")
+    (grown,) = lake.raw_datasets()
+    assert grown is not first[0] and len(grown.files) == 2
+    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0)]
+    # Rewritten with other rows (another size): read as it is now.
+    lake.write_segment(2, tables(("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.0)), source="test")
+    assert lake_rows(lake) == [("a", "s", T0 + 1, 1.0), ("a", "s", T0 + 2, 2.0), ("a", "s", T0 + 3, 3.0)]
+
+
 def test_archived_files_are_not_read(store):
     lake = ColdLake(store, writer_id="w0")
     lake.write_segment(1, tables(("a", "s", T0 + 1, 1.0)), source="test")
