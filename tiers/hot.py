@@ -39,9 +39,10 @@ from typing import TypeVar
 import numpy as np
 
 T = TypeVar("T")
-# The compiled writes (tiers.hotkernel.coded_check, coded_append) once `use_compiled_writes`
-# has loaded them; numpy until then (a process that never loads numba: tests, tools).
-_compiled: tuple[Callable, Callable] | None = None
+# The compiled writes (tiers.hotkernel.coded_check, coded_append) and count (ring_rows, for
+# `len`) once `use_compiled_writes` has loaded them; numpy until then (a process that never
+# loads numba: tests, tools).
+_compiled: tuple[Callable, Callable, Callable] | None = None
 # A sensor's buckets: start (epoch ms), min, max, mean, count.
 Bands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -325,7 +326,7 @@ class HotRing:
         common case. Then the caller takes the general way, `insert`."""
         if _compiled is None or len(key_of_code) == 0:
             return None
-        check, append = _compiled
+        check, append, _ = _compiled
         self._ensure_keys(int(key_of_code.max()) + 1)
         ts = np.ascontiguousarray(ts, dtype=np.int64)
         while True:
@@ -421,6 +422,8 @@ class HotRing:
 
     # ---- reads ------------------------------------------------------------------------------
     def __len__(self) -> int:
+        if _compiled is not None:  # one compiled call, which keeps the interpreter lock
+            return int(_compiled[2](self._written, self._keys, self.capacity))
         return int(np.minimum(self._written[:self._keys], self.capacity).sum())
 
     @property
@@ -508,4 +511,4 @@ def use_compiled_writes() -> None:
     global _compiled
     from tiers import hotkernel
     hotkernel.warm()
-    _compiled = (hotkernel.coded_check, hotkernel.coded_append)
+    _compiled = (hotkernel.coded_check, hotkernel.coded_append, hotkernel.ring_rows)

@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tiers import hotkernel
 from tiers.hotkernel import ring_bands, ring_series
 
 
@@ -129,3 +130,10 @@ def test_a_compiled_append_writes_interleaved_sensors_in_arrival_order():
                             ts, value, 4, 100)
     assert ts_flat.tolist() == [11, 12, 14, 0, 10, 13, 0, 0] and value_flat.tolist() == [1, 2, 4, 0, 0, 3, 0, 0]
     assert written.tolist() == pending.tolist() == [3, 2] and last.tolist() == [14, 13]
+
+
+def test_the_compiled_count_of_ring_rows_is_numpys():
+    rng = np.random.default_rng(4)
+    written = rng.integers(0, 50, 1000).astype(np.int64)
+    for keys, capacity in ((0, 16), (1, 16), (700, 16), (1000, 64), (1200, 8)):  # 1200: more keys than rows yet
+        assert hotkernel.ring_rows(written, keys, capacity) == int(np.minimum(written[:keys], capacity).sum())
