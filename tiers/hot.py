@@ -38,11 +38,16 @@ from typing import TypeVar
 
 import numpy as np
 
+from tiers import prefault
+
 T = TypeVar("T")
 # The compiled writes (tiers.hotkernel.coded_check, coded_append) and count (ring_rows, for
 # `len`) once `use_compiled_writes` has loaded them; numpy until then (a process that never
 # loads numba: tests, tools).
 _compiled: tuple[Callable, Callable, Callable] | None = None
+# The loop that backs new rows' first pages off the ingest thread (tiers.prefault), once
+# `use_compiled_writes` has loaded it where the system supports it.
+_prefault: Callable[[int, int, int, int, int], int] | None = None
 # A sensor's buckets: start (epoch ms), min, max, mean, count.
 Bands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -120,6 +125,7 @@ class HotRing:
         self.default_covered_from = covered_from
         self.capacity = self._fit_capacity(_INITIAL_CAPACITY, _INITIAL_KEYS)
         self._keys = 0  # rows in use
+        self._prefaulter: prefault.RowPrefaulter | None = None
         self._allocate(_INITIAL_KEYS, self.capacity)
         self._written = np.zeros(_INITIAL_KEYS, np.int64)
         self._last = np.full(_INITIAL_KEYS, _NEVER, np.int64)
@@ -155,6 +161,7 @@ class HotRing:
             reserved = capacity
             ts_store, value_store = np.empty((rows, reserved), np.int64), np.empty((rows, reserved), np.float64)
         self._ts_store, self._value_store, self._reserved = ts_store, value_store, reserved
+        self._prefault_asked = 0  # new stores: their rows are backed from the first again
         self._view(capacity)
 
     def _view(self, capacity: int) -> None:
@@ -231,6 +238,22 @@ class HotRing:
         self._pending[first:stop] = keep
 
     def _ensure_keys(self, rows_needed: int) -> None:
+        self._grow_keys(rows_needed)
+        if _prefault is not None and prefault.ahead(rows_needed) > self._prefault_asked + prefault.MIN_AHEAD_ROWS // 2:
+            self._prefault_ahead()
+
+    def _prefault_ahead(self) -> None:
+        """Have the first page of the rows some way past those in use (`prefault.ahead`)
+        backed by a thread of their own (tiers.prefault), not by the first reading of each in
+        this one."""
+        if _prefault is None:
+            return
+        if self._prefaulter is None:
+            self._prefaulter = prefault.RowPrefaulter(self, _prefault, mmap.PAGESIZE)
+        self._prefault_asked = prefault.ahead(self._keys)  # rows past the stores': asked once
+        self._prefaulter.ask((self._ts_store, self._value_store), min(self._prefault_asked, self._ts_store.shape[0]))
+
+    def _grow_keys(self, rows_needed: int) -> None:
         if rows_needed <= len(self._written):
             if rows_needed > self._keys:
                 self._keys = rows_needed
@@ -506,9 +529,11 @@ class HotRing:
 
 
 def use_compiled_writes() -> None:
-    """Compile (or load) tiers.hotkernel and write with it from now on: for a process that
-    ingests, beside recovery, before ingestion starts (compiling holds the interpreter lock)."""
-    global _compiled
+    """Compile (or load) tiers.hotkernel and write with it from now on, and back new rows'
+    first pages ahead of their first reading (tiers.prefault): for a process that ingests,
+    beside recovery, before ingestion starts (compiling holds the interpreter lock)."""
+    global _compiled, _prefault
     from tiers import hotkernel
     hotkernel.warm()
     _compiled = (hotkernel.coded_check, hotkernel.coded_append, hotkernel.ring_rows)
+    _prefault = prefault.loaded()

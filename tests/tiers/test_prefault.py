@@ -1,0 +1,79 @@
+"""The hot ring's new rows get their first page backed by a thread of their own, ahead of
+their first reading, and nothing they hold changes (tiers.prefault)."""
+
+import ctypes
+import mmap
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from tiers import hot, prefault
+from tiers.hot import HotRing
+
+BASE = 1_764_000_000_000
+populate = prefault.loaded()
+pytestmark = pytest.mark.skipif(populate is None, reason="no madvise(MADV_POPULATE_WRITE) here")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _resident(store: np.ndarray, row: int) -> bool:
+    """Whether the page that holds the start of `row` is backed (mincore)."""
+    page = mmap.PAGESIZE
+    start = (store.ctypes.data + row * store.strides[0]) // page * page
+    vector = (ctypes.c_ubyte * 1)()
+    assert _libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(page), vector) == 0, ctypes.get_errno()
+    return bool(vector[0] & 1)
+
+
+def _contents(ring: HotRing, keys: int) -> list:
+    return [tuple(a.tolist() for a in ring.series(key)) for key in range(keys)]
+
+
+def test_rows_ahead_of_those_in_use_are_backed_and_those_beyond_are_not(monkeypatch):
+    monkeypatch.setattr(hot, "_prefault", populate)
+    ring = HotRing(window_ms=60_000, memory_budget=2 << 30, covered_from=BASE - 1)
+    assert ring._reserved * 8 >= mmap.PAGESIZE  # a page a row: each row's first page its own
+    keys = 1_000
+    ring.insert(np.arange(keys, dtype=np.int32), np.full(keys, BASE, np.int64), np.ones(keys))
+    assert ring._prefaulter is not None and ring._prefaulter.wait_idle()
+    upto = prefault.ahead(keys)
+    assert ring._prefaulter.failed == 0 and ring._ts_store.shape[0] > upto + 100
+    for store in (ring._ts_store, ring._value_store):
+        assert all(_resident(store, row) for row in range(keys, upto))  # ahead: backed
+        assert not any(_resident(store, row) for row in range(upto + 1, upto + 100))  # beyond: not
+
+
+def test_prefaulting_beside_the_writer_changes_no_reading(monkeypatch):
+    """The same inserts, with a prefaulting thread and without: the same rows, reading for
+    reading, while keys appear in bursts the thread works behind and ahead of."""
+    rng = random.Random(2)
+    batches = []
+    for step in range(60):
+        keys = np.array([rng.randrange(0, 400 * (step + 1)) for _ in range(500)], dtype=np.int32)
+        batches.append((keys, np.full(500, BASE + step, np.int64), np.array([rng.random() for _ in range(500)])))
+    rings = []
+    for loop in (populate, None):
+        monkeypatch.setattr(hot, "_prefault", loop)
+        ring = HotRing(window_ms=60_000, memory_budget=1 << 30, covered_from=BASE - 1)
+        for keys, ts, value in batches:
+            ring.insert(keys, ts, value)
+        rings.append(ring)
+    with_thread, without = rings
+    assert with_thread._prefaulter is not None and without._prefaulter is None
+    assert with_thread._prefaulter.wait_idle() and with_thread._prefaulter.failed == 0
+    assert _contents(with_thread, 24_000) == _contents(without, 24_000)
+
+
+def test_the_thread_ends_with_its_ring(monkeypatch):
+    monkeypatch.setattr(hot, "_prefault", populate)
+    monkeypatch.setattr(prefault, "_IDLE_CHECK_S", 0.05)
+    ring = HotRing(window_ms=60_000, memory_budget=1 << 30, covered_from=BASE - 1)
+    ring.insert(np.arange(10, dtype=np.int32), np.full(10, BASE, np.int64), np.ones(10))
+    thread = ring._prefaulter._thread
+    assert thread.is_alive()
+    del ring
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert threading.current_thread().is_alive()
