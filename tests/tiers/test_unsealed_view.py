@@ -129,12 +129,15 @@ def test_sql_groups_names_right_across_batches_whose_dictionaries_grew():
     assert _sql("SELECT count(*) FROM t WHERE machine = 'tool1' AND sensor = 's1'", t=fresh) == [(2,)]
 
 
-def test_appending_merges_blocks_so_a_query_after_a_pause_merges_few(monkeypatch):
-    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 100)
-    rng = random.Random(9)
+def _merging_every(monkeypatch, merge_rows: int, seed: int) -> tuple[random.Random, SensorKeys, UnsealedData, list]:
+    """An empty buffer whose appending merges blocks of `merge_rows`, and what `_append` needs."""
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", merge_rows)
     keys = SensorKeys()
-    unsealed = UnsealedData(keys)
-    rows: list = []
+    return random.Random(seed), keys, UnsealedData(keys), []
+
+
+def test_appending_merges_blocks_so_a_query_after_a_pause_merges_few(monkeypatch):
+    rng, keys, unsealed, rows = _merging_every(monkeypatch, 100, seed=9)
     for _ in range(3):
         _append(unsealed, keys, rng, 1, rows, mode="fresh")
     unsealed.tables([1])  # views the first chunks (merged into one)
@@ -249,11 +252,7 @@ def test_views_built_without_the_ingest_lock_hold_a_prefix_of_what_was_appended(
 
 
 def test_once_sql_reads_the_rows_appending_views_each_block_it_merges_and_a_query_only_adds_it(monkeypatch):
-    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
-    rng = random.Random(11)
-    keys = SensorKeys()
-    unsealed = UnsealedData(keys)
-    rows: list = []
+    rng, keys, unsealed, rows = _merging_every(monkeypatch, 50, seed=11)
     while len(rows) < 200:
         _append(unsealed, keys, rng, 1, rows)
     part = unsealed._segments[1]
