@@ -226,6 +226,70 @@ def coded_append(ts_flat: np.ndarray, value_flat: np.ndarray, reserved: int, wri
 
 
 @numba.njit(cache=True)
+def merge_rows(ts_flat: np.ndarray, value_flat: np.ndarray, reserved: int, written: np.ndarray,
+               pending: np.ndarray, last: np.ndarray, covered: np.ndarray, seq: np.ndarray, keys: np.ndarray,
+               starts: np.ndarray, counts: np.ndarray, ts: np.ndarray, value: np.ndarray, found: np.ndarray,
+               first: int, stop: int, cap: int, window_ms: int, may_grow: bool) -> int:
+    """`HotRing._merge_row` for keys `first:stop` of a batch, in one call that keeps the
+    interpreter lock: key `keys[j]`'s readings are `ts[starts[j]:starts[j] + counts[j]]`
+    (ascending, none repeated), merged into its row in ts order; `found` marks those the row
+    holds already. A row is rewritten between two increments of its `seq` (odd meanwhile),
+    oldest first from slot 0. Returns `stop`, or (with `may_grow`) the first key whose merge
+    would push a reading still inside the window out, before it changes anything of that key
+    (the ring should grow, then merge from that key on)."""
+    for j in range(first, stop):
+        key = keys[j]
+        base = key * reserved
+        w = written[key]
+        n = min(w, cap)
+        shift = w % cap if w > cap else 0
+        old_ts = np.empty(n, np.int64)
+        old_value = np.empty(n, np.float64)
+        for i in range(n):
+            slot = base + (shift + i) % cap
+            old_ts[i] = ts_flat[slot]
+            old_value[i] = value_flat[slot]
+        begin, end = starts[j], starts[j] + counts[j]
+        fresh = 0
+        for i in range(begin, end):
+            hit = False
+            if n > 0:
+                at = _first_at_or_after(old_ts, 0, n, ts[i])
+                hit = at < n and old_ts[at] == ts[i]
+            found[i] = hit
+            if not hit:
+                fresh += 1
+        m = n + fresh
+        merged_ts = np.empty(m, np.int64)
+        merged_value = np.empty(m, np.float64)
+        a, b, out = 0, begin, 0
+        while out < m:
+            while b < end and found[b]:
+                b += 1
+            if b < end and (a >= n or ts[b] < old_ts[a]):
+                merged_ts[out], merged_value[out] = ts[b], value[b]
+                b += 1
+            else:
+                merged_ts[out], merged_value[out] = old_ts[a], old_value[a]
+                a += 1
+            out += 1
+        if may_grow and m > cap and merged_ts[m - cap - 1] >= merged_ts[m - 1] - window_ms:
+            return j
+        kept = min(m, cap)
+        if kept < m:
+            covered[key] = max(covered[key], merged_ts[m - kept])
+        seq[key] += 1
+        for i in range(kept):
+            ts_flat[base + i] = merged_ts[m - kept + i]
+            value_flat[base + i] = merged_value[m - kept + i]
+        written[key] = kept
+        pending[key] = kept
+        last[key] = merged_ts[m - 1]
+        seq[key] += 1
+    return stop
+
+
+@numba.njit(cache=True)
 def ring_rows(written: np.ndarray, keys: int, capacity: int) -> int:
     """Readings the ring holds: each of the first `keys` rows' writes, at most `capacity`.
     Compiled for the lock, as the rest: numpy's minimum and sum over a million rows let go of
@@ -249,3 +313,7 @@ def warm() -> None:
     coded_check(i64, i64, i64, np.zeros(2, np.int64), 2, i32, u32, np.ones(1, np.int64), 2, 1)
     coded_append(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
                  np.zeros(1, np.int64), np.zeros(1, np.int64), i32, u32, np.ones(1, np.int64), f64, 2, 1)
+    # And the exact merge of late readings (`HotRing._merge_compiled`: int32 key ids, as ingestion's).
+    merge_rows(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
+               np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), i32, np.zeros(1, np.int64),
+               np.ones(1, np.int64), np.ones(1, np.int64), f64, np.zeros(1, np.bool_), 0, 1, 2, 1, True)
