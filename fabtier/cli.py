@@ -132,6 +132,7 @@ _BENCH_DEFAULTS: dict[str, dict[str, int | float | str]] = {
     "cold": {"seconds": 7200.0, "machines": 3, "sensors": 4, "rate_hz": 100.0, "seal_every": "1m", "repeat": 3},
     "query": {"machines": 3, "sensors": 4, "rate_hz": 0.05, "seal_every": "30m", "repeat": 5},
     "seal": {"seconds": 10.0, "machines": 40, "sensors": 100, "rate_hz": 250.0},
+    "sql": {"seconds": 20.0, "machines": 1000, "sensors": 100, "rate_hz": 10.0, "repeat": 30},
 }
 
 
@@ -154,6 +155,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UserError("bench seal: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000]")
         return seal_main(SealBench(machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
                                    seconds=args.seconds, seed=args.seed), args.json)
+    if args.which == "sql":
+        from fabtier.bench.sqlbusy import SqlBench
+        from fabtier.bench.sqlbusy import main as sql_main
+        if args.seconds <= 0 or not _fleet_ok(args) or args.repeat < 1:
+            raise UserError("bench sql: give --seconds > 0, --machines and --sensors >= 1, --rate-hz in (0, 1000], "
+                            "--repeat >= 1")
+        return sql_main(SqlBench(machines=args.machines, sensors=args.sensors, rate_hz=args.rate_hz,
+                                 seconds=args.seconds, repeat=args.repeat, seed=args.seed), args.json)
     if args.which == "query":
         return cmd_bench_query(args)
     if args.which == "dashboard":
@@ -335,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     bench = sub.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
-    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard", "soak", "seal"])
+    bench.add_argument("which", choices=["ingest", "alerts", "query", "cold", "dashboard", "soak", "seal", "sql"])
     bench.add_argument("--minutes", type=float, default=3.0, help="(soak) minutes of load")
     bench.add_argument("--rate", type=float, default=500_000.0, help="(soak) readings/s offered")
     bench.add_argument("--feeders", type=int, default=8, help="(soak) mosquitto_pub feeders, one machine each")
@@ -359,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(cold) data per sealed segment, default 1m")
     bench.add_argument("--jitter", type=float, default=0.3, help="(cold) timestamp jitter, fraction of the period")
     bench.add_argument("--repeat", type=int, default=None,
-                       help="(cold, query) runs per query (the median is printed); default: cold 3, query 5")
+                       help="(cold, query, sql) runs per query (the median is printed); default: cold 3, query 5, sql 30")
     bench.add_argument("--days", default="1,7,30", help="(query) simulated days of each lake, e.g. 1,7,30")
     bench.add_argument("--live", action="store_true", help="pace the simulator in real time instead")
     bench.add_argument("--processes", type=int, default=1,
