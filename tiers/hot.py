@@ -34,17 +34,27 @@ from __future__ import annotations
 import mmap
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from tiers import prefault
 
 T = TypeVar("T")
-# The compiled writes (tiers.hotkernel.coded_check, coded_append, merge_rows for late readings)
-# and count (ring_rows, for `len`) once `use_compiled_writes` has loaded them; numpy until then (a process that never
-# loads numba: tests, tools).
-_compiled: tuple[Callable, Callable, Callable, Callable] | None = None
+
+
+class _Kernels(NamedTuple):
+    """tiers.hotkernel's compiled writes and count, by name."""
+
+    check: Callable  # coded_check
+    append: Callable  # coded_append
+    rows: Callable  # ring_rows, for `len`
+    merge: Callable  # merge_rows, for late readings
+
+
+# The kernels once `use_compiled_writes` has loaded them; numpy until then (a process that
+# never loads numba: tests, tools).
+_compiled: _Kernels | None = None
 # The loop that backs new rows' first pages off the ingest thread (tiers.prefault), once
 # `use_compiled_writes` has loaded it where the system supports it.
 _prefault: Callable[[int, int, int, int, int], int] | None = None
@@ -331,8 +341,7 @@ class HotRing:
                     keep[rows[found]] = False
             order, k, t = order[~slow], k[~slow], t[~slow]
         if len(order):
-            starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
-            counts = np.diff(np.concatenate([starts, [len(k)]]))
+            starts, counts = _runs(k)
             keys = k[starts]
             if (np.minimum(self._written[keys], self.capacity) + counts).max() > self.capacity:
                 self._reserve(keys, starts, counts, t)
@@ -353,7 +362,7 @@ class HotRing:
         common case. Then the caller takes the general way, `insert`."""
         if _compiled is None or len(key_of_code) == 0:
             return None
-        check, append = _compiled[:2]
+        check, append = _compiled.check, _compiled.append
         self._ensure_keys(int(key_of_code.max()) + 1)
         ts = np.ascontiguousarray(ts, dtype=np.int64)
         while True:
@@ -422,27 +431,28 @@ class HotRing:
         operations a key): a tenth of the ingest thread at 100,000 sensors, whose simulated
         gateways send a message late now and then."""
         assert _compiled is not None
-        merge = _compiled[3]
-        starts = np.flatnonzero(np.concatenate([[True], row_keys[1:] != row_keys[:-1]]))
-        counts = np.diff(np.append(starts, len(row_keys)))
+        starts, counts = _runs(row_keys)
         keys = np.ascontiguousarray(row_keys[starts])
         ts = np.ascontiguousarray(ts, dtype=np.int64)
         value = np.ascontiguousarray(value, dtype=np.float64)
         found = np.zeros(len(ts), dtype=bool)
+
+        def merge(first: int, stop: int, may_grow: bool) -> int:  # the stores as they are now
+            return _compiled.merge(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved,
+                                   self._written, self._pending, self._last, self._covered, self._seq, keys,
+                                   starts, counts, ts, value, found, first, stop, self.capacity, self.window_ms,
+                                   may_grow)
+
         j = 0
         while j < len(keys):
-            stopped = merge(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved, self._written,
-                            self._pending, self._last, self._covered, self._seq, keys, starts, counts, ts, value,
-                            found, j, len(keys), self.capacity, self.window_ms, True)
+            stopped = merge(j, len(keys), True)
             if stopped == len(keys):
                 break
             if self._double():  # grown: that key again, into longer rows
                 j = stopped
                 continue
             # The budget allows no more: keep its newest readings, as `_merge_row` does.
-            merge(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved, self._written,
-                  self._pending, self._last, self._covered, self._seq, keys, starts, counts, ts, value,
-                  found, stopped, stopped + 1, self.capacity, self.window_ms, False)
+            merge(stopped, stopped + 1, False)
             j = stopped + 1
         return found
 
@@ -481,7 +491,7 @@ class HotRing:
     # ---- reads ------------------------------------------------------------------------------
     def __len__(self) -> int:
         if _compiled is not None:  # one compiled call, which keeps the interpreter lock
-            return int(_compiled[2](self._written, self._keys, self.capacity))
+            return int(_compiled.rows(self._written, self._keys, self.capacity))
         return int(np.minimum(self._written[:self._keys], self.capacity).sum())
 
     @property
@@ -563,6 +573,12 @@ class HotRing:
         return int(self._ts[key, slot]), float(self._value[key, slot])
 
 
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal keys starts in `keys` (sorted), and how long it is."""
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return starts, np.diff(np.append(starts, len(keys)))
+
+
 def use_compiled_writes() -> None:
     """Compile (or load) tiers.hotkernel and write with it from now on, and back new rows'
     first pages ahead of their first reading (tiers.prefault): for a process that ingests,
@@ -570,5 +586,5 @@ def use_compiled_writes() -> None:
     global _compiled, _prefault
     from tiers import hotkernel
     hotkernel.warm()
-    _compiled = (hotkernel.coded_check, hotkernel.coded_append, hotkernel.ring_rows, hotkernel.merge_rows)
+    _compiled = _Kernels(hotkernel.coded_check, hotkernel.coded_append, hotkernel.ring_rows, hotkernel.merge_rows)
     _prefault = prefault.loaded()
