@@ -499,19 +499,21 @@ class UnsealedData:
             gone = end - tail - 1
             part.viewed -= gone
             part.merged -= gone
-            if self._segments.get(noted.number) is part:  # not dropped (sealed) meanwhile
+            if self._holds(noted):  # not dropped (sealed) meanwhile
                 self._chunks -= gone
 
-    def _holds(self, part: _Segment) -> bool:
-        return any(held is part for held in self._segments.values())
+    def _holds(self, noted: _Pending) -> bool:
+        """Whether the noted segment is still held (not dropped, sealed, since it was noted)."""
+        return self._segments.get(noted.number) is noted.part
 
-    def _forget_view(self, part: _Segment, lock: AbstractContextManager) -> None:
+    def _forget_view(self, noted: _Pending, lock: AbstractContextManager) -> None:
         """After a view could not be built: the next statement builds the segment's anew."""
+        part = noted.part
         with lock:
             part.viewed = 0
             part.fresh_batches, part.late_batches, part.fresh_spans, part.late_spans = [], [], [], []
             part.prepared = {}
-            if self._holds(part):  # else drop() took its views' bytes off already
+            if self._holds(noted):  # else drop() took its views' bytes off already
                 self._view_bytes -= part.view_bytes
             part.view_bytes = 0
 
@@ -539,10 +541,10 @@ class UnsealedData:
                     if made:
                         with guard:  # the ingest thread counts prepared views under it
                             part.view_bytes += made
-                            if self._holds(part):
+                            if self._holds(noted):
                                 self._view_bytes += made
                 except BaseException:
-                    self._forget_view(part, guard)
+                    self._forget_view(noted, guard)
                     raise
         return self._shown(plan, ts_bounds, records)
 
