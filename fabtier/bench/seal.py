@@ -18,18 +18,12 @@ import json
 import resource
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from fabtier.broker import free_port
-from fabtier.config import settings_from_mapping
-from fabtier.ingestion import MICRO_BATCH
-from fabtier.pipeline import Pipeline
-from simulator.model import SimConfig
-from simulator.publisher import generate_messages
+from fabtier.bench.inprocess import feed, open_pipeline, simulated_stream
 
 
 @dataclass(frozen=True)
@@ -53,18 +47,9 @@ def run(bench: SealBench, workdir: Path | None = None) -> dict:
     own_dir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fabtier-bench-seal-"))
     try:
-        settings = settings_from_mapping({"data_dir": str(workdir / "data"), "api": {"port": free_port()},
-                                          "cold": {"seal_every": "1h"}}, env={})
-        pipeline = Pipeline(settings)
-        pipeline.open()  # a ring warmed from the (empty) lake, as an instance's
+        pipeline = open_pipeline(workdir / "data")
         try:
-            end_ms = int(time.time() * 1000)
-            config = SimConfig(bench.machines, bench.sensors, bench.rate_hz, seed=bench.seed)
-            stream = [(topic, payload, 1, i) for i, (topic, payload) in enumerate(
-                generate_messages(config, end_ms - int(bench.seconds * 1000), end_ms, batch=500))]
-            for i in range(0, len(stream), MICRO_BATCH):
-                pipeline.process(stream[i:i + MICRO_BATCH])
-            pipeline.ingestor.commit_and_ack()
+            feed(pipeline, simulated_stream(bench.machines, bench.sensors, bench.rate_hz, bench.seconds, bench.seed))
             readings = pipeline.metrics.readings_stored
             segments = len(pipeline.unsealed.segments())
             began = _cpu_seconds()

@@ -32,13 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from analytics.session import run_sql
-from fabtier.broker import free_port
-from fabtier.config import settings_from_mapping
-from fabtier.ingestion import MICRO_BATCH
+from fabtier.bench.inprocess import feed, open_pipeline, simulated_stream
 from fabtier.pipeline import Pipeline
 from fabtier.runner import warm_compiled_code
-from simulator.model import SimConfig
-from simulator.publisher import generate_messages
 
 STATEMENT = "SELECT count(*) AS n FROM readings"
 SWITCH_INTERVAL = 0.0005  # as fabtier.runner.Instance sets it
@@ -87,34 +83,22 @@ def run(bench: SqlBench, workdir: Path | None = None) -> dict:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fabtier-bench-sql-"))
     switch = sys.getswitchinterval()
     try:
-        settings = settings_from_mapping({"data_dir": str(workdir / "data"), "api": {"port": free_port()},
-                                          "cold": {"seal_every": "1h"}}, env={})
-        pipeline = Pipeline(settings)
-        pipeline.open()
+        pipeline = open_pipeline(workdir / "data")
         warm_compiled_code()  # as an instance does before ingesting: the compiled paths
         try:
-            end_ms = int(time.time() * 1000)
-            config = SimConfig(bench.machines, bench.sensors, bench.rate_hz, seed=bench.seed)
-            stream = [(topic, payload, 1, i) for i, (topic, payload) in enumerate(
-                generate_messages(config, end_ms - int(bench.seconds * 1000), end_ms, batch=500))]
-
-            def feed(messages: list) -> None:
-                for i in range(0, len(messages), MICRO_BATCH):
-                    pipeline.process(messages[i:i + MICRO_BATCH])
-                pipeline.ingestor.commit_and_ack()
-
+            stream = simulated_stream(bench.machines, bench.sensors, bench.rate_hz, bench.seconds, bench.seed)
             third = len(stream) // 3
-            feed(stream[:third])
+            feed(pipeline, stream[:third])
             pipeline.seal()
-            feed(stream[third:2 * third])
+            feed(pipeline, stream[third:2 * third])
             pipeline.seal()
             rest = stream[2 * third:]
             # The last third: half unsealed from the start, half appended between statements.
-            feed(rest[:len(rest) // 2])
+            feed(pipeline, rest[:len(rest) // 2])
             appended = rest[len(rest) // 2:]
             per_statement = max(1, int(bench.rate / STATEMENTS_PER_S / 500))  # messages of 500 readings
             lake_files = sum(1 for key, _ in pipeline.lake.store.list("raw/") if key.endswith(".parquet"))
-            memory_limit = settings.api.sql_memory_limit
+            memory_limit = pipeline.settings.api.sql_memory_limit
             sys.setswitchinterval(SWITCH_INTERVAL)
             for _ in range(3):
                 _timed(pipeline, memory_limit)  # sessions, caches, compiled code: ready
@@ -129,7 +113,7 @@ def run(bench: SqlBench, workdir: Path | None = None) -> dict:
                     chunk = appended[k * per_statement:(k + 1) * per_statement]
                     if not chunk:
                         break
-                    feed(chunk)
+                    feed(pipeline, chunk)
                     growing.append(_timed(pipeline, memory_limit))
             finally:
                 stop.set()
