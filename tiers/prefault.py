@@ -18,6 +18,7 @@ first reading of a row faults its pages as before.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import sys
 import threading
 import weakref
@@ -40,6 +41,7 @@ def ahead(rows_in_use: int) -> int:
 
 _IDLE_CHECK_S = 5.0  # how often an idle thread looks whether its ring is gone
 _populate: Callable[[int, int, int, int, int], int] | None = None
+_probed = False  # `_populate` is what `loaded` found (None: not supported here)
 _loading = threading.Lock()
 
 
@@ -78,20 +80,15 @@ def _compile() -> Callable[[int, int, int, int, int], int] | None:
 def loaded() -> Callable[[int, int, int, int, int], int] | None:
     """Compile the loop once (holding the interpreter lock ~0.3 s: call before ingestion
     starts, as `tiers.hot.use_compiled_writes` does) and check that the system takes the call."""
-    global _populate
+    global _populate, _probed
     with _loading:
-        if _populate is None:
+        if not _probed:
             populate = _compile()
-            if populate is not None:
-                probe = np.zeros(1, np.int64)
-                if populate(probe.ctypes.data, 8, 0, 1, 4096) != 0:
-                    populate = None  # a kernel without MADV_POPULATE_WRITE: EINVAL
-            _populate = populate or _unsupported
-        return None if _populate is _unsupported else _populate
-
-
-def _unsupported(address: int, row_bytes: int, first: int, stop: int, page: int) -> int:
-    return stop - first
+            probe = np.zeros(1, np.int64)
+            if populate is not None and populate(probe.ctypes.data, 8, 0, 1, mmap.PAGESIZE) != 0:
+                populate = None  # a kernel without MADV_POPULATE_WRITE: EINVAL
+            _populate, _probed = populate, True
+        return _populate
 
 
 class RowPrefaulter:
