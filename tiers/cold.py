@@ -186,6 +186,7 @@ class ColdLake:
                 for encoding, members in sorted(groups.items())]
 
     def _raw_dataset(self, encoding: str, members: list[LakeFile]) -> ds.Dataset:
+        """Raw files of one value encoding, each with its hour as its guarantee."""
         return ds.FileSystemDataset([self._fragment(f) for f in members], schema=raw_schema(encoding),
                                     format=self._format, filesystem=self._fs)
 
@@ -221,8 +222,7 @@ class ColdLake:
     def raw_batches(self, f: LakeFile, filter: ds.Expression | None = None) -> Iterator[pa.Table]:
         """The readings of one raw file that `filter` keeps, a batch at a time in the file's
         order (machine, sensor, ts), with value as float64, exactly; memory for a few batches."""
-        dataset = ds.FileSystemDataset([self._fragment(f)], schema=raw_schema(f.encoding), format=self._format,
-                                       filesystem=self._fs)
+        dataset = self._raw_dataset(f.encoding, [f])
         for batch in dataset.to_batches(filter=filter, **LEAN_SCAN):
             if batch.num_rows:
                 yield fmt.normalise_readings(pa.Table.from_batches([batch])).cast(READINGS_SCHEMA)
