@@ -60,11 +60,28 @@ def _note_torn_tail(path: Path) -> None:
                     path.name, len(data) - whole, whole)
 
 
-def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+_PIECES_PER_CALL = 1024  # IOV_MAX on Linux: buffers one pwritev may take
+
+
+def _write_all(fd: int, records: list[bytes], offset: int) -> None:
+    """The records one after another from `offset`, each from its own bytes (pwritev), not
+    first copied into one buffer: that buffer grew by 35 MB/s at 1.5 M readings/s, into pages
+    the kernel had to find and zero again after every commit (at 100,000 sensors, `bytearray
+    +=` held a fifth of the ingest thread's samples)."""
+    pieces = [memoryview(record) for record in records if record]
+    if not hasattr(os, "pwritev"):  # Windows: one buffer after all
+        pieces = [memoryview(b"".join(pieces))] if pieces else []
+    while pieces:
+        batch = pieces[:_PIECES_PER_CALL]
+        written = os.pwritev(fd, batch, offset) if len(batch) > 1 else os.pwrite(fd, batch[0], offset)
+        offset += written
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        if done < len(batch):  # a short write: the rest of that record first
+            batch[done] = batch[done][written:]
+        pieces = batch[done:] + pieces[len(batch):]
 
 
 class WriteAheadLog:
@@ -88,7 +105,7 @@ class WriteAheadLog:
         self._tokens: list[int] = []
         # Appended, not yet written. Kept in memory (not in a file object's buffer) so that a
         # write the disk has no room for can be cut off the file and tried again whole.
-        self._buffer = bytearray()
+        self._records: list[bytes] = []
         self._active = reuse if reuse is not None else (existing[-1] + 1) if existing else 1
         self._file = self._open(self._active, again=reuse is not None)
         self._size = len(SEGMENT_MAGIC)  # durable length of the active segment
@@ -101,7 +118,7 @@ class WriteAheadLog:
         path = self.path(number)
         handle = open(path, "wb" if again else "xb", buffering=0)
         try:
-            _write_all(handle.fileno(), SEGMENT_MAGIC, 0)
+            _write_all(handle.fileno(), [SEGMENT_MAGIC], 0)
             os.fsync(handle.fileno())
             fsync_dir(self.directory)
         except OSError:
@@ -133,7 +150,7 @@ class WriteAheadLog:
             if self._failed is not None:
                 raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
             if record:
-                self._buffer += record
+                self._records.append(record)
                 self.bytes_appended += len(record)
                 self._active_bytes += len(record)
             if token is not None:
@@ -146,8 +163,7 @@ class WriteAheadLog:
         with self._lock:
             if self._failed is not None:
                 raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
-            for record in records:
-                self._buffer += record
+            self._records.extend(records)
             data = sum(len(r) for r in records)
             if data:
                 self.bytes_appended += data
@@ -180,14 +196,14 @@ class WriteAheadLog:
                 if self._failed is not None:
                     raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
                 tokens, self._tokens = self._tokens, []
-                data, self._buffer = self._buffer, bytearray()
+                data, self._records = self._records, []
                 self._dirty = False
             # Written outside the append lock: the ingest thread goes on appending meanwhile.
             try:
                 self._write_durably(data)
             except LogFull:
                 with self._lock:
-                    self._buffer[:0] = data
+                    self._records[:0] = data
                     self._tokens[:0] = tokens
                     self._dirty = True
                 raise
@@ -196,11 +212,12 @@ class WriteAheadLog:
                     self._fail(exc)
             return tokens
 
-    def _write_durably(self, data: bytes | bytearray) -> None:
-        """Write `data` after the durable part of the active segment and fsync; with the commit
-        lock held. A full disk cuts the segment back and raises LogFull; any other OSError
+    def _write_durably(self, data: list[bytes]) -> None:
+        """Write the records `data` after the durable part of the active segment and fsync;
+        with the commit lock held. A full disk cuts the segment back and raises LogFull; any other OSError
         (the truncation's too) is the caller's to make final."""
         fd = self._file.fileno()
+        size = sum(len(record) for record in data)
         try:
             _write_all(fd, data, self._size)
             os.fsync(fd)
@@ -211,9 +228,9 @@ class WriteAheadLog:
             # every later replay before the records written after it once there is room.
             # Pages a failed fsync left behind go with it; the next try writes them anew.
             os.ftruncate(fd, self._size)
-            raise LogFull(f"the write-ahead log's disk is full: {exc}; {len(data)} bytes wait in memory, "
+            raise LogFull(f"the write-ahead log's disk is full: {exc}; {size} bytes wait in memory, "
                           "unacknowledged, until there is room") from exc
-        self._size += len(data)
+        self._size += size
 
     def _fail(self, exc: OSError) -> None:
         # After a failed fsync the kernel may have dropped the dirty pages: nothing written
@@ -232,12 +249,12 @@ class WriteAheadLog:
                 raise DurabilityError(f"the write-ahead log failed earlier: {self._failed}")
             closed = self._active
             try:
-                self._write_durably(bytes(self._buffer))
+                self._write_durably(self._records)
             except LogFull:
                 raise  # the buffer is kept as it is
             except OSError as exc:
                 self._fail(exc)
-            self._buffer.clear()
+            self._records = []
             try:
                 handle = self._open(closed + 1)
             except OSError as exc:

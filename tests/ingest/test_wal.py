@@ -35,6 +35,35 @@ def test_records_round_trip_and_tokens_come_back_after_commit(tmp_path):
     assert got.ts.tolist() == batch().ts.tolist() and got.value.tolist() == batch().value.tolist()
 
 
+@pytest.mark.parametrize("most_per_call", [None, 7_001])
+def test_more_records_than_one_write_call_takes_land_whole_and_in_order(tmp_path, monkeypatch, most_per_call):
+    """A commit of 2,500 records (more buffers than one pwritev takes), written in full, or by a
+    system that writes at most `most_per_call` bytes a call (a short write ends mid-record)."""
+    import os
+    if most_per_call is not None:
+        real = os.pwritev
+        monkeypatch.setattr(os, "pwritev", lambda fd, buffers, offset: real(fd, _first_bytes(buffers, most_per_call), offset))
+    wal = WriteAheadLog(tmp_path)
+    events = [ContextEvent(i, f"etch-{i % 7:02d}", "start", f"L{i}", "W01", "ETCH-A") for i in range(2_500)]
+    wal.append_many([encode_context(e) for e in events], list(range(2_500)))
+    assert wal.commit() == list(range(2_500))
+    wal.append(encode_readings(batch(4)), token=9)
+    assert wal.commit() == [9]
+    records = read_segment(wal.path(wal.active))
+    assert records[:-1] == events and records[-1].ts.tolist() == batch(4).ts.tolist()
+
+
+def _first_bytes(buffers, limit):
+    """The leading `limit` bytes of `buffers`, as buffers."""
+    out = []
+    for buffer in buffers:
+        if limit <= 0:
+            break
+        out.append(bytes(buffer[:limit]))
+        limit -= len(out[-1])
+    return out
+
+
 def test_a_torn_last_record_ends_the_replay_and_earlier_records_survive(tmp_path):
     wal = WriteAheadLog(tmp_path)
     wal.append(encode_readings(batch(5)))
