@@ -37,7 +37,7 @@ from typing import IO
 from core.errors import FabtierError
 from fabtier.bench.harness import InstanceProcess, process_cpu_seconds, resident_mib
 from fabtier.bench.sqlprobe import PROBE_SQL, SqlProbeProcess
-from fabtier.broker import LocalBroker
+from fabtier.broker import NO_AUTOSAVE, LocalBroker
 from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
 from simulator.payloads import Message, readings_in
 
@@ -262,7 +262,7 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
                     "machines": bench.machines, "sensors_per_machine": bench.sensors, "rate_hz": bench.rate_hz,
                     "batch": bench.batch, "messages": messages, "readings": readings,
                     "queries_per_s": bench.queries_per_s}
-    broker = LocalBroker(workdir / "broker").start()
+    broker = LocalBroker(workdir / "broker", autosave_s=NO_AUTOSAVE).start()
     instance = None
     try:
         if work is not None:

@@ -27,7 +27,7 @@ from fabtier.bench.ingest import (
     _wait_acked,
     workload,
 )
-from fabtier.broker import LocalBroker
+from fabtier.broker import NO_AUTOSAVE, LocalBroker
 
 
 def run(bench: IngestBench, processes: int) -> dict:
@@ -41,7 +41,7 @@ def run(bench: IngestBench, processes: int) -> dict:
     result: dict = {"bench": "ingest", "mode": "max", "processes": processes, "seconds_of_data": bench.seconds,
                     "machines": bench.machines, "sensors_per_machine": bench.sensors, "rate_hz": bench.rate_hz,
                     "batch": bench.batch, "messages": messages, "readings": readings}
-    broker = LocalBroker(workdir / "broker").start()
+    broker = LocalBroker(workdir / "broker", autosave_s=NO_AUTOSAVE).start()
     members: list[InstanceProcess] = []
     keep_logs = False
     try:
