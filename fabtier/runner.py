@@ -69,9 +69,10 @@ def warm_compiled_code() -> None:
     """Compile (or load from numba's cache) every kernel of the ingest and SQL paths. Each one
     that fails leaves its numpy or Python twin in use: the same answers, slower."""
     from ingest import arrayscan
-    from tiers import hot, viewcolumns  # none imports numba before its warm-up
+    from tiers import hot, unsealed, viewcolumns  # none imports numba before its warm-up
     for warm, what in (
             (hot.use_compiled_writes, "the hot ring's compiled queries and writes (/series reports the same error)"),
+            (unsealed.back_blocks_ahead, "the backing of unsealed blocks ahead of their copy"),
             (arrayscan.warm, "the compiled reading of sensor names and timestamps"),
             (viewcolumns.warm, "the compiled columns of SQL's view")):
         try:

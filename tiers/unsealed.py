@@ -9,6 +9,7 @@ views are built under `view_lock` and take the ingest lock only for moments (`ta
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ import pyarrow.compute as pc
 from core.records import AlertEvent
 from ingest.codec import ContextEvent, ReadingBatch
 from ingest.walformat import QuarantineRecord
+from tiers import prefault
+from tiers.backedblocks import BackedBlocks
 from tiers.keys import SensorKeys
 from tiers.timespan import span_may_hold
 from tiers.viewcolumns import block_columns
@@ -253,6 +256,25 @@ _CHUNK_COLUMNS = ("key_ids", "ts", "value", "verified")
 # more, whatever the size of the batches (each batch costs DuckDB a pass over the names
 # dictionary, which holds every sensor's name: a million at fab scale).
 _MERGE_ROWS = 1 << 17
+# A merged block's columns (int32 key ids, int64 ts, float64 value, bool verified), each on a
+# cache line of its own. `tiers.backedblocks` backs what every such merge fills (at least
+# `_MERGE_ROWS` rows: the chunk that crossed it adds the rest, which faults in as before) in
+# blocks with room for one twice as long.
+_ALIGN = 64
+_ROW_BYTES = 4 + 8 + 8 + 1
+_BLOCK_BYTES = 2 * _MERGE_ROWS * _ROW_BYTES + len(_CHUNK_COLUMNS) * _ALIGN
+_BACKED_BYTES = _MERGE_ROWS * _ROW_BYTES
+# The loop that backs them (tiers.prefault's), once `back_blocks_ahead` has loaded it.
+_populate: Callable[[int, int, int, int, int], int] | None = None
+
+
+def back_blocks_ahead() -> None:
+    """From now on, back the memory of the blocks appending merges before it copies into them,
+    by a thread of each `UnsealedData`'s own (tiers.backedblocks), where the system supports it:
+    for a process that ingests, before ingestion starts (compiling the loop holds the
+    interpreter lock ~0.3 s, once per process)."""
+    global _populate
+    _populate = prefault.loaded()
 
 
 def _joined(chunks: list[np.ndarray]) -> np.ndarray:
@@ -265,14 +287,46 @@ def _joined(chunks: list[np.ndarray]) -> np.ndarray:
     return np.frombuffer(b"".join([c.data for c in chunks]), dtype=chunks[0].dtype)
 
 
-def _merge_chunks(part: _Segment, start: int) -> int:
+def _joined_into(buffer: memoryview, columns: list[list[np.ndarray]], rows: int) -> list[np.ndarray]:
+    """Each column's chunks copied one after another into `buffer` (`_column_offsets` apart),
+    holding the interpreter lock as `_joined` does; read-only arrays over it."""
+    merged = []
+    for chunks, offset in zip(columns, _column_offsets(columns, rows)[:-1], strict=True):
+        at = offset
+        for chunk in chunks:
+            buffer[at:at + chunk.nbytes] = chunk.data.cast("B")
+            at += chunk.nbytes
+        array = np.frombuffer(buffer, chunks[0].dtype, count=rows, offset=offset)
+        array.flags.writeable = False
+        merged.append(array)
+    return merged
+
+
+def _column_offsets(columns: list[list[np.ndarray]], rows: int) -> list[int]:
+    """Where each column starts in a merged block, each on a cache line of its own; the last
+    entry is the block's size."""
+    offsets, at = [], 0
+    for chunks in columns:
+        at = -(-at // _ALIGN) * _ALIGN
+        offsets.append(at)
+        at += rows * chunks[0].itemsize
+    return offsets + [at]
+
+
+def _merge_chunks(part: _Segment, start: int, blocks: BackedBlocks | None = None) -> int:
     """Chunks `start:` of each column merged into one array (the same rows, in the same
-    order), each list changed in one step; the number of chunks that went away."""
+    order), into a block of `blocks` where one is ready, each list changed in one step; the
+    number of chunks that went away."""
     count = len(part.ts) - start
     if count > 1:
-        for name in _CHUNK_COLUMNS:
-            chunks = getattr(part, name)
-            chunks[start:] = [_joined(chunks[start:])]
+        columns = [getattr(part, name)[start:] for name in _CHUNK_COLUMNS]
+        rows = sum(len(chunk) for chunk in columns[0])
+        buffer = None
+        if blocks is not None and all(c.flags.c_contiguous for chunks in columns for c in chunks):
+            buffer = blocks.take(_column_offsets(columns, rows)[-1])
+        merged = _joined_into(buffer, columns, rows) if buffer is not None else [_joined(c) for c in columns]
+        for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
+            getattr(part, name)[start:] = [block]
     return max(0, count - 1)
 
 
@@ -353,6 +407,7 @@ class UnsealedData:
         # Set by the first statement that reads the readings: from then on, appending makes the
         # view of each block it merges (`add_readings`), so that a statement only adds it.
         self._views_wanted = False
+        self._blocks: BackedBlocks | None = None  # once `back_blocks_ahead` ran and a block was merged
         # One statement at a time extends the views (`tables`); taken before the ingest lock.
         self.view_lock = threading.Lock()
         # Set once the hot ring that verifies these rows was warmed from the lake (Pipeline.open):
@@ -378,7 +433,9 @@ class UnsealedData:
         self._chunks += 1
         target.unmerged += len(ts)
         if target.unmerged >= _MERGE_ROWS:
-            self._chunks -= _merge_chunks(target, max(target.merged, target.viewed))
+            if self._blocks is None and _populate is not None:
+                self._blocks = BackedBlocks(self, _populate, size=_BLOCK_BYTES, backed=_BACKED_BYTES)
+            self._chunks -= _merge_chunks(target, max(target.merged, target.viewed), self._blocks)
             target.merged, target.unmerged = len(target.ts), 0
             if self._views_wanted:
                 # Here, not in the statement: the statement's thread gives the interpreter

@@ -1,0 +1,107 @@
+"""The blocks appending merges the unsealed rows into are memory a thread of their own backed
+ahead (tiers.backedblocks): the same rows, in the same order, as merged without it."""
+
+import ctypes
+import gc
+import mmap
+import random
+import time
+
+import numpy as np
+import pytest
+
+from tests.tiers.test_unsealed_view import _append, _expected, _rows
+from tiers import prefault
+from tiers import unsealed as unsealed_module
+from tiers.backedblocks import BackedBlocks
+from tiers.keys import SensorKeys
+from tiers.unsealed import UnsealedData
+
+populate = prefault.loaded()
+pytestmark = pytest.mark.skipif(populate is None, reason="no madvise(MADV_POPULATE_WRITE) here")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Owner:
+    pass
+
+
+def _resident_pages(buffer: memoryview, begin: int, end: int) -> list[bool]:
+    """Whether each page of bytes `begin:end` of `buffer` (page-aligned) is backed (mincore)."""
+    page = mmap.PAGESIZE
+    address = np.frombuffer(buffer, np.uint8).ctypes.data + begin
+    assert address % page == 0
+    count = (end - begin) // page
+    vector = (ctypes.c_ubyte * count)()
+    assert _libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(count * page), vector) == 0, ctypes.get_errno()
+    return [bool(v & 1) for v in vector]
+
+
+def _in_block(array: np.ndarray) -> bool:
+    return isinstance(array.base, memoryview) and isinstance(array.base.obj, mmap.mmap)
+
+
+def test_a_block_is_handed_out_with_its_first_bytes_backed_and_the_rest_not():
+    page = mmap.PAGESIZE
+    owner = _Owner()
+    blocks = BackedBlocks(owner, populate, size=64 * page, backed=16 * page, ready=2)
+    assert blocks.wait_ready()
+    buffer = blocks.take(40 * page)
+    assert buffer is not None and len(buffer) == 40 * page and blocks.failed == 0
+    assert all(_resident_pages(buffer, 0, 16 * page))  # backed ahead
+    assert not any(_resident_pages(buffer, 16 * page, 40 * page))  # beyond `backed`: on first write, as before
+    buffer[20 * page] = 7  # writable
+    assert blocks.take(65 * page) is None and blocks.missed == 1  # over `size`: the caller allocates
+
+
+def test_the_thread_ends_once_its_owner_is_gone(monkeypatch):
+    from tiers import backedblocks
+    monkeypatch.setattr(backedblocks, "_IDLE_CHECK_S", 0.05)
+    owner = _Owner()
+    blocks = BackedBlocks(owner, populate, size=4 * mmap.PAGESIZE, backed=mmap.PAGESIZE, ready=1)
+    assert blocks.wait_ready()
+    del owner
+    gc.collect()
+    blocks._thread.join(timeout=5)
+    assert not blocks._thread.is_alive()
+
+
+@pytest.mark.parametrize("merge_rows", [1 << 17, 50])  # 50: appending merges many blocks
+def test_rows_merged_into_backed_blocks_are_those_appended_in_their_order(monkeypatch, merge_rows):
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", merge_rows)
+    for seed in range(4):
+        merged = []
+        for loop in (populate, None):
+            monkeypatch.setattr(unsealed_module, "_populate", loop)
+            rng = random.Random(seed)
+            keys = SensorKeys()
+            unsealed = UnsealedData(keys)
+            rows: list = []
+            for _ in range(80):
+                if unsealed._blocks is not None:
+                    assert unsealed._blocks.wait_ready()  # so that every merge after the first finds one
+                _append(unsealed, keys, rng, 1, rows)
+            part = unsealed._segments[1]
+            merged.append([np.concatenate(getattr(part, name)).tolist() for name in unsealed_module._CHUNK_COLUMNS])
+            view = unsealed.tables([1])
+            assert _rows(view.fresh) == _expected(rows, True) and _rows(view.late) == _expected(rows, False)
+            if loop is not None and merge_rows == 50:
+                assert unsealed._blocks is not None and unsealed._blocks.taken > 5
+                for name in unsealed_module._CHUNK_COLUMNS:  # a block's columns: read-only views of its memory
+                    in_blocks = [a for a in getattr(part, name) if _in_block(a)]
+                    assert len(in_blocks) == unsealed._blocks.taken and not any(a.flags.writeable for a in in_blocks)
+        assert merged[0] == merged[1], seed
+
+
+def test_a_merge_that_finds_no_block_ready_allocates_as_before(monkeypatch):
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
+    monkeypatch.setattr(unsealed_module, "_populate", lambda *args: time.sleep(60) or 0)  # never ready in time
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    rng = random.Random(9)
+    for _ in range(40):
+        _append(unsealed, keys, rng, 1, rows)
+    assert unsealed._blocks is not None and unsealed._blocks.taken == 0 and unsealed._blocks.missed > 0
+    view = unsealed.tables([1])
+    assert _rows(view.fresh) == _expected(rows, True) and _rows(view.late) == _expected(rows, False)
