@@ -1,7 +1,7 @@
 """Memory for the unsealed rows' merged blocks, backed ahead of use by a thread of its own.
 
-Why: appending merges a segment's chunks into a block every 131,072 readings
-(`tiers.unsealed._merge_chunks`), and the block's ~2.75 MB are memory the process never
+Why: appending merges a segment's chunks into a block every 65,536 readings
+(`tiers.unsealed._merge_chunks`), and the block's ~1.4 MB are memory the process never
 wrote: each 4 KiB page costs a fault and a page of zeros on first write. Where the host backs
 a virtual machine's memory only as it is first used (this machine, a Firecracker guest), that
 is ~9 us a page: `numpy.ones` over 16 GiB took 38.8 s the first time, 2.9 s the next. In
