@@ -16,7 +16,8 @@ from ingest import arrayscan
 
 # "\\u0061" is six characters, the bytes by which JSON may write "a": read only unescaped names.
 KNOWN = ["ch1/temp", "ch1/pressure", "ch11/pressure", "ch1/pressure_x", "a", "é/ü", "tab\tname", "back\\slash",
-         "0123456789abcdefXY", "0123456789abcdefZY", "\\u0061"]  # 8, 9: the same first and last 8 bytes
+         "0123456789abcdefXY", "0123456789abcdefZY", "\\u0061",  # 8, 9: the same first and last 8 bytes
+         "0123456789abcdef01234567-tail-A", "0123456789abcdef01234567-tail-B"]  # the same first 24 bytes
 TABLE = arrayscan.NameTable(KNOWN)
 names = st.sampled_from(KNOWN) | st.text(max_size=6)
 spaces = st.sampled_from(["", " ", "\n", "\t ", "\r"])
@@ -52,6 +53,52 @@ def test_compiled_and_python_agree_and_mean_the_json(case):
     assert codes.tolist() == python_codes.tolist() and distinct == python_distinct
     assert [KNOWN[c] for c in codes.tolist()] == orjson.loads(raw)
     assert len(codes) == rows and distinct == len(set(codes.tolist())) and b"\\" not in raw
+
+
+@st.composite
+def compact_arrays(draw) -> tuple[bytes, int]:
+    """The form gateways send (no space), as the pass that reads it in words takes it, and the
+    same cut short, run on, or with a name (or its closing quote) damaged."""
+    items = draw(st.lists(names, max_size=12))
+    raw = json.dumps(items, ensure_ascii=draw(st.booleans()), separators=(",", ":")).encode()
+    if draw(st.integers(0, 3)) == 0:
+        cut = draw(st.integers(0, max(0, len(raw) - 1)))
+        raw = draw(st.sampled_from([raw[:cut], raw[:cut] + b'"' + raw[cut:], raw[:cut] + b"x" + raw[cut + 1:],
+                                    raw[:-1] + b',"a"]', raw + b"]"]))
+    return raw, draw(st.sampled_from([len(items), len(items) + 1, max(0, len(items) - 1)]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(case=compact_arrays())
+def test_the_compact_form_read_in_words_agrees_with_python(case):
+    raw, rows = case
+    compiled, python = _compiled_and_python(raw, rows)
+    assert (compiled is None) == (python is None), (raw, compiled, python)
+    if compiled is not None:
+        assert compiled[0].tolist() == python[0].tolist() and compiled[1] == python[1]
+    # and the careful pass alone (what the words' pass hands over) gives the same
+    careful = arrayscan._compiled
+    out = np.empty(rows, np.uint32)
+    found, distinct = careful(np.frombuffer(raw, np.uint8), TABLE.slots, TABLE.heads, TABLE.blob, TABLE.starts, out)
+    assert (found == rows) == (compiled is not None)
+
+
+def test_the_compact_form_is_read_in_words_and_any_other_left_to_the_careful_pass():
+    arrayscan.warm()
+    by_words = arrayscan._compiled_words
+
+    def read(raw: bytes, rows: int) -> tuple[list[int], int, int]:
+        out = np.zeros(rows, np.uint32)
+        padded = raw + bytes(32 - len(raw) % 8)
+        found, distinct = by_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64), len(raw),
+                                   TABLE.slots, TABLE.heads, TABLE.tails, TABLE.blob, TABLE.starts, out)
+        return out.tolist(), found, distinct
+
+    compact = json.dumps(KNOWN[-2:] + ["a", "ch1/pressure_x", "é/ü", "a"], ensure_ascii=False, separators=(",", ":"))
+    assert read(compact.encode(), 6) == ([11, 12, 4, 3, 5, 4], 6, 5)
+    assert read(b'["a","zz"]', 2)[1] == -1  # not in the table: refused here, as the careful pass would
+    for spaced in (b'["a", "a"]', b' ["a"]', b'["a"]\n', b'["back\\slash"]'):
+        assert read(spaced, 1 + spaced.count(b","))[1] == arrayscan.NOT_SIMPLE, spaced
 
 
 def test_plain_known_names_are_read_and_anything_else_is_left_to_the_decoder():
