@@ -86,6 +86,7 @@ Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, n
 IntKernel = Callable[[np.ndarray, np.ndarray], int]
 _compiled: Kernel | None = None
 _compiled_words: Callable[..., tuple[int, int]] | None = None  # the compact form's pass
+_compiled_ints_words: Callable[..., int] | None = None  # the same for integers
 _compiled_ints: IntKernel | None = None
 MAX_DIGITS = 18  # what an int64 always holds
 NOT_SIMPLE = -2  # arrayscankernel.name_codes_by_words: not the compact form
@@ -138,10 +139,14 @@ def _json_list(raw: bytes, rows: int, kind: type) -> list | None:
 def int64s(raw: bytes, rows: int) -> np.ndarray | None:
     """The integers of `raw` (a JSON array, its bytes as the payload holds them) as int64, when
     it is exactly `rows` integers of at most `MAX_DIGITS` digits; else None."""
-    kernel = _compiled_ints
-    if kernel is not None:
+    kernel, by_words = _compiled_ints, _compiled_ints_words
+    if kernel is not None and by_words is not None:
         out = np.empty(rows, dtype=np.int64)
-        return out if kernel(np.frombuffer(raw, dtype=np.uint8), out) == rows else None
+        padded = raw + _PADDING[len(raw) % 8:]  # as for `name_codes`
+        found = by_words(np.frombuffer(padded, dtype=np.uint8), np.frombuffer(padded, dtype=np.uint64), len(raw), out)
+        if found == NOT_SIMPLE:  # spaces, signs, long numbers, ...: a byte at a time
+            found = kernel(np.frombuffer(raw, dtype=np.uint8), out)
+        return out if found == rows else None
     return _ints_with_python(raw, rows)
 
 
@@ -155,7 +160,7 @@ def _ints_with_python(raw: bytes, rows: int) -> np.ndarray | None:
 
 def warm() -> None:
     """Compile the kernels (or load them from numba's cache) and use them from now on."""
-    global _compiled, _compiled_ints, _compiled_words
+    global _compiled, _compiled_ints, _compiled_words, _compiled_ints_words
     with _warming:
         if _compiled is None:
             from ingest import arrayscankernel  # imports numba
@@ -168,5 +173,9 @@ def warm() -> None:
                                                 np.empty(1, np.uint32))
             _compiled_words = arrayscankernel.name_codes_by_words
             arrayscankernel.int64s(np.frombuffer(b'[1]', np.uint8), np.empty(1, np.int64))
+            padded = b'[1]' + _PADDING[3:]
+            arrayscankernel.int64s_by_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64), 3,
+                                            np.empty(1, np.int64))
+            _compiled_ints_words = arrayscankernel.int64s_by_words
             _compiled_ints = arrayscankernel.int64s
             _compiled = arrayscankernel.name_codes

@@ -186,7 +186,7 @@ def name_codes_by_words(raw: np.ndarray, words: np.ndarray, n: int, slots: np.nd
             if quotes:
                 lowest = quotes & (~quotes + _U1)
                 below = (lowest >> _U7) - _U1  # 0xFF in each byte before the quote's
-                p += int(((below & _ONES) * _ONES) >> _U56)
+                p += np.int64(((below & _ONES) * _ONES) >> _U56)
                 break
             p += 8
         if p >= n - 1:
@@ -228,6 +228,78 @@ def name_codes_by_words(raw: np.ndarray, words: np.ndarray, n: int, slots: np.nd
             return count, distinct
         else:
             return _NOT_SIMPLE, 0
+
+
+_ZEROS = np.uint64(0x3030303030303030)
+_NOT_DIGIT_ADD = np.uint64(0x4646464646464646)
+_POWERS_OF_TEN = np.array([10 ** k for k in range(9)], dtype=np.int64)
+
+
+@numba.njit(cache=True)
+def _digits_in(word: np.uint64) -> int:
+    """How many of the word's bytes, from the lowest, are ASCII digits (0 to 8). A byte that
+    is not one has its high bit set in the sum or the difference (exact up to the first such
+    byte: a carry or borrow only reaches the bytes after it)."""
+    flags = ((word + _NOT_DIGIT_ADD) | (word - _ZEROS)) & _HIGHS
+    if flags == 0:
+        return np.int64(8)
+    lowest = flags & (~flags + _U1)
+    below = (lowest >> _U7) - _U1
+    return np.int64(((below & _ONES) * _ONES) >> _U56)
+
+
+@numba.njit(cache=True)
+def _value_of_digits(word: np.uint64, count: int) -> int:
+    """The number the lowest `count` (1 to 8) bytes of the word write in ASCII digits, the
+    first the most significant: moved to the top bytes over '0's, then combined in pairs,
+    fours and eights by three multiplications."""
+    shift = np.uint64(8 - count) << _U3
+    w = ((word << shift) | (_ZEROS & _LOW_MASKS[8 - count])) - _ZEROS
+    w = (w * np.uint64(10) + (w >> _U8)) & np.uint64(0x00FF00FF00FF00FF)
+    w = (w * np.uint64(100) + (w >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    w = (w * np.uint64(10000) + (w >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    return np.int64(w)
+
+
+@numba.njit(cache=True)
+def int64s_by_words(raw: np.ndarray, words: np.ndarray, n: int, out: np.ndarray) -> int:
+    """`int64s` for the compact form gateways send (`[1764000000000,1764000000100]`: no space,
+    no sign, up to 16 digits, no leading zero), eight digits at a time; `_NOT_SIMPLE` for any
+    other form, which the careful pass (`int64s`) answers. `raw` and `words` as for
+    `name_codes_by_words`."""
+    if n < 2 or raw[0] != _OPEN or raw[n - 1] != _CLOSE:
+        return _NOT_SIMPLE
+    if n == 2:
+        return 0
+    count = 0
+    i = 1
+    while True:
+        first = _word_at(words, i)
+        digits = _digits_in(first)
+        if digits == 0 or (digits > 1 and raw[i] == _ZERO):
+            return _NOT_SIMPLE
+        if digits < 8:
+            value = _value_of_digits(first, digits)
+        else:
+            more = _digits_in(_word_at(words, i + 8))
+            if more == 8 and _ZERO <= raw[i + 16] <= _NINE:
+                return _NOT_SIMPLE  # over 16 digits
+            value = _value_of_digits(first, 8)
+            if more:
+                value = value * _POWERS_OF_TEN[more] + _value_of_digits(_word_at(words, i + 8), more)
+            digits += more
+        if count >= len(out):
+            return -1
+        out[count] = value
+        count += 1
+        i += digits
+        after = raw[i]
+        if after == _COMMA:
+            i += 1
+        elif after == _CLOSE and i == n - 1:
+            return count
+        else:
+            return _NOT_SIMPLE
 
 
 @numba.njit(cache=True)

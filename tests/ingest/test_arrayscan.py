@@ -150,6 +150,54 @@ def test_integers_compiled_and_python_agree_and_mean_the_json(case):
     assert len(compiled) == rows
 
 
+@st.composite
+def compact_int_arrays(draw) -> tuple[bytes, int]:
+    """Integers as gateways send them (no space; timestamps of 13 digits, and every length up to
+    19), whole, or cut, run on or with a byte damaged: for the pass that reads eight digits at a
+    time."""
+    digits = st.integers(1, 19).flatmap(lambda d: st.integers(10 ** (d - 1) if d > 1 else 0, 10**d - 1))
+    items = draw(st.lists(digits | st.integers(1_764_000_000_000, 1_764_999_999_999) | st.integers(-(10**18), -1),
+                          max_size=12))
+    raw = json.dumps(items, separators=(",", ":")).encode()
+    if draw(st.integers(0, 3)) == 0:
+        at = draw(st.integers(0, max(0, len(raw) - 1)))
+        raw = draw(st.sampled_from([raw[:at], raw[:at] + b"0" + raw[at:], raw[:at] + b"x" + raw[at + 1:],
+                                    raw[:at] + b"." + raw[at + 1:], raw[:-1] + b",7]", raw + b"]"]))
+    return raw, draw(st.sampled_from([len(items), len(items) + 1, max(0, len(items) - 1)]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(case=compact_int_arrays())
+def test_compact_integers_read_in_words_agree_with_python_and_the_careful_pass(case):
+    raw, rows = case
+    arrayscan.warm()
+    compiled, python = arrayscan.int64s(raw, rows), arrayscan._ints_with_python(raw, rows)
+    careful = np.empty(rows, np.int64)
+    careful_found = arrayscan._compiled_ints(np.frombuffer(raw, np.uint8), careful)
+    assert (compiled is None) == (careful_found != rows), (raw, compiled, careful_found)
+    if compiled is not None:
+        assert compiled.tolist() == careful.tolist()
+        if python is not None:
+            assert compiled.tolist() == python.tolist() == orjson.loads(raw)
+
+
+def test_compact_integers_are_read_in_words_and_other_forms_left_to_the_careful_pass():
+    arrayscan.warm()
+
+    def read(raw: bytes, rows: int) -> tuple[list[int], int]:
+        out = np.zeros(rows, np.int64)
+        padded = raw + bytes(32 - len(raw) % 8)
+        found = arrayscan._compiled_ints_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64),
+                                                len(raw), out)
+        return out.tolist(), found
+
+    values = [1764000000000, 0, 7, 12345678, 123456789, 1234567890123456, 99999999]
+    assert read(json.dumps(values, separators=(",", ":")).encode(), 7) == (values, 7)
+    assert read(b"[]", 0) == ([], 0)
+    for other in (b"[1, 2]", b"[-1]", b"[01]", b"[12345678901234567]", b"[1.5]", b"[1,]", b"[1"):
+        assert read(other, 2)[1] == arrayscan.NOT_SIMPLE, other
+
+
 def test_plain_integers_are_read_and_anything_else_is_left_to_the_decoder():
     arrayscan.warm()
     raw = b"[1764000000000, -5,0,-0, 999999999999999999]"
