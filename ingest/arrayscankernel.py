@@ -139,6 +139,15 @@ _LOW_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], 
 
 
 @numba.njit(cache=True)
+def _bytes_below(flags: np.uint64) -> int:
+    """How many bytes lie below the lowest byte whose high bit `flags` sets (flags: high bits
+    only): the bytes under it become 0xFF, and a multiplication sums their low bits."""
+    lowest = flags & (~flags + _U1)
+    below = (lowest >> _U7) - _U1
+    return int(np.int64(((below & _ONES) * _ONES) >> _U56))  # signed: mixed with unsigned, numba makes floats
+
+
+@numba.njit(cache=True)
 def _low_bytes(word: np.uint64, count: int) -> np.uint64:
     """The lowest `count` bytes of `word`: none below 1, all of it from 8 on."""
     return word & _LOW_MASKS[min(max(count, 0), 8)]
@@ -184,9 +193,7 @@ def name_codes_by_words(raw: np.ndarray, words: np.ndarray, n: int, slots: np.nd
             x = _word_at(words, p) ^ _QUOTES
             quotes = (x - _ONES) & ~x & _HIGHS  # exact up to the first quote, which is all we read
             if quotes:
-                lowest = quotes & (~quotes + _U1)
-                below = (lowest >> _U7) - _U1  # 0xFF in each byte before the quote's
-                p += np.int64(((below & _ONES) * _ONES) >> _U56)
+                p += _bytes_below(quotes)
                 break
             p += 8
         if p >= n - 1:
@@ -242,10 +249,8 @@ def _digits_in(word: np.uint64) -> int:
     byte: a carry or borrow only reaches the bytes after it)."""
     flags = ((word + _NOT_DIGIT_ADD) | (word - _ZEROS)) & _HIGHS
     if flags == 0:
-        return np.int64(8)
-    lowest = flags & (~flags + _U1)
-    below = (lowest >> _U7) - _U1
-    return np.int64(((below & _ONES) * _ONES) >> _U56)
+        return 8
+    return _bytes_below(flags)
 
 
 @numba.njit(cache=True)
@@ -258,7 +263,7 @@ def _value_of_digits(word: np.uint64, count: int) -> int:
     w = (w * np.uint64(10) + (w >> _U8)) & np.uint64(0x00FF00FF00FF00FF)
     w = (w * np.uint64(100) + (w >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
     w = (w * np.uint64(10000) + (w >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
-    return np.int64(w)
+    return int(np.int64(w))
 
 
 @numba.njit(cache=True)
