@@ -51,6 +51,15 @@ def _next_item(raw: np.ndarray, i: int) -> int:
 
 
 @numba.njit(cache=True)
+def _same_bytes(blob: np.ndarray, start: int, raw: np.ndarray, begin: int, first: int, length: int) -> bool:
+    """Whether bytes `first:length` of the name at `blob[start:]` and at `raw[begin:]` agree."""
+    for k in range(first, length):
+        if blob[start + k] != raw[begin + k]:
+            return False
+    return True
+
+
+@numba.njit(cache=True)
 def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.ndarray, starts: np.ndarray,
                out: np.ndarray) -> tuple[int, int]:
     """The codes of the names of the JSON array `raw` into `out`; how many, and how many
@@ -97,14 +106,10 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
             if code < 0:
                 return -1, 0
             start = starts[code]
-            if heads[code] == head and starts[code + 1] - start == length:
-                same = True
-                for k in range(_HEAD_BYTES, length):  # the first 8 are the same word
-                    if blob[start + k] != raw[begin + k]:
-                        same = False
-                        break
-                if same:
-                    break
+            # the first 8 bytes are the same word
+            if heads[code] == head and starts[code + 1] - start == length and \
+                    _same_bytes(blob, start, raw, begin, _HEAD_BYTES, length):
+                break
             slot = (slot + 1) & mask
         if count >= len(out):
             return -1, 0
@@ -214,12 +219,7 @@ def name_codes_by_words(raw: np.ndarray, words: np.ndarray, n: int, slots: np.nd
             start = starts[code]
             same = ((heads[code] == head) & (starts[code + 1] - start == length) & (tails[code, 0] == second)
                     & (tails[code, 1] == third))
-            if same and length > 24:  # the rest of a longer name a byte at a time
-                for k in range(24, length):
-                    if blob[start + k] != raw[begin + k]:
-                        same = False
-                        break
-            if same:
+            if same and (length <= 24 or _same_bytes(blob, start, raw, begin, 24, length)):  # a longer name's rest
                 break
             slot = (slot + 1) & mask
         if count >= len(out):
