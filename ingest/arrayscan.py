@@ -103,14 +103,21 @@ def name_codes(raw: bytes, table: NameTable, rows: int) -> tuple[np.ndarray, int
     kernel, by_words = _compiled, _compiled_words
     if kernel is not None and by_words is not None:
         out = np.empty(rows, dtype=np.uint32)
-        padded = raw + _PADDING[len(raw) % 8:]  # whole words, and 24 bytes to read past the end
-        found, distinct = by_words(np.frombuffer(padded, dtype=np.uint8), np.frombuffer(padded, dtype=np.uint64),
-                                   len(raw), table.slots, table.heads, table.tails, table.blob, table.starts, out)
+        found, distinct = by_words(*_as_words(raw), table.slots, table.heads, table.tails, table.blob, table.starts,
+                                   out)
         if found == NOT_SIMPLE:  # spaces, escapes, ...: a byte at a time
             found, distinct = kernel(np.frombuffer(raw, dtype=np.uint8), table.slots, table.heads, table.blob,
                                      table.starts, out)
         return (out, distinct) if found == rows else None
     return _with_python(raw, table, rows)
+
+
+def _as_words(raw: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """`raw` as the compact passes read it: its bytes padded with zeros to whole words and at
+    least 24 bytes past its end (a name's last words may be read there), the same memory as
+    bytes and as words, and the length of `raw` itself."""
+    padded = raw + _PADDING[len(raw) % 8:]
+    return np.frombuffer(padded, dtype=np.uint8), np.frombuffer(padded, dtype=np.uint64), len(raw)
 
 
 def _with_python(raw: bytes, table: NameTable, rows: int) -> tuple[np.ndarray, int] | None:
@@ -142,8 +149,7 @@ def int64s(raw: bytes, rows: int) -> np.ndarray | None:
     kernel, by_words = _compiled_ints, _compiled_ints_words
     if kernel is not None and by_words is not None:
         out = np.empty(rows, dtype=np.int64)
-        padded = raw + _PADDING[len(raw) % 8:]  # as for `name_codes`
-        found = by_words(np.frombuffer(padded, dtype=np.uint8), np.frombuffer(padded, dtype=np.uint64), len(raw), out)
+        found = by_words(*_as_words(raw), out)
         if found == NOT_SIMPLE:  # spaces, signs, long numbers, ...: a byte at a time
             found = kernel(np.frombuffer(raw, dtype=np.uint8), out)
         return out if found == rows else None
@@ -167,15 +173,11 @@ def warm() -> None:
             table = NameTable(["a"])
             arrayscankernel.name_codes(np.frombuffer(b'["a"]', np.uint8), table.slots, table.heads, table.blob,
                                       table.starts, np.empty(1, np.uint32))
-            padded = b'["a"]' + _PADDING[5:]
-            arrayscankernel.name_codes_by_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64), 5,
-                                                table.slots, table.heads, table.tails, table.blob, table.starts,
-                                                np.empty(1, np.uint32))
+            arrayscankernel.name_codes_by_words(*_as_words(b'["a"]'), table.slots, table.heads, table.tails,
+                                                table.blob, table.starts, np.empty(1, np.uint32))
             _compiled_words = arrayscankernel.name_codes_by_words
             arrayscankernel.int64s(np.frombuffer(b'[1]', np.uint8), np.empty(1, np.int64))
-            padded = b'[1]' + _PADDING[3:]
-            arrayscankernel.int64s_by_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64), 3,
-                                            np.empty(1, np.int64))
+            arrayscankernel.int64s_by_words(*_as_words(b'[1]'), np.empty(1, np.int64))
             _compiled_ints_words = arrayscankernel.int64s_by_words
             _compiled_ints = arrayscankernel.int64s
             _compiled = arrayscankernel.name_codes

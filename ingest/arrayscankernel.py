@@ -125,7 +125,7 @@ def name_codes(raw: np.ndarray, slots: np.ndarray, heads: np.ndarray, blob: np.n
 _ONES, _HIGHS = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
 _QUOTES, _BACKSLASHES, _SPACES = (np.uint64(0x2222222222222222), np.uint64(0x5C5C5C5C5C5C5C5C),
                                    np.uint64(0x2020202020202020))
-_NOT_SIMPLE = -2  # `name_codes_by_words`: not the compact form; the careful pass decides
+_NOT_SIMPLE = -2  # ingest.arrayscan.NOT_SIMPLE: not the compact form; the careful pass decides
 _U1, _U3, _U7, _U8, _U56, _U63 = (np.uint64(v) for v in (1, 3, 7, 8, 56, 63))
 
 

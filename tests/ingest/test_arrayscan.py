@@ -89,9 +89,8 @@ def test_the_compact_form_is_read_in_words_and_any_other_left_to_the_careful_pas
 
     def read(raw: bytes, rows: int) -> tuple[list[int], int, int]:
         out = np.zeros(rows, np.uint32)
-        padded = raw + bytes(32 - len(raw) % 8)
-        found, distinct = by_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64), len(raw),
-                                   TABLE.slots, TABLE.heads, TABLE.tails, TABLE.blob, TABLE.starts, out)
+        found, distinct = by_words(*arrayscan._as_words(raw), TABLE.slots, TABLE.heads, TABLE.tails, TABLE.blob,
+                                   TABLE.starts, out)
         return out.tolist(), found, distinct
 
     compact = json.dumps(KNOWN[-2:] + ["a", "ch1/pressure_x", "é/ü", "a"], ensure_ascii=False, separators=(",", ":"))
@@ -186,9 +185,7 @@ def test_compact_integers_are_read_in_words_and_other_forms_left_to_the_careful_
 
     def read(raw: bytes, rows: int) -> tuple[list[int], int]:
         out = np.zeros(rows, np.int64)
-        padded = raw + bytes(32 - len(raw) % 8)
-        found = arrayscan._compiled_ints_words(np.frombuffer(padded, np.uint8), np.frombuffer(padded, np.uint64),
-                                                len(raw), out)
+        found = arrayscan._compiled_ints_words(*arrayscan._as_words(raw), out)
         return out.tolist(), found
 
     values = [1764000000000, 0, 7, 12345678, 123456789, 1234567890123456, 99999999]
