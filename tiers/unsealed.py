@@ -288,11 +288,11 @@ def _joined(chunks: list[np.ndarray]) -> np.ndarray:
     return np.frombuffer(b"".join([c.data for c in chunks]), dtype=chunks[0].dtype)
 
 
-def _joined_into(buffer: memoryview, columns: list[list[np.ndarray]], rows: int) -> list[np.ndarray]:
-    """Each column's chunks copied one after another into `buffer` (`_column_offsets` apart),
-    holding the interpreter lock as `_joined` does; read-only arrays over it."""
+def _joined_into(buffer: memoryview, columns: list[list[np.ndarray]], offsets: list[int], rows: int) -> list[np.ndarray]:
+    """Each column's chunks copied one after another into `buffer` from its offset (see
+    `_column_offsets`), holding the interpreter lock as `_joined` does; read-only arrays over it."""
     merged = []
-    for chunks, offset in zip(columns, _column_offsets(columns, rows)[:-1], strict=True):
+    for chunks, offset in zip(columns, offsets[:-1], strict=True):
         at = offset
         for chunk in chunks:
             buffer[at:at + chunk.nbytes] = chunk.data.cast("B")
@@ -322,10 +322,10 @@ def _merge_chunks(part: _Segment, start: int, blocks: BackedBlocks | None = None
     if count > 1:
         columns = [getattr(part, name)[start:] for name in _CHUNK_COLUMNS]
         rows = sum(len(chunk) for chunk in columns[0])
-        buffer = None
+        buffer, offsets = None, _column_offsets(columns, rows)
         if blocks is not None and all(c.flags.c_contiguous for chunks in columns for c in chunks):
-            buffer = blocks.take(_column_offsets(columns, rows)[-1])
-        merged = _joined_into(buffer, columns, rows) if buffer is not None else [_joined(c) for c in columns]
+            buffer = blocks.take(offsets[-1])
+        merged = _joined_into(buffer, columns, offsets, rows) if buffer is not None else [_joined(c) for c in columns]
         for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
             getattr(part, name)[start:] = [block]
     return max(0, count - 1)
