@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tiers import prefault
+
 _IDLE_CHECK_S = 5.0  # how often an idle thread looks whether its owner is gone
 
 
@@ -74,7 +76,7 @@ class BackedBlocks:
                         return
             block = mmap.mmap(-1, self.size)  # shared, as the ring's: a forked seal reads it, never copies it
             pages = np.frombuffer(block, np.uint8)  # for its address; let go before the block is handed out
-            self.failed += self._populate(pages.ctypes.data, 1, 0, self.backed, mmap.PAGESIZE)
+            self.failed += prefault.back_span(self._populate, pages.ctypes.data, self.backed)
             del pages
             with self._wake:
                 self._ready.append(block)

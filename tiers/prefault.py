@@ -91,6 +91,13 @@ def loaded() -> Callable[[int, int, int, int, int], int] | None:
         return _populate
 
 
+def back_span(populate: Callable[[int, int, int, int, int], int], address: int, length: int) -> int:
+    """Back the pages of `length` bytes from `address` with the loop `loaded` returns, in one
+    madvise call (rows of one byte share their pages: the loop's whole-span case); 1 if the
+    call failed."""
+    return populate(address, 1, 0, length, mmap.PAGESIZE)
+
+
 class RowPrefaulter:
     """A daemon thread that backs the first page of rows in both of a ring's stores, up to the
     row `ask` last named; it ends once the ring that owns it is gone."""
