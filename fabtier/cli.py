@@ -92,6 +92,9 @@ def tiers_table(result: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # malloc's settings before the pipeline's imports and threads (fabtier.allocator)
+    from fabtier.allocator import tune_allocator
+    tune_allocator()
     from fabtier.runner import Instance, install_stop_signals, wait_until_stopped
     settings = _settings(args)
     stop = threading.Event()

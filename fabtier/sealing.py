@@ -13,8 +13,6 @@ failure is logged at ERROR with the store's reason and the known fix, counted
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import threading
 from contextlib import AbstractContextManager
@@ -23,6 +21,7 @@ from core.errors import FabtierError
 from core.protocols import Clock
 from core.settings import Settings
 from fabtier import forked
+from fabtier.allocator import release_freed_memory, tune_allocator
 from fabtier.datadir import DataDirLock
 from fabtier.runstate import Metrics, step_failed, step_worked
 from ingest.wal import LogFull, WriteAheadLog, read_segment
@@ -40,47 +39,6 @@ SEAL_CHILD_TIMEOUT = 1800.0  # s; a child that hangs this long is killed and the
 
 
 SEAL_STEP = "seal"  # its name in /health
-
-_M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
-_M_ARENA_MAX = -8
-# Arrays of at least this many bytes get their own mapping, given back to the system when
-# freed. Fixed, because glibc otherwise raises the threshold (up to 32 MiB) each time such an
-# array is freed, and then every segment-sized array of the seal, of SQL over unsealed rows and
-# of the scheduler's jobs is carved from a heap that keeps the high-water mark for good.
-_MMAP_THRESHOLD = 256 << 10
-_ARENAS = 2  # not 8 a core: each arena keeps its own free memory, and the interpreter lock serialises us anyway
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.malloc_trim, libc.mallopt  # noqa: B018 - glibc only (not musl, not macOS)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def tune_allocator() -> None:
-    """Process-wide malloc settings for a process that frees a log segment's rows at every seal
-    (see `_MMAP_THRESHOLD`); called once the pipeline opens, before the ingest threads start."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_ARENA_MAX, _ARENAS)
-
-
-def release_freed_memory() -> None:
-    """Give memory freed since the last call back to the system: glibc's heaps (a sealed
-    segment's arrays, interleaved with live ones, leave holes that malloc keeps) and Arrow's
-    pool (mimalloc keeps freed pages of its 1 GiB arenas; the scheduler's jobs and SQL read
-    Parquet through it). Without this the resident size stays at every job's high-water mark."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)  # ctypes lets go of the interpreter lock meanwhile
 
 
 class SealError(FabtierError):

@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from fabtier.allocator import release_freed_memory, tune_allocator
 from fabtier.bench.harness import resident_mib
-from fabtier.sealing import release_freed_memory, tune_allocator
 from lifecycle import warmjobs
 from lifecycle.audit import AuditLog
 from tiers.cold import ColdLake
