@@ -38,7 +38,11 @@ def _resident_pages(buffer: memoryview, begin: int, end: int) -> list[bool]:
 
 
 def _in_block(array: np.ndarray) -> bool:
-    return isinstance(array.base, memoryview) and isinstance(array.base.obj, mmap.mmap)
+    """Whether the array's memory is a block's: its bases (arrays, views) lead to a mapping."""
+    base = array.base
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.obj if isinstance(base, memoryview) else base.base
+    return isinstance(base, mmap.mmap)
 
 
 def test_a_block_is_handed_out_with_its_first_bytes_backed_and_the_rest_not():
@@ -52,6 +56,45 @@ def test_a_block_is_handed_out_with_its_first_bytes_backed_and_the_rest_not():
     assert not any(_resident_pages(buffer, 16 * page, 40 * page))  # beyond `backed`: on first write, as before
     buffer[20 * page] = 7  # writable
     assert blocks.take(65 * page) is None and blocks.missed == 1  # over `size`: the caller allocates
+
+
+def _address(buffer: memoryview) -> int:
+    return np.frombuffer(buffer, np.uint8).ctypes.data
+
+
+def test_a_block_nothing_reads_any_more_is_handed_out_again_still_backed():
+    page = mmap.PAGESIZE
+    owner = _Owner()
+    blocks = BackedBlocks(owner, populate, size=8 * page, backed=4 * page, ready=1, keep=2)
+    assert blocks.wait_ready()
+    first = blocks.take(6 * page)
+    assert first is not None
+    address = _address(first)
+    column = np.frombuffer(first, np.int64, count=page // 8, offset=page)  # as a merge's column
+    column[:] = 5
+    del first
+    gc.collect()
+    assert blocks.reused == 0  # the column still reads it
+    assert column.sum() == 5 * (page // 8)
+    del column
+    gc.collect()
+    assert blocks.reused == 1
+    while (again := blocks.take(6 * page)) is not None and _address(again) != address:
+        pass  # blocks made meanwhile come first
+    assert again is not None and all(_resident_pages(again, 0, 4 * page))  # the pages it backed, as they were
+
+
+def test_no_more_than_keep_freed_blocks_wait():
+    page = mmap.PAGESIZE
+    owner = _Owner()
+    blocks = BackedBlocks(owner, populate, size=2 * page, backed=page, ready=1, keep=3)
+    taken = []
+    for _ in range(6):
+        assert blocks.wait_ready()
+        taken.append(blocks.take(page))
+    del taken
+    gc.collect()
+    assert blocks.reused <= 3 and len(blocks._ready) <= 3
 
 
 def test_the_thread_ends_once_its_owner_is_gone(monkeypatch):
