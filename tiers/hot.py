@@ -259,9 +259,15 @@ class HotRing:
         if _prefault is None:
             return
         if self._prefaulter is None:
-            self._prefaulter = prefault.RowPrefaulter(self, _prefault, mmap.PAGESIZE)
+            self._prefaulter = prefault.RowPrefaulter(self, _prefault, mmap.PAGESIZE, follow=HotRing._follow_state)
         self._prefault_asked = prefault.ahead(self._keys)  # rows past the stores': asked once
         self._prefaulter.ask((self._ts_store, self._value_store), min(self._prefault_asked, self._ts_store.shape[0]))
+
+    def _follow_state(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, int, int]:
+        """What the prefault thread reads to back rows ahead of their writes
+        (tiers.prefault.RowFollower): the stores, each row's slots written, the rows in use and
+        the capacity, each read once, without the lock (a stale one only backs a page later)."""
+        return (self._ts_store, self._value_store), self._written, self._keys, self.capacity
 
     def _grow_keys(self, rows_needed: int) -> None:
         if rows_needed <= len(self._written):

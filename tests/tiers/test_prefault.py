@@ -66,6 +66,59 @@ def test_prefaulting_beside_the_writer_changes_no_reading(monkeypatch):
     assert _contents(with_thread, 24_000) == _contents(without, 24_000)
 
 
+def _backed_pages(store: np.ndarray, row: int, pages: int) -> list[bool]:
+    """Whether each of the first `pages` pages of `row` is backed (mincore)."""
+    page = mmap.PAGESIZE
+    start = store.ctypes.data + row * store.strides[0]
+    assert start % page == 0
+    vector = (ctypes.c_ubyte * pages)()
+    assert _libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(pages * page), vector) == 0, ctypes.get_errno()
+    return [bool(v & 1) for v in vector]
+
+
+def test_rows_in_use_are_backed_ahead_of_their_writes_at_their_own_pace():
+    follow = prefault.loaded_follow()
+    assert follow is not None
+    per_page = mmap.PAGESIZE // 8
+    capacity = 16 * per_page
+    stores = (hot._reserve(3, capacity, np.int64), hot._reserve(3, capacity, np.float64))
+    written = np.zeros(3, np.int64)
+    follower = prefault.RowFollower(follow, mmap.PAGESIZE)
+    assert follower.step(stores, written, 3, capacity) == 0  # the first pass only notes where rows are
+    written[:] = [per_page // 2, 3 * per_page, 0]  # row 0 slow, row 1 fast, row 2 idle
+    assert follower.step(stores, written, 3, capacity) == 0
+    for store in stores:
+        # row 0: half a page a pass, 4 passes ahead -> slot 2.5 pages: pages 0-2 backed
+        assert _backed_pages(store, 0, 16) == [True] * 3 + [False] * 13
+        # row 1: at page 3, 3 pages a pass -> up to slot 15 pages in: pages 3-14
+        assert _backed_pages(store, 1, 16) == [False] * 3 + [True] * 12 + [False]
+        assert not any(_backed_pages(store, 2, 16))  # nothing written: nothing backed
+    written[1] = capacity + 5  # wrapped: every page was written, nothing more to back
+    assert follower.step(stores, written, 3, capacity) == 0
+    assert not _backed_pages(stores[0], 1, 16)[15]
+
+
+def test_following_the_writer_changes_no_reading(monkeypatch):
+    """As above, with the thread backing the rows in use ahead of their writes every millisecond."""
+    monkeypatch.setattr(prefault, "FOLLOW_S", 0.001)
+    rng = random.Random(3)
+    batches = []
+    for step in range(400):
+        keys = np.array([rng.randrange(0, 300) for _ in range(500)], dtype=np.int32)
+        batches.append((keys, BASE + 500 * step + np.arange(500, dtype=np.int64), np.array([rng.random() for _ in range(500)])))
+    rings = []
+    for loop in (populate, None):
+        monkeypatch.setattr(hot, "_prefault", loop)
+        ring = HotRing(window_ms=600_000, memory_budget=1 << 30, covered_from=BASE - 1)
+        for keys, ts, value in batches:
+            ring.insert(keys, ts, value)
+        rings.append(ring)
+    with_thread, without = rings
+    assert with_thread._prefaulter is not None and with_thread._prefaulter._follower is not None
+    assert with_thread._prefaulter.failed == 0
+    assert _contents(with_thread, 300) == _contents(without, 300)
+
+
 def test_the_thread_ends_with_its_ring(monkeypatch):
     monkeypatch.setattr(hot, "_prefault", populate)
     monkeypatch.setattr(prefault, "_IDLE_CHECK_S", 0.05)
