@@ -108,12 +108,12 @@ def _compile() -> tuple[Callable[[int, int, int, int, int], int], Callable[..., 
             target = min(now + step * passes, capacity)
             if target <= done[row]:
                 continue
+            # target is past both `done` and `now`: the span holds a page at least
             first = max(done[row], now) // per_page * per_page
             stop = min(-(-target // per_page) * per_page, capacity)
             done[row] = stop
             for address in addresses:
-                start = address + row * row_bytes
-                if stop > first and madvise(start + first * 8, (stop - first) * 8, MADV_POPULATE_WRITE) != 0:
+                if madvise(address + row * row_bytes + first * 8, (stop - first) * 8, MADV_POPULATE_WRITE) != 0:
                     failed += 1
         return failed
 

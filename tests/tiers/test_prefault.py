@@ -45,6 +45,18 @@ def test_rows_ahead_of_those_in_use_are_backed_and_those_beyond_are_not(monkeypa
         assert not any(_resident(store, row) for row in range(upto + 1, upto + 100))  # beyond: not
 
 
+def _with_and_without_thread(monkeypatch, batches: list, *, window_ms: int) -> list[HotRing]:
+    """Two rings given the same inserts: the first with the prefaulting thread, the second without."""
+    rings = []
+    for loop in (populate, None):
+        monkeypatch.setattr(hot, "_prefault", loop)
+        ring = HotRing(window_ms=window_ms, memory_budget=1 << 30, covered_from=BASE - 1)
+        for keys, ts, value in batches:
+            ring.insert(keys, ts, value)
+        rings.append(ring)
+    return rings
+
+
 def test_prefaulting_beside_the_writer_changes_no_reading(monkeypatch):
     """The same inserts, with a prefaulting thread and without: the same rows, reading for
     reading, while keys appear in bursts the thread works behind and ahead of."""
@@ -53,14 +65,7 @@ def test_prefaulting_beside_the_writer_changes_no_reading(monkeypatch):
     for step in range(60):
         keys = np.array([rng.randrange(0, 400 * (step + 1)) for _ in range(500)], dtype=np.int32)
         batches.append((keys, np.full(500, BASE + step, np.int64), np.array([rng.random() for _ in range(500)])))
-    rings = []
-    for loop in (populate, None):
-        monkeypatch.setattr(hot, "_prefault", loop)
-        ring = HotRing(window_ms=60_000, memory_budget=1 << 30, covered_from=BASE - 1)
-        for keys, ts, value in batches:
-            ring.insert(keys, ts, value)
-        rings.append(ring)
-    with_thread, without = rings
+    with_thread, without = _with_and_without_thread(monkeypatch, batches, window_ms=60_000)
     assert with_thread._prefaulter is not None and without._prefaulter is None
     assert with_thread._prefaulter.wait_idle() and with_thread._prefaulter.failed == 0
     assert _contents(with_thread, 24_000) == _contents(without, 24_000)
@@ -106,14 +111,7 @@ def test_following_the_writer_changes_no_reading(monkeypatch):
     for step in range(400):
         keys = np.array([rng.randrange(0, 300) for _ in range(500)], dtype=np.int32)
         batches.append((keys, BASE + 500 * step + np.arange(500, dtype=np.int64), np.array([rng.random() for _ in range(500)])))
-    rings = []
-    for loop in (populate, None):
-        monkeypatch.setattr(hot, "_prefault", loop)
-        ring = HotRing(window_ms=600_000, memory_budget=1 << 30, covered_from=BASE - 1)
-        for keys, ts, value in batches:
-            ring.insert(keys, ts, value)
-        rings.append(ring)
-    with_thread, without = rings
+    with_thread, without = _with_and_without_thread(monkeypatch, batches, window_ms=600_000)
     assert with_thread._prefaulter is not None and with_thread._prefaulter._follower is not None
     assert with_thread._prefaulter.failed == 0
     assert _contents(with_thread, 300) == _contents(without, 300)
