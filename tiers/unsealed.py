@@ -261,10 +261,17 @@ _MERGE_ROWS = 1 << 16
 # cache line of its own. `tiers.backedblocks` backs what every such merge fills (at least
 # `_MERGE_ROWS` rows: the chunk that crossed it adds the rest, which faults in as before) in
 # blocks with room for one twice as long.
+#
+# Once SQL reads the rows, the block also holds its view's machine and sensor codes (int32
+# each: `_CODE_BYTES` a row) after the columns, backed ahead with them: allocated apart, the
+# two 256 KiB arrays of every block were fresh mappings whose pages faulted in the ingest
+# thread and were given back at each seal (perf stat over 8 s of `fabtier bench ingest` at
+# 4,000 sensors and 5 statements a second: most of the faults the statements added).
 _ALIGN = 64
 _ROW_BYTES = 4 + 8 + 8 + 1
+_CODE_BYTES = 4 + 4
 _BLOCK_BYTES = 2 * _MERGE_ROWS * _ROW_BYTES + len(_CHUNK_COLUMNS) * _ALIGN
-_BACKED_BYTES = _MERGE_ROWS * _ROW_BYTES
+_BACKED_BYTES = _MERGE_ROWS * (_ROW_BYTES + _CODE_BYTES) + (len(_CHUNK_COLUMNS) + 1) * _ALIGN
 # Blocks freed (their segment sealed) kept to be handed out again, their pages still backed:
 # as many as a segment fills (fabtier.ingestion closes one at 2 M readings), ~45 MB resident.
 _KEPT_BLOCKS = 32
@@ -317,21 +324,33 @@ def _column_offsets(columns: list[list[np.ndarray]], rows: int) -> list[int]:
     return offsets + [at]
 
 
-def _merge_chunks(part: _Segment, start: int, blocks: BackedBlocks | None = None) -> int:
+def _merge_chunks(part: _Segment, start: int, blocks: BackedBlocks | None = None, *,
+                  codes: bool = False) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
     """Chunks `start:` of each column merged into one array (the same rows, in the same
     order), into a block of `blocks` where one is ready, each list changed in one step; the
-    number of chunks that went away."""
+    number of chunks that went away, and with `codes`, two int32 arrays of the merged rows'
+    length in the same block, for its view's machine and sensor codes (None: the block had
+    no room, or there is no block)."""
     count = len(part.ts) - start
+    room = None
     if count > 1:
         columns = [getattr(part, name)[start:] for name in _CHUNK_COLUMNS]
         rows = sum(len(chunk) for chunk in columns[0])
         buffer, offsets = None, _column_offsets(columns, rows)
         if blocks is not None and all(c.flags.c_contiguous for chunks in columns for c in chunks):
-            buffer = blocks.take(offsets[-1])
+            codes_at = -(-offsets[-1] // _ALIGN) * _ALIGN
+            with_codes = codes_at + rows * _CODE_BYTES
+            if codes and with_codes <= blocks.size:
+                buffer = blocks.take(with_codes)
+                if buffer is not None:
+                    spare = np.frombuffer(buffer, np.int32, count=2 * rows, offset=codes_at)
+                    room = spare[:rows], spare[rows:]
+            else:
+                buffer = blocks.take(offsets[-1])
         merged = _joined_into(buffer, columns, offsets, rows) if buffer is not None else [_joined(c) for c in columns]
         for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
             getattr(part, name)[start:] = [block]
-    return max(0, count - 1)
+    return max(0, count - 1), room
 
 
 def _sql_batch(part: _Segment, index: int, machine_codes: np.ndarray, machines: pa.Array,
@@ -372,13 +391,15 @@ def _stable_order(rank: np.ndarray, keys: int) -> np.ndarray:
     return np.argsort(rank, kind="stable")
 
 
-def _chunk_view(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]) -> _ChunkView:
+def _chunk_view(part: _Segment, index: int, names: tuple[np.ndarray, pa.Array, np.ndarray, pa.Array],
+                room: tuple[np.ndarray, np.ndarray] | None = None) -> _ChunkView:
     """SQL's view of chunk `index` of `part`: a batch of fresh rows or of late ones, or (a
-    chunk holding both: copied) one of each."""
+    chunk holding both: copied) one of each. `room`: where to put the rows' machine and sensor
+    codes (`_merge_chunks`'); None: new arrays."""
     key_codes_of_machine, machines, key_codes_of_sensor, sensors = names
     verified = part.verified[index]
     machine_codes, sensor_codes, fresh, fresh_span, late_span = block_columns(
-        part.key_ids[index], key_codes_of_machine, key_codes_of_sensor, part.ts[index], verified)
+        part.key_ids[index], key_codes_of_machine, key_codes_of_sensor, part.ts[index], verified, room)
     batch = _sql_batch(part, index, machine_codes, machines, sensor_codes, sensors)
     rows = len(verified)
     if fresh == rows:
@@ -440,7 +461,9 @@ class UnsealedData:
             if self._blocks is None and _populate is not None:
                 self._blocks = BackedBlocks(self, _populate, size=_BLOCK_BYTES, backed=_BACKED_BYTES,
                                            keep=_KEPT_BLOCKS)
-            self._chunks -= _merge_chunks(target, max(target.merged, target.viewed), self._blocks)
+            gone, room = _merge_chunks(target, max(target.merged, target.viewed), self._blocks,
+                                       codes=self._views_wanted)
+            self._chunks -= gone
             target.merged, target.unmerged = len(target.ts), 0
             if self._views_wanted:
                 # Here, not in the statement: the statement's thread gives the interpreter
@@ -448,7 +471,7 @@ class UnsealedData:
                 # each hand-back cost it a switch interval (a block of 128 k rows, ~0.5 ms of
                 # this thread's time, took a statement 3-4 ms). Only the last merged chunks'
                 # tail, under `_MERGE_ROWS` rows, is left to the statement.
-                view = _chunk_view(target, len(target.ts) - 1, self._keys.name_codes())
+                view = _chunk_view(target, len(target.ts) - 1, self._keys.name_codes(), room)
                 target.prepared[id(target.ts[-1])] = view
                 target.view_bytes += view.bytes
                 self._view_bytes += view.bytes

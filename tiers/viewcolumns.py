@@ -30,15 +30,16 @@ _warming = threading.Lock()
 
 
 def block_columns(key_ids: np.ndarray, machine_codes: np.ndarray, sensor_codes: np.ndarray, ts: np.ndarray,
-                  verified: np.ndarray) -> BlockColumns:
+                  verified: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None) -> BlockColumns:
+    """`out`: two int32 arrays as long as the block to write the machine and sensor codes into
+    (memory the caller has ready); None: new ones."""
+    machines, sensors = out if out is not None else (np.empty(len(key_ids), np.int32), np.empty(len(key_ids), np.int32))
     kernel = _compiled
     if kernel is not None:
-        machines = np.empty(len(key_ids), dtype=np.int32)
-        sensors = np.empty(len(key_ids), dtype=np.int32)
         fresh, fresh_first, fresh_last, late_first, late_last = kernel(
             key_ids, machine_codes, sensor_codes, ts, verified, machines, sensors)
         return machines, sensors, fresh, (fresh_first, fresh_last), (late_first, late_last)
-    return _with_numpy(key_ids, machine_codes, sensor_codes, ts, verified)
+    return _with_numpy(key_ids, machine_codes, sensor_codes, ts, verified, machines, sensors)
 
 
 def _span(ts: np.ndarray) -> tuple[int, int]:
@@ -46,7 +47,7 @@ def _span(ts: np.ndarray) -> tuple[int, int]:
 
 
 def _with_numpy(key_ids: np.ndarray, machine_codes: np.ndarray, sensor_codes: np.ndarray, ts: np.ndarray,
-                verified: np.ndarray) -> BlockColumns:
+                verified: np.ndarray, machines: np.ndarray, sensors: np.ndarray) -> BlockColumns:
     fresh = int(np.count_nonzero(verified))
     if fresh == len(ts):
         spans = _span(ts), (0, -1)
@@ -54,8 +55,9 @@ def _with_numpy(key_ids: np.ndarray, machine_codes: np.ndarray, sensor_codes: np
         spans = (0, -1), _span(ts)
     else:
         spans = _span(ts[verified]), _span(ts[~verified])
-    return (np.take(machine_codes, key_ids).astype(np.int32, copy=False),
-            np.take(sensor_codes, key_ids).astype(np.int32, copy=False), fresh, *spans)
+    machines[:] = np.take(machine_codes, key_ids)
+    sensors[:] = np.take(sensor_codes, key_ids)
+    return machines, sensors, fresh, *spans
 
 
 def warm() -> None:

@@ -8,6 +8,7 @@ import random
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tests.tiers.test_unsealed_view import _append, _expected, _rows
@@ -148,3 +149,42 @@ def test_a_merge_that_finds_no_block_ready_allocates_as_before(monkeypatch):
     assert unsealed._blocks is not None and unsealed._blocks.taken == 0 and unsealed._blocks.missed > 0
     view = unsealed.tables([1])
     assert _rows(view.fresh) == _expected(rows, True) and _rows(view.late) == _expected(rows, False)
+
+
+def _address_of(column: pa.Array) -> int:
+    return column.buffers()[1].address
+
+
+def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_block(monkeypatch):
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
+    monkeypatch.setattr(unsealed_module, "_populate", populate)
+    rng = random.Random(3)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    _append(unsealed, keys, rng, 1, rows, mode="fresh")
+    unsealed.tables([1])  # a statement read the rows: appending views each block it merges from now on
+    for _ in range(60):
+        if unsealed._blocks is not None:
+            assert unsealed._blocks.wait_ready()
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")  # a block of fresh and late rows is split: copied
+    part = unsealed._segments[1]
+    in_blocks = [(id(ts), key_ids) for ts, key_ids in zip(part.ts, part.key_ids, strict=True) if _in_block(ts)]
+    assert unsealed._blocks is not None and len(in_blocks) >= 5
+    for ts_id, key_ids in in_blocks:
+        view = part.prepared.get(ts_id)
+        if view is None:  # the block the first statement merged and viewed itself
+            continue
+        batch = view.fresh
+        assert view.late is None and batch.num_rows == len(key_ids)
+        begin = key_ids.ctypes.data  # a block's first column starts it
+        for name in ("machine", "sensor"):
+            codes = batch.column(name).indices
+            assert begin < _address_of(codes) < begin + unsealed_module._BLOCK_BYTES, name
+    table = unsealed.tables([1])
+    assert _rows(table.fresh) == _expected(rows, True) and _rows(table.late) == _expected(rows, False)
+    reused = unsealed._blocks.reused
+    unsealed.drop(1)
+    del table, part, in_blocks, view, batch, codes
+    gc.collect()
+    assert unsealed._blocks.reused > reused  # nothing reads the blocks now: handed out again

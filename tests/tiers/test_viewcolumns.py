@@ -29,7 +29,7 @@ def test_compiled_and_numpy_agree(rows, verified, negative):
     block = _block(rng, rows, verified, negative)
     viewcolumns.warm()
     compiled = viewcolumns.block_columns(*block)
-    numpy = viewcolumns._with_numpy(*block)
+    numpy = viewcolumns._with_numpy(*block, np.empty(rows, np.int32), np.empty(rows, np.int32))
     key_ids, machine_codes, sensor_codes, ts, flags = block
     assert compiled[0].tolist() == numpy[0].tolist() == machine_codes[key_ids].tolist()
     assert compiled[1].tolist() == numpy[1].tolist() == sensor_codes[key_ids].tolist()
@@ -39,6 +39,21 @@ def test_compiled_and_numpy_agree(rows, verified, negative):
     fresh, late = ts[flags], ts[~flags]
     assert compiled[3] == ((int(fresh.min()), int(fresh.max())) if len(fresh) else (0, -1))
     assert compiled[4] == ((int(late.min()), int(late.max())) if len(late) else (0, -1))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_codes_go_into_the_arrays_given(monkeypatch, compiled):
+    rng = np.random.default_rng(5)
+    block = _block(rng, 300, "mixed")
+    viewcolumns.warm()
+    if not compiled:
+        monkeypatch.setattr(viewcolumns, "_compiled", None)
+    room = np.full(600, -1, np.int32)  # as a merged block's spare room: both columns in one buffer
+    machines, sensors, *_ = viewcolumns.block_columns(*block, out=(room[:300], room[300:]))
+    key_ids, machine_codes, sensor_codes = block[:3]
+    assert np.shares_memory(machines, room) and np.shares_memory(sensors, room)
+    assert room[:300].tolist() == machine_codes[key_ids].tolist()
+    assert room[300:].tolist() == sensor_codes[key_ids].tolist()
 
 
 def test_the_view_is_built_with_the_compiled_call_once_warmed(monkeypatch):
