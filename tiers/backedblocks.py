@@ -1,8 +1,9 @@
 """Memory for the unsealed rows' merged blocks, backed ahead of use by a thread of its own.
 
 Why: appending merges a segment's chunks into a block every 65,536 readings
-(`tiers.unsealed._merge_chunks`), and the block's ~1.4 MB (~1.9 MB once SQL's view keeps its
-name codes there) are memory the process never wrote: each 4 KiB page costs a fault and a page of zeros on first write. Where the host backs
+(`tiers.unsealed._merge_chunks`; a statement merges the rest, `_merge_tail`), and the block's
+~1.4 MB (~1.9 MB once SQL's view keeps its name codes there) are memory the process never
+wrote: each 4 KiB page costs a fault and a page of zeros on first write. Where the host backs
 a virtual machine's memory only as it is first used (this machine, a Firecracker guest), that
 is ~9 us a page: `numpy.ones` over 16 GiB took 38.8 s the first time, 2.9 s the next. In
 `fabtier bench ingest` the merge's copy was then 14-15 % of the ingest thread's py-spy

@@ -273,8 +273,10 @@ _CODE_BYTES = 4 + 4
 _BLOCK_BYTES = 2 * _MERGE_ROWS * _ROW_BYTES + len(_CHUNK_COLUMNS) * _ALIGN
 _BACKED_BYTES = _MERGE_ROWS * (_ROW_BYTES + _CODE_BYTES) + (len(_CHUNK_COLUMNS) + 1) * _ALIGN
 # Blocks freed (their segment sealed) kept to be handed out again, their pages still backed:
-# as many as a segment fills (fabtier.ingestion closes one at 2 M readings), ~45 MB resident.
-_KEPT_BLOCKS = 32
+# as many as a segment fills (fabtier.ingestion closes one at 2 M readings: ~31 merged by
+# appending, and one more for each statement's tail, ~7 at 5 statements a second and 1.5 M
+# readings/s), up to ~75 MB resident.
+_KEPT_BLOCKS = 40
 # The loop that backs them (tiers.prefault's), once `back_blocks_ahead` has loaded it.
 _populate: Callable[[int, int, int, int, int], int] | None = None
 
@@ -324,30 +326,36 @@ def _column_offsets(columns: list[list[np.ndarray]], rows: int) -> list[int]:
     return offsets + [at]
 
 
+def _merged(columns: list[list[np.ndarray]], blocks: BackedBlocks | None,
+            codes: bool) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """Each column's chunks (the same rows in each) as one read-only array, in a block of
+    `blocks` where one is ready; with `codes`, also two int32 arrays of the rows' length in
+    the same block, for its view's machine and sensor codes (None: no block, or no room)."""
+    rows = sum(len(chunk) for chunk in columns[0])
+    buffer, room, offsets = None, None, _column_offsets(columns, rows)
+    if blocks is not None and all(c.flags.c_contiguous for chunks in columns for c in chunks):
+        codes_at = -(-offsets[-1] // _ALIGN) * _ALIGN
+        with_codes = codes_at + rows * _CODE_BYTES
+        if codes and with_codes <= blocks.size:
+            buffer = blocks.take(with_codes)
+            if buffer is not None:
+                spare = np.frombuffer(buffer, np.int32, count=2 * rows, offset=codes_at)
+                room = spare[:rows], spare[rows:]
+        else:
+            buffer = blocks.take(offsets[-1])
+    merged = _joined_into(buffer, columns, offsets, rows) if buffer is not None else [_joined(c) for c in columns]
+    return merged, room
+
+
 def _merge_chunks(part: _Segment, start: int, blocks: BackedBlocks | None = None, *,
                   codes: bool = False) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
     """Chunks `start:` of each column merged into one array (the same rows, in the same
-    order), into a block of `blocks` where one is ready, each list changed in one step; the
-    number of chunks that went away, and with `codes`, two int32 arrays of the merged rows'
-    length in the same block, for its view's machine and sensor codes (None: the block had
-    no room, or there is no block)."""
+    order), each list changed in one step (`_merged`); the number of chunks that went away,
+    and the room for the codes."""
     count = len(part.ts) - start
     room = None
     if count > 1:
-        columns = [getattr(part, name)[start:] for name in _CHUNK_COLUMNS]
-        rows = sum(len(chunk) for chunk in columns[0])
-        buffer, offsets = None, _column_offsets(columns, rows)
-        if blocks is not None and all(c.flags.c_contiguous for chunks in columns for c in chunks):
-            codes_at = -(-offsets[-1] // _ALIGN) * _ALIGN
-            with_codes = codes_at + rows * _CODE_BYTES
-            if codes and with_codes <= blocks.size:
-                buffer = blocks.take(with_codes)
-                if buffer is not None:
-                    spare = np.frombuffer(buffer, np.int32, count=2 * rows, offset=codes_at)
-                    room = spare[:rows], spare[rows:]
-            else:
-                buffer = blocks.take(offsets[-1])
-        merged = _joined_into(buffer, columns, offsets, rows) if buffer is not None else [_joined(c) for c in columns]
+        merged, room = _merged([getattr(part, name)[start:] for name in _CHUNK_COLUMNS], blocks, codes)
         for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
             getattr(part, name)[start:] = [block]
     return max(0, count - 1), room
@@ -572,12 +580,14 @@ class UnsealedData:
                         quarantine=[q for p in parts for q in p.quarantine],
                         context=[c for p in parts for c in p.context], alerts=[a for p in parts for a in p.alerts])
 
-    def _merge_tail(self, noted: _Pending, lock: AbstractContextManager) -> None:
+    def _merge_tail(self, noted: _Pending, lock: AbstractContextManager) -> tuple[np.ndarray, np.ndarray] | None:
         """The noted chunks after the merged blocks, merged into one block: the rows copied
         without the ingest lock, then put in the chunks' place under it (the rows stay the
-        same, in the same order, so a seal reading the lists meanwhile sees either)."""
+        same, in the same order, so a seal reading the lists meanwhile sees either). Into a
+        block backed ahead, as appending merges, with room for its view's codes (returned):
+        copied into new memory, a statement's tail of up to 1.4 MB faulted in page by page."""
         part, tail, end = noted.part, noted.tail, noted.end
-        merged = [_joined(getattr(part, name)[tail:end]) for name in _CHUNK_COLUMNS]
+        merged, room = _merged([getattr(part, name)[tail:end] for name in _CHUNK_COLUMNS], self._blocks, True)
         with lock:
             for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
                 getattr(part, name)[tail:end] = [block]
@@ -586,6 +596,7 @@ class UnsealedData:
             part.merged -= gone
             if self._holds(noted):  # not dropped (sealed) meanwhile
                 self._chunks -= gone
+        return room
 
     def _holds(self, noted: _Pending) -> bool:
         """Whether the noted segment is still held (not dropped, sealed, since it was noted)."""
@@ -614,13 +625,12 @@ class UnsealedData:
             for noted in plan.pending:
                 part = noted.part
                 try:
-                    if noted.end - noted.tail > 1:
-                        self._merge_tail(noted, guard)
+                    room = self._merge_tail(noted, guard) if noted.end - noted.tail > 1 else None
                     made = 0
                     for index in range(noted.start, part.viewed):  # merged blocks, the last the tail
                         view = part.prepared.pop(id(part.ts[index]), None)
                         if view is None:
-                            view = _chunk_view(part, index, names)
+                            view = _chunk_view(part, index, names, room if index == noted.tail else None)
                             made += view.bytes
                         _add_view(part, view)
                     if made:

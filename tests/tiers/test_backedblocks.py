@@ -188,3 +188,31 @@ def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_blo
     del table, part, in_blocks, view, batch, codes
     gc.collect()
     assert unsealed._blocks.reused > reused  # nothing reads the blocks now: handed out again
+
+
+def test_a_statement_merges_the_tail_into_a_block_with_its_views_codes(monkeypatch):
+    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
+    monkeypatch.setattr(unsealed_module, "_populate", populate)
+    rng = random.Random(4)
+    keys = SensorKeys()
+    unsealed = UnsealedData(keys)
+    rows: list = []
+    while unsealed._blocks is None:  # appending merged a block: the blocks exist
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+    unsealed.tables([1])
+    part = unsealed._segments[1]
+    assert unsealed._blocks.wait_ready()
+    taken = unsealed._blocks.taken
+    while len(part.ts) - part.merged < 3:  # a tail of several chunks, under the merge size
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+        if part.merged == len(part.ts):  # appending merged it after all: start the tail again
+            assert unsealed._blocks.wait_ready()
+            taken = unsealed._blocks.taken
+    table = unsealed.tables([1])
+    assert unsealed._blocks.taken == taken + 1 and _in_block(part.ts[-1])
+    begin = part.key_ids[-1].ctypes.data
+    batch = part.fresh_batches[-1]
+    assert batch.num_rows == len(part.ts[-1])
+    for name in ("machine", "sensor"):
+        assert begin < _address_of(batch.column(name).indices) < begin + unsealed_module._BLOCK_BYTES, name
+    assert _rows(table.fresh) == _expected(rows, True) and table.late.num_rows == 0
