@@ -277,6 +277,9 @@ _BACKED_BYTES = _MERGE_ROWS * (_ROW_BYTES + _CODE_BYTES) + (len(_CHUNK_COLUMNS) 
 # appending, and one more for each statement's tail, ~7 at 5 statements a second and 1.5 M
 # readings/s), up to ~75 MB resident.
 _KEPT_BLOCKS = 40
+# A statement's tail goes into a block once it holds this fraction of a block's rows or more
+# (16 k: each column then 64 KiB or more; below, malloc's heap reuses its own pages).
+_TAIL_IN_BLOCK = 4
 # The loop that backs them (tiers.prefault's), once `back_blocks_ahead` has loaded it.
 _populate: Callable[[int, int, int, int, int], int] | None = None
 
@@ -587,7 +590,11 @@ class UnsealedData:
         block backed ahead, as appending merges, with room for its view's codes (returned):
         copied into new memory, a statement's tail of up to 1.4 MB faulted in page by page."""
         part, tail, end = noted.part, noted.tail, noted.end
-        merged, room = _merged([getattr(part, name)[tail:end] for name in _CHUNK_COLUMNS], self._blocks, True)
+        columns = [getattr(part, name)[tail:end] for name in _CHUNK_COLUMNS]
+        # A short tail is left to the heap: a block each, at many statements a second, would
+        # hold ~2 MB backed for a few readings.
+        large = sum(len(chunk) for chunk in columns[0]) >= _MERGE_ROWS // _TAIL_IN_BLOCK
+        merged, room = _merged(columns, self._blocks if large else None, True)
         with lock:
             for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
                 getattr(part, name)[tail:end] = [block]

@@ -155,13 +155,16 @@ def _address_of(column: pa.Array) -> int:
     return column.buffers()[1].address
 
 
-def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_block(monkeypatch):
+def _merging_into_blocks(monkeypatch, seed: int) -> tuple[random.Random, SensorKeys, UnsealedData, list]:
+    """An empty buffer whose appending merges blocks of 50 rows into backed blocks."""
     monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
     monkeypatch.setattr(unsealed_module, "_populate", populate)
-    rng = random.Random(3)
     keys = SensorKeys()
-    unsealed = UnsealedData(keys)
-    rows: list = []
+    return random.Random(seed), keys, UnsealedData(keys), []
+
+
+def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_block(monkeypatch):
+    rng, keys, unsealed, rows = _merging_into_blocks(monkeypatch, 3)
     _append(unsealed, keys, rng, 1, rows, mode="fresh")
     unsealed.tables([1])  # a statement read the rows: appending views each block it merges from now on
     for _ in range(60):
@@ -190,29 +193,33 @@ def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_blo
     assert unsealed._blocks.reused > reused  # nothing reads the blocks now: handed out again
 
 
-def test_a_statement_merges_the_tail_into_a_block_with_its_views_codes(monkeypatch):
-    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
-    monkeypatch.setattr(unsealed_module, "_populate", populate)
-    rng = random.Random(4)
-    keys = SensorKeys()
-    unsealed = UnsealedData(keys)
-    rows: list = []
+def _tail_of(unsealed: UnsealedData, keys: SensorKeys, rng: random.Random, rows: list, smallest: int,
+             below: int) -> int:
+    """Appends until the segment's tail (the chunks after its last merged block) is two chunks
+    or more of `smallest` to `below` rows; the blocks taken by then, with one ready."""
+    part = unsealed._segments[1]
+    while True:
+        _append(unsealed, keys, rng, 1, rows, mode="fresh")
+        if len(part.ts) - part.merged >= 2 and smallest <= part.unmerged < below:
+            assert unsealed._blocks.wait_ready()
+            return unsealed._blocks.taken
+
+
+@pytest.mark.parametrize("large", [True, False])
+def test_a_statement_merges_a_large_tail_into_a_block_with_its_views_codes(monkeypatch, large):
+    rng, keys, unsealed, rows = _merging_into_blocks(monkeypatch, 4)
     while unsealed._blocks is None:  # appending merged a block: the blocks exist
         _append(unsealed, keys, rng, 1, rows, mode="fresh")
     unsealed.tables([1])
-    part = unsealed._segments[1]
-    assert unsealed._blocks.wait_ready()
-    taken = unsealed._blocks.taken
-    while len(part.ts) - part.merged < 3:  # a tail of several chunks, under the merge size
-        _append(unsealed, keys, rng, 1, rows, mode="fresh")
-        if part.merged == len(part.ts):  # appending merged it after all: start the tail again
-            assert unsealed._blocks.wait_ready()
-            taken = unsealed._blocks.taken
+    threshold = 50 // unsealed_module._TAIL_IN_BLOCK
+    taken = _tail_of(unsealed, keys, rng, rows, threshold if large else 1, 50 if large else threshold)
     table = unsealed.tables([1])
-    assert unsealed._blocks.taken == taken + 1 and _in_block(part.ts[-1])
+    part = unsealed._segments[1]
+    assert unsealed._blocks.taken == taken + large and _in_block(part.ts[-1]) == large
     begin = part.key_ids[-1].ctypes.data
     batch = part.fresh_batches[-1]
     assert batch.num_rows == len(part.ts[-1])
     for name in ("machine", "sensor"):
-        assert begin < _address_of(batch.column(name).indices) < begin + unsealed_module._BLOCK_BYTES, name
+        inside = begin < _address_of(batch.column(name).indices) < begin + unsealed_module._BLOCK_BYTES
+        assert inside == large, name
     assert _rows(table.fresh) == _expected(rows, True) and table.late.num_rows == 0
