@@ -329,14 +329,15 @@ def _column_offsets(columns: list[list[np.ndarray]], rows: int) -> list[int]:
     return offsets + [at]
 
 
-def _merged(columns: list[list[np.ndarray]], blocks: BackedBlocks | None,
-            codes: bool) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+def _merged(columns: list[list[np.ndarray]], blocks: BackedBlocks | None, codes: bool, *,
+            least: int = 0) -> tuple[list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     """Each column's chunks (the same rows in each) as one read-only array, in a block of
-    `blocks` where one is ready; with `codes`, also two int32 arrays of the rows' length in
-    the same block, for its view's machine and sensor codes (None: no block, or no room)."""
+    `blocks` where one is ready and the rows are `least` or more; with `codes`, also two int32
+    arrays of the rows' length in the same block, for its view's machine and sensor codes
+    (None: no block, or no room)."""
     rows = sum(len(chunk) for chunk in columns[0])
     buffer, room, offsets = None, None, _column_offsets(columns, rows)
-    if blocks is not None and all(c.flags.c_contiguous for chunks in columns for c in chunks):
+    if blocks is not None and rows >= least and all(c.flags.c_contiguous for chunks in columns for c in chunks):
         codes_at = -(-offsets[-1] // _ALIGN) * _ALIGN
         with_codes = codes_at + rows * _CODE_BYTES
         if codes and with_codes <= blocks.size:
@@ -590,11 +591,10 @@ class UnsealedData:
         block backed ahead, as appending merges, with room for its view's codes (returned):
         copied into new memory, a statement's tail of up to 1.4 MB faulted in page by page."""
         part, tail, end = noted.part, noted.tail, noted.end
-        columns = [getattr(part, name)[tail:end] for name in _CHUNK_COLUMNS]
         # A short tail is left to the heap: a block each, at many statements a second, would
         # hold ~2 MB backed for a few readings.
-        large = sum(len(chunk) for chunk in columns[0]) >= _MERGE_ROWS // _TAIL_IN_BLOCK
-        merged, room = _merged(columns, self._blocks if large else None, True)
+        merged, room = _merged([getattr(part, name)[tail:end] for name in _CHUNK_COLUMNS], self._blocks, True,
+                               least=_MERGE_ROWS // _TAIL_IN_BLOCK)
         with lock:
             for name, block in zip(_CHUNK_COLUMNS, merged, strict=True):
                 getattr(part, name)[tail:end] = [block]

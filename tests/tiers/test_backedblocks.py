@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.tiers.test_unsealed_view import _append, _expected, _rows
+from tests.tiers.test_unsealed_view import _append, _expected, _merging_every, _rows
 from tiers import prefault
 from tiers import unsealed as unsealed_module
 from tiers.backedblocks import BackedBlocks
@@ -155,12 +155,18 @@ def _address_of(column: pa.Array) -> int:
     return column.buffers()[1].address
 
 
+def _codes_in_block(batch: pa.RecordBatch, key_ids: np.ndarray) -> list[bool]:
+    """Whether the batch's machine and sensor codes lie in the block whose first column is
+    `key_ids` (a block's first column starts it)."""
+    begin = key_ids.ctypes.data
+    return [begin < _address_of(batch.column(name).indices) < begin + unsealed_module._BLOCK_BYTES
+            for name in ("machine", "sensor")]
+
+
 def _merging_into_blocks(monkeypatch, seed: int) -> tuple[random.Random, SensorKeys, UnsealedData, list]:
     """An empty buffer whose appending merges blocks of 50 rows into backed blocks."""
-    monkeypatch.setattr(unsealed_module, "_MERGE_ROWS", 50)
     monkeypatch.setattr(unsealed_module, "_populate", populate)
-    keys = SensorKeys()
-    return random.Random(seed), keys, UnsealedData(keys), []
+    return _merging_every(monkeypatch, 50, seed)
 
 
 def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_block(monkeypatch):
@@ -180,15 +186,12 @@ def test_once_sql_reads_the_rows_a_merged_blocks_view_keeps_its_codes_in_the_blo
             continue
         batch = view.fresh
         assert view.late is None and batch.num_rows == len(key_ids)
-        begin = key_ids.ctypes.data  # a block's first column starts it
-        for name in ("machine", "sensor"):
-            codes = batch.column(name).indices
-            assert begin < _address_of(codes) < begin + unsealed_module._BLOCK_BYTES, name
+        assert _codes_in_block(batch, key_ids) == [True, True]
     table = unsealed.tables([1])
     assert _rows(table.fresh) == _expected(rows, True) and _rows(table.late) == _expected(rows, False)
     reused = unsealed._blocks.reused
     unsealed.drop(1)
-    del table, part, in_blocks, view, batch, codes
+    del table, part, in_blocks, view, batch
     gc.collect()
     assert unsealed._blocks.reused > reused  # nothing reads the blocks now: handed out again
 
@@ -216,10 +219,7 @@ def test_a_statement_merges_a_large_tail_into_a_block_with_its_views_codes(monke
     table = unsealed.tables([1])
     part = unsealed._segments[1]
     assert unsealed._blocks.taken == taken + large and _in_block(part.ts[-1]) == large
-    begin = part.key_ids[-1].ctypes.data
     batch = part.fresh_batches[-1]
     assert batch.num_rows == len(part.ts[-1])
-    for name in ("machine", "sensor"):
-        inside = begin < _address_of(batch.column(name).indices) < begin + unsealed_module._BLOCK_BYTES
-        assert inside == large, name
+    assert _codes_in_block(batch, part.key_ids[-1]) == [large, large]
     assert _rows(table.fresh) == _expected(rows, True) and table.late.num_rows == 0
