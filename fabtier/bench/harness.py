@@ -23,6 +23,42 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds every core of this machine has been busy since boot (/proc/stat: user,
+    nice, system, irq, softirq; not idle, I/O wait or time the hypervisor gave elsewhere)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShares:
+    """CPU-seconds of named processes and of the whole machine between `start` and `stop`,
+    as cores (seconds of CPU per second): where a 2-core machine's time went while a bench
+    ran (the instance, the broker, the bench's own publisher, ...), and what was left."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._began = 0.0
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {**{name: process_cpu_seconds(pid) for name, pid in self.pids.items()},
+                "machine": machine_busy_seconds()}
+
+    def start(self) -> None:
+        self._began, self._before = time.monotonic(), self._now()
+
+    def stop(self) -> dict[str, float]:
+        """Cores of each process, of the machine (`machine`), of everything else on it
+        (`other`), and how many cores it has (`cores`)."""
+        seconds = max(time.monotonic() - self._began, 1e-9)
+        after = self._now()
+        cores = {name: round((after[name] - self._before[name]) / seconds, 2) for name in after}
+        cores["other"] = round(max(0.0, cores["machine"] - sum(cores[name] for name in self.pids)), 2)
+        cores["cores"] = float(os.cpu_count() or 1)
+        return cores
+
+
 def proc_status(pid: int | str) -> dict[str, int]:
     """VmRSS, RssAnon (KiB) and Threads of a process (`"self"`: this one) from /proc; {} once
     it is gone."""

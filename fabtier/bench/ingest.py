@@ -20,6 +20,7 @@ show that fabtier keeps up with a sustained load (its backlog stays bounded).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import FabtierError
-from fabtier.bench.harness import InstanceProcess, process_cpu_seconds, resident_mib
+from fabtier.bench.harness import CpuShares, InstanceProcess, process_cpu_seconds, resident_mib
 from fabtier.bench.sqlprobe import PROBE_SQL, SqlProbeProcess
 from fabtier.broker import NO_AUTOSAVE, LocalBroker
 from simulator import FabModel, SimConfig, generate_messages, publish_stream, run_simulator
@@ -278,7 +279,14 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         sql_probe = SqlProbeProcess(instance.url, bench.queries_per_s) if bench.queries_per_s > 0 else None
         if sql_probe is not None:
             sql_probe.wait_ready()
+        # Where the machine's cores go while fabtier takes the stream: the instance, the broker,
+        # this process (the publisher, the /series probe, the polling), the SQL client.
+        pids = {"fabtier": instance.pid, "broker": broker.pid, "bench": os.getpid()}
+        if sql_probe is not None:
+            pids["sql_client"] = sql_probe.pid
+        shares = CpuShares(pids)
         began = time.monotonic()
+        shares.start()
         if bench.live:
             publisher = threading.Thread(target=lambda: result.update(live=run_simulator(
                 broker_url=broker.url, machines=bench.machines, sensors=bench.sensors, rate_hz=bench.rate_hz,
@@ -304,8 +312,10 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
             while not marks:
                 time.sleep(0.01)
             began = marks[0]
+            shares.start()
             elapsed = _wait_acked([instance], messages, began, samples)
             thread.join()
+        result["cpu_cores"] = shares.stop()
         probe.done.set()
         probe.join()
         result.update(probe.summary())
@@ -342,6 +352,15 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
     return result
 
 
+_CPU_NAMES = {"fabtier": "fabtier", "broker": "broker", "bench": "the bench's publisher and probes",
+              "sql_client": "SQL client", "other": "other processes", "machine": "machine"}
+
+
+def cpu_cores_text(cores: dict) -> str:
+    """`fabtier 1.02, broker 0.31, ...` in `_CPU_NAMES`' order, those measured."""
+    return ", ".join(f"{label} {cores[name]:.2f}" for name, label in _CPU_NAMES.items() if name in cores)
+
+
 def report(result: dict) -> str:
     lines = [f"fabtier bench ingest ({result['mode']}): {result['readings']:,} readings in "
              f"{result['messages']:,} messages ({result['machines']} machines x {result['sensors_per_machine']} "
@@ -361,6 +380,9 @@ def report(result: dict) -> str:
     lines.append(f"  fabtier used {result['fabtier_cpu_seconds']:.1f} CPU-seconds: "
                  f"{result['fabtier_cpu_us_per_reading']:.2f} us per reading (the broker: "
                  f"{result['broker_cpu_seconds']:.1f} CPU-seconds)")
+    if "cpu_cores" in result:
+        lines.append(f"  while fabtier took the stream, in cores of {result['cpu_cores']['cores']:g}: "
+                     + cpu_cores_text(result["cpu_cores"]))
     if "series_query_us_p50" in result:
         lines.append(f"  hot ring, last 10 min of one sensor in <= 300 points, while ingesting: "
                      f"p50 {result['series_query_us_p50']:.0f} us, p99 {result['series_query_us_p99']:.0f} us, "

@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, replace
 
 from core.errors import UserError
-from fabtier.bench.ingest import IngestBench
+from fabtier.bench.ingest import IngestBench, cpu_cores_text
 from fabtier.bench.ingest import run as run_once
 
 
@@ -80,6 +80,20 @@ def _paired(runs: dict[Cell, list[dict]], cell: Cell, reference: Cell, key: str)
     return [_ratio(a[key], b[key]) for a, b in zip(runs[cell], runs[reference], strict=True)]
 
 
+def statement_cpu_ms(run: dict, quiet: dict) -> float | None:
+    """What one SQL statement cost the instance, in ms of its CPU: the CPU it used beyond the
+    run of the same stream without queries (same round), over the statements answered. None
+    without statements."""
+    if not run.get("sql_queries"):
+        return None
+    return round((run["fabtier_cpu_seconds"] - quiet["fabtier_cpu_seconds"]) / run["sql_queries"] * 1000, 1)
+
+
+def _median_cores(done: list[dict]) -> dict[str, float]:
+    names = [name for name in done[0].get("cpu_cores", {}) if all(name in r.get("cpu_cores", {}) for r in done)]
+    return {name: round(statistics.median(r["cpu_cores"][name] for r in done), 2) for name in names}
+
+
 def summarize(scales: list[Scale], rates: list[float], runs: dict[Cell, list[dict]]) -> dict:
     """Medians per cell, and each cell against the first scale at the same rate and against
     the same scale without queries (or the lowest rate asked)."""
@@ -95,10 +109,18 @@ def summarize(scales: list[Scale], rates: list[float], runs: dict[Cell, list[dic
                 if values:
                     row[key] = round(statistics.median(values), 3)
             row["each_readings_per_s"] = [r["fabtier_readings_per_s"] for r in done]
+            if done and "cpu_cores" in done[0]:
+                row["cpu_cores"] = _median_cores(done)
             row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in done)
             row["lost"] = sum(r["lost"] for r in done)
             row["duplicates"] = sum(r["duplicates"] for r in done)
             first, quiet = (scales[0], rate), (scale, rates[0])
+            if rates[0] == 0 and rate > 0:
+                per_statement = [statement_cpu_ms(r, q) for r, q in zip(done, runs[quiet], strict=True)]
+                paired = [ms for ms in per_statement if ms is not None]
+                if paired:
+                    row["statement_cpu_ms_paired"] = paired
+                    row["statement_cpu_ms"] = round(statistics.median(paired), 1)
             for name, reference in (("vs_first_scale", first), ("vs_fewest_queries", quiet)):
                 if reference == (scale, rate):
                     continue
@@ -145,4 +167,15 @@ def report(result: dict) -> str:
                      f"{c.get('baseline_readings_per_s', 0):>11,.0f} {c.get('ratio_to_baseline', 0):>6.2f} "
                      f"{sql:>15} {c['peak_rss_mib']:>7,} MiB  {versus[0]:>14} | {versus[1]}"
                      f"  (lost {c['lost']}, duplicates {c['duplicates']})")
+    lines.append("  while fabtier took the stream (medians, in cores of the machine's "
+                 f"{next((c['cpu_cores']['cores'] for c in result['cells'] if 'cpu_cores' in c), 0):g}), "
+                 "and what one statement cost the instance (its CPU beyond the run without queries, "
+                 "paired in each round, over the statements answered):")
+    for c in result["cells"]:
+        if "cpu_cores" not in c:
+            continue
+        cost = (f"; a statement: {c['statement_cpu_ms']:.0f} ms of CPU "
+                f"({', '.join(f'{ms:.0f}' for ms in c['statement_cpu_ms_paired'])})"
+                if "statement_cpu_ms" in c else "")
+        lines.append(f"  {c['scale']:<16} Q={c['queries_per_s']:<4g} {cpu_cores_text(c['cpu_cores'])}{cost}")
     return "\n".join(lines)

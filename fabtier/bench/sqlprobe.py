@@ -73,6 +73,10 @@ class SqlProbeProcess:
         self._process = subprocess.Popen([sys.executable, "-m", "fabtier.bench.sqlprobe", url, str(per_s)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def wait_ready(self) -> None:
         """Until the first statement has been answered (the probe's `ready` line)."""
         if self._process.stdout is not None:

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from fabtier.bench.ingestmatrix import statement_cpu_ms
 from tests.conftest import fabtier_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="needs mosquitto_sub")
@@ -22,6 +23,11 @@ def test_one_process_stores_every_reading_once():
     assert result["readings"] > 1000 and result["stored"] == result["readings"]
     assert result["lost"] == 0 and result["duplicates"] == 0
     assert result["baseline_readings_per_s"] > 0 and result["fabtier_readings_per_s"] > 0
+    # Where the cores went while fabtier took the stream (a fraction of a second here: whole
+    # clock ticks, so any one process may show 0).
+    cores = result["cpu_cores"]
+    assert set(cores) == {"fabtier", "broker", "bench", "machine", "other", "cores"}  # no SQL client
+    assert cores["cores"] >= 1 and cores["machine"] > 0 and min(cores.values()) >= 0
 
 
 def test_two_processes_on_a_shared_subscription_split_the_stream_and_lose_nothing():
@@ -53,6 +59,18 @@ def test_cells_compared_in_rounds_of_alternating_order_lose_nothing():
     assert len(cells[("3x4x50", 0.0)]["vs_first_scale_whole_paired"]) == 2
     assert len(cells[("2x4x50", 4.0)]["vs_fewest_queries_whole_paired"]) == 2
     assert "vs_first_scale_whole" not in cells[("2x4x50", 0.0)]
+    # What a statement cost the instance: paired with the run without queries in each round.
+    assert len(cells[("3x4x50", 4.0)]["statement_cpu_ms_paired"]) == 2
+    assert "statement_cpu_ms" not in cells[("3x4x50", 0.0)]
+    assert "sql_client" in cells[("3x4x50", 4.0)]["cpu_cores"] and "sql_client" not in cells[("3x4x50", 0.0)]["cpu_cores"]
+    assert "a statement:" in out and "the bench's publisher and probes" in out
+
+
+def test_a_statements_cost_is_the_cpu_beyond_the_quiet_run_over_the_statements():
+    quiet = {"fabtier_cpu_seconds": 10.0}
+    assert statement_cpu_ms({"fabtier_cpu_seconds": 13.0, "sql_queries": 60}, quiet) == 50.0
+    assert statement_cpu_ms({"fabtier_cpu_seconds": 9.7, "sql_queries": 30}, quiet) == -10.0  # noise shows
+    assert statement_cpu_ms({"fabtier_cpu_seconds": 13.0, "sql_queries": 0}, quiet) is None
 
 
 @pytest.mark.parametrize("args, message", [
