@@ -1,11 +1,11 @@
 """The hot ring: the most recent readings of every sensor in memory, 16 bytes a reading.
 
-Layout: one row per sensor key in two 2-D arrays (int64 ts, float64 value) used as circular
-buffers of `capacity` slots, so that a whole batch is written with a few vectorised numpy
-operations instead of a Python loop over its sensors. Each row holds its readings in ts
-order, oldest at `written % capacity` once it has wrapped. The capacity grows (doubling)
-while a sensor's buffer holds less than the configured window and the memory budget allows;
-new sensors that would overflow the budget halve it instead.
+Layout: one row per sensor key in a 2-D array used as circular buffers of `capacity` slots,
+each slot a reading's ts (int64) and value (float64) side by side, so that a whole batch is
+written with a few vectorised numpy operations instead of a Python loop over its sensors.
+Each row holds its readings in ts order, oldest at `written % capacity` once it has wrapped.
+The capacity grows (doubling) while a sensor's buffer holds less than the configured window
+and the memory budget allows; new sensors that would overflow the budget halve it instead.
 
 Growing must not stall ingestion: copying a ring of a few hundred megabytes takes the
 ingest thread (and so alerting) away for a good part of a second. So each row is reserved
@@ -13,6 +13,12 @@ at the largest capacity the budget allows for the current number of rows, as vir
 memory that the kernel backs only when written (`np.empty` does not touch it), and the
 arrays in use are views of its first `capacity` columns. Growing before any row wraps,
 the usual case since `_reserve` grows ahead of a write, only widens the views.
+
+Why a reading's ts and value side by side, not in two arrays: a batch writes a few readings of
+each of its sensors, and each sensor's row is elsewhere in memory. With two arrays that was two
+cache lines and two pages a sensor; side by side, one of each. At 100,000 sensors (a row's
+readings narrower than a page) it also halves the pages the ring backs while the fab's sensors
+appear: 200,000 page faults (~2 us each, more in a virtual machine) became 100,000.
 
 The ring is also the ingest path's duplicate detector: for each sensor it knows every
 stored reading with `ts >= covered[key]`, so a redelivered reading in that range is dropped.
@@ -61,7 +67,7 @@ _prefault: Callable[[int, int, int, int, int], int] | None = None
 # A sensor's buckets: start (epoch ms), min, max, mean, count.
 Bands = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-BYTES_PER_READING = 16  # int64 ts + float64 value
+BYTES_PER_READING = 16  # int64 ts + float64 value, side by side
 _INITIAL_CAPACITY = 256
 _INITIAL_KEYS = 64
 # Rows reserved beyond those asked for, as address space only: while keys double (a fab's
@@ -69,8 +75,8 @@ _INITIAL_KEYS = 64
 # being re-laid into new arrays at every doubling. A re-layout writes each row into a page of
 # its own (a row spans one or more pages), and a page's first write costs ~2 us: the eleven
 # doublings up to 100,000 keys took 1.1 s of the ingest thread's CPU. Up to 64 times the
-# rows, and no more than the budget holds at a page of each store a row (`_allocate`): with
-# the default 2 GiB, one re-layout on the way to 4,096 keys, the next at 262,144.
+# rows, and no more than the budget holds at a page a row (`_allocate`): with the default
+# 2 GiB, one re-layout on the way to 4,096 keys, the next at 524,288.
 _SPARE_ROWS_FACTOR = 63
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 _NEVER = np.iinfo(np.int64).min
@@ -111,7 +117,7 @@ def _give_back_rows(store: np.ndarray, first: int, stop: int) -> None:
         buffer = buffer.obj if isinstance(buffer, memoryview) else getattr(buffer, "base", None)
     if buffer is None or not hasattr(mmap, "MADV_REMOVE"):
         return  # np.empty fallback: freed with the whole array
-    row_bytes = store.shape[1] * store.itemsize
+    row_bytes = store.strides[0]
     # Only whole pages within these rows (rows may be smaller than a page: at a million
     # sensors a row is 1 KiB); a page shared with the next block is left, one per block.
     begin = -(-first * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -157,20 +163,22 @@ class HotRing:
         """Fresh arrays of `rows` rows, each reserved at the budget's largest capacity."""
         reserved = max(capacity, self._fit_capacity(self.memory_budget, rows))
         spare = 0
-        if reserved * 8 >= mmap.PAGESIZE:
-            # A row's first reading backs a page of each store, whatever the row's stride: rows
-            # to spare only while every one of them, so backed, keeps the ring within budget
-            # (rows that share pages take no spare: more of them would not fit).
-            spare = max(0, min(rows * _SPARE_ROWS_FACTOR, self.memory_budget // (2 * mmap.PAGESIZE) - rows))
+        if reserved * BYTES_PER_READING >= mmap.PAGESIZE:
+            # A row's first reading backs a page, whatever the row's stride: rows to spare
+            # only while every one of them, so backed, keeps the ring within budget (rows
+            # that share pages take no spare: more of them would not fit).
+            spare = max(0, min(rows * _SPARE_ROWS_FACTOR, self.memory_budget // mmap.PAGESIZE - rows))
         try:
-            ts_store = _reserve(rows, reserved, np.int64, spare_rows=spare)
-            value_store = _reserve(rows, reserved, np.float64, spare_rows=ts_store.shape[0] - rows)
-            both = min(ts_store.shape[0], value_store.shape[0])  # the same rows, spare or not
-            ts_store, value_store = ts_store[:both], value_store[:both]
+            slots = _reserve(rows, 2 * reserved, np.int64, spare_rows=spare)
         except (MemoryError, OSError):  # the system will not promise that much address space
             reserved = capacity
-            ts_store, value_store = np.empty((rows, reserved), np.int64), np.empty((rows, reserved), np.float64)
-        self._ts_store, self._value_store, self._reserved = ts_store, value_store, reserved
+            slots = np.empty((rows, 2 * reserved), np.int64)
+        # Slot j of row r: ts at column 2j, value (the same 8 bytes read as float64) at 2j + 1.
+        self._slots, self._reserved = slots, reserved
+        self._ts_store, self._value_store = slots[:, 0::2], slots.view(np.float64)[:, 1::2]
+        # The same as one dimension (row r's slot j at r * reserved + j), for the kernels.
+        self._ts_flat = slots.reshape(-1)[0::2]
+        self._value_flat = slots.view(np.float64).reshape(-1)[1::2]
         self._prefault_asked = 0  # new stores: their rows are backed from the first again
         self._view(capacity)
 
@@ -200,12 +208,12 @@ class HotRing:
     def _relay(self, capacity: int, rows_needed: int) -> None:
         old_cap = self.capacity
         rows = max(rows_needed, len(self._written))
-        if (rows <= self._ts_store.shape[0] and old_cap <= capacity <= self._reserved
+        if (rows <= self._slots.shape[0] and old_cap <= capacity <= self._reserved
                 and not (self._written[:self._keys] > old_cap).any()):
             self._view(capacity)  # nothing wrapped: every row's readings stay where they are
             return
         old_ts, old_value = self._ts, self._value
-        old_stores = self._ts_store, self._value_store
+        old_slots = self._slots
         self._allocate(rows, capacity)
         new_ts, new_value = self._ts, self._value
         self._ts, self._value = old_ts, old_value
@@ -213,8 +221,7 @@ class HotRing:
         for first in range(0, self._keys, block):  # rare: only when the layout changes
             stop = min(first + block, self._keys)
             self._relay_rows(first, stop, old_cap, capacity, new_ts, new_value)
-            for store in old_stores:
-                _give_back_rows(store, first, stop)
+            _give_back_rows(old_slots, first, stop)
         self._ts, self._value = new_ts, new_value
 
     def _relay_rows(self, first: int, stop: int, old_cap: int, capacity: int,
@@ -261,13 +268,14 @@ class HotRing:
         if self._prefaulter is None:
             self._prefaulter = prefault.RowPrefaulter(self, _prefault, mmap.PAGESIZE, follow=HotRing._follow_state)
         self._prefault_asked = prefault.ahead(self._keys)  # rows past the stores': asked once
-        self._prefaulter.ask((self._ts_store, self._value_store), min(self._prefault_asked, self._ts_store.shape[0]))
+        self._prefaulter.ask((self._slots,), min(self._prefault_asked, self._slots.shape[0]))
 
-    def _follow_state(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, int, int]:
+    def _follow_state(self) -> tuple[tuple[np.ndarray, ...], np.ndarray, int, int, int]:
         """What the prefault thread reads to back rows ahead of their writes
-        (tiers.prefault.RowFollower): the stores, each row's slots written, the rows in use and
-        the capacity, each read once, without the lock (a stale one only backs a page later)."""
-        return (self._ts_store, self._value_store), self._written, self._keys, self.capacity
+        (tiers.prefault.RowFollower): the store, each row's slots written, the rows in use, the
+        capacity and a slot's bytes, each read once, without the lock (a stale one only backs a
+        page later)."""
+        return (self._slots,), self._written, self._keys, self.capacity, BYTES_PER_READING
 
     def _grow_keys(self, rows_needed: int) -> None:
         if rows_needed <= len(self._written):
@@ -372,14 +380,14 @@ class HotRing:
         self._ensure_keys(int(key_of_code.max()) + 1)
         ts = np.ascontiguousarray(ts, dtype=np.int64)
         while True:
-            fits = check(self._last, self._covered, self._written, self._ts_store.reshape(-1), self._reserved,
+            fits = check(self._last, self._covered, self._written, self._ts_flat, self._reserved,
                          key_of_code, codes, ts, self.capacity, self.window_ms)
             if fits < 0:
                 return None
             # Would push out readings still inside the window: grow first, while the budget allows.
             if fits == 0 or not self._double():
                 break
-        grow = append(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved, self._written,
+        grow = append(self._ts_flat, self._value_flat, self._reserved, self._written,
                       self._pending, self._last, self._covered, key_of_code, codes, ts,
                       np.ascontiguousarray(value, dtype=np.float64), self.capacity, self.window_ms)
         if grow:
@@ -420,8 +428,8 @@ class HotRing:
         written = self._written[keys] + counts
         # Announce, write, then publish: readers leave out the slots being written over.
         self._pending[keys] = written
-        self._ts_store.put(where, new_ts)
-        self._value_store.put(where, new_value)
+        self._ts_flat[where] = new_ts
+        self._value_flat[where] = new_value
         self._written[keys] = written
         self._last[keys] = t[starts + counts - 1]
         wrapped = written > cap
@@ -444,7 +452,7 @@ class HotRing:
         found = np.zeros(len(ts), dtype=bool)
 
         def merge(first: int, stop: int, may_grow: bool) -> int:  # the stores as they are now
-            return _compiled.merge(self._ts_store.reshape(-1), self._value_store.reshape(-1), self._reserved,
+            return _compiled.merge(self._ts_flat, self._value_flat, self._reserved,
                                    self._written, self._pending, self._last, self._covered, self._seq, keys,
                                    starts, counts, ts, value, found, first, stop, self.capacity, self.window_ms,
                                    may_grow)

@@ -302,18 +302,27 @@ def ring_rows(written: np.ndarray, keys: int, capacity: int) -> int:
 
 def warm() -> None:
     """Compile the kernels (or load them from the cache) ahead of the first query and write:
-    that holds the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion."""
-    ring_series(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
-    ring_bands(np.zeros(2, np.int64), np.zeros(2, np.float64), 0, 2, 0, 1, 1)
+    that holds the interpreter lock for 0.5-3 s, which must not land in the middle of ingestion.
+    The ring's readings are strided (a slot's ts and value side by side, `tiers.hot`): each
+    kernel is compiled for the arrays the ring hands it, another signature would be compiled in
+    the ingest thread."""
+    ts, value = _slots_as_ring_has_them(2)
+    ring_series(ts, value, 0, 2, 0, 1, 1)
+    ring_bands(ts, value, 0, 2, 0, 1, 1)
     ring_rows(np.zeros(1, np.int64), 1, 2)
-    # The writes, with the types `HotRing.insert_coded` hands them (1-D, contiguous; int32 key
-    # ids, uint32 codes, int64 ts, float64 values): another signature would be compiled in the
-    # ingest thread.
+    # The writes, with the types `HotRing.insert_coded` hands them (int32 key ids, uint32 codes,
+    # contiguous int64 ts and float64 values).
     i64, f64, i32, u32 = np.zeros(1, np.int64), np.zeros(1, np.float64), np.zeros(1, np.int32), np.zeros(1, np.uint32)
-    coded_check(i64, i64, i64, np.zeros(2, np.int64), 2, i32, u32, np.ones(1, np.int64), 2, 1)
-    coded_append(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
+    coded_check(i64, i64, i64, ts, 2, i32, u32, np.ones(1, np.int64), 2, 1)
+    coded_append(ts, value, 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
                  np.zeros(1, np.int64), np.zeros(1, np.int64), i32, u32, np.ones(1, np.int64), f64, 2, 1)
     # And the exact merge of late readings (`HotRing._merge_compiled`: int32 key ids, as ingestion's).
-    merge_rows(np.zeros(2, np.int64), np.zeros(2, np.float64), 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
+    merge_rows(ts, value, 2, np.zeros(1, np.int64), np.zeros(1, np.int64),
                np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), i32, np.zeros(1, np.int64),
                np.ones(1, np.int64), np.ones(1, np.int64), f64, np.zeros(1, np.bool_), 0, 1, 2, 1, True)
+
+
+def _slots_as_ring_has_them(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` slots laid out as `tiers.hot.HotRing` lays them: ts and value side by side."""
+    slots = np.zeros(2 * n, np.int64)
+    return slots[0::2], slots.view(np.float64)[1::2]

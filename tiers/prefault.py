@@ -40,9 +40,9 @@ import numpy as np
 MADV_POPULATE_WRITE = 23  # linux/mman.h
 # Rows backed ahead of those in use: as many as are in use, from 1,024 to 16,384. While a
 # fab's sensors appear (a thousand machines of a hundred sensors within a second) the thread
-# stays ahead of most; 8 KiB a row (a page of each store), so at most 128 MiB beyond the rows in
-# use, and 8 MiB for a ring of a thousand sensors. Within `[hot] memory_budget` all the same:
-# a ring's stores hold no more rows than the budget backs at a page of each.
+# stays ahead of most; 4 KiB a row (a page of the ring's store), so at most 64 MiB beyond the
+# rows in use, and 4 MiB for a ring of a thousand sensors. Within `[hot] memory_budget` all the
+# same: a ring's store holds no more rows than the budget backs at a page a row.
 MIN_AHEAD_ROWS, MAX_AHEAD_ROWS = 1024, 16384
 
 
@@ -91,14 +91,14 @@ def _compile() -> tuple[Callable[[int, int, int, int, int], int], Callable[..., 
 
     @numba.njit(nogil=True)
     def follow(addresses: np.ndarray, row_bytes: int, written: np.ndarray, seen: np.ndarray, done: np.ndarray,
-               rows: int, capacity: int, passes: int, page: int) -> int:
-        """For each row below `rows` that has not filled `capacity` slots (8 bytes each), back
+               rows: int, capacity: int, passes: int, page: int, slot_bytes: int) -> int:
+        """For each row below `rows` that has not filled `capacity` slots (`slot_bytes` each), back
         the pages of each store (at `addresses`, rows `row_bytes` apart, page-aligned) up to the
         slot it will reach after `passes` more steps like its last (`written` now, `seen`
         before); `done`: the slot up to which each row's pages are backed. The calls that
         failed."""
         failed = 0
-        per_page = page // 8
+        per_page = page // slot_bytes
         for row in range(rows):
             now = written[row]
             step = now - seen[row]
@@ -113,7 +113,8 @@ def _compile() -> tuple[Callable[[int, int, int, int, int], int], Callable[..., 
             stop = min(-(-target // per_page) * per_page, capacity)
             done[row] = stop
             for address in addresses:
-                if madvise(address + row * row_bytes + first * 8, (stop - first) * 8, MADV_POPULATE_WRITE) != 0:
+                if madvise(address + row * row_bytes + first * slot_bytes, (stop - first) * slot_bytes,
+                           MADV_POPULATE_WRITE) != 0:
                     failed += 1
         return failed
 
@@ -159,10 +160,12 @@ class RowFollower:
         self._seen = np.zeros(0, np.int64)
         self._done = np.zeros(0, np.int64)
 
-    def step(self, stores: tuple[np.ndarray, ...], written: np.ndarray, rows: int, capacity: int) -> int:
-        """One pass over rows `:rows`, with `written` each row's slots written so far (read as
-        the writer moves it: a stale count only backs a page later or sooner); the calls
-        that failed. Rows narrower than a page share pages: the first-page backing covers them."""
+    def step(self, stores: tuple[np.ndarray, ...], written: np.ndarray, rows: int, capacity: int,
+             slot_bytes: int = 8) -> int:
+        """One pass over rows `:rows` of slots of `slot_bytes`, with `written` each row's slots
+        written so far (read as the writer moves it: a stale count only backs a page later or
+        sooner); the calls that failed. Rows narrower than a page share pages: the first-page
+        backing covers them."""
         row_bytes = stores[0].strides[0]
         if row_bytes % self._page or any(s.ctypes.data % self._page for s in stores):
             return 0
@@ -176,18 +179,19 @@ class RowFollower:
             self._seen = np.concatenate([self._seen, np.zeros(grow, np.int64)])
             self._done = np.concatenate([self._done, np.zeros(grow, np.int64)])
         addresses = np.array([s.ctypes.data for s in stores], dtype=np.int64)
-        return self._follow(addresses, row_bytes, written, self._seen, self._done, rows, min(capacity, row_bytes // 8),
-                            _FOLLOW_PASSES, self._page)
+        return self._follow(addresses, row_bytes, written, self._seen, self._done, rows,
+                            min(capacity, row_bytes // slot_bytes), _FOLLOW_PASSES, self._page, slot_bytes)
 
 
 class RowPrefaulter:
-    """A daemon thread that backs the first page of rows in both of a ring's stores, up to the
+    """A daemon thread that backs the first page of rows in each of a ring's stores, up to the
     row `ask` last named, and, given `follow` (of the owner: its stores, written counts, rows in
-    use and capacity, read each `FOLLOW_S`), the rows in use ahead of their writes (`RowFollower`);
+    use, capacity and a slot's bytes, read each `FOLLOW_S`), the rows in use ahead of their writes (`RowFollower`);
     it ends once the ring that owns it is gone."""
 
     def __init__(self, owner: object, populate: Callable[[int, int, int, int, int], int], page: int,
-                 follow: Callable[[Any], tuple[tuple[np.ndarray, ...], np.ndarray, int, int]] | None = None) -> None:
+                 follow: Callable[[Any], tuple[tuple[np.ndarray, ...], np.ndarray, int, int, int]] | None = None
+                 ) -> None:
         self._owner = weakref.ref(owner)
         self._populate = populate
         self._page = page
@@ -203,7 +207,7 @@ class RowPrefaulter:
         self._thread.start()
 
     def ask(self, stores: tuple[np.ndarray, ...], upto: int) -> None:
-        """Back rows up to `upto` of `stores` (the ring's current ts and value stores; new ones
+        """Back rows up to `upto` of `stores` (the ring's current store of slots; new ones
         start again from row 0)."""
         with self._wake:
             if not self._stores or stores[0] is not self._stores[0]:
@@ -240,5 +244,5 @@ class RowPrefaulter:
 
     def _follow_writes(self, owner: object) -> None:
         if self._follower is not None and self._state is not None:
-            stores, written, rows, capacity = self._state(owner)  # held here while the loop reads them
-            self.failed += self._follower.step(stores, written, rows, capacity)
+            stores, written, rows, capacity, slot_bytes = self._state(owner)  # held while the loop reads them
+            self.failed += self._follower.step(stores, written, rows, capacity, slot_bytes)

@@ -102,15 +102,15 @@ def test_keys_that_double_into_spare_rows_are_not_re_laid(monkeypatch):
 
 
 def _backed_bytes(ring: HotRing) -> int:
-    """The memory the rows in use back: each written row's slots, by whole pages of both
-    stores (a page two rows share counted once)."""
-    page = mmap.PAGESIZE
+    """The memory the rows in use back: each written row's slots (a reading's ts and value
+    side by side), by whole pages (a page two rows share counted once)."""
+    page, slot = mmap.PAGESIZE, hot.BYTES_PER_READING
     held = np.minimum(ring._written[:ring._keys], ring.capacity)
     rows = np.flatnonzero(held)
-    start = rows * ring._reserved * 8
-    first, last = start // page, (start + held[rows] * 8 - 1) // page
+    start = rows * ring._reserved * slot
+    first, last = start // page, (start + held[rows] * slot - 1) // page
     pages = int((last - first + 1).sum()) - int(np.count_nonzero(first[1:] == last[:-1]))
-    return 2 * pages * page
+    return pages * page
 
 
 def test_spare_rows_never_let_young_rows_outgrow_the_budget():
@@ -121,5 +121,5 @@ def test_spare_rows_never_let_young_rows_outgrow_the_budget():
     for first in range(0, 6_000, 250):
         key_ids = np.arange(first, first + 250, dtype=np.int32)
         ring.insert(key_ids, np.full(250, BASE, np.int64), np.ones(250))
-        assert _backed_bytes(ring) <= budget, (first, ring._reserved, ring._ts_store.shape)
+        assert _backed_bytes(ring) <= budget, (first, ring._reserved, ring._slots.shape)
     assert ring.series(5_999)[0].tolist() == [BASE]

@@ -141,12 +141,12 @@ def test_growing_before_a_wrap_moves_no_reading():
     """The window fills up: capacity doubles several times, but no reading is copied (the
     rows are reserved up front), and every reading is still there, in order."""
     hot = ring(window_ms=10**9, budget=1 << 26)
-    store = hot._ts_store  # what a copy would replace
+    store = hot._slots  # what a copy would replace
     sensors = np.arange(10, dtype=np.int32)
     for step in range(40):  # 100 readings per sensor per step
         ts = BASE + step * 100 + np.arange(100)
         hot.insert(np.repeat(sensors, 100), np.tile(ts, 10), np.tile(ts.astype(np.float64), 10))
-    assert hot.capacity >= 4000 and hot._ts_store is store
+    assert hot.capacity >= 4000 and hot._slots is store
     for key in sensors.tolist():
         ts, value = hot.series(int(key))
         assert ts.tolist() == list(range(BASE, BASE + 4000)) and np.array_equal(value, ts.astype(np.float64))

@@ -34,13 +34,13 @@ def _contents(ring: HotRing, keys: int) -> list:
 def test_rows_ahead_of_those_in_use_are_backed_and_those_beyond_are_not(monkeypatch):
     monkeypatch.setattr(hot, "_prefault", populate)
     ring = HotRing(window_ms=60_000, memory_budget=2 << 30, covered_from=BASE - 1)
-    assert ring._reserved * 8 >= mmap.PAGESIZE  # a page a row: each row's first page its own
+    assert ring._reserved * hot.BYTES_PER_READING >= mmap.PAGESIZE  # a page a row: each row's first page its own
     keys = 1_000
     ring.insert(np.arange(keys, dtype=np.int32), np.full(keys, BASE, np.int64), np.ones(keys))
     assert ring._prefaulter is not None and ring._prefaulter.wait_idle()
     upto = prefault.ahead(keys)
-    assert ring._prefaulter.failed == 0 and ring._ts_store.shape[0] > upto + 100
-    for store in (ring._ts_store, ring._value_store):
+    assert ring._prefaulter.failed == 0 and ring._slots.shape[0] > upto + 100
+    for store in (ring._slots,):
         assert all(_resident(store, row) for row in range(keys, upto))  # ahead: backed
         assert not any(_resident(store, row) for row in range(upto + 1, upto + 100))  # beyond: not
 
@@ -81,17 +81,19 @@ def _backed_pages(store: np.ndarray, row: int, pages: int) -> list[bool]:
     return [bool(v & 1) for v in vector]
 
 
-def test_rows_in_use_are_backed_ahead_of_their_writes_at_their_own_pace():
+@pytest.mark.parametrize("slot_bytes", [8, hot.BYTES_PER_READING])  # two stores of 8; the ring's one of 16
+def test_rows_in_use_are_backed_ahead_of_their_writes_at_their_own_pace(slot_bytes):
     follow = prefault.loaded_follow()
     assert follow is not None
-    per_page = mmap.PAGESIZE // 8
+    per_page = mmap.PAGESIZE // slot_bytes
     capacity = 16 * per_page
-    stores = (hot._reserve(3, capacity, np.int64), hot._reserve(3, capacity, np.float64))
+    words = slot_bytes // 8
+    stores = tuple(hot._reserve(3, capacity * words, np.int64) for _ in range(2 if words == 1 else 1))
     written = np.zeros(3, np.int64)
     follower = prefault.RowFollower(follow, mmap.PAGESIZE)
-    assert follower.step(stores, written, 3, capacity) == 0  # the first pass only notes where rows are
+    assert follower.step(stores, written, 3, capacity, slot_bytes) == 0  # the first pass only notes where rows are
     written[:] = [per_page // 2, 3 * per_page, 0]  # row 0 slow, row 1 fast, row 2 idle
-    assert follower.step(stores, written, 3, capacity) == 0
+    assert follower.step(stores, written, 3, capacity, slot_bytes) == 0
     for store in stores:
         # row 0: half a page a pass, 4 passes ahead -> slot 2.5 pages: pages 0-2 backed
         assert _backed_pages(store, 0, 16) == [True] * 3 + [False] * 13
