@@ -119,7 +119,7 @@ def _give_back_rows(store: np.ndarray, first: int, stop: int) -> None:
         return  # np.empty fallback: freed with the whole array
     row_bytes = store.strides[0]
     # Only whole pages within these rows (rows may be smaller than a page: at a million
-    # sensors a row is 1 KiB); a page shared with the next block is left, one per block.
+    # sensors a row is 2 KiB); a page shared with the next block is left, one per block.
     begin = -(-first * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
     end = stop * row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
     if end > begin:
