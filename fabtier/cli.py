@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stop = threading.Event()
     install_stop_signals(stop)
-    instance = Instance(settings).start(stop=stop)
+    instance = Instance(settings).start(stop=stop, freeze_gc=True)
     if instance.pipeline.ready:
         print(f"fabtier running: API {instance.api_url}, data in {settings.data_dir}, lake {settings.store_url}",
               flush=True)

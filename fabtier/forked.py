@@ -90,17 +90,21 @@ def _call_once(fn: Callable[[], T], timeout: float, stall: float, idle_unless: C
     parent = os.getpid()
     # The child must not finalise the parent's garbage: a collection in the child would run
     # destructors of objects it only has a copy of (a DuckDB connection among them crashed
-    # the child). Frozen objects are never collected; the parent unfreezes right after.
-    gc.freeze()
+    # the child). No collection runs across the fork, and the child freezes everything it
+    # inherited (frozen objects are never collected) before anything else. The parent's own
+    # frozen objects (`freeze_startup_objects`) stay frozen: a freeze and unfreeze here would
+    # hand them back to its collections.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         pid = os.fork()
     except OSError as exc:  # ENOMEM, EAGAIN (a process limit): the caller does it itself
-        gc.unfreeze()
         os.close(read_fd)
         os.close(write_fd)
         raise ChildLost(f"cannot fork: {exc}") from None
-    if pid != 0:
-        gc.unfreeze()
+    finally:
+        if collecting and os.getpid() == parent:
+            gc.enable()
     if pid == 0:
         _child(fn, read_fd, write_fd, parent, idle=idle_unless is not None)  # never returns
     os.close(write_fd)
@@ -216,6 +220,8 @@ def _read_all(fd: int, timeout: float, progress: _Progress, priority: _Priority)
 
 
 def _child(fn: Callable[[], object], read_fd: int, write_fd: int, parent: int, *, idle: bool) -> None:
+    gc.freeze()  # first: the parent's objects are never collected here (see `_call_once`)
+    gc.enable()  # the child's own garbage is
     status = 0
     try:
         os.close(read_fd)

@@ -3,6 +3,7 @@ stopped in the right order."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -25,8 +26,10 @@ class Instance:
         self.api: ApiServer | None = None
         self._scheduler = None
 
-    def start(self, *, stop: threading.Event | None = None) -> Instance:
-        """Everything up; with `stop`, waits for the broker (retrying) until `stop` is set."""
+    def start(self, *, stop: threading.Event | None = None, freeze_gc: bool = False) -> Instance:
+        """Everything up; with `stop`, waits for the broker (retrying) until `stop` is set;
+        with `freeze_gc` (a process of its own: `fabtier run`), the objects made until ingestion
+        starts are left out of every later collection (`freeze_startup_objects`)."""
         # The ingest thread keeps the GIL busy; a shorter switch interval than Python's 5 ms
         # lets the API's threads (dashboards, SQL) answer within a millisecond or so. (50 us
         # while a SQL statement ran took 5 ms off its 65 and cost ingestion 13 % at 5
@@ -42,6 +45,8 @@ class Instance:
                              token=self.settings.api.token.reveal())
         self.api.start()
         warming.join()
+        if freeze_gc:
+            freeze_startup_objects()
         try:
             self.pipeline.start(stop=stop)
             if self.pipeline.ready:
@@ -63,6 +68,18 @@ class Instance:
     @property
     def api_url(self) -> str:
         return f"http://{self.settings.api.host}:{self.api.port}" if self.api else ""
+
+
+def freeze_startup_objects() -> None:
+    """Collect once, then leave every object alive now out of later collections (`gc.freeze`):
+    the libraries' objects (numba's, pyarrow's, DuckDB's, the API's) and the pipeline's, which
+    live as long as the process. A full collection walks every tracked object, and on the
+    ingest thread at 100,000 sensors it held the interpreter lock 100-120 ms every ~12 s (in
+    process, ~190,000 objects); with them frozen, 7-23 ms. Frozen objects are still freed when
+    their last reference goes, only a cycle among them is not. For a process of its own: in a
+    test process it would freeze the test runner's objects too."""
+    gc.collect()
+    gc.freeze()
 
 
 def warm_compiled_code() -> None:

@@ -53,3 +53,39 @@ def test_a_child_closing_the_data_dir_lock_leaves_it_held_by_the_parent(tmp_path
     finally:
         lock.release()
     assert not is_locked(tmp_path)
+
+
+class _Finalised:
+    """An object in a reference cycle that says, in a file, when it is finalised."""
+
+    def __init__(self, path) -> None:
+        self.path, self.me = path, self
+
+    def __del__(self) -> None:
+        with open(self.path, "a") as out:
+            out.write(f"{os.getpid()}\n")
+
+
+def test_the_child_never_collects_the_parents_garbage_and_the_parent_keeps_its_frozen_objects(tmp_path):
+    """A cycle the parent dropped just before the fork is garbage the child also holds: the
+    child must not finalise it (its destructor would act on the parent's resources: a DuckDB
+    connection crashed the child). And objects the parent froze (`freeze_startup_objects`) stay
+    frozen after a fork: the parent does not thaw them around it."""
+    import gc
+    marks = tmp_path / "finalised"
+    frozen = gc.get_freeze_count()
+    gc.freeze()  # as an instance does at start-up
+    try:
+        held = gc.get_freeze_count()
+        assert held > frozen
+        collecting = gc.isenabled()
+        gc.disable()  # the cycle stays uncollected in the parent until after the fork
+        _Finalised(marks)
+        gc.enable()
+        pid = forked.call_in_fork(lambda: (gc.collect(), os.getpid())[1], timeout=60)
+        assert not marks.exists() or str(pid) not in marks.read_text().split()  # not in the child
+        assert gc.get_freeze_count() == held and gc.isenabled() == collecting
+        gc.collect()  # in the parent, the cycle is garbage as any other
+        assert str(os.getpid()) in marks.read_text().split()
+    finally:
+        gc.unfreeze()
