@@ -10,7 +10,8 @@ the parser's strings and the tuple by which a repeating interleaving is found (i
 `python` over 8,000 messages of that stream). One compiled pass over the array's bytes
 does it in a few microseconds. It reads only what is simply a known name: an escape, a
 control character, a name not in the table or anything but a string, and it answers None,
-and the general decoder (`ingest.codec`) decides, with its reasons. Integers alike: only
+and the general decoder (`ingest.codec`) decides, with its reasons. Values alike (`float64s`):
+plain decimals, read exactly, the rest left to the decoder. Integers alike: only
 plain ones of up to 18 digits (a timestamp in milliseconds has 13), exactly; a fraction, an
 exponent or anything else is left to the general decoder (12 us of a message were its 500
 Python ints and their conversion to an array). Compiled once `warm()`
@@ -88,6 +89,7 @@ _compiled: Kernel | None = None
 _compiled_words: Callable[..., tuple[int, int]] | None = None  # the compact form's pass
 _compiled_ints_words: Callable[..., int] | None = None  # the same for integers
 _compiled_ints: IntKernel | None = None
+_compiled_floats: Callable[[np.ndarray, np.ndarray], int] | None = None  # arrayscankernel.float64s
 MAX_DIGITS = 18  # what an int64 always holds
 NOT_SIMPLE = -2  # arrayscankernel.name_codes_by_words: not the compact form
 _PADDING = bytes(32)
@@ -164,12 +166,30 @@ def _ints_with_python(raw: bytes, rows: int) -> np.ndarray | None:
     return np.array(values, dtype=np.int64)
 
 
+def float64s(raw: bytes) -> np.ndarray | None:
+    """The numbers of `raw` (a JSON array, its bytes as the payload holds them) as float64, each
+    exactly what a correct JSON parser makes of it, when the compiled pass reads them: plain
+    decimals, no exponent, at most 15 significant digits and 22 after the point (what sensors
+    send: `22.031`). Else None (and always before `warm()`): the decoder reads the array.
+
+    Why: a batch's 500 values made into 500 Python floats by the JSON decoder and then into an
+    array were the largest part of the ingest thread's time holding the interpreter lock at
+    100,000 sensors (py-spy `--gil`: `_decode_plain_batch` 24 % of its samples)."""
+    kernel = _compiled_floats
+    if kernel is None:
+        return None
+    out = np.empty(raw.count(b",") + 1, dtype=np.float64)
+    return out if kernel(np.frombuffer(raw, dtype=np.uint8), out) == len(out) else None
+
+
 def warm() -> None:
     """Compile the kernels (or load them from numba's cache) and use them from now on."""
-    global _compiled, _compiled_ints, _compiled_words, _compiled_ints_words
+    global _compiled, _compiled_ints, _compiled_words, _compiled_ints_words, _compiled_floats
     with _warming:
         if _compiled is None:
             from ingest import arrayscankernel  # imports numba
+            arrayscankernel.float64s(np.frombuffer(b'[1.5]', np.uint8), np.empty(1, np.float64))
+            _compiled_floats = arrayscankernel.float64s
             table = NameTable(["a"])
             arrayscankernel.name_codes(np.frombuffer(b'["a"]', np.uint8), table.slots, table.heads, table.blob,
                                       table.starts, np.empty(1, np.uint32))

@@ -1,4 +1,4 @@
-"""`ingest.arrayscan.name_codes` and `int64s` as compiled passes (see that module for why). Loaded only
+"""`ingest.arrayscan.name_codes`, `int64s` and `float64s` as compiled passes (see that module for why). Loaded only
 by `ingest.arrayscan.warm`: importing numba costs a process seconds."""
 
 from __future__ import annotations
@@ -330,6 +330,66 @@ def int64s(raw: np.ndarray, out: np.ndarray) -> int:
         if count >= len(out):
             return -1
         out[count] = -value if negative else value
+        count += 1
+        i = _next_item(raw, i)
+        if i < 0:
+            return count if i == _DONE else -1
+
+
+_DOT, _E_LOWER, _E_UPPER = 46, 101, 69
+_MAX_SIGNIFICANT = 15  # digits whose integer a float64 always holds exactly (< 2**53)
+_MAX_FRACTION = 22  # the largest power of ten a float64 holds exactly: 1e22
+_EXACT_POWERS_OF_TEN = np.array([float(10**k) for k in range(_MAX_FRACTION + 1)], dtype=np.float64)
+
+
+@numba.njit(cache=True)
+def float64s(raw: np.ndarray, out: np.ndarray) -> int:
+    """The numbers of the JSON array `raw` into `out`, each the float64 nearest to what it
+    writes; how many, or -1 when the array is not plain decimals this pass reads exactly (see
+    `ingest.arrayscan.float64s`) or holds more than `out`.
+
+    Exact by Clinger's fast path: a decimal of at most 15 significant digits and at most 22
+    after the point is m / 10**k with m and 10**k both exact float64 values, and IEEE division
+    rounds their quotient correctly, so it is the nearest float64, as a correct parser's. An
+    exponent, more digits, a leading zero or anything else: -1."""
+    end = len(raw)
+    i = _first_item(raw)
+    if i < 0:
+        return 0 if i == _EMPTY else -1
+    count = 0
+    while True:
+        negative = i < end and raw[i] == _MINUS
+        if negative:
+            i += 1
+        begin = i
+        mantissa = 0
+        significant = 0
+        while i < end and _ZERO <= raw[i] <= _NINE:
+            mantissa = mantissa * 10 + (raw[i] - _ZERO)
+            significant += mantissa != 0
+            i += 1
+        if i == begin or (raw[begin] == _ZERO and i - begin > 1):  # no digit, or a leading zero
+            return -1
+        fraction = 0
+        if i < end and raw[i] == _DOT:
+            i += 1
+            point = i
+            while i < end and _ZERO <= raw[i] <= _NINE:
+                mantissa = mantissa * 10 + (raw[i] - _ZERO)
+                significant += mantissa != 0
+                i += 1
+            fraction = i - point
+            if fraction == 0:
+                return -1
+        if significant > _MAX_SIGNIFICANT or fraction > _MAX_FRACTION:
+            return -1
+        if i < end and (raw[i] == _E_LOWER or raw[i] == _E_UPPER):
+            return -1
+        if count >= len(out):
+            return -1
+        value = mantissa / _EXACT_POWERS_OF_TEN[fraction]
+        # JSON's -0 is the integer 0 (+0.0 as a float); -0.0 is the float -0.0.
+        out[count] = -value if negative and (fraction > 0 or mantissa != 0) else value
         count += 1
         i = _next_item(raw, i)
         if i < 0:

@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from ingest.arrayscan import NameTable, int64s, name_codes
+from ingest.arrayscan import NameTable, float64s, int64s, name_codes
 from ingest.layoutcache import SelfLimitingCache
 
 MAX_NAME_BYTES = 256
@@ -88,10 +88,11 @@ class _PlainBatch(msgspec.Struct, forbid_unknown_fields=True):
 
     ts: msgspec.Raw
     sensor: msgspec.Raw
-    v: list[float]
+    v: msgspec.Raw  # `ingest.arrayscan.float64s`, or `_NUMBERS` where it does not read them
 
 
 _PLAIN_BATCH = msgspec.json.Decoder(_PlainBatch)
+_NUMBERS = msgspec.json.Decoder(list[float])
 # Layouts by the bytes of a payload's array of names (`_decode_plain_batch`): as `_LAYOUTS`.
 _RAW_LAYOUTS: SelfLimitingCache[SensorLayout] = SelfLimitingCache(4096)
 
@@ -280,14 +281,18 @@ def _decode_plain_batch(machine: str, payload: bytes) -> ReadingBatch | None:
     timestamp, and no type is checked in Python (msgspec checks the numbers as it reads)."""
     try:
         doc = _PLAIN_BATCH.decode(payload)
+        raw_values = bytes(doc.v)
+        value = float64s(raw_values)  # plain decimals, exactly; finite by construction
+        if value is None:
+            numbers = _NUMBERS.decode(raw_values)
+            value = np.fromiter(numbers, dtype=np.float64, count=len(numbers))  # msgspec checked each
+            if not np.isfinite(value).all():
+                return None
     except msgspec.DecodeError:  # a ValidationError too
         return None
-    n = len(doc.v)
+    n = len(value)
     ts = int64s(bytes(doc.ts), n) if n else None
     if ts is None:
-        return None
-    value = np.fromiter(doc.v, dtype=np.float64, count=n)  # numbers: msgspec checked each
-    if not np.isfinite(value).all():
         return None
     raw = bytes(doc.sensor)
     layout = _RAW_LAYOUTS.get(raw)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import numpy as np
 import orjson
 from hypothesis import given, settings
@@ -203,3 +204,58 @@ def test_plain_integers_are_read_and_anything_else_is_left_to_the_decoder():
                   b"[1, 2] 3", b"[1, 2, 3]", b"[1]"):
         assert arrayscan.int64s(other, 2) is None, other
         assert arrayscan._ints_with_python(other, 2) is None, other
+
+
+@st.composite
+def decimal_arrays(draw) -> tuple[bytes, bool]:
+    """Arrays of numbers as JSON may write them, and whether each is a plain decimal the
+    compiled pass must read (no exponent, at most 15 significant digits and 22 after the point,
+    written compactly); some cut, doubled or damaged."""
+    plain = True
+    items = []
+    for _ in range(draw(st.integers(0, 8))):
+        sign = draw(st.sampled_from(["", "-"]))
+        whole = draw(st.sampled_from(["0"]) | st.integers(1, 10**18).map(str))
+        point = draw(st.sampled_from(["", ""]) | st.text("0123456789", min_size=1, max_size=25).map(lambda d: "." + d))
+        exponent = draw(st.sampled_from([""] * 6 + ["e5", "E-3", "e+2", "e400"]))
+        digits = (whole + point[1:]).lstrip("0")
+        if exponent or len(digits) > 15 or len(point) - 1 > 22:
+            plain = False
+        items.append(sign + whole + point + exponent)
+    sep = draw(st.sampled_from([",", ",", ", "]))
+    plain = plain and sep == ","
+    raw = ("[" + sep.join(items) + "]").encode()
+    if draw(st.integers(0, 6)) == 0:
+        plain = False
+        raw = draw(st.sampled_from([raw[:-1], raw + raw, raw.replace(b",", b",,", 1), raw.replace(b"1", b"01", 1),
+                                    raw.replace(b"[", b"[.", 1), raw.replace(b"0", b"-", 1), b"[1.]", b"[-]", b"[]"]))
+    return raw, plain
+
+
+def _bits(values) -> list[int]:
+    return np.asarray(values, dtype=np.float64).view(np.int64).tolist()
+
+
+@settings(max_examples=800, deadline=None)
+@given(case=decimal_arrays())
+def test_plain_decimals_are_read_exactly_as_json_means_them_and_the_rest_left_to_the_decoder(case):
+    raw, plain = case
+    arrayscan.warm()
+    compiled = arrayscan.float64s(raw)
+    try:
+        decoded = msgspec.json.decode(raw, type=list[float])
+    except msgspec.DecodeError:
+        decoded = None
+    if compiled is not None:  # only what the decoder takes, and bit for bit its value (-0.0 too)
+        assert decoded is not None and _bits(compiled) == _bits(decoded), (raw, compiled, decoded)
+    if plain and decoded:  # what sensors send is read here, not by the decoder
+        assert compiled is not None, raw
+
+
+def test_decimals_near_the_limits_of_the_exact_reading():
+    arrayscan.warm()
+    for text in ("0.1", "0.3", "-0.0", "-0", "5", "999999999999999", "0.000000000000000000001", "90071992547.0993",
+                 "123456789012.345", "1.7976931348623", "4.9406564584124"):
+        assert _bits(arrayscan.float64s(f"[{text}]".encode())) == _bits([float(text) if text != "-0" else 0.0]), text
+    for past in ("9999999999999999", "1.0000000000000001", "0.00000000000000000000001", "1e1", "1E-1"):
+        assert arrayscan.float64s(f"[{past}]".encode()) is None, past  # the decoder reads these
