@@ -33,6 +33,7 @@ import os
 import pickle
 import select
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -81,6 +82,9 @@ def call_in_fork(fn: Callable[[], T], *, timeout: float, stall: float | None = N
         return _call_once(fn, timeout, stall, None)
 
 
+_FORKING = threading.Lock()
+
+
 class _Replaced(Exception):
     """The idle child was killed because it could not be raised to normal priority."""
 
@@ -94,17 +98,18 @@ def _call_once(fn: Callable[[], T], timeout: float, stall: float, idle_unless: C
     # inherited (frozen objects are never collected) before anything else. The parent's own
     # frozen objects (`freeze_startup_objects`) stay frozen: a freeze and unfreeze here would
     # hand them back to its collections.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        pid = os.fork()
-    except OSError as exc:  # ENOMEM, EAGAIN (a process limit): the caller does it itself
-        os.close(read_fd)
-        os.close(write_fd)
-        raise ChildLost(f"cannot fork: {exc}") from None
-    finally:
-        if collecting and os.getpid() == parent:
-            gc.enable()
+    with _FORKING:  # one fork at a time: another's `gc.enable` would come in between
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # ENOMEM, EAGAIN (a process limit): the caller does it itself
+            os.close(read_fd)
+            os.close(write_fd)
+            raise ChildLost(f"cannot fork: {exc}") from None
+        finally:
+            if collecting and os.getpid() == parent:
+                gc.enable()
     if pid == 0:
         _child(fn, read_fd, write_fd, parent, idle=idle_unless is not None)  # never returns
     os.close(write_fd)
