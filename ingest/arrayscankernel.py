@@ -308,23 +308,36 @@ def int64s_by_words(raw: np.ndarray, words: np.ndarray, n: int, out: np.ndarray)
 
 
 @numba.njit(cache=True)
+def _digit_run(raw: np.ndarray, i: int, value: int, significant: int) -> tuple[int, int, int]:
+    """The ASCII digits from `i` on appended to `value`; where they end, the value, and
+    `significant` plus the digits counted from the first that made the value nonzero."""
+    while i < len(raw) and _ZERO <= raw[i] <= _NINE:
+        value = value * 10 + (raw[i] - _ZERO)
+        significant += value != 0
+        i += 1
+    return i, value, significant
+
+
+@numba.njit(cache=True)
+def _signed_digits(raw: np.ndarray, i: int) -> tuple[bool, int, int, int, int]:
+    """A number's optional minus and its first run of digits from `i`: whether negative, where
+    the digits begin and end, their value, and how many are significant (`_digit_run`)."""
+    negative = i < len(raw) and raw[i] == _MINUS
+    begin = i + 1 if negative else i
+    end, value, significant = _digit_run(raw, begin, 0, 0)
+    return negative, begin, end, value, significant
+
+
+@numba.njit(cache=True)
 def int64s(raw: np.ndarray, out: np.ndarray) -> int:
     """The integers of the JSON array `raw` into `out`; how many, or -1 when the array is not
     plain integers of at most `_MAX_DIGITS` digits (see `ingest.arrayscan.int64s`) or holds more than `out`."""
-    end = len(raw)
     i = _first_item(raw)
     if i < 0:
         return 0 if i == _EMPTY else -1
     count = 0
     while True:
-        negative = i < end and raw[i] == _MINUS
-        if negative:
-            i += 1
-        begin = i
-        value = 0
-        while i < end and _ZERO <= raw[i] <= _NINE:
-            value = value * 10 + (raw[i] - _ZERO)
-            i += 1
+        negative, begin, i, value, _ = _signed_digits(raw, i)
         if i == begin or i - begin > _MAX_DIGITS:
             return -1
         if count >= len(out):
@@ -358,26 +371,13 @@ def float64s(raw: np.ndarray, out: np.ndarray) -> int:
         return 0 if i == _EMPTY else -1
     count = 0
     while True:
-        negative = i < end and raw[i] == _MINUS
-        if negative:
-            i += 1
-        begin = i
-        mantissa = 0
-        significant = 0
-        while i < end and _ZERO <= raw[i] <= _NINE:
-            mantissa = mantissa * 10 + (raw[i] - _ZERO)
-            significant += mantissa != 0
-            i += 1
+        negative, begin, i, mantissa, significant = _signed_digits(raw, i)
         if i == begin or (raw[begin] == _ZERO and i - begin > 1):  # no digit, or a leading zero
             return -1
         fraction = 0
         if i < end and raw[i] == _DOT:
-            i += 1
-            point = i
-            while i < end and _ZERO <= raw[i] <= _NINE:
-                mantissa = mantissa * 10 + (raw[i] - _ZERO)
-                significant += mantissa != 0
-                i += 1
+            point = i + 1
+            i, mantissa, significant = _digit_run(raw, point, mantissa, significant)
             fraction = i - point
             if fraction == 0:
                 return -1
