@@ -338,7 +338,11 @@ def run(bench: IngestBench, workdir: Path | None = None) -> dict:
         result.update(stored=stored, distinct=distinct, lost=readings - distinct,
                       duplicates=stored - distinct, quarantined=metrics["quarantined"],
                       duplicates_dropped_at_ingest=metrics["duplicates_dropped"],
-                      wal_commits=metrics["commits"], messages_seen=max(backlog) if backlog else 0)
+                      wal_commits=metrics["commits"], messages_seen=max(backlog) if backlog else 0,
+                      # Commits whose acknowledgements waited for a seal (unsealed rows at
+                      # `[ingest] max_unsealed`), and the seals: why a run was slower than its pair.
+                      backpressure_commits=metrics["backpressure_commits"],
+                      segments_sealed=metrics["segments_sealed"])
     except BaseException:
         own_dir = False  # the instance's and the broker's logs stay for the post-mortem
         print(f"fabtier bench ingest failed; logs kept in {workdir}", file=sys.stderr)
@@ -403,4 +407,6 @@ def report(result: dict) -> str:
                      + (f"; stopped by an error: {result['sql_error']}" if "sql_error" in result else ""))
     lines.append(f"  peak resident memory of fabtier: {result['peak_rss_mib']:,} MiB")
     lines.append(f"  stored {result['stored']:,}, lost {result['lost']}, duplicates {result['duplicates']}")
+    lines.append(f"  {result['segments_sealed']} log segments sealed while it ran; {result['backpressure_commits']} "
+                 "group commits held their acknowledgements back for a seal")
     return "\n".join(lines)

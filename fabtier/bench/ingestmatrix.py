@@ -109,6 +109,7 @@ def summarize(scales: list[Scale], rates: list[float], runs: dict[Cell, list[dic
                 if values:
                     row[key] = round(statistics.median(values), 3)
             row["each_readings_per_s"] = [r["fabtier_readings_per_s"] for r in done]
+            row["each_backpressure_commits"] = [r["backpressure_commits"] for r in done]
             if done and "cpu_cores" in done[0]:
                 row["cpu_cores"] = _median_cores(done)
             row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in done)
@@ -177,5 +178,7 @@ def report(result: dict) -> str:
         cost = (f"; a statement: {c['statement_cpu_ms']:.0f} ms of CPU "
                 f"({', '.join(f'{ms:.0f}' for ms in c['statement_cpu_ms_paired'])})"
                 if "statement_cpu_ms" in c else "")
-        lines.append(f"  {c['scale']:<16} Q={c['queries_per_s']:<4g} {cpu_cores_text(c['cpu_cores'])}{cost}")
+        held = ", ".join(str(n) for n in c["each_backpressure_commits"])
+        lines.append(f"  {c['scale']:<16} Q={c['queries_per_s']:<4g} {cpu_cores_text(c['cpu_cores'])}{cost}; "
+                     f"commits held back for a seal: {held}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ def test_one_process_stores_every_reading_once():
     cores = result["cpu_cores"]
     assert set(cores) == {"fabtier", "broker", "bench", "machine", "other", "cores"}  # no SQL client
     assert cores["cores"] >= 1 and cores["machine"] > 0 and min(cores.values()) >= 0
+    assert result["backpressure_commits"] >= 0 and result["segments_sealed"] >= 0
 
 
 def test_two_processes_on_a_shared_subscription_split_the_stream_and_lose_nothing():
@@ -63,7 +64,8 @@ def test_cells_compared_in_rounds_of_alternating_order_lose_nothing():
     assert len(cells[("3x4x50", 4.0)]["statement_cpu_ms_paired"]) == 2
     assert "statement_cpu_ms" not in cells[("3x4x50", 0.0)]
     assert "sql_client" in cells[("3x4x50", 4.0)]["cpu_cores"] and "sql_client" not in cells[("3x4x50", 0.0)]["cpu_cores"]
-    assert "a statement:" in out and "the bench's publisher and probes" in out
+    assert "a statement:" in out and "the bench's publisher and probes" in out and "held back for a seal" in out
+    assert all(len(c["each_backpressure_commits"]) == 2 for c in cells.values())
 
 
 def test_a_statements_cost_is_the_cpu_beyond_the_quiet_run_over_the_statements():
