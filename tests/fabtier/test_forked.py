@@ -84,7 +84,8 @@ def test_the_child_never_collects_the_parents_garbage_and_the_parent_keeps_its_f
         gc.enable()
         pid = forked.call_in_fork(lambda: (gc.collect(), os.getpid())[1], timeout=60)
         assert not marks.exists() or str(pid) not in marks.read_text().split()  # not in the child
-        assert gc.get_freeze_count() == held and gc.isenabled() == collecting
+        # Still frozen (a thaw would leave none); a few frozen objects may have been freed since.
+        assert gc.get_freeze_count() > held * 9 // 10 and gc.isenabled() == collecting
         gc.collect()  # in the parent, the cycle is garbage as any other
         assert str(os.getpid()) in marks.read_text().split()
     finally:
