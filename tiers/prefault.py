@@ -122,7 +122,7 @@ def _compile() -> tuple[Callable[[int, int, int, int, int], int], Callable[..., 
 
 
 def loaded() -> Callable[[int, int, int, int, int], int] | None:
-    """Compile the loop once (holding the interpreter lock ~0.3 s: call before ingestion
+    """Compile both loops once (holding the interpreter lock ~0.3 s each: call before ingestion
     starts, as `tiers.hot.use_compiled_writes` does) and check that the system takes the call."""
     global _populate, _follow, _probed
     with _loading:
@@ -131,6 +131,11 @@ def loaded() -> Callable[[int, int, int, int, int], int] | None:
             probe = np.zeros(1, np.int64)
             if loops is not None and loops[0](probe.ctypes.data, 8, 0, 1, mmap.PAGESIZE) == 0:
                 _populate, _follow = loops
+                # Compiled here, with the argument types `RowFollower.step` passes (int64
+                # arrays, Python ints), not at the follower's first step: that came once
+                # ingestion ran, and held the interpreter lock ~0.35 s of the ingest thread's
+                # time (py-spy --gil, `fabtier bench ingest`, 63-70 samples at 200 Hz).
+                _follow(probe, 8, probe, probe.copy(), probe.copy(), 0, 1, _FOLLOW_PASSES, mmap.PAGESIZE, 8)
             # else a kernel without MADV_POPULATE_WRITE (EINVAL): neither
             _probed = True
         return _populate

@@ -4,7 +4,10 @@ their first reading, and nothing they hold changes (tiers.prefault)."""
 import ctypes
 import mmap
 import random
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +133,23 @@ def test_the_thread_ends_with_its_ring(monkeypatch):
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert threading.current_thread().is_alive()
+
+
+def test_the_follow_loop_is_compiled_before_ingestion_for_what_the_ring_passes(monkeypatch):
+    """`loaded` compiles the follower's loop for the types a ring's state has: its first step
+    while ingesting compiles nothing more (a compile there held the interpreter lock ~0.35 s)."""
+    # In a process of its own: here the tests above have run the loop already.
+    fresh = subprocess.run([sys.executable, "-c", "from tiers import prefault; prefault.loaded(); "
+                            "print(len(prefault._follow.signatures))"],
+                           capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
+    assert fresh.stdout.strip() == "1"
+    follow = prefault.loaded_follow()
+    assert follow is not None and len(follow.signatures) == 1
+    monkeypatch.setattr(hot, "_prefault", populate)
+    ring = HotRing(window_ms=60_000, memory_budget=1 << 30, covered_from=BASE - 1)
+    ring.insert(np.arange(10, dtype=np.int32), np.full(10, BASE, np.int64), np.ones(10))
+    stores, written, rows, capacity, slot_bytes = ring._follow_state()
+    follower = prefault.RowFollower(follow, mmap.PAGESIZE)
+    for _ in range(2):
+        assert follower.step(stores, written, rows, capacity, slot_bytes) == 0
+    assert len(follow.signatures) == 1
