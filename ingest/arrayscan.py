@@ -134,6 +134,11 @@ def _with_python(raw: bytes, table: NameTable, rows: int) -> tuple[np.ndarray, i
         return None
 
 
+def strings(raw: bytes, rows: int) -> list[str] | None:
+    """The JSON array `raw` as a list when it is exactly `rows` strings; else None."""
+    return _json_list(raw, rows, str)
+
+
 def _json_list(raw: bytes, rows: int, kind: type) -> list | None:
     """The JSON array `raw` when it is `rows` items, each exactly of type `kind`; else None."""
     try:

@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from ingest.arrayscan import NameTable, float64s, int64s, name_codes
+from ingest.arrayscan import NameTable, float64s, int64s, name_codes, strings
 from ingest.layoutcache import SelfLimitingCache
 
 MAX_NAME_BYTES = 256
@@ -274,7 +274,8 @@ def _decode_batch(machine: str, doc: object) -> ReadingBatch:
 
 def _decode_plain_batch(machine: str, payload: bytes) -> ReadingBatch | None:
     """The batch of a payload that holds exactly `ts` (plain integers), `sensor` (the machine's
-    last set of names, `_MACHINE_NAMES`, each written plainly) and `v` (finite numbers), as
+    last set of names, `_MACHINE_NAMES`, each written plainly; or strings, in a machine's first
+    batch) and `v` (finite numbers), as
     long as each other; None for anything else, which `_decode_batch` then accepts or refuses
     with its reason. What this accepts, `_decode_batch` accepts the same (the property tests
     compare them), for less: no Python string is made of a name nor a Python int of a
@@ -299,12 +300,19 @@ def _decode_plain_batch(machine: str, payload: bytes) -> ReadingBatch | None:
     if layout is None:
         names = _MACHINE_NAMES.get(machine)
         if names is None:
-            return None
-        found = name_codes(raw, names.scan_table(), n)
-        # Only the machine's whole set of names (a batch's names are its distinct sensors).
-        if found is None or found[1] != len(names.names):
-            return None
-        layout = SensorLayout(names, found[0])
+            # The machine's first batch: its names read here, as `_decode_batch` would make its
+            # layout, without reading the whole payload again as Python objects there (at a
+            # fab's 1,000 machines, one message in six of the first second of data).
+            listed = strings(raw, n)
+            if listed is None:
+                return None
+            layout = _new_layout(machine, listed)
+        else:
+            found = name_codes(raw, names.scan_table(), n)
+            # Only the machine's whole set of names (a batch's names are its distinct sensors).
+            if found is None or found[1] != len(names.names):
+                return None
+            layout = SensorLayout(names, found[0])
         _RAW_LAYOUTS.put(raw, layout)
     elif len(layout.codes) != n:
         return None

@@ -384,6 +384,38 @@ def test_the_plain_path_takes_only_what_the_general_path_takes_alike(name_readin
     assert plain.layout is not None and plain.layout.name_set is general.layout.name_set
 
 
+@settings(BAD_INPUT, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # mode only
+@given(case=batches_of_known_names())
+@example(case=(["a"], b'{"ts": [%d], "sensor": ["a", 1], "v": [1, 2]}' % NOW))
+@example(case=(["a"], b'{"ts": [%d], "sensor": ["a\\u0000"], "v": [1]}' % NOW))
+def test_a_machines_first_batch_is_taken_by_the_plain_path_as_by_the_general_one(name_reading, case):
+    """A machine's names unknown yet: the plain path reads them itself, and what it takes, the
+    general path takes alike, knowing the same set of names afterwards."""
+    _, payload = case
+    machine = "first-plain"
+    codec._MACHINE_NAMES.pop(machine, None)
+    codec._RAW_LAYOUTS.clear()  # layouts by the bytes of names: an earlier example's would answer
+    plain = codec._decode_plain_batch(machine, payload)
+    if plain is None:
+        return
+    known_after_plain = codec._MACHINE_NAMES.pop(machine)
+    codec._LAYOUTS.clear()
+    general = codec._decode_batch(machine, orjson.loads(payload))
+    assert plain.sensor_names == general.sensor_names
+    assert plain.sensor_codes.tolist() == general.sensor_codes.tolist()
+    assert plain.ts.tolist() == general.ts.tolist() and plain.value.tolist() == general.value.tolist()
+    assert known_after_plain is codec._MACHINE_NAMES[machine] is plain.layout.name_set
+
+
+def test_a_machines_first_plain_batch_takes_the_plain_path(name_reading, monkeypatch):
+    monkeypatch.setattr(codec, "_decode_batch", lambda *a: pytest.fail("took the general path"))
+    codec._MACHINE_NAMES.pop("plain-new", None)
+    payload = json.dumps({"ts": [NOW] * 3, "sensor": ["b", "a", "b"], "v": [1, 2.5, 3]}).encode()
+    batch = decode_message("fab/plain-new", payload, root=ROOT, now_ms=NOW, limits=LIMITS)
+    assert [batch.sensor_names[c] for c in batch.sensor_codes.tolist()] == ["b", "a", "b"]
+    assert batch.value.tolist() == [1.0, 2.5, 3.0]
+
+
 def test_a_plain_batch_of_known_names_takes_the_plain_path(name_reading, monkeypatch):
     sensors = ["ch1/temp", "ch2/temp", "ch1/temp", "gas/ü"]
     payload = json.dumps({"ts": [NOW] * 4, "sensor": sensors, "v": [1, 2.5, 3, 4]}, ensure_ascii=False).encode()
