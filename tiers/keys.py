@@ -41,17 +41,8 @@ class SensorKeys:
     def id_of(self, machine: str, sensor: str) -> int:
         found = self.lookup(machine, sensor)
         if found is None:
-            for name, code_of, distinct, codes in zip((machine, sensor), self._code_of, self._distinct,
-                                                      self._codes_by_key, strict=True):
-                code = code_of.get(name)
-                if code is None:
-                    code = code_of[name] = len(distinct)
-                    distinct.append(name)
-                codes.append(code)
             found = len(self.machines)
-            self.machines.append(machine)
-            self.sensors.append(sensor)
-            self._ids.setdefault(machine, {})[sensor] = found  # the id last: see `_add_keys`
+            self._add_keys(machine, [sensor])
         return found
 
     def lookup(self, machine: str, sensor: str) -> int | None:
@@ -81,10 +72,10 @@ class SensorKeys:
         return np.array(found, dtype=np.int32)
 
     def _add_keys(self, machine: str, sensors: list[str]) -> None:
-        """New keys for `sensors` (distinct, none known yet) of `machine`, as `id_of` adds one,
+        """New keys for `sensors` (distinct, none known yet) of `machine` (`id_of` adds one),
         list by list: a fab's 100,000 sensors one `id_of` at a time held the ingest thread
         ~0.4 s in its first seconds (`fabtier bench ingest`, py-spy). Codes first and ids
-        last, as `id_of`: a reader beside this never sees an id whose codes are missing."""
+        last: a reader beside this never sees an id whose codes are missing."""
         (machine_code_of, sensor_code_of), (machines, sensor_names) = self._code_of, self._distinct
         machine_code = machine_code_of.get(machine)
         if machine_code is None:
